@@ -1,0 +1,14 @@
+"""The `maeast` command line: thin Typer commands over plain functions."""
+
+from __future__ import annotations
+
+from maeast.cli.common import new_app
+from maeast.cli import data, shard
+
+app = new_app("maeast: pack audio into shards, pretrain MAE-AST, fine-tune, evaluate, embed.")
+app.add_typer(shard.app, name="shard")
+app.add_typer(data.app, name="data")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,40 @@
+"""What every CLI command shares: one-line errors and the rich console."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+from rich.console import Console
+
+from maeast.errors import MaeastError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly(fn):
+    """Wrap a command so that a MaeastError (or a missing file) is one line on stderr, exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MaeastError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: finished work is kept; run the same command again to resume")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def new_app(help: str) -> typer.Typer:
+    return typer.Typer(help=help, no_args_is_help=True, add_completion=False,
+                       pretty_exceptions_enable=False, rich_markup_mode="rich")
+
+
+def is_interactive() -> bool:
+    return sys.stderr.isatty()

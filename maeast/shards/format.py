@@ -1,0 +1,126 @@
+"""The shard format: webdataset tar files of FLAC + JSON samples, and the index.json beside them.
+
+The written spec is shards/README.md at the top of the repository; this module is the one place
+that writes and reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+
+from maeast.errors import MaeastError
+
+SCHEMA = "maeast-shards/1"
+INDEX = "index.json"
+REJECTS = "rejects.tsv"
+SAMPLE_RATE = 16000
+
+
+def shard_name(corpus: str, split: str, number: int) -> str:
+    return f"{corpus}-{split}-{number:06d}.tar"
+
+
+def encode_flac(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """Mono float waveform in [-1, 1] -> 16-bit FLAC bytes (deterministic for the same input)."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(waveform, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def decode_flac(data: bytes) -> tuple[np.ndarray, int]:
+    """FLAC bytes -> (float32 mono waveform, sample rate)."""
+    wav, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    if wav.ndim > 1:
+        wav = wav.mean(axis=1)
+    return wav, sr
+
+
+def encode_meta(meta: dict) -> bytes:
+    return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Add one file with fixed metadata, so that the same bytes make the same tar."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def sample_size(key: str, flac: bytes, meta: bytes) -> int:
+    """Bytes a sample adds to a tar: a 512-byte header per member and data padded to 512."""
+    pad = lambda n: (n + 511) // 512 * 512  # noqa: E731
+    return 1024 + pad(len(flac)) + pad(len(meta)) + (2048 if len(key) > 90 else 0)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def iter_tar(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield (key, {extension: bytes}) per sample of one shard, in tar order.
+
+    A truncated or corrupt tar raises MaeastError naming the shard.
+    """
+    current, parts = None, {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                base = member.name.rsplit("/", 1)[-1]
+                key, _, ext = base.partition(".")
+                if current is not None and key != current:
+                    yield current, parts
+                    parts = {}
+                current = key
+                parts[ext] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise MaeastError(f"broken shard {path}: {e} (rebuild it with `maeast shard build`)") from None
+    if current is not None:
+        yield current, parts
+
+
+def read_index(shard_dir: Path) -> dict:
+    """Load and check a shard folder's index.json."""
+    path = Path(shard_dir) / INDEX
+    if not path.is_file():
+        raise MaeastError(f"no {INDEX} in {shard_dir} (build shards with `maeast shard build`)")
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MaeastError(f"{path} is not valid JSON ({e}); rebuild the shards") from None
+    if index.get("schema") != SCHEMA:
+        raise MaeastError(f"{path} has schema {index.get('schema')!r}, expected {SCHEMA!r}; rebuild the shards")
+    return index
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def shard_paths(shard_dir: Path, split: str, index: dict | None = None) -> list[Path]:
+    """The shard files of one split, in index order."""
+    index = index or read_index(shard_dir)
+    splits = index["splits"]
+    if split not in splits:
+        raise MaeastError(f"split {split!r} not in {shard_dir}; it has: {', '.join(sorted(splits))}")
+    return [Path(shard_dir) / s["name"] for s in splits[split]["shards"]]

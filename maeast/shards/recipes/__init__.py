@@ -1,0 +1,3 @@
+"""Corpus recipes: each reads one layout as distributed and lists its clips (see base.Scan)."""
+
+from maeast.shards.recipes.base import RECIPES, Item, Scan, make_key, recipe, run_recipe  # noqa: F401
