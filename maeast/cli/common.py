@@ -24,6 +24,9 @@ def friendly(fn):
         except MaeastError as e:
             err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
+        except OSError as e:  # disk full, permissions, a file vanishing mid-run
+            err_console.print(f"[bold red]error:[/] {e.strerror or e}: {e.filename or ''}", highlight=False)
+            raise typer.Exit(2)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: finished work is kept; run the same command again to resume")
             raise typer.Exit(130)

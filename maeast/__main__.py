@@ -1,0 +1,3 @@
+from maeast.cli import main
+
+main()

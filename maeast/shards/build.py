@@ -1,0 +1,347 @@
+"""The shard builder: a recipe's clips -> deterministic, resumable webdataset shards + index.json.
+
+Determinism: items are packed in the recipe's order, split by split; workers decode in parallel but
+results are written in item order, and every tar member has fixed metadata, so the same input gives
+the same bytes whichever worker finishes first.
+
+Atomicity and resume: a shard is written as a hidden partial file and renamed when complete; then a
+small record (its hash, samples, label counts, and the rejects met while it was open) goes to
+`.build/`. Running the same command again keeps every shard whose record and hash agree and carries
+on after the last of them; index.json is written last, so a folder with an index is a finished build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from maeast import __version__
+from maeast.audio import AudioError, load_clip
+from maeast.errors import MaeastError
+from maeast.shards.format import (INDEX, REJECTS, SCHEMA, encode_flac, encode_meta, sample_size,
+                                  sha256_file, shard_name, tar_member, write_json_atomic)
+from maeast.shards.recipes import Item, Scan, run_recipe
+
+RECORDS = ".build"
+
+
+@dataclass(frozen=True)
+class BuildParams:
+    shard_size_mb: float = 256.0
+    sample_rate: int = 16000
+    min_seconds: float = 0.1  # shorter clips are rejected as too short
+
+    def __post_init__(self):
+        if self.shard_size_mb <= 0:
+            raise MaeastError(f"--shard-size must be positive, got {self.shard_size_mb}")
+        if not 1000 <= self.sample_rate <= 192000:
+            raise MaeastError(f"--sample-rate {self.sample_rate} is out of range (1000-192000 Hz)")
+
+
+@dataclass
+class Packed:
+    """What a worker returns for one item: a packed sample, or a reject reason."""
+
+    index: int
+    key: str
+    flac: bytes = b""
+    meta: bytes = b""
+    seconds: float = 0.0
+    labels: tuple[str, ...] = ()
+    reject: str | None = None
+    source: str = ""
+
+
+def _pack(task: tuple[int, Item, str, dict[str, int], BuildParams, Path]) -> Packed:
+    index, item, corpus, label_ids, params, root = task
+    try:
+        clip = load_clip(item.path, params.sample_rate, item.start, item.end, params.min_seconds)
+    except AudioError as e:
+        return Packed(index, item.key, reject=str(e), source=_relative(item.path, root))
+    meta = {
+        "key": item.key, "corpus": corpus, "split": item.split, "fold": item.fold,
+        "labels": list(item.labels), "label_ids": [label_ids[name] for name in item.labels],
+        "speaker": item.speaker, "duration": round(clip.duration, 6),
+        "num_samples": len(clip.waveform), "sample_rate": clip.sample_rate,
+        "orig_sample_rate": clip.orig_sample_rate, "orig_channels": clip.orig_channels,
+        "source": _relative(item.path, root),
+    }
+    if item.start is not None or item.end is not None:
+        meta["segment"] = [item.start, item.end]
+    meta.update(item.extra)
+    return Packed(index, item.key, encode_flac(clip.waveform, clip.sample_rate), encode_meta(meta),
+                  clip.duration, item.labels, source=meta["source"])
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+@dataclass
+class _OpenShard:
+    name: str
+    partial: Path
+    tar: tarfile.TarFile
+    bytes: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+    keys: list[str] = field(default_factory=list)
+    labels: Counter = field(default_factory=Counter)
+
+
+class SplitWriter:
+    """Writes one split's shards in order, closing each when the next sample would overflow it."""
+
+    def __init__(self, out: Path, corpus: str, split: str, limit: int, fingerprint: str, first: int = 0):
+        self.out, self.corpus, self.split, self.limit = out, corpus, split, limit
+        self.fingerprint = fingerprint
+        self.number = first
+        self.current: _OpenShard | None = None
+        self.pending_rejects: list[list[str]] = []
+
+    def add(self, packed: Packed) -> None:
+        if packed.reject is not None:
+            self.pending_rejects.append([packed.key, packed.source, packed.reject])
+            return
+        size = sample_size(packed.key, packed.flac, packed.meta)
+        if self.current is not None and self.current.bytes + size > self.limit:
+            self.close(end=packed.index)
+        if self.current is None:
+            name = shard_name(self.corpus, self.split, self.number)
+            partial = self.out / f".{name}.partial"
+            self.current = _OpenShard(name, partial, tarfile.open(partial, "w", format=tarfile.GNU_FORMAT))
+        shard = self.current
+        tar_member(shard.tar, f"{packed.key}.flac", packed.flac)
+        tar_member(shard.tar, f"{packed.key}.json", packed.meta)
+        shard.bytes += size
+        shard.samples += 1
+        shard.seconds += packed.seconds
+        shard.keys.append(packed.key)
+        shard.labels.update(packed.labels)
+
+    def close(self, end: int) -> None:
+        """Finish the open shard; `end` is the first item index it does not cover."""
+        shard, self.current = self.current, None
+        if shard is None:
+            return
+        shard.tar.close()
+        with open(shard.partial, "rb+") as f:
+            os.fsync(f.fileno())
+        final = self.out / shard.name
+        shard.partial.replace(final)
+        _write_dali_index(final)
+        record = {"name": shard.name, "split": self.split, "number": self.number, "end": end,
+                  "samples": shard.samples, "bytes": final.stat().st_size, "sha256": sha256_file(final),
+                  "seconds": shard.seconds, "labels": dict(sorted(shard.labels.items())),
+                  "keys": shard.keys, "rejects": self.pending_rejects, "fingerprint": self.fingerprint}
+        write_json_atomic(self.out / RECORDS / f"{shard.name}.json", record)
+        self.pending_rejects = []
+        self.number += 1
+
+    def finish(self, end: int) -> None:
+        self.close(end)
+        if self.pending_rejects:  # a split whose last items were all rejected after its last shard
+            record = {"name": None, "split": self.split, "number": self.number, "end": end, "samples": 0,
+                      "rejects": self.pending_rejects, "fingerprint": self.fingerprint}
+            write_json_atomic(self.out / RECORDS / f"{self.corpus}-{self.split}-tail.json", record)
+            self.pending_rejects = []
+
+
+def _write_dali_index(tar_path: Path) -> None:
+    """DALI's webdataset reader needs an index per tar; write it with DALI's own tool when installed."""
+    try:
+        from wds2idx import IndexCreator
+    except ImportError:
+        return
+    idx = tar_path.with_suffix(".idx")
+    partial = idx.with_name(f".{idx.name}.partial")
+    with IndexCreator(str(tar_path), str(partial), verbose=False) as creator:
+        creator.create_index()
+    partial.replace(idx)
+
+
+def _fingerprint(scan: Scan, params: BuildParams) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([scan.corpus, scan.labels, scan.multi_label, params.__dict__], sort_keys=True).encode())
+    for item in scan.items:
+        h.update(f"{item.key}\t{item.path}\t{item.split}\t{item.labels}\t{item.fold}\t{item.start}\t"
+                 f"{item.end}\t{item.speaker}\t{json.dumps(item.extra, sort_keys=True)}\n".encode())
+        st = Path(item.path).stat() if Path(item.path).exists() else None
+        h.update(f"{st.st_size if st else -1}:{st.st_mtime_ns if st else -1}\n".encode())
+    return h.hexdigest()
+
+
+def _load_records(out: Path, fingerprint: str) -> dict[str, list[dict]]:
+    """Per split, the finished shards' records that still match their files, in order."""
+    by_split: dict[str, dict[int, dict]] = {}
+    for path in sorted((out / RECORDS).glob("*.json")):
+        record = json.loads(path.read_text())
+        if record.get("fingerprint") != fingerprint or record.get("name") is None:
+            continue
+        by_split.setdefault(record["split"], {})[record["number"]] = record
+    kept: dict[str, list[dict]] = {}
+    for split, numbered in by_split.items():
+        chain = []
+        while len(chain) in numbered:
+            record = numbered[len(chain)]
+            tar = out / record["name"]
+            if not tar.is_file() or tar.stat().st_size != record["bytes"] or sha256_file(tar) != record["sha256"]:
+                break
+            if not tar.with_suffix(".idx").exists():
+                _write_dali_index(tar)
+            chain.append(record)
+        kept[split] = chain
+    return kept
+
+
+def _splits_in_order(items: Iterable[Item]) -> dict[str, list[tuple[int, Item]]]:
+    splits: dict[str, list[tuple[int, Item]]] = {}
+    for i, item in enumerate(items):
+        splits.setdefault(item.split, []).append((i, item))
+    return dict(sorted(splits.items()))
+
+
+def _check_scan(scan: Scan) -> dict[str, int]:
+    vocabulary = scan.labels or sorted({name for item in scan.items for name in item.labels})
+    scan.labels = list(vocabulary)
+    label_ids = {name: i for i, name in enumerate(vocabulary)}
+    seen: set[str] = set()
+    for item in scan.items:
+        if item.key in seen:
+            raise MaeastError(f"recipe produced the key {item.key!r} twice (two files map to one key)")
+        seen.add(item.key)
+        for name in item.labels:
+            if name not in label_ids:
+                raise MaeastError(f"label {name!r} of {item.path} is not in the corpus vocabulary")
+    if not scan.items:
+        raise MaeastError(f"no audio files found for corpus {scan.corpus!r}; check --root")
+    return label_ids
+
+
+def build_shards(recipe: str, root: Path, out: Path, *, options: dict | None = None,
+                 shard_size_mb: float = 256.0, workers: int = 1, sample_rate: int = 16000,
+                 min_seconds: float = 0.1, progress: Callable[[Packed], None] | None = None,
+                 on_start: Callable[[int], None] | None = None) -> dict:
+    """Pack a corpus into shards under `out` and return the index written to out/index.json.
+
+    `on_start` gets the number of items once the recipe has listed them; `progress` is then called
+    once per item as it is written (in order).
+    """
+    params = BuildParams(shard_size_mb, sample_rate, min_seconds)
+    if workers < 1:
+        raise MaeastError(f"--workers must be at least 1, got {workers}")
+    root = Path(root).resolve()
+    scan = run_recipe(recipe, root, options)
+    label_ids = _check_scan(scan)
+    if on_start:
+        on_start(len(scan.items))
+    out = Path(out)
+    (out / RECORDS).mkdir(parents=True, exist_ok=True)
+    fingerprint = _fingerprint(scan, params)
+
+    existing = out / INDEX
+    if existing.is_file():
+        index = json.loads(existing.read_text())
+        if index.get("build", {}).get("fingerprint") == fingerprint and _shards_intact(out, index):
+            return index
+        existing.unlink()  # stale or damaged: rebuilt below, kept shards verified by hash
+    for partial in out.glob(".*.partial"):
+        partial.unlink()
+
+    records = _load_records(out, fingerprint)
+    splits = _splits_in_order(scan.items)
+    limit = int(shard_size_mb * 1024 * 1024)
+    tasks, writers, ends = [], {}, {}
+    for split, entries in splits.items():
+        chain = records.get(split, [])
+        start = chain[-1]["end"] if chain else entries[0][0]
+        writers[split] = SplitWriter(out, scan.corpus, split, limit, fingerprint, first=len(chain))
+        ends[split] = entries[-1][0] + 1
+        for i, item in entries:
+            if i >= start:
+                tasks.append((i, item, scan.corpus, label_ids, params, root))
+            elif progress:
+                progress(Packed(i, item.key))
+    for split, chain in records.items():  # shards beyond the kept chain are stale
+        for stale in sorted(out.glob(f"{scan.corpus}-{split}-*.tar"))[len(chain):]:
+            stale.unlink()
+            stale.with_suffix(".idx").unlink(missing_ok=True)
+    _clear_unkept_records(out, records)
+
+    def write(packed_items: Iterable[Packed]):
+        for packed, (_, item, *_rest) in zip(packed_items, tasks):
+            writers[item.split].add(packed)
+            if progress:
+                progress(packed)
+            if packed.index + 1 == ends[item.split]:
+                writers[item.split].finish(ends[item.split])
+
+    if workers == 1 or len(tasks) < 2:
+        write(map(_pack, tasks))
+    else:
+        with mp.get_context("fork").Pool(workers) as pool:
+            write(pool.imap(_pack, tasks, chunksize=2))
+    for split, writer in writers.items():  # splits with nothing left to do
+        writer.finish(ends[split])
+
+    index = _write_index(out, scan, params, fingerprint, recipe)
+    shutil.rmtree(out / RECORDS, ignore_errors=True)
+    return index
+
+
+def _clear_unkept_records(out: Path, kept: dict[str, list[dict]]) -> None:
+    keep = {r["name"] for chain in kept.values() for r in chain}
+    for path in (out / RECORDS).glob("*.json"):
+        if path.name[:-5] not in keep:
+            path.unlink()
+
+
+def _shards_intact(out: Path, index: dict) -> bool:
+    return all((out / s["name"]).is_file() and (out / s["name"]).stat().st_size == s["bytes"]
+               for split in index["splits"].values() for s in split["shards"])
+
+
+def _write_index(out: Path, scan: Scan, params: BuildParams, fingerprint: str, recipe: str) -> dict:
+    records = [json.loads(p.read_text()) for p in (out / RECORDS).glob("*.json")]
+    records.sort(key=lambda r: (r["split"], r["number"], r["name"] is None))
+    splits: dict[str, dict] = {}
+    rejects: list[list[str]] = []
+    for r in records:
+        rejects.extend(r["rejects"])
+        if r["name"] is None:
+            continue
+        split = splits.setdefault(r["split"], {"samples": 0, "seconds": 0.0, "labels": Counter(), "shards": []})
+        split["samples"] += r["samples"]
+        split["seconds"] += r["seconds"]
+        split["labels"].update(r["labels"])
+        split["shards"].append({"name": r["name"], "samples": r["samples"], "bytes": r["bytes"],
+                                "sha256": r["sha256"]})
+    for split in splits.values():
+        split["hours"] = round(split.pop("seconds") / 3600, 6)
+        split["labels"] = dict(sorted(split["labels"].items()))
+    reasons = Counter(reason.split(":")[0] for _, _, reason in rejects)
+    with open(out / f".{REJECTS}.tmp", "w") as f:
+        f.write("key\tsource\treason\n")
+        f.writelines("\t".join(row) + "\n" for row in rejects)
+    (out / f".{REJECTS}.tmp").replace(out / REJECTS)
+    index = {
+        "schema": SCHEMA, "corpus": scan.corpus, "recipe": recipe, "sample_rate": params.sample_rate,
+        "labels": scan.labels, "multi_label": scan.multi_label, "splits": splits,
+        "rejects": {"count": len(rejects), "reasons": dict(sorted(reasons.items())), "file": REJECTS},
+        "report": scan.report,
+        "build": {"maeast": __version__, "shard_size_mb": params.shard_size_mb,
+                  "min_seconds": params.min_seconds, "items": len(scan.items), "fingerprint": fingerprint},
+    }
+    write_json_atomic(out / INDEX, index)
+    return index
