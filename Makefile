@@ -1,0 +1,61 @@
+# maeast: `make demo` runs the main job on the demo corpora, `make test` runs the test suite.
+# Both bootstrap everything on a fresh machine: Debian packages (as root), then .venv.
+
+PYTHON   ?= python3
+VENV     := .venv
+PY       := $(VENV)/bin/python
+MAEAST   := $(VENV)/bin/maeast
+APT_PKGS := espeak-ng sox fluidsynth fluid-soundfont-gm ffmpeg libsndfile1 libopencv-dev libturbojpeg0-dev pkg-config tar
+DEMO     ?= data/demo
+DEMO_SIZE ?= full
+SHARDS   ?= shards/demo
+
+.PHONY: all env apt test demo demo-data demo-shards bench clean
+
+all: test
+
+apt:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages; run: sudo apt-get install -y$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+# The stamp depends on pyproject.toml: a changed dependency list reinstalls.
+$(VENV)/.installed: pyproject.toml | apt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	# torch first and pinned, so nothing can pull a CUDA build in its place.
+	$(PY) -m pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q -e ".[dev,dali,ffmpeg,ffcv]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import torch, deepspeed, webdataset, soundfile, soxr, nvidia.dali, torchcodec, ffcv" >/dev/null 2>&1 \
+	  || { echo "environment incomplete: see the pip output above" >&2; exit 1; }
+	touch $@
+
+env: $(VENV)/.installed
+
+test: env
+	$(PY) -m pytest -q
+
+demo-data: env
+	$(MAEAST) data demo --out $(DEMO) --size $(DEMO_SIZE)
+
+demo-shards: demo-data
+	$(MAEAST) shard build librispeech --root $(DEMO)/librispeech --out $(SHARDS)/unlabelled -j 2
+	$(MAEAST) shard build folder --root $(DEMO)/speech_commands --out $(SHARDS)/keywords -j 2
+	$(MAEAST) shard build folder --root $(DEMO)/esc50/audio --out $(SHARDS)/events -j 2
+
+demo: demo-shards
+	$(MAEAST) shard inspect $(SHARDS)/unlabelled
+	$(MAEAST) shard inspect $(SHARDS)/keywords
+	$(MAEAST) shard inspect $(SHARDS)/events
+
+bench: env
+	$(PY) benchmarks/shard_build.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
