@@ -2,3 +2,4 @@
 
 from maeast.shards.recipes.base import RECIPES, Item, Scan, make_key, recipe, run_recipe  # noqa: F401
 from maeast.shards.recipes import folder, librispeech, tsv  # noqa: F401,E402  (registration)
+from maeast.shards.recipes import audioset, esc50, iemocap, speechcommands, voxceleb1  # noqa: F401,E402
