@@ -1,0 +1,171 @@
+"""ModelConfig: every size, rate and choice of the MAE-AST model in one typed dataclass.
+
+Defaults are the official MAE-AST patch model (AlanBaade/MAE-AST-Public, config/pretrain/mae_ast.yaml
+plus the fairseq model and criterion defaults). `make_config(name, **overrides)` picks a preset;
+`to_dict` / `from_dict` round-trip through JSON so that an exported encoder can be rebuilt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from maeast.errors import MaeastError
+from maeast.model.masking import MASKS
+from maeast.model.norm import INPUT_NORMS
+
+INITS = ("official", "mae")
+
+
+@dataclass
+class ModelConfig:
+    # Input and tokens
+    n_mels: int = 128
+    """Mel bins F of the input fbank [B, T, F]."""
+    patch_time: int = 16
+    """Frames per token (also the stride: tokens never overlap). 2 for frame tokens."""
+    patch_freq: int = 16
+    """Mel bins per token. n_mels for frame tokens; a size not dividing n_mels pads F up, with a warning."""
+    input_norm: str = "batchnorm"
+    """'batchnorm': BatchNorm over all real frames and bins, no affine, times input_scale (official);
+    'none': the features are already normalized (e.g. the ssast feature preset)."""
+    input_scale: float = 0.5
+    """Multiplier after the batchnorm (the official 0.5 mimics AST's dataset normalization)."""
+
+    # Encoder
+    dim: int = 768
+    """Encoder width."""
+    depth: int = 12
+    """Encoder layers (12 official; the paper's ablations use 6)."""
+    heads: int = 12
+    """Encoder attention heads."""
+    ffn_dim: int = 3072
+    """Encoder feed-forward width."""
+    pre_norm: bool = False
+    """LayerNorm before attention/FFN (pre-LN). False = post-LN, as the official code."""
+    dropout: float = 0.1
+    """Dropout on residual branches and on the transformer input."""
+    attn_dropout: float = 0.1
+    """Dropout on attention weights."""
+    act_dropout: float = 0.0
+    """Dropout after the FFN activation."""
+    input_dropout: float = 0.1
+    """Dropout on the projected tokens before masking (official dropout_input), pretraining only."""
+    layerdrop: float = 0.05
+    """Probability of skipping each encoder layer in training."""
+
+    # Decoder
+    decoder_dim: int = 768
+    """Decoder width; a width other than dim adds a linear projection after the encoder."""
+    decoder_depth: int = 2
+    """Decoder layers."""
+    decoder_heads: int = 12
+    """Decoder attention heads."""
+    decoder_ffn_dim: int = 3072
+    """Decoder feed-forward width."""
+    decoder_layerdrop: float = 0.0
+    """Probability of skipping each decoder layer in training."""
+
+    # Masking
+    mask_type: str = "random"
+    """A name in maeast.model.masking.MASKS: 'random', 'chunk' or 'tf'."""
+    mask_ratio: float = 0.75
+    """Fraction of each clip's real tokens that are masked."""
+    chunk_min: int = 3
+    """Smallest chunk side in tokens (square blocks on patches, spans on frames)."""
+    chunk_max: int = 5
+    """Largest chunk side in tokens."""
+
+    # Losses
+    mse_weight: float = 10.0
+    """Weight of the reconstruction (MSE) loss."""
+    infonce_weight: float = 1.0
+    """Weight of the InfoNCE (classification) loss."""
+    norm_targets: bool = False
+    """Normalize each target patch to zero mean, unit variance (MAE's norm_pix_loss). Official: off."""
+
+    # Runtime
+    init: str = "official"
+    """'official': normal(0, 0.02) in the transformers (fairseq init_bert_params), PyTorch defaults
+    for the token projection and heads, uniform mask token; 'mae': xavier-uniform linears and a
+    normal(0, 0.02) mask token (facebookresearch/mae)."""
+    autocast: bool = True
+    """bf16 autocast of the transformers on CUDA (no effect on CPU)."""
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise MaeastError(f"model config: {what}")
+
+        for name in ("n_mels", "patch_time", "patch_freq", "dim", "depth", "heads", "ffn_dim",
+                     "decoder_dim", "decoder_depth", "decoder_heads", "decoder_ffn_dim",
+                     "chunk_min", "chunk_max"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
+                 f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        need(self.patch_freq <= self.n_mels, f"patch_freq {self.patch_freq} is larger than n_mels "
+             f"{self.n_mels}; use patch_freq = n_mels for frame tokens")
+        need(self.dim % 2 == 0 and self.decoder_dim % 2 == 0, "dim and decoder_dim must be even (sinusoid positions)")
+        need(self.dim % self.heads == 0, f"dim {self.dim} must be a multiple of heads {self.heads}")
+        need(self.decoder_dim % self.decoder_heads == 0,
+             f"decoder_dim {self.decoder_dim} must be a multiple of decoder_heads {self.decoder_heads}")
+        need(0.0 < self.mask_ratio < 1.0, f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        need(self.chunk_min <= self.chunk_max,
+             f"chunk_min {self.chunk_min} is larger than chunk_max {self.chunk_max}")
+        for name in ("dropout", "attn_dropout", "act_dropout", "input_dropout", "layerdrop",
+                     "decoder_layerdrop"):
+            need(0.0 <= getattr(self, name) < 1.0, f"{name} must be in [0, 1), got {getattr(self, name)}")
+        need(self.mse_weight >= 0 and self.infonce_weight >= 0 and self.mse_weight + self.infonce_weight > 0,
+             "mse_weight and infonce_weight must be >= 0 and not both 0")
+        need(self.input_norm in INPUT_NORMS, f"input_norm {self.input_norm!r} is not one of {tuple(INPUT_NORMS)}")
+        need(self.init in INITS, f"init {self.init!r} is not one of {INITS}")
+        need(self.mask_type in MASKS, f"mask_type {self.mask_type!r} is not one of {tuple(MASKS)}")
+
+    @property
+    def freq_cols(self) -> int:
+        """Tokens per time step (F padded up to a multiple of patch_freq)."""
+        return math.ceil(self.n_mels / self.patch_freq)
+
+    @property
+    def patch_dim(self) -> int:
+        """Values in one flattened token."""
+        return self.patch_time * self.patch_freq
+
+    def tokens_for(self, frames: int) -> int:
+        """Tokens from an unpadded clip of `frames` frames (trailing frames short of a patch are dropped)."""
+        return (frames // self.patch_time) * self.freq_cols
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise MaeastError(f"model config: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The official patch model: 12 + 2 layers at 768, 16x16 patches.
+    "base": {},
+    # The official frame model: 2 frames x 128 bins per token.
+    "base_frame": {"patch_time": 2, "patch_freq": 128},
+    # CPU demos: a training step on 8 x 10 s in about a second on 2 cores.
+    "small": {"dim": 256, "depth": 4, "heads": 4, "ffn_dim": 1024,
+              "decoder_dim": 256, "decoder_depth": 1, "decoder_heads": 4, "decoder_ffn_dim": 1024},
+    "small_frame": {"dim": 256, "depth": 4, "heads": 4, "ffn_dim": 1024, "patch_time": 2, "patch_freq": 128,
+                    "decoder_dim": 256, "decoder_depth": 1, "decoder_heads": 4, "decoder_ffn_dim": 1024},
+    # Tests: a forward and backward on short clips in milliseconds.
+    "tiny": {"dim": 64, "depth": 2, "heads": 4, "ffn_dim": 128, "layerdrop": 0.0,
+             "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 4, "decoder_ffn_dim": 128},
+}
+
+
+def make_config(name: str = "base", **overrides: Any) -> ModelConfig:
+    """The preset `name` with `overrides` applied (unknown keys are an error that names the key)."""
+    if name not in PRESETS:
+        raise MaeastError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return ModelConfig.from_dict({**PRESETS[name], **overrides})
