@@ -28,6 +28,7 @@ class MAEOutput:
     ids_masked: torch.Tensor  # [B, M] the masked tokens, in grid order
     target_pad: torch.Tensor  # [B, M] bool: True for filler slots (clips with fewer real tokens)
     recon: torch.Tensor  # [B, M, P] reconstruction head output
+    classify: torch.Tensor  # [B, M, P] InfoNCE head output
     target: torch.Tensor  # [B, M, P] normalized input patches at ids_masked
     grid: tuple[int, int]  # (rows, cols) of the token grid
 
@@ -55,7 +56,7 @@ class MAEAST(nn.Module):
         target = gather_tokens(tokens.patches, m.ids_masked)  # [B, M, P]
         loss, parts = mae_loss(recon, classify, target, ~m.masked_pad, self.cfg.mse_weight,
                                self.cfg.infonce_weight, self.cfg.norm_targets)
-        return MAEOutput(loss, parts, m.mask, m.ids_masked, m.masked_pad, recon, target, tokens.grid)
+        return MAEOutput(loss, parts, m.mask, m.ids_masked, m.masked_pad, recon, classify, target, tokens.grid)
 
     def compile_blocks(self, **kwargs) -> "MAEAST":
         """torch.compile each transformer block in place (shapes vary per batch only by T)."""
