@@ -1,0 +1,11 @@
+"""Features: Kaldi-compatible log-mel fbank in torch, its presets, and corpus statistics.
+
+    from maeast.features import fbank, get_config
+    feats = fbank(waveform)                    # [N] -> [T, 128], [B, N] -> [B, T, 128]
+    cfg = get_config("mae_ast")                # cfg.n_mels, cfg.hop_length(), cfg.num_frames(n)
+"""
+
+from maeast.features.config import AUDIOSET_MEAN, AUDIOSET_STD, PRESETS, FbankConfig, get_config, num_frames
+from maeast.features.fbank import fbank
+
+__all__ = ["fbank", "FbankConfig", "PRESETS", "get_config", "num_frames", "AUDIOSET_MEAN", "AUDIOSET_STD"]

@@ -1,0 +1,127 @@
+"""Kaldi-compatible log-mel fbank in torch, batched: the features that torchaudio's
+`compliance.kaldi.fbank` computes, for a whole batch of clips in one FFT, on any device.
+
+Per clip (row of the batch), in order, all in float32:
+  (ssast) subtract the clip's mean -> cut 25 ms frames every 10 ms that fit (snip_edges) ->
+  (training) add dither noise -> subtract each frame's mean -> pre-emphasis x[i] - 0.97 x[i-1]
+  within the frame -> window -> zero-pad to 512 -> rfft -> power -> Kaldi mel banks ->
+  log(max(x, eps)) -> (presets with dataset statistics) (x - mean) / (2 * std).
+
+Rows of a batch are whole clips of one length: padding a shorter clip changes its last frames
+(and, for ssast, its mean), so pad after computing features or mask frames past
+`config.num_frames(length)`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from maeast.errors import MaeastError
+from maeast.features.config import FbankConfig, get_config
+from maeast.features.melbanks import tables
+from maeast.shards.format import SAMPLE_RATE
+
+EPSILON = torch.finfo(torch.float32).eps  # Kaldi's log floor: numeric_limits<float>::epsilon()
+CPU_CHUNK_FRAMES = 512  # see _chunk_frames; measured by benchmarks/fbank.py
+PEAK_LIMIT = 2.0  # above this the input is not [-1, 1] audio (int16-scaled, most likely)
+
+
+def fbank(
+    waveform: torch.Tensor,
+    sample_rate: int = SAMPLE_RATE,
+    preset: str | FbankConfig = "mae_ast",
+    *,
+    normalize: bool = True,
+    dither: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Log-mel fbank of float audio in [-1, 1]: [N] -> [T, F] or [B, N] -> [B, T, F] float32.
+
+    The result is on the waveform's device; T = config.num_frames(N), F = config.n_mels.
+    normalize: apply the preset's dataset statistics, (x - mean) / (2 * std), where it has them
+        (ssast); False gives the raw log-mel. mae_ast has none: the model normalizes.
+    dither: standard deviation of Gaussian noise added to every frame before the DC removal
+        (Kaldi's dither, in the waveform's units: 1 / 32768 is one 16-bit step). Off by default;
+        when on, `generator` (on the waveform's device) must be given, so runs are reproducible.
+    """
+    config = get_config(preset)
+    x = _check_waveform(waveform, sample_rate)  # [B, N] float32
+    batched = x.dim() == 2
+    x = x if batched else x.unsqueeze(0)
+    win, hop = config.win_length(sample_rate), config.hop_length(sample_rate)
+    if win < 2 or hop < 1:
+        raise MaeastError(f"sample rate {sample_rate} Hz is too low for {config.frame_length_ms} ms frames")
+    window, banks = tables(config, int(sample_rate), x.device)  # [W], [F, K]
+
+    batch, n = x.shape
+    if n < win:  # not one whole frame: no frames, like Kaldi
+        out = x.new_zeros(batch, 0, config.n_mels)
+        return out if batched else out[0]
+
+    if config.subtract_waveform_mean:
+        x = x - x.mean(dim=-1, keepdim=True)
+    frames = x.unfold(-1, win, hop)  # [B, T, W], a view
+    if dither:
+        frames = frames + _noise(frames, dither, generator).mul_(dither)
+    out = x.new_empty(batch, frames.shape[1], config.n_mels)  # [B, T, F]
+    step = max(1, _chunk_frames(x.device) // batch)
+    for t in range(0, frames.shape[1], step):  # on CPU, cache-sized chunks of time; on GPU, one
+        out[:, t:t + step] = _log_mel(frames[:, t:t + step], config, window, banks, sample_rate)
+    if normalize and config.normalized:
+        out = out.sub_(config.norm_mean).div_(2.0 * config.norm_std)
+    return out if batched else out[0]
+
+
+def _log_mel(frames, config, window, banks, sample_rate) -> torch.Tensor:
+    """[B, T, W] frames -> [B, T, F] log-mel: the per-frame part of the Kaldi recipe."""
+    if config.remove_dc_offset:
+        frames = frames - frames.mean(dim=-1, keepdim=True)
+    if config.preemphasis:
+        previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # x[i-1], x[-1] := x[0]
+        frames = frames - config.preemphasis * previous
+    frames = frames * window  # [B, T, W]
+    spectrum = torch.fft.rfft(frames, n=config.n_fft(sample_rate))  # [B, T, K] complex, zero-padded
+    power = (spectrum * spectrum.conj()).real  # [B, T, K] = re^2 + im^2
+    mel = torch.matmul(power, banks.T)  # [B, T, F]
+    return mel.clamp_min_(EPSILON).log_()
+
+
+def _chunk_frames(device: torch.device) -> int:
+    """Frames per pass: CPU passes that stay in cache beat one big pass; a GPU wants them all."""
+    return CPU_CHUNK_FRAMES if device.type == "cpu" else 1 << 62
+
+
+def _check_waveform(waveform, sample_rate) -> torch.Tensor:
+    """The waveform as float32 [N] or [B, N], or a MaeastError that names what is wrong."""
+    if isinstance(waveform, np.ndarray):
+        waveform = torch.from_numpy(waveform)
+    if not isinstance(waveform, torch.Tensor):
+        raise MaeastError(f"fbank waveform is a {type(waveform).__name__}; pass a torch tensor [N] or [B, N]")
+    if waveform.dim() not in (1, 2):
+        raise MaeastError(f"fbank waveform has shape {list(waveform.shape)}; pass mono audio as [N] or "
+                          f"[B, N] (average or pick channels first)")
+    if not waveform.is_floating_point():
+        raise MaeastError(f"fbank waveform has dtype {waveform.dtype}; pass float audio in [-1, 1] "
+                          f"(divide int16 samples by 32768)")
+    if not (isinstance(sample_rate, (int, np.integer)) and sample_rate > 0):
+        raise MaeastError(f"fbank sample_rate {sample_rate!r} must be a positive integer (Hz)")
+    x = waveform.to(torch.float32)
+    if x.numel():
+        peak = float(x.abs().amax())
+        if not peak <= PEAK_LIMIT:  # also catches NaN and inf
+            raise MaeastError(f"fbank waveform peaks at {peak:g}; pass float audio in [-1, 1] "
+                              f"(int16-scaled? divide by 32768)")
+    return x
+
+
+def _noise(frames: torch.Tensor, dither: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like the frames, from the caller's generator."""
+    if dither < 0:
+        raise MaeastError(f"fbank dither {dither} must be >= 0")
+    if generator is None:
+        raise MaeastError("fbank dither needs an explicit torch.Generator (generator=...) for reproducible runs")
+    if generator.device.type != frames.device.type:
+        raise MaeastError(f"fbank dither generator is on {generator.device}, the waveform on {frames.device}; "
+                          f"make the generator with torch.Generator(device=waveform.device)")
+    return torch.randn(frames.shape, generator=generator, device=frames.device, dtype=frames.dtype)
