@@ -1,0 +1,170 @@
+"""`build_demo`: plan the three demo corpora from the seed, render them in a process pool.
+
+All random choices are drawn in this process, in a fixed order, from one `random.Random` per
+corpus; the workers only run the synthesizers on fully specified tasks, so the same seed gives
+byte-identical files whatever the number of workers or the order in which tasks finish.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+import shutil
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from maeast.demo import events, keywords, unlabelled
+from maeast.demo.noise import make_noise
+from maeast.demo.synth import check_tools
+from maeast.errors import MaeastError
+
+SIZES = ("tiny", "small", "full")
+CORPORA = ("speech_commands", "esc50", "librispeech")
+MARKER = "maeast-demo.json"
+EVENT_BATCH = 30  # clips per fluidsynth run (each run loads the 140 MB soundfont)
+
+
+def _timed(fn: Callable, task) -> tuple[float, list[tuple[str, float]]]:
+    start = time.perf_counter()
+    result = fn(task)
+    return time.perf_counter() - start, result
+
+
+class _Runner:
+    """Runs (corpus, fn, task) jobs on a pool of `workers` processes (inline for 1 worker),
+    keeping results in submission order and advancing one progress bar per corpus."""
+
+    def __init__(self, workers: int, progress: Progress, bars: dict[str, int]):
+        self.pool = None
+        if workers > 1:
+            ctx = multiprocessing.get_context("forkserver")
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        self.progress, self.bars, self.start = progress, bars, time.perf_counter()
+        self.results: list[tuple[str, object, list[tuple[str, float]]]] = []
+        self.stats = {c: {"files": 0, "audio_seconds": 0.0, "work_seconds": 0.0, "seconds": 0.0}
+                      for c in bars}
+
+    def run(self, jobs: list[tuple[str, Callable, object]]) -> None:
+        if self.pool is None:
+            for corpus, fn, task in jobs:
+                self._done(corpus, task, _timed(fn, task))
+            return
+        futures: list[Future] = [self.pool.submit(_timed, fn, task) for _, fn, task in jobs]
+        for (corpus, _, task), fut in zip(jobs, futures):
+            self._done(corpus, task, fut.result())
+
+    def _done(self, corpus: str, task, timed: tuple[float, list[tuple[str, float]]]) -> None:
+        took, files = timed
+        self.results.append((corpus, task, files))
+        s = self.stats[corpus]
+        s["files"] += len(files)
+        s["audio_seconds"] += sum(sec for _, sec in files)
+        s["work_seconds"] += took
+        s["seconds"] = time.perf_counter() - self.start
+        self.progress.advance(self.bars[corpus], len(files))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _prepare(out: Path, corpora: tuple[str, ...]) -> None:
+    """Make `out`; replace earlier demo corpora there, refuse to touch anything else."""
+    if out.exists() and not out.is_dir():
+        raise MaeastError(f"--out {out} is a file: pass a directory for the demo corpora")
+    for name in corpora:
+        if (out / name).exists():
+            if not (out / MARKER).is_file():
+                raise MaeastError(f"{out / name} exists and was not made by `maeast data demo`: "
+                                  f"pass a new or empty --out directory")
+            shutil.rmtree(out / name)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def build_demo(out: Path, size: str = "small", seed: int = 0, workers: int = 2,
+               progress: bool = True, corpora: tuple[str, ...] = CORPORA) -> dict:
+    """Write the demo corpora under `out` and return a summary.
+
+    out/speech_commands (keywords), out/esc50 (sound events), out/librispeech (unlabelled).
+    Summary: {"size", "seed", "workers", "seconds", "corpora": {name: {"path", "files",
+    "hours", "seconds" (wall time until that corpus was done), "work_seconds"}}}.
+    """
+    if size not in SIZES:
+        raise MaeastError(f"unknown demo size {size!r}: choose one of {', '.join(SIZES)}")
+    if not isinstance(seed, int) or seed < 0:
+        raise MaeastError(f"demo seed must be a non-negative integer, got {seed!r}")
+    if workers < 1:
+        raise MaeastError(f"workers must be at least 1, got {workers}")
+    unknown = sorted(set(corpora) - set(CORPORA))
+    if unknown or not corpora:
+        raise MaeastError(f"unknown demo corpora {unknown}: choose among {', '.join(CORPORA)}")
+    check_tools()
+    out = Path(out)
+    _prepare(out, tuple(corpora))
+    start = time.perf_counter()
+
+    noise_jobs, jobs = [], []
+    if "speech_commands" in corpora:
+        kw_root = out / "speech_commands"
+        (kw_root / keywords.NOISE_DIR).mkdir(parents=True)
+        noises, speakers = keywords.plan(kw_root, size, random.Random(f"speech_commands/{seed}"))
+        noise_jobs = [("speech_commands", make_noise, n) for n in noises]
+        jobs += [("speech_commands", keywords.speak, t) for t in speakers]
+    if "esc50" in corpora:  # longer tasks go first, so that the pool ends evenly
+        esc_root = out / "esc50"
+        (esc_root / "audio").mkdir(parents=True)
+        clips = events.plan(esc_root, size, random.Random(f"esc50/{seed}"))
+        batches = [events.RenderTask(str(esc_root / "audio"), tuple(clips[i:i + EVENT_BATCH]))
+                   for i in range(0, len(clips), EVENT_BATCH)]
+        jobs = [("esc50", events.render, b) for b in batches] + jobs
+    if "librispeech" in corpora:
+        ls_root = out / "librispeech"
+        chapters = unlabelled.plan(ls_root, size, random.Random(f"librispeech/{seed}"))
+        jobs = [("librispeech", unlabelled.perform, t) for t in chapters] + jobs
+
+    totals = {c: sum(_planned_files(t) for c2, _, t in noise_jobs + jobs if c2 == c)
+              for c in corpora}
+    with Progress(TextColumn("[bold]{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), disable=not progress) as bar:
+        runner = _Runner(workers, bar, {c: bar.add_task(c, total=totals[c]) for c in corpora})
+        try:
+            runner.run(noise_jobs)  # first: keyword clips mix in these recordings
+            runner.run(jobs)
+        finally:
+            runner.close()
+
+    if "speech_commands" in corpora:
+        keywords.write_lists(kw_root, speakers)
+    if "esc50" in corpora:
+        events.write_meta(esc_root, clips)
+    if "librispeech" in corpora:
+        per_speaker: dict[int, float] = {}
+        for corpus, task, files in runner.results:
+            if corpus == "librispeech":
+                per_speaker[task.speaker] = per_speaker.get(task.speaker, 0.0) + sum(s for _, s in files)
+        unlabelled.write_speakers(ls_root, chapters, per_speaker)
+    summary = {"size": size, "seed": seed, "workers": workers,
+               "seconds": round(time.perf_counter() - start, 2),
+               "corpora": {c: {"path": str(out / c), "files": s["files"],
+                               "hours": round(s["audio_seconds"] / 3600, 4),
+                               "seconds": round(s["seconds"], 2),
+                               "work_seconds": round(s["work_seconds"], 2)}
+                           for c, s in runner.stats.items()}}
+    (out / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _planned_files(task) -> int:
+    """How many audio files a job writes (for the progress bars)."""
+    if isinstance(task, keywords.SpeakerTask):
+        return len(task.takes)
+    if isinstance(task, events.RenderTask):
+        return len(task.clips)
+    if isinstance(task, unlabelled.ChapterTask):
+        return len(task.seconds)
+    return 1  # a background-noise recording
