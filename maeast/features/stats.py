@@ -1,0 +1,103 @@
+"""Corpus statistics of the raw log-mel: the mean and std that presets like ssast normalize with.
+
+`corpus_stats` reads a split's shards, computes each clip's raw fbank (normalize=False) and pools
+every frame and bin into one mean and one (population) standard deviation, in float64;
+`write_stats` records them in the shard folder's index.json under "stats", keyed by preset:
+
+    "stats": {"ssast": {"mean": -4.27, "std": 4.57, "clips": 1000, "frames": 998000, "split": "train"}}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from maeast.errors import MaeastError
+from maeast.features.config import FbankConfig, get_config
+from maeast.features.fbank import fbank
+from maeast.shards.format import INDEX, decode_flac, iter_tar, read_index, shard_paths, write_json_atomic
+
+
+@dataclass
+class Moments:
+    """Count, mean and sum of squared deviations of a stream of values (Chan et al.'s pooled update)."""
+
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def add(self, values: torch.Tensor) -> None:
+        """Pool in every element of a tensor, computed in float64."""
+        n = values.numel()
+        if n == 0:
+            return
+        values = values.detach().to(torch.float64)
+        mean = float(values.mean())
+        m2 = float((values - mean).square().sum())
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation (over all values seen)."""
+        return math.sqrt(self.m2 / self.count) if self.count else float("nan")
+
+
+def corpus_stats(shard_dir: Path, preset: str | FbankConfig = "ssast", split: str = "train",
+                 max_clips: int | None = None, on_clip: Callable[[], None] | None = None) -> dict:
+    """Raw log-mel mean and std of a split (its first max_clips clips, in shard order).
+
+    Returns {"mean", "std", "clips", "frames", "split"}; frames counts fbank frames (each of
+    config.n_mels values). on_clip is called after each clip, for progress bars.
+    """
+    config = get_config(preset)
+    if max_clips is not None and max_clips < 1:
+        raise MaeastError(f"--max-clips {max_clips} must be at least 1 (or left out for every clip)")
+    moments, clips, frames = Moments(), 0, 0
+    for wav, rate in islice(_clips(shard_dir, split), max_clips):
+        feats = fbank(torch.from_numpy(wav), rate, config, normalize=False)  # [T, F]
+        moments.add(feats)
+        clips, frames = clips + 1, frames + feats.shape[0]
+        if on_clip is not None:
+            on_clip()
+    if frames == 0:
+        raise MaeastError(f"split {split!r} of {shard_dir} gave no fbank frames ({clips} clips, all shorter "
+                          f"than {config.frame_length_ms:g} ms?); statistics need audio")
+    return {"mean": moments.mean, "std": moments.std, "clips": clips, "frames": frames, "split": split}
+
+
+def _clips(shard_dir: Path, split: str) -> Iterator[tuple[np.ndarray, int]]:
+    """(waveform, sample rate) of every sample of a split, in shard order."""
+    for path in shard_paths(shard_dir, split, read_index(shard_dir)):
+        for key, parts in iter_tar(path):
+            if "flac" not in parts:
+                raise MaeastError(f"sample {key!r} in {path} has no .flac; rebuild the shards")
+            yield decode_flac(parts["flac"])
+
+
+def write_stats(shard_dir: Path, preset: str | FbankConfig, stats: dict) -> Path:
+    """Record stats under index.json's "stats"[preset name], keeping everything else; returns the path."""
+    index = read_index(shard_dir)
+    index.setdefault("stats", {})[get_config(preset).name] = stats
+    path = Path(shard_dir) / INDEX
+    write_json_atomic(path, index)
+    return path
+
+
+def config_with_stats(index: dict, preset: str | FbankConfig) -> FbankConfig:
+    """The preset normalized with the statistics that `maeast shard stats` recorded in an index."""
+    config = get_config(preset)
+    found = index.get("stats", {}).get(config.name)
+    if found is None:
+        raise MaeastError(f"no {config.name} statistics in this shard index; run "
+                          f"`maeast shard stats DIR --preset {config.name}` first")
+    return config.with_stats(found["mean"], found["std"])
