@@ -1,0 +1,127 @@
+"""LoaderConfig: everything that decides which clips a loader yields, in what order and what shape.
+
+The training config embeds it; every field is checked in __post_init__ so that a bad value is a
+one-line MaeastError before any worker starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from maeast.errors import MaeastError
+
+MODES = ("pretrain", "finetune")
+BACKENDS = ("stream", "dali", "ffcv")
+ON_ERROR = ("skip", "fail")
+
+
+@dataclass
+class LoaderConfig:
+    """How to stream batches out of one or more shard folders."""
+
+    shards: list[str] = field(default_factory=list)
+    """Shard folders written by `maeast shard build` (each with an index.json); for backend "ffcv",
+    one .beton file written by `maeast shard ffcv`."""
+    weights: list[float] | None = None
+    """Mixing weight per shard folder (the chance that the next clip comes from it); None mixes in
+    proportion to the folders' sample counts, i.e. plain concatenation."""
+    split: str = "train"
+    """Which split of every folder to read."""
+    mode: str = "pretrain"
+    """"pretrain": clips of a batch cropped (random offset) to its shortest clip, capped at
+    max_seconds, clips under min_seconds skipped, no labels. "finetune": every clip cropped or
+    zero-padded to clip_seconds, with a padding mask, and labels."""
+    backend: str = "stream"
+    """"stream" (webdataset on CPU workers), "dali" (the `dali` extra) or "ffcv" (the `ffcv` extra)."""
+    batch_size: int = 8
+    """Clips per batch on each rank."""
+    num_workers: int = 2
+    """Worker processes per rank (0 reads in the calling process)."""
+    threads_per_worker: int = 1
+    """torch intra-op threads in each worker (fbank); DALI's CPU threads for backend "dali"."""
+    shuffle_buffer: int = 1000
+    """Clips held in each worker's shuffle buffer; 0 keeps shard order (evaluation)."""
+    bucket_batches: int = 8
+    """Pretraining: clips are pooled this many batches at a time and sorted by length, so that
+    each batch holds clips of similar length and cropping to the shortest wastes little; 1 is off."""
+    seed: int = 0
+    """Seed of every random choice (shard order, shuffle buffer, mixing, crop offsets)."""
+    max_seconds: float = 10.0
+    """Pretraining: the most audio a clip of a batch keeps (longer batches are cropped)."""
+    min_seconds: float = 2.0
+    """Pretraining: clips shorter than this are skipped (counted in stats["short"])."""
+    clip_seconds: float | None = None
+    """Fine-tuning: every clip is cropped or padded to this length (required in finetune mode)."""
+    random_crop: bool = True
+    """Fine-tuning: crop clips longer than clip_seconds at a random offset (False: from the start)."""
+    fbank: str = "mae_ast"
+    """Fbank preset of maeast.features (the same for every backend)."""
+    epoch_batches: int | None = None
+    """Batches per epoch on every rank. None: one pass over each worker's shards, equalized across
+    ranks from index.json's sample counts. Streams wrap around (a new shuffled pass) whenever a
+    worker runs out early, so every rank always yields exactly this many batches."""
+    drop_last: bool = False
+    """Drop the short last batch of each worker's pass (default: yield it smaller)."""
+    on_error: str = "skip"
+    """Bad data (a shard whose sha256 differs from index.json, a truncated tar, an undecodable
+    sample): "skip" warns and counts it in stats, "fail" raises a MaeastError naming it."""
+    verify_checksums: bool = True
+    """Hash every shard against index.json before reading it (one extra read, from page cache)."""
+    prefetch: int = 2
+    """Batches each worker prepares ahead (DataLoader's prefetch_factor)."""
+    pin_memory: bool = False
+    """Pin batches in page-locked memory (only useful with a CUDA device)."""
+
+    def __post_init__(self):
+        if isinstance(self.shards, str):
+            self.shards = [self.shards]
+        self.shards = [str(s) for s in self.shards]
+        if not self.shards:
+            raise MaeastError("loader: no shard folders given (loader.shards: [path/to/shards])")
+        if self.weights is not None:
+            self.weights = [float(w) for w in self.weights]
+            if len(self.weights) != len(self.shards):
+                raise MaeastError(f"loader: {len(self.weights)} weights for {len(self.shards)} shard folders; "
+                                  f"give one weight per folder")
+            if any(not w >= 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise MaeastError(f"loader: weights {self.weights} must be >= 0 with a positive sum")
+        _choice("mode", self.mode, MODES)
+        _choice("backend", self.backend, BACKENDS)
+        _choice("on_error", self.on_error, ON_ERROR)
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("num_workers", self.num_workers, 0)
+        _at_least("threads_per_worker", self.threads_per_worker, 1)
+        _at_least("shuffle_buffer", self.shuffle_buffer, 0)
+        _at_least("bucket_batches", self.bucket_batches, 1)
+        _at_least("prefetch", self.prefetch, 1)
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise MaeastError(f"loader: seed {self.seed!r} must be a non-negative integer")
+        if not self.max_seconds > 0:
+            raise MaeastError(f"loader: max_seconds {self.max_seconds} must be positive")
+        if not 0 <= self.min_seconds <= self.max_seconds:
+            raise MaeastError(f"loader: min_seconds {self.min_seconds} must be in [0, max_seconds={self.max_seconds}]")
+        if self.mode == "finetune":
+            if self.clip_seconds is None:
+                raise MaeastError("loader: finetune mode needs clip_seconds (e.g. 1.0 for keywords, 5.0 for ESC-50)")
+            if not self.clip_seconds >= 0.025:
+                raise MaeastError(f"loader: clip_seconds {self.clip_seconds} must hold at least one 25 ms frame")
+        if self.epoch_batches is not None:
+            _at_least("epoch_batches", self.epoch_batches, 1)
+        if self.backend == "ffcv" and len(self.shards) != 1:
+            raise MaeastError("loader: backend ffcv reads exactly one .beton file (loader.shards: [file.beton])")
+        from maeast.features import get_config
+        get_config(self.fbank)  # an unknown preset is a one-line error here, not in a worker
+
+    @property
+    def finetune(self) -> bool:
+        return self.mode == "finetune"
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise MaeastError(f"loader: {name} {value!r} unknown; use one of: {', '.join(allowed)}")
+
+
+def _at_least(name: str, value, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise MaeastError(f"loader: {name} {value!r} must be an integer >= {low}")

@@ -1,0 +1,133 @@
+"""Clip lengths: bucketing, cropping, padding, and the batch's features, masks and labels.
+
+Pure batched functions shared by every loader (webdataset, DALI, the map-style baseline), so all
+of them give the same Batch for the same clips:
+
+  pretraining: every clip of a batch is cropped at a random offset to the batch's shortest clip,
+      capped at max_samples (the official MAE-AST collater with random_crop, pad_audio off);
+  fine-tuning: every clip is cropped (random or from the start) or zero-padded to clip_samples,
+      and frames past a clip's own end are masked (True = padding) and zeroed.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterable, Iterator, Sequence, TypeVar
+
+import torch
+
+from maeast.batch import Batch
+from maeast.errors import MaeastError
+from maeast.features import fbank, get_config
+
+T = TypeVar("T")
+
+
+def bucket(items: Iterable[T], size: int, batch_size: int, pool_batches: int, rng: random.Random,
+           drop_last: bool = False) -> Iterator[list[T]]:
+    """Batches of `batch_size` items of similar size: pools of pool_batches batches are sorted by
+    size(item), cut into batches, and the batches of a pool are yielded in random order."""
+    pool_size = batch_size * pool_batches
+    pool: list[T] = []
+    for item in items:
+        pool.append(item)
+        if len(pool) == pool_size:
+            yield from _cut(pool, size, batch_size, pool_batches, rng, drop_last)
+            pool = []
+    if pool:
+        yield from _cut(pool, size, batch_size, pool_batches, rng, drop_last)
+
+
+def _cut(pool, size, batch_size, pool_batches, rng, drop_last):
+    if pool_batches > 1:
+        pool = sorted(pool, key=size)
+    batches = [pool[i:i + batch_size] for i in range(0, len(pool), batch_size)]
+    if drop_last and len(batches[-1]) < batch_size:
+        batches.pop()
+    if pool_batches > 1:
+        rng.shuffle(batches)
+    return batches
+
+
+def stack(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips of any lengths -> zero-padded [B, N_max] and lengths [B] (int64)."""
+    lengths = torch.tensor([len(w) for w in waves], dtype=torch.int64)
+    out = waves[0].new_zeros(len(waves), int(lengths.max()))
+    for i, w in enumerate(waves):  # a copy per clip; no per-sample arithmetic
+        out[i, : len(w)] = w
+    return out, lengths
+
+
+def crop(wave: torch.Tensor, lengths: torch.Tensor, size: int, random_offset: bool,
+         generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, N] clips with their lengths -> [B, size]: clips longer than `size` cropped (at a random
+    offset, or from the start), shorter ones zero-padded; returns the kept lengths [B]."""
+    batch, n = wave.shape
+    spare = (lengths - size).clamp_min(0)  # [B] samples that do not fit
+    if random_offset:
+        u = torch.rand(batch, generator=generator, dtype=torch.float64)
+        start = (u * (spare + 1).double()).floor().long().clamp_max(spare)  # [B] uniform in [0, spare]
+    else:
+        start = torch.zeros_like(spare)
+    index = start.unsqueeze(1) + torch.arange(size).unsqueeze(0)  # [B, size]
+    kept = lengths.clamp_max(size)
+    inside = torch.arange(size).unsqueeze(0) < kept.unsqueeze(1)  # [B, size]
+    index = index.clamp_max(max(n - 1, 0)).to(wave.device)
+    out = torch.gather(wave, 1, index) * inside.to(wave.device)
+    return out, kept
+
+
+def pretrain_size(lengths: torch.Tensor, max_samples: int) -> int:
+    """The official collater's length: the batch's shortest clip, capped at max_samples."""
+    return int(min(int(lengths.min()), max_samples))
+
+
+def featurize(wave: torch.Tensor, lengths: torch.Tensor, preset: str, sample_rate: int
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[B, N] zero-padded clips -> features [B, T, F] and padding_mask [B, T] (None if no clip is short).
+
+    Each distinct length gets one batched fbank call over exactly its samples, so a padded clip's
+    frames equal those of the clip alone; frames past a clip's end are zero and masked.
+    """
+    config = get_config(preset)
+    frames = config.num_frames(lengths, sample_rate)  # [B]
+    total = config.num_frames(wave.shape[1], sample_rate)
+    if bool((lengths == wave.shape[1]).all()):
+        return fbank(wave, sample_rate, config), None
+    out = wave.new_zeros(wave.shape[0], total, config.n_mels)  # [B, T, F]
+    for length in torch.unique(lengths).tolist():
+        rows = (lengths == length).nonzero().squeeze(1).to(wave.device)
+        t = config.num_frames(length, sample_rate)
+        if t:
+            out[rows, :t] = fbank(wave[rows, :length], sample_rate, config)
+    mask = torch.arange(total).unsqueeze(0) >= frames.unsqueeze(1)  # [B, T]
+    return out, mask.to(wave.device)
+
+
+def labels_tensor(label_ids: Sequence[Sequence[int]], num_classes: int, multi_label: bool) -> torch.Tensor:
+    """Per-clip label ids -> int64 [B] (single-label) or float multi-hot [B, C] (multi-label)."""
+    if multi_label:
+        hot = torch.zeros(len(label_ids), num_classes)
+        rows = [i for i, ids in enumerate(label_ids) for _ in ids]
+        cols = [j for ids in label_ids for j in ids]
+        hot[rows, cols] = 1.0
+        return hot
+    bad = [ids for ids in label_ids if len(ids) != 1]
+    if bad:
+        raise MaeastError(f"a single-label corpus has a clip with labels {list(bad[0])}; rebuild its shards")
+    return torch.tensor([ids[0] for ids in label_ids], dtype=torch.int64)
+
+
+def collate(wave: torch.Tensor, lengths: torch.Tensor, keys: list[str],
+            label_ids: Sequence[Sequence[int]] | None, *, finetune: bool, clip_samples: int,
+            max_samples: int, random_crop: bool, preset: str, sample_rate: int, num_classes: int,
+            multi_label: bool, generator: torch.Generator | None) -> Batch:
+    """Decoded clips, [B, N] zero-padded with their lengths [B] (see `stack`) -> Batch: the one
+    collate of every loader, on the clips' device."""
+    if finetune:
+        wave, kept = crop(wave, lengths, clip_samples, random_crop, generator)
+    else:
+        wave, kept = crop(wave, lengths, pretrain_size(lengths, max_samples), True, generator)
+    features, mask = featurize(wave, kept, preset, sample_rate)
+    labels = labels_tensor(label_ids, num_classes, multi_label) if finetune else None
+    return Batch(features, mask, labels, list(keys))

@@ -1,0 +1,139 @@
+"""Shard lists from index.json files, and the epoch plan: which worker of which rank reads what.
+
+A *slot* is one (rank, worker) pair: slot = rank * workers + worker. Each epoch, every source's
+shards are shuffled with (seed, epoch) and dealt to the slots round-robin, so each slot reads a
+disjoint set of shards and, in a pass, every shard is read exactly once by exactly one slot.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from maeast.errors import MaeastError
+from maeast.shards.format import read_index, shard_paths
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path
+    samples: int
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Source:
+    """One corpus split: its shards and its label vocabulary."""
+
+    dir: Path
+    corpus: str
+    split: str
+    shards: tuple[Shard, ...]
+    labels: tuple[str, ...]
+    multi_label: bool
+    sample_rate: int
+    weight: float
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+
+def load_sources(dirs: list[str], split: str, weights: list[float] | None = None) -> list[Source]:
+    """Read each folder's index.json; weights default to the folders' sample counts."""
+    sources = []
+    for i, folder in enumerate(dirs):
+        folder = Path(folder)
+        index = read_index(folder)
+        paths = shard_paths(folder, split, index)
+        entries = index["splits"][split]["shards"]
+        shards = tuple(Shard(p, int(e["samples"]), e["sha256"], int(e["bytes"])) for p, e in zip(paths, entries))
+        missing = [s.path.name for s in shards if not s.path.is_file()]
+        if missing:
+            raise MaeastError(f"{folder}: {len(missing)} shard(s) listed in index.json are missing "
+                              f"(first: {missing[0]}); rebuild with `maeast shard build`")
+        if not shards or not sum(s.samples for s in shards):
+            raise MaeastError(f"{folder}: split {split!r} has no samples")
+        sources.append(Source(folder, index["corpus"], split, shards, tuple(index["labels"]),
+                              bool(index["multi_label"]), int(index["sample_rate"]),
+                              weights[i] if weights else float(sum(s.samples for s in shards))))
+    rates = {s.sample_rate for s in sources}
+    if len(rates) > 1:
+        raise MaeastError(f"shard folders have different sample rates {sorted(rates)}; rebuild them at one rate")
+    return sources
+
+
+def check_labels(sources: list[Source]) -> None:
+    """Fine-tuning mixes folders only if they share one label vocabulary."""
+    first = sources[0]
+    for other in sources[1:]:
+        if other.labels != first.labels or other.multi_label != first.multi_label:
+            raise MaeastError(f"{other.dir} and {first.dir} have different label vocabularies; "
+                              f"fine-tune on folders built with the same labels")
+
+
+def derive_seed(*parts: int) -> int:
+    """One 63-bit seed from a tuple of ints (seed, epoch, slot, ...), independent per tuple."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def check_slots(sources: list[Source], world_size: int, workers: int) -> None:
+    slots = world_size * max(workers, 1)
+    for s in sources:
+        if len(s.shards) < slots:
+            raise MaeastError(
+                f"{s.dir} split {s.split!r} has {len(s.shards)} shard(s) but {world_size} rank(s) x "
+                f"{max(workers, 1)} worker(s) need at least {slots}; rebuild with a smaller --shard-size "
+                f"or use fewer workers")
+
+
+def slot_shards(source: Source, source_id: int, seed: int, epoch: int, slot: int, slots: int) -> list[Shard]:
+    """The shards one slot reads in this epoch's first pass, in reading order."""
+    order = list(source.shards)
+    random.Random(derive_seed(seed, epoch, source_id, 1)).shuffle(order)
+    return order[slot::slots]
+
+
+def pass_order(shards: list[Shard], seed: int, epoch: int, source_id: int, slot: int, pass_no: int) -> list[Shard]:
+    """A slot's shards for pass `pass_no` (0: as dealt; later passes reshuffled)."""
+    if pass_no == 0:
+        return list(shards)
+    order = list(shards)
+    random.Random(derive_seed(seed, epoch, source_id, slot, pass_no, 2)).shuffle(order)
+    return order
+
+
+def quotas(sources: list[Source], seed: int, epoch: int, world_size: int, workers: int, batch_size: int,
+           drop_last: bool, epoch_batches: int | None) -> list[list[int]]:
+    """Batches each worker of each rank yields this epoch: [rank][worker]; every rank sums to the same.
+
+    Without epoch_batches, a worker's quota is one pass over its shards (from index.json's counts),
+    and ranks with more are trimmed, largest worker first, to the smallest rank's total.
+    """
+    w = max(workers, 1)
+    slots = world_size * w
+    per_slot = np.zeros(slots, dtype=np.int64)
+    for i, source in enumerate(sources):
+        for slot in range(slots):
+            per_slot[slot] += sum(s.samples for s in slot_shards(source, i, seed, epoch, slot, slots))
+    batches = per_slot // batch_size if drop_last else -(-per_slot // batch_size)
+    table = batches.reshape(world_size, w)
+    if epoch_batches is not None:
+        even = [epoch_batches // w + (k < epoch_batches % w) for k in range(w)]
+        return [list(even) for _ in range(world_size)]
+    total = int(table.sum(axis=1).min())
+    if total == 0:
+        raise MaeastError(f"a rank has fewer than batch_size={batch_size} clips per epoch with drop_last; "
+                          f"lower batch_size or set drop_last false")
+    out = []
+    for row in table:
+        row = [int(x) for x in row]
+        for _ in range(sum(row) - total):
+            k = max(range(w), key=lambda j: (row[j], j))
+            row[k] -= 1
+        out.append(row)
+    return out

@@ -1,0 +1,103 @@
+"""A loader's resume state: the epoch, and per rank and worker how far the caller has consumed.
+
+The plan of an epoch (which shards each worker reads, the shuffle, the batches) is a pure function
+of (seed, epoch, rank, worker), decided from sample metadata before any audio is decoded. So the
+state is small: per worker, `batches` it has handed to the caller and `position`, the index of the
+next batch in its planned stream (larger than `batches` when a whole batch was bad and skipped).
+Batches a worker prefetched but the caller never took are not counted: a resumed worker replays
+its plan without decoding up to `position` and carries on from there.
+
+state_dict() format (JSON-serializable):
+    {"format": "maeast-loader/1", "epoch": 3, "seed": 0, "world_size": 2, "num_workers": 2,
+     "ranks": {"0": {"batches": [5, 4], "positions": [5, 4], "stats": {"bad_samples": 1, ...}}}}
+A rank's own state holds only its rank; `merge_states` combines the states of all ranks into one
+(for a single checkpoint file), and any rank loads its own entry from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from maeast.errors import MaeastError
+
+FORMAT = "maeast-loader/1"
+STATS = ("bad_samples", "bad_shards", "short", "wrapped_passes")
+
+
+def new_stats() -> dict[str, int]:
+    return {name: 0 for name in STATS}
+
+
+@dataclass
+class LoaderState:
+    epoch: int
+    seed: int
+    world_size: int
+    num_workers: int
+    rank: int
+    batches: list[int]
+    positions: list[int]
+    stats: dict[str, int] = field(default_factory=new_stats)
+
+    @classmethod
+    def fresh(cls, epoch: int, seed: int, world_size: int, num_workers: int, rank: int) -> "LoaderState":
+        n = max(num_workers, 1)
+        return cls(epoch, seed, world_size, num_workers, rank, [0] * n, [0] * n)
+
+    @property
+    def started(self) -> bool:
+        return any(self.positions)
+
+    def consume(self, worker: int, position: int) -> None:
+        """The caller took the batch at `position` of `worker`'s plan."""
+        self.batches[worker] += 1
+        self.positions[worker] = position + 1
+
+    def next_epoch(self) -> None:
+        self.epoch += 1
+        self.batches = [0] * len(self.batches)
+        self.positions = [0] * len(self.positions)
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "epoch": self.epoch, "seed": self.seed, "world_size": self.world_size,
+                "num_workers": self.num_workers,
+                "ranks": {str(self.rank): {"batches": list(self.batches), "positions": list(self.positions),
+                                           "stats": dict(self.stats)}}}
+
+    def load(self, state: dict) -> None:
+        """Take this rank's progress from a state_dict (one rank's, or merged)."""
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise MaeastError(f"loader state is not a {FORMAT} state_dict; pass what loader.state_dict() returned")
+        ranks = state.get("ranks", {})
+        mine = ranks.get(str(self.rank))
+        if mine is None:
+            raise MaeastError(f"loader state has ranks {sorted(ranks)} but not rank {self.rank}; "
+                              f"merge every rank's state with merge_states before saving")
+        started = any(mine["positions"])
+        if state["seed"] != self.seed and started:
+            raise MaeastError(f"loader state was saved with seed {state['seed']}, this run has seed {self.seed}; "
+                              f"resume with the same loader.seed")
+        if started and (state["world_size"], state["num_workers"]) != (self.world_size, self.num_workers):
+            raise MaeastError(
+                f"loader state was saved mid-epoch with {state['world_size']} rank(s) x {state['num_workers']} "
+                f"worker(s), this run has {self.world_size} x {self.num_workers}; resume with the same layout "
+                f"(or from a checkpoint taken at an epoch boundary)")
+        self.epoch = int(state["epoch"])
+        n = len(self.batches)
+        self.batches = [int(x) for x in mine["batches"]] if started else [0] * n
+        self.positions = [int(x) for x in mine["positions"]] if started else [0] * n
+        self.stats = {**new_stats(), **{k: int(v) for k, v in mine.get("stats", {}).items()}}
+
+
+def merge_states(states: list[dict]) -> dict:
+    """Every rank's state_dict -> one state_dict holding all ranks (all must be at one epoch)."""
+    if not states:
+        raise MaeastError("merge_states needs at least one loader state")
+    merged = {k: v for k, v in states[0].items() if k != "ranks"}
+    merged["ranks"] = {}
+    for state in states:
+        if state["epoch"] != merged["epoch"]:
+            raise MaeastError(f"loader states are at different epochs ({merged['epoch']} and {state['epoch']}); "
+                              f"take them at the same step on every rank")
+        merged["ranks"].update(state["ranks"])
+    return merged

@@ -1,0 +1,251 @@
+"""What one worker does: read its shards with webdataset, shuffle, bucket into batches, decode, fbank.
+
+A worker's batches are planned from sample metadata (key, JSON) before any audio is decoded:
+
+  its shards (sources.slot_shards) -> tar members grouped into samples (webdataset) -> clips under
+  min_seconds dropped (pretraining) -> shuffle buffer (webdataset.shuffle, seeded) -> batches
+  (lengths.bucket) -> per batch: FLAC decode (soundfile) -> lengths.collate (crop/pad, fbank, labels)
+
+Everything random is seeded by (seed, epoch, rank, worker, ...), so the plan is a pure function of
+those numbers: a resumed worker walks it again without decoding up to where the caller stopped.
+A worker's stream never ends: after its shards it starts another, reshuffled pass (one source) or
+keeps mixing (several sources); its quota decides how many batches of it make the epoch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from maeast.errors import MaeastError
+from maeast.loaders import lengths
+from maeast.loaders.config import LoaderConfig
+from maeast.loaders.sources import Shard, Source, derive_seed, pass_order, slot_shards
+from maeast.loaders.state import new_stats
+from maeast.shards.format import decode_flac, sha256_file
+
+
+class BadDataWarning(UserWarning):
+    """A shard or sample was skipped (loader.on_error = "skip")."""
+
+
+@dataclass
+class Sample:
+    key: str
+    flac: bytes
+    meta: dict
+
+
+@dataclass
+class Errors:
+    """Skip-or-fail policy and the counters; quiet while a resumed worker replays its plan."""
+
+    on_error: str
+    stats: dict[str, int] = field(default_factory=new_stats)
+    live: bool = True
+
+    def bad(self, kind: str, what: str, why: str) -> None:
+        if self.on_error == "fail":
+            raise MaeastError(f"{what}: {why} (set loader.on_error: skip to skip bad data)")
+        if self.live:
+            self.stats[kind] += 1
+            warnings.warn(f"skipped {what}: {why}", BadDataWarning, stacklevel=2)
+
+    def count(self, kind: str) -> None:
+        if self.live:
+            self.stats[kind] += 1
+
+
+@dataclass
+class Plan:
+    """The epoch as one rank sees it; pickled into every worker."""
+
+    config: LoaderConfig
+    sources: list[Source]
+    rank: int
+    world_size: int
+    epoch: int
+    quotas: list[int]  # batches per worker this epoch
+    batches: list[int]  # batches per worker the caller already took
+    positions: list[int]  # per worker, the plan position to resume from
+
+    @property
+    def workers(self) -> int:
+        return max(self.config.num_workers, 1)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.sources[0].sample_rate
+
+
+def read_shard(shard: Shard, verify: bool, errors: Errors) -> Iterator[Sample]:
+    """The samples of one shard, in tar order; a bad shard or sample is skipped (or fails)."""
+    if verify and sha256_file(shard.path) != shard.sha256:
+        errors.bad("bad_shards", f"shard {shard.path}", "its sha256 differs from index.json (corrupt or "
+                   "changed; check it with `maeast shard inspect --verify`)")
+        return
+    with open(shard.path, "rb") as f:
+        try:
+            for raw in group_by_keys(tar_file_expander([{"url": str(shard.path), "stream": f}])):
+                sample = _parse(raw, shard, errors)
+                if sample is not None:
+                    yield sample
+        except MaeastError:
+            raise
+        except Exception as e:  # a truncated or garbled tar: tarfile / webdataset errors
+            errors.bad("bad_shards", f"shard {shard.path}", f"unreadable tar ({type(e).__name__}: {e.args[0]})")
+
+
+def _parse(raw: dict, shard: Shard, errors: Errors) -> Sample | None:
+    key = raw["__key__"]
+    if "flac" not in raw or "json" not in raw:
+        errors.bad("bad_samples", f"sample {key} of {shard.path.name}", f"has {sorted(k for k in raw if k[:2] != '__')}, "
+                   "needs flac and json")
+        return None
+    try:
+        meta = json.loads(raw["json"])
+        int(meta["num_samples"])
+    except (ValueError, KeyError, TypeError) as e:
+        errors.bad("bad_samples", f"sample {key} of {shard.path.name}", f"unreadable JSON ({e})")
+        return None
+    return Sample(key, raw["flac"], meta)
+
+
+def _source_stream(plan: Plan, source_id: int, slot: int, errors: Errors) -> Iterator[Iterator[Sample]]:
+    """A slot's passes over one source's shards: pass 0 as dealt, later ones reshuffled."""
+    cfg = plan.config
+    source = plan.sources[source_id]
+    mine = slot_shards(source, source_id, cfg.seed, plan.epoch, slot, plan.world_size * plan.workers)
+    for pass_no in itertools.count():
+        order = pass_order(mine, cfg.seed, plan.epoch, source_id, slot, pass_no)
+        yield itertools.chain.from_iterable(read_shard(s, cfg.verify_checksums, errors) for s in order)
+
+
+def _mixed(plan: Plan, slot: int, errors: Errors) -> Iterator[Sample]:
+    """Several sources: an endless stream, the next clip's source drawn by weight."""
+    def endless(source_id):
+        for pass_ in _source_stream(plan, source_id, slot, errors):
+            n = 0
+            for n, sample in enumerate(pass_, 1):
+                yield sample
+            if n == 0:
+                raise MaeastError(f"no readable sample in {plan.sources[source_id].dir} for worker {slot}")
+
+    streams = [endless(i) for i in range(len(plan.sources))]
+    weights = [s.weight for s in plan.sources]
+    rng = random.Random(derive_seed(plan.config.seed, plan.epoch, slot, 5))
+    while True:
+        yield next(streams[rng.choices(range(len(streams)), weights)[0]])
+
+
+def planned_batches(plan: Plan, worker: int, errors: Errors) -> Iterator[list[Sample]]:
+    """The worker's endless plan of batches (samples with undecoded audio)."""
+    cfg = plan.config
+    slot = plan.rank * plan.workers + worker
+    if len(plan.sources) == 1:
+        segments = _source_stream(plan, 0, slot, errors)
+    else:
+        segments = iter([_mixed(plan, slot, errors)])
+    min_samples = round(cfg.min_seconds * plan.sample_rate)
+    max_samples = round(cfg.max_seconds * plan.sample_rate)
+    pool = 1 if cfg.finetune else cfg.bucket_batches
+    for segment_no, segment in enumerate(segments):
+        if segment_no:
+            errors.count("wrapped_passes")
+        samples = iter(segment)
+        if not cfg.finetune:
+            samples = (s for s in samples if _long_enough(s, min_samples, errors))
+        if cfg.shuffle_buffer:
+            rng = random.Random(derive_seed(cfg.seed, plan.epoch, slot, segment_no, 4))
+            samples = wds.shuffle(cfg.shuffle_buffer, cfg.shuffle_buffer, rng=rng)(samples)
+        rng = random.Random(derive_seed(cfg.seed, plan.epoch, slot, segment_no, 6))
+        size = lambda s: min(int(s.meta["num_samples"]), max_samples)  # noqa: E731
+        made = 0
+        for batch in lengths.bucket(samples, size, cfg.batch_size, pool, rng, cfg.drop_last):
+            made += 1
+            yield batch
+        if not made:
+            raise MaeastError(f"worker {worker} of rank {plan.rank} found no usable batch in a whole pass over its "
+                              f"shards of {plan.sources[0].dir} (all clips bad or under min_seconds?)")
+
+
+def _long_enough(sample: Sample, min_samples: int, errors: Errors) -> bool:
+    if int(sample.meta["num_samples"]) >= min_samples:
+        return True
+    errors.count("short")
+    return False
+
+
+def decode(sample: Sample, sample_rate: int, errors: Errors) -> torch.Tensor | None:
+    """A sample's FLAC -> float32 [N]; None (after a warning) if it does not decode to what its JSON says."""
+    try:
+        wav, sr = decode_flac(sample.flac)
+    except Exception as e:  # soundfile raises its own error types for corrupt streams
+        errors.bad("bad_samples", f"sample {sample.key}", f"undecodable FLAC ({type(e).__name__}: {e})")
+        return None
+    expected = int(sample.meta["num_samples"])
+    if sr != sample_rate or len(wav) != expected or not np.isfinite(wav).all():
+        errors.bad("bad_samples", f"sample {sample.key}", f"decoded {len(wav)} samples at {sr} Hz, its JSON says "
+                   f"{expected} at {sample_rate} Hz")
+        return None
+    return torch.from_numpy(wav)
+
+
+def materialize(samples: list[Sample], plan: Plan, worker: int, position: int, errors: Errors):
+    """Decode a planned batch and collate it; None if none of its clips decode."""
+    cfg = plan.config
+    decoded = [(s, decode(s, plan.sample_rate, errors)) for s in samples]
+    kept = [(s, w) for s, w in decoded if w is not None]
+    if not kept:
+        return None
+    wave, lens = lengths.stack([w for _, w in kept])
+    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, plan.epoch, plan.rank, worker, position, 3))
+    source = plan.sources[0]
+    label_ids = [s.meta.get("label_ids", []) for s, _ in kept] if cfg.finetune else None
+    return lengths.collate(
+        wave, lens, [s.key for s, _ in kept], label_ids, finetune=cfg.finetune,
+        clip_samples=round((cfg.clip_seconds or 0) * plan.sample_rate),
+        max_samples=round(cfg.max_seconds * plan.sample_rate), random_crop=cfg.random_crop, preset=cfg.fbank,
+        sample_rate=plan.sample_rate, num_classes=len(source.labels), multi_label=source.multi_label,
+        generator=generator)
+
+
+class StreamDataset(torch.utils.data.IterableDataset):
+    """Yields one worker's share of the epoch as dicts (worker, position, batch tensors, stats)."""
+
+    def __init__(self, plan: Plan):
+        super().__init__()
+        self.plan = plan
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        if info is not None:
+            torch.set_num_threads(self.plan.config.threads_per_worker)
+        plan = self.plan
+        done, start, quota = plan.batches[worker], plan.positions[worker], plan.quotas[worker]
+        if done >= quota:
+            return
+        errors = Errors(plan.config.on_error, live=start == 0)
+        for position, samples in enumerate(planned_batches(plan, worker, errors)):
+            if position < start:
+                continue
+            errors.live = True
+            batch = materialize(samples, plan, worker, position, errors)
+            if batch is None:
+                continue
+            done += 1
+            yield {"worker": worker, "position": position, "features": batch.features,
+                   "padding_mask": batch.padding_mask, "labels": batch.labels, "keys": batch.keys,
+                   "stats": dict(errors.stats)}
+            if done >= quota:
+                return
