@@ -5,7 +5,8 @@ categories ordered by target id, so label ids are ESC-50's targets. Every clip g
 with its fold (1-5) set: the fold is the cross-validation key (train on four folds, test on the
 fifth). The esc10 flag, source file and take are kept in each sample's JSON.
 
-Options: subset=esc50|esc10 (esc10: only the ESC-10 clips, its 10 categories in target order).
+Options: subset=esc50|esc10 (esc10: only the ESC-10 clips, its 10 categories in target order, so
+their ids are 0-9 rather than ESC-50's targets; the target is kept in each sample's JSON).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ def vocabulary(rows: list[dict], path: Path) -> list[str]:
     targets = sorted(by_target)
     if len(set(by_target.values())) != len(targets):
         raise MaeastError(f"{path}: one category has several target ids")
+    if targets != list(range(len(targets))):
+        gap = next(i for i, t in enumerate(targets) if t != i)
+        raise MaeastError(f"{path}: target ids must run 0..{len(targets) - 1}; target {gap} has no clip")
     return [by_target[t] for t in targets]
 
 
