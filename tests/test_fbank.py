@@ -77,7 +77,7 @@ def test_batched_equals_one_by_one(ref, preset):
     together = fbank(batch, preset=preset)
     alone = torch.stack([fbank(row, preset=preset) for row in batch])
     assert together.shape == alone.shape == (3, num_frames(batch.shape[1]), 128)
-    assert torch.allclose(together, alone, atol=1e-5, rtol=0)
+    assert torch.equal(together, alone)  # on a CPU each row is cut and rounded as when alone
 
 
 def test_shapes_and_frame_counts(ref):

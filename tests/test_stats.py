@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from maeast.errors import MaeastError
 from maeast.features import fbank, get_config
 from maeast.features.stats import Moments, config_with_stats, corpus_stats, write_stats
-from maeast.shards.format import (SCHEMA, decode_flac, encode_flac, encode_meta, read_index, sha256_file, shard_name, tar_member,
-                                  write_json_atomic)
+from maeast.shards.format import (SCHEMA, decode_flac, encode_flac, encode_meta, read_index, sha256_file,
+                                  shard_name, tar_member, write_json_atomic)
 from tests.conftest import SENTENCES, pluck, speak
 
 
