@@ -45,7 +45,9 @@ class MAEAST(nn.Module):
 
     def forward(self, batch: Batch | torch.Tensor, padding_mask: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> MAEOutput:
-        features, padding_mask = (batch.features, batch.padding_mask) if isinstance(batch, Batch) else (batch, padding_mask)
+        if isinstance(batch, Batch):
+            batch, padding_mask = batch.features, batch.padding_mask
+        features = batch  # [B, T, F]
         tokens = self.encoder.tokenize(features, padding_mask)
         m = self.mask_fn(tokens.rows_real, tokens.grid, generator=generator)
         x = self.encoder.add_positions(self.input_dropout(tokens.x))  # [B, N, D]

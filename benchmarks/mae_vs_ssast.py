@@ -1,0 +1,231 @@
+"""MAE-AST against an SSAST-style model: training step time and peak memory, patch and frame tokens.
+
+Same width, depth, input and losses; MAE-AST runs its encoder on the 25% visible tokens and a
+shallow decoder on all of them, the SSAST-style model runs the encoder on every token (masked ones
+replaced by a mask token) and puts the two heads on its outputs at the masked positions. A step is
+forward, backward and an AdamW step; "step s" is the fastest of the timed steps (the least disturbed
+by other load on the machine), the median beside it. Each variant runs in its own subprocess so that
+its peak memory is its own: on CPU the process's peak RSS (ru_maxrss) and its growth over the RSS
+before the first step; on CUDA torch.cuda.max_memory_allocated. The input is the log-mel fbank of real synthesized
+10 s clips (espeak-ng speech, sox plucked chords). The paper reports 3x faster and 2x less memory
+for its 12-layer models. Prints a table, then one JSON line.
+
+    python benchmarks/mae_vs_ssast.py            # small preset (256 wide, 4 layers), 8 x 10 s, CPU: < 1 min
+    python benchmarks/mae_vs_ssast.py --full     # base preset (768 wide, 12 layers)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+import torch.nn as nn
+from rich.console import Console
+from rich.table import Table
+
+from maeast.features import fbank
+from maeast.model import MAEAST, make_config, param_groups
+from maeast.model.decoder import gather_tokens
+from maeast.model.encoder import Encoder, bf16_autocast
+from maeast.model.init import init_weights
+from maeast.model.losses import mae_loss
+from maeast.model.masking import MASKS
+
+TOKENS = {"patch": {"patch_time": 16, "patch_freq": 16}, "frame": {"patch_time": 2, "patch_freq": 128}}
+VARIANTS = [("mae", "patch"), ("ssast", "patch"), ("mae", "frame"), ("ssast", "frame")]
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+
+class SSASTStyle(nn.Module):
+    """Joint encoder over all tokens, masked ones replaced by a learned token; heads on its outputs."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.mask_token = nn.Parameter(torch.empty(cfg.dim))
+        self.head_recon = nn.Linear(cfg.dim, cfg.patch_dim)
+        self.head_nce = nn.Linear(cfg.dim, cfg.patch_dim)
+        init_weights(self, cfg.init)
+
+    def forward(self, features, padding_mask=None, generator=None):
+        tokens = self.encoder.tokenize(features, padding_mask)
+        m = MASKS[self.cfg.mask_type](tokens.rows_real, tokens.grid, self.cfg.mask_ratio, generator=generator)
+        x = torch.where(m.mask[..., None].bool(), self.mask_token, tokens.x)  # [B, N, D]
+        with bf16_autocast(features.device, self.cfg.autocast):
+            x, _ = self.encoder.transformer(self.encoder.add_positions(x), m.token_pad if tokens.padded else None,
+                                            generator)
+            x = gather_tokens(x, m.ids_masked)  # [B, M, D]
+            recon, classify = self.head_recon(x), self.head_nce(x)
+        target = gather_tokens(tokens.patches, m.ids_masked)
+        loss, _ = mae_loss(recon, classify, target, ~m.masked_pad, self.cfg.mse_weight, self.cfg.infonce_weight)
+        return loss
+
+
+def layer_flops(tokens: int, dim: int, ffn: int) -> float:
+    """Forward matmul FLOPs of one transformer layer on one sequence."""
+    return 2 * tokens * (4 * dim * dim + 2 * dim * ffn) + 4 * tokens * tokens * dim
+
+
+def step_flops(cfg, kind: str, batch: int, n: int) -> float:
+    """Training FLOPs (3 x forward matmuls) of one step on batch x n tokens."""
+    k = max(1, round(0.25 * n)) if kind == "mae" else n
+    m = n - max(1, round(0.25 * n))
+    p = cfg.patch_dim
+    fwd = 2 * n * p * cfg.dim + cfg.depth * layer_flops(k, cfg.dim, cfg.ffn_dim)
+    head_dim = cfg.dim
+    if kind == "mae":
+        fwd += cfg.decoder_depth * layer_flops(n, cfg.decoder_dim, cfg.decoder_ffn_dim)
+        fwd += 0 if cfg.decoder_dim == cfg.dim else 2 * k * cfg.dim * cfg.decoder_dim
+        head_dim = cfg.decoder_dim
+    fwd += 2 * 2 * m * head_dim * p + 2 * m * m * p  # two heads, InfoNCE logits
+    return 3 * batch * fwd
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def worker(spec: dict) -> dict:
+    device = torch.device(spec["device"])
+    cfg = make_config(spec["preset"], **TOKENS[spec["tokens"]], layerdrop=0.0)
+    features = torch.load(spec["features"]).to(device)  # [B, T, 128]
+    model = (MAEAST(cfg) if spec["kind"] == "mae" else SSASTStyle(cfg)).to(device).train()
+    opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
+    gen = torch.Generator(device).manual_seed(0)
+
+    def step():
+        out = model(features, generator=gen)
+        loss = out.loss if spec["kind"] == "mae" else out
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    rss_before = rss_bytes()
+    for _ in range(spec["warmup"]):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(spec["steps"]):
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    batch, frames = features.shape[:2]
+    n = cfg.tokens_for(frames)
+    seconds = min(times)  # the least disturbed by other load on the machine
+    flops = step_flops(cfg, spec["kind"], batch, n)
+    result = {"step_s": seconds, "median_step_s": statistics.median(times), "tokens_per_s": batch * n / seconds,
+              "tokens": n, "batch": batch,
+              "tflops_per_s": flops / seconds / 1e12, "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    if device.type == "cuda":
+        result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+        result["mfu"] = flops / seconds / peak if peak else None
+        result["device_name"] = name
+    else:
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        result["peak_mem_mb"] = peak_rss / 2**20
+        result["step_mem_mb"] = (peak_rss - rss_before) / 2**20
+    return result
+
+
+def synth_features(path: Path, batch: int, seconds: float, tmp: Path) -> None:
+    """Alternate espeak-ng speech and sox plucked chords, 16 kHz, looped to `seconds`, as fbank."""
+    text = "the quick brown fox jumps over the lazy dog while five boxing wizards pack my box with liquor jugs"
+    subprocess.run(["espeak-ng", "-s", "150", "-w", str(tmp / "speech.wav"), text], check=True, capture_output=True)
+    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", str(tmp / "music.wav"), "synth", str(seconds),
+                    "pluck", "C3", "pluck", "E3", "pluck", "G3", "gain", "-6"], check=True, capture_output=True)
+    n = int(seconds * 16000)
+    clips = []
+    for name in ("speech.wav", "music.wav"):
+        audio, rate = sf.read(tmp / name, dtype="float32")
+        audio = soxr.resample(audio, rate, 16000) if rate != 16000 else audio
+        clips.append(np.resize(audio, n))  # loop up to the clip length
+    waves = np.stack([np.roll(clips[i % 2], 1601 * i) for i in range(batch)])
+    torch.save(fbank(torch.from_numpy(waves), 16000, preset="mae_ast"), path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="the base preset (768 wide, 12 + 2 layers)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (5 on CPU, 20 on CUDA)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps (1 on CPU, 5 on CUDA)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    cuda = args.device.startswith("cuda")
+    preset = "base" if args.full else "small"
+    console = Console(width=max(120, Console().width))
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        features = Path(tmp) / "features.pt"
+        synth_features(features, args.batch, args.seconds, Path(tmp))
+        for kind, tokens in VARIANTS:
+            spec = {"kind": kind, "tokens": tokens, "preset": preset, "device": args.device,
+                    "features": str(features), "steps": args.steps or (20 if cuda else 5),
+                    "warmup": args.warmup or (5 if cuda else 1)}
+            with console.status(f"{kind} {tokens}"):
+                run = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
+                                     capture_output=True, text=True)
+            if run.returncode:
+                console.print(run.stderr)
+                raise SystemExit(f"the {kind} {tokens} worker failed")
+            results[f"{kind}_{tokens}"] = json.loads(run.stdout.strip().splitlines()[-1])
+
+    cfg = make_config(preset)
+    table = Table(title=f"MAE-AST vs SSAST-style, {preset} ({cfg.dim} wide, {cfg.depth} layers; MAE decoder "
+                        f"{cfg.decoder_depth}), {args.batch} x {args.seconds:g} s, {args.device}")
+    for column in ("variant", "tokens", "step s", "median s", "tokens/s", "TFLOP/s", "MFU", "peak MB", "step MB",
+                   "params M"):
+        table.add_column(column, justify="right")
+    for name, r in results.items():
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
+        step_mb = f"{r['step_mem_mb']:.0f}" if "step_mem_mb" in r else "-"
+        table.add_row(name, str(r["tokens"]), f"{r['step_s']:.3f}", f"{r['median_step_s']:.3f}",
+                      f"{r['tokens_per_s']:.0f}", f"{r['tflops_per_s']:.3f}", mfu, f"{r['peak_mem_mb']:.0f}", step_mb,
+                      f"{r['params_m']:.1f}")
+    console.print(table)
+    ratios = {}
+    for tokens in ("patch", "frame"):
+        mae, ssast = results[f"mae_{tokens}"], results[f"ssast_{tokens}"]
+        ratios[f"{tokens}_speedup"] = ssast["step_s"] / mae["step_s"]
+        ratios[f"{tokens}_memory_ratio"] = ssast["peak_mem_mb"] / mae["peak_mem_mb"]
+        if "step_mem_mb" in mae:
+            ratios[f"{tokens}_step_memory_ratio"] = ssast["step_mem_mb"] / max(mae["step_mem_mb"], 1.0)
+        console.print(f"{tokens}: MAE-AST is {ratios[f'{tokens}_speedup']:.2f}x faster, SSAST-style uses "
+                      f"{ratios[f'{tokens}_memory_ratio']:.2f}x the peak memory"
+                      + (f" ({ratios[f'{tokens}_step_memory_ratio']:.2f}x the memory a step adds)"
+                         if f"{tokens}_step_memory_ratio" in ratios else "")
+                      + " (paper: 3x faster, 2x less memory)")
+    flat = {f"{v}_{k}": (round(x, 4) if isinstance(x, float) else x) for v, r in results.items() for k, x in r.items()}
+    print(json.dumps({"benchmark": "mae_vs_ssast", "preset": preset, "device": args.device, "batch": args.batch,
+                      "seconds": args.seconds, **{k: round(v, 3) for k, v in ratios.items()}, **flat}))
+
+
+if __name__ == "__main__":
+    main()
