@@ -29,6 +29,11 @@ MARKER = "maeast-demo.json"
 EVENT_BATCH = 30  # clips per fluidsynth run (each run loads the 140 MB soundfont)
 
 
+def corpus_rng(corpus: str, seed: int) -> random.Random:
+    """The one random stream that plans `corpus` for `seed` (independent of the other corpora)."""
+    return random.Random(f"{corpus}/{seed}")
+
+
 def _timed(fn: Callable, task) -> tuple[float, list[tuple[str, float]]]:
     start = time.perf_counter()
     result = fn(task)
@@ -112,19 +117,19 @@ def build_demo(out: Path, size: str = "small", seed: int = 0, workers: int = 2,
     if "speech_commands" in corpora:
         kw_root = out / "speech_commands"
         (kw_root / keywords.NOISE_DIR).mkdir(parents=True)
-        noises, speakers = keywords.plan(kw_root, size, random.Random(f"speech_commands/{seed}"))
+        noises, speakers = keywords.plan(kw_root, size, corpus_rng("speech_commands", seed))
         noise_jobs = [("speech_commands", make_noise, n) for n in noises]
         jobs += [("speech_commands", keywords.speak, t) for t in speakers]
     if "esc50" in corpora:  # longer tasks go first, so that the pool ends evenly
         esc_root = out / "esc50"
         (esc_root / "audio").mkdir(parents=True)
-        clips = events.plan(esc_root, size, random.Random(f"esc50/{seed}"))
+        clips = events.plan(esc_root, size, corpus_rng("esc50", seed))
         batches = [events.RenderTask(str(esc_root / "audio"), tuple(clips[i:i + EVENT_BATCH]))
                    for i in range(0, len(clips), EVENT_BATCH)]
         jobs = [("esc50", events.render, b) for b in batches] + jobs
     if "librispeech" in corpora:
         ls_root = out / "librispeech"
-        chapters = unlabelled.plan(ls_root, size, random.Random(f"librispeech/{seed}"))
+        chapters = unlabelled.plan(ls_root, size, corpus_rng("librispeech", seed))
         jobs = [("librispeech", unlabelled.perform, t) for t in chapters] + jobs
 
     totals = {c: sum(_planned_files(t) for c2, _, t in noise_jobs + jobs if c2 == c)

@@ -22,8 +22,12 @@ import soxr
 from maeast.errors import MaeastError
 
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
-# FluidR3_GM presets that are silent above these keys (measured by rendering every key).
-HIGHEST_KEY = {43: 60, 58: 75, 67: 75}
+# Highest sounding key of the FluidR3_GM melodic presets that stop below key 108 (measured by
+# rendering every key of every program 0-95; all sound from key 21 up, violin (40) skips 94).
+HIGHEST_KEY = {19: 96, 22: 96, 26: 96, 28: 84, 31: 85, 33: 84, 34: 84, 35: 84, 36: 84, 37: 84,
+               39: 96, 40: 93, 41: 96, 43: 57, 44: 97, 45: 96, 48: 97, 49: 98, 52: 96, 53: 96,
+               55: 96, 57: 96, 58: 72, 59: 96, 60: 96, 61: 96, 64: 96, 65: 84, 67: 72, 68: 96,
+               69: 85, 70: 84, 74: 97}
 APT_PACKAGES = {"espeak-ng": "espeak-ng", "sox": "sox", "fluidsynth": "fluidsynth"}
 
 
@@ -36,18 +40,20 @@ def require(tool: str) -> str:
     return path
 
 
-def require_soundfont(path: Path = SOUNDFONT) -> Path:
-    if not Path(path).is_file():
-        raise MaeastError(f"General MIDI soundfont {path} not found (needed for the sound-event "
-                          f"demo): install it with `apt-get install fluid-soundfont-gm`")
-    return Path(path)
+def require_soundfont(path: Path | None = None) -> Path:
+    """The General MIDI soundfont (SOUNDFONT unless given), or a MaeastError naming its package."""
+    path = Path(path if path is not None else SOUNDFONT)
+    if not path.is_file():
+        raise MaeastError(f"General MIDI soundfont {path} not found (needed for the demo "
+                          f"corpora): install it with `apt-get install fluid-soundfont-gm`")
+    return path
 
 
-def check_tools(soundfont: Path = SOUNDFONT) -> None:
+def check_tools() -> None:
     """Fail fast, before any work, if a synthesizer or the soundfont is missing."""
     for tool in APT_PACKAGES:
         require(tool)
-    require_soundfont(soundfont)
+    require_soundfont()
 
 
 def _run(cmd: list[str], stdin: bytes | None = None) -> bytes:
@@ -172,7 +178,7 @@ def smf_bytes(events: list[MidiEvent], end: float | None = None) -> bytes:
 
 
 def fluidsynth(midi: bytes, sample_rate: int = 44100, gain: float = 0.3,
-               soundfont: Path = SOUNDFONT) -> np.ndarray:
+               soundfont: Path | None = None) -> np.ndarray:
     """Render a MIDI file with fluidsynth (reverb and chorus on, as shipped) -> [N] float32 mono."""
     exe, sf2 = require("fluidsynth"), require_soundfont(soundfont)
     with tempfile.TemporaryDirectory(prefix="maeast-midi-") as tmp:

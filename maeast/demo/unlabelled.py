@@ -80,7 +80,7 @@ def plan(root: Path, size: str, rng: random.Random) -> list[ChapterTask]:
         performers = [draw_voice(rng, speed=(130, 200)) for _ in range(cfg.readers[s])]
         performers += [Band(rng.choice((0, 1, 2, 4, 5, 16, 19, 24, 25, 48, 88, 89)),
                             rng.randrange(32, 40),
-                            rng.choice([p for p in range(96) if p not in HIGHEST_KEY]),
+                            rng.choice([p for p in range(96) if HIGHEST_KEY.get(p, 108) >= 90]),
                             rng.choice((-1, 0, 8, 16, 24, 25, 32, 40)))
                        for _ in range(cfg.bands[s])]
         for performer in performers:
