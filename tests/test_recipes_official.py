@@ -212,6 +212,7 @@ def test_esc50_metadata_errors(tmp_path):
 
 def test_esc50_builds(esc50, tmp_path):
     index = build_shards("esc50", esc50, tmp_path / "out")
+    assert build_shards("esc50", esc50, tmp_path / "out") == index  # unchanged tree: nothing to redo
     assert index["labels"] == ["dog", "rooster", "pig"] and index["splits"]["train"]["samples"] == 5
     meta = sample_json(tmp_path / "out", "train", "3-157615-A-2")
     got = (meta["labels"], meta["label_ids"], meta["fold"], meta["esc10"], meta["target"])
@@ -288,7 +289,11 @@ def sc_v1(clips, tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("sc_v1")
     root, test = base / "speech_commands_v0.01", base / "speech_commands_test_set_v0.01"
     speakers = [s for v in speakers_by_split().values() for s in v]
-    make_words(root, clips, ["yes", "go", "dog", "bed"], speakers)
+    files = make_words(root, clips, ["yes", "go", "dog", "bed"], speakers)
+    for split, name in (("valid", "validation_list.txt"), ("test", "testing_list.txt")):
+        listed = [f for f in files if tf_which_set(Path(f).name) == split]
+        listed += [f for f in files if tf_which_set(Path(f).name) == "train"][:1] if split == "test" else []
+        (root / name).write_text("\n".join(listed) + "\n")  # the test list holds one train file too
     for folder, word in [("yes", "yes"), ("no", "no"), ("_unknown_", "bed"), ("_silence_", "white_noise")]:
         put(clips[word], test / folder / f"{'feedbeef'}_nohash_0.wav", rate=16000)
     return root, test
@@ -302,6 +307,7 @@ def test_speechcommands_v1_superb_task(sc_v1):
                            "_unknown_", "_silence_"]
     words = [i for i in scan.items if "word" in i.extra]
     assert len(words) == 24  # no test_root: the hashed test part is the test split
+    assert scan.report["list_disagreements"] == {"valid": 0, "test": 1}
     for item in words:
         assert item.split == tf_which_set(item.path.name)
         assert item.labels == ((item.extra["word"],) if item.extra["word"] in ("yes", "go") else ("_unknown_",))

@@ -29,6 +29,7 @@ SPLITS = {"balanced_train": "balanced_train_segments.csv",
 CLASSES = "class_labels_indices.csv"
 EXTENSIONS = {e.lower() for e in AUDIO_EXTENSIONS + FFMPEG_EXTENSIONS}
 EXAMPLES = 5  # how many missing / unmatched names the report lists
+YTID_LEN = 11
 
 
 def _walk(root: Path) -> tuple[list[Path], dict[str, list[Path]]]:
@@ -150,6 +151,8 @@ def scan(root: Path, csvs: str = "auto", meta: str = "", segments: str = "clip")
     by_stem: dict[str, list[Path]] = {}
     for path in audio:
         by_stem.setdefault(path.stem, []).append(path)
+    # YouTube ids are 11 characters: a row whose id starts no file name (bare or after Y) is missing
+    prefixes = {stem[:YTID_LEN] for stem in by_stem} | {stem[1:YTID_LEN + 1] for stem in by_stem if stem[:1] == "Y"}
     known, items, coverage, used, seen = set(mids), [], {}, set(), set()
     for split, csv_path in chosen:
         listed = read_segments(csv_path, known)
@@ -159,7 +162,9 @@ def scan(root: Path, csvs: str = "auto", meta: str = "", segments: str = "clip")
             if key in seen:
                 duplicates += 1
                 continue
-            paths = next((by_stem[s] for s in candidate_stems(ytid, start, end) if s in by_stem), None)
+            paths = None
+            if len(ytid) != YTID_LEN or ytid in prefixes:
+                paths = next((by_stem[s] for s in candidate_stems(ytid, start, end) if s in by_stem), None)
             if paths is None:
                 missing.append(ytid)
                 continue
