@@ -146,6 +146,9 @@ def test_audioset_metadata_errors(tmp_path):
     assert "balanced_train_segments.csv:6:" in message and "/m/0bogus" in message
     csv_path.write_text(good.replace("420.000", "four"))
     assert "balanced_train_segments.csv:5:" in error_of("audioset", tmp_path)
+    csv_path.write_text(good + good.splitlines()[3] + "\n")  # a row listed twice: counted, kept once
+    dup = run_recipe("audioset", tmp_path).report["coverage"]["balanced_train"]
+    assert (dup["listed"], dup["found"], dup["missing"], dup["duplicate_rows"]) == (4, 0, 3, 1)
     csv_path.write_text(good)
     classes = tmp_path / "class_labels_indices.csv"
     classes.write_text(classes.read_text().replace("\n2,", "\n7,"))

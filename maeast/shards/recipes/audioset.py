@@ -162,6 +162,7 @@ def scan(root: Path, csvs: str = "auto", meta: str = "", segments: str = "clip")
             if key in seen:
                 duplicates += 1
                 continue
+            seen.add(key)
             paths = None
             if len(ytid) != YTID_LEN or ytid in prefixes:
                 paths = next((by_stem[s] for s in candidate_stems(ytid, start, end) if s in by_stem), None)
@@ -169,13 +170,12 @@ def scan(root: Path, csvs: str = "auto", meta: str = "", segments: str = "clip")
                 missing.append(ytid)
                 continue
             path = _choose(paths, split, csv_path.name)
-            seen.add(key)
             used.add(path)
             cut = segments == "full"
             items.append(Item(key=key, path=path, split=split, labels=labels,
                               start=start if cut else None, end=end if cut else None,
                               extra={"ytid": ytid, "yt_segment": [start, end]}))
-        coverage[split] = {"csv": str(csv_path), "listed": len(listed), "found": len(listed) - len(missing),
+        coverage[split] = {"csv": str(csv_path), "listed": len(listed), "found": len(listed) - len(missing) - duplicates,
                            "missing": len(missing), "missing_examples": missing[:EXAMPLES],
                            "duplicate_rows": duplicates}
     unmatched = [str(p.relative_to(root)) for p in audio if p not in used]
