@@ -90,12 +90,14 @@ def test_padded_frames_do_not_change_the_loss():
     assert torch.allclose(bn.running_var, expected_var, rtol=1e-4)
 
 
-def test_encoder_sees_only_visible_tokens():
+@pytest.mark.parametrize("lengths", [None, [160, 100]])
+def test_encoder_sees_only_visible_tokens(lengths):
     model = build_model("tiny", **NO_DROPOUT).eval()  # eval: the input statistics stay fixed
     x = fbank(2, 160)
-    out = model(x, generator=gen(4))
+    pm = None if lengths is None else padding(lengths, 160)
+    out = model(x, padding_mask=pm, generator=gen(4))
     masked = out.mask.reshape(2, 10, 8)[..., None, :, None].expand(2, 10, 16, 8, 16).reshape(2, 160, 128)
-    changed = model(x + 5.0 * masked, generator=gen(4))
+    changed = model(x + 5.0 * masked, padding_mask=pm, generator=gen(4))
     assert torch.equal(changed.mask, out.mask)
     assert torch.allclose(changed.recon, out.recon, atol=1e-5)  # the decoder only saw mask tokens there
     assert not torch.allclose(changed.target, out.target)
@@ -106,7 +108,7 @@ def test_padding_does_not_change_the_encoder_outputs():
     x = fbank(2, 160)
     alone = encoder(x[:1, :96])
     pm = padding([96, 160], 160)
-    batch = encoder(x.masked_fill(pm[..., None], 7.0) * 1, padding_mask=pm)
+    batch = encoder(x.masked_fill(pm[..., None], 7.0), padding_mask=pm)
     n = alone.x.shape[1]
     assert n == 6 * 8 and batch.padding_mask[0].sum() == 80 - 48
     assert torch.allclose(batch.x[0, :n], alone.x[0], atol=1e-5)
