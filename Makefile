@@ -46,8 +46,8 @@ demo-data: env
 
 demo-shards: demo-data
 	$(MAEAST) shard build librispeech --root $(DEMO)/librispeech --out $(SHARDS)/unlabelled -j 2
-	$(MAEAST) shard build folder --root $(DEMO)/speech_commands --out $(SHARDS)/keywords -j 2
-	$(MAEAST) shard build folder --root $(DEMO)/esc50/audio --out $(SHARDS)/events -j 2
+	$(MAEAST) shard build speechcommands --root $(DEMO)/speech_commands --out $(SHARDS)/keywords -j 2
+	$(MAEAST) shard build esc50 --root $(DEMO)/esc50 --out $(SHARDS)/events -j 2
 
 demo: demo-shards
 	$(MAEAST) shard inspect $(SHARDS)/unlabelled

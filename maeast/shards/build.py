@@ -76,7 +76,7 @@ def _pack(task: tuple[int, Item, str, dict[str, int], BuildParams, Path]) -> Pac
     }
     if item.start is not None or item.end is not None:
         meta["segment"] = [item.start, item.end]
-    meta.update(item.extra)
+    meta = {**item.extra, **meta}  # a recipe's extras never overwrite the core fields
     return Packed(index, item.key, encode_flac(clip.waveform, clip.sample_rate), encode_meta(meta),
                   clip.duration, item.labels, source=meta["source"])
 
