@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from maeast.cli.common import new_app
-from maeast.cli import data, shard
+from maeast.cli import data, shard, shard_stats  # noqa: F401  (shard_stats registers `shard stats`)
 
 app = new_app("maeast: pack audio into shards, pretrain MAE-AST, fine-tune, evaluate, embed.")
 app.add_typer(shard.app, name="shard")
