@@ -1,0 +1,203 @@
+"""The FFCV loader (the `ffcv` extra): precomputed fixed-size fbanks for fine-tuning sets read many times.
+
+`write_beton` runs the webdataset loader once over a split (fine-tuning mode, no shuffle, no random
+crop: every clip cropped from its start or zero-padded to clip_seconds), and writes each clip's
+features [T, F] (float32), its number of real frames, its label and its position into a .beton;
+`FILE.beton.json` beside it records the keys, labels, fbank preset and clip length. `FFCVLoader`
+reads it back with the same batch contract as the other loaders. Augmentation that changes the
+audio per epoch does not fit here; use the streaming loader for pretraining.
+This is the only module that imports ffcv, and only when it is used.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from maeast.batch import Batch
+from maeast.errors import MaeastError
+from maeast.features import get_config
+from maeast.loaders.config import LoaderConfig
+from maeast.loaders.loader import StreamingLoader, dist_rank_world
+from maeast.loaders.sources import derive_seed, load_sources
+from maeast.loaders.state import LoaderState
+from maeast.loaders.stream import Errors, read_shard
+from maeast.shards.format import write_json_atomic
+
+FORMAT = "maeast-ffcv/1"
+
+
+def _ffcv():
+    try:
+        import ffcv  # noqa: F401
+        from ffcv.fields import IntField, NDArrayField
+        from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
+        from ffcv.loader import Loader, OrderOption
+        from ffcv.transforms import ToTensor
+        from ffcv.writer import DatasetWriter
+    except ImportError as e:
+        raise MaeastError(f"backend ffcv needs FFCV: pip install 'maeast[ffcv]' ({e})") from None
+    return IntField, NDArrayField, IntDecoder, NDArrayDecoder, Loader, OrderOption, ToTensor, DatasetWriter
+
+
+def longest_clip(shard_dir: Path, split: str, cap: float = 10.0) -> float:
+    """The split's longest clip in seconds (from the samples' JSON), capped at `cap`."""
+    source = load_sources([str(shard_dir)], split)[0]
+    errors = Errors("skip")
+    longest = max(int(s.meta["num_samples"]) for shard in source.shards for s in read_shard(shard, False, errors))
+    return min(longest / source.sample_rate, cap)
+
+
+class _Rows:
+    """The precomputed rows, indexable for ffcv's writer processes (reads a memmap, cannot fail)."""
+
+    def __init__(self, path: Path, n: int):
+        self.path, self.n, self.rows = path, n, None
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if self.rows is None:  # opened in the writer's process
+            self.rows = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        row = self.rows[i]
+        return np.array(row["features"]), int(row["frames"]), np.array(row["label"]), i
+
+
+def write_beton(shard_dir: Path, split: str = "train", clip_seconds: float | None = None, out: Path | None = None,
+                fbank: str = "mae_ast", workers: int = 2) -> dict:
+    """Shards of one split -> a .beton of fixed-size fbanks and labels; returns the sidecar record."""
+    IntField, NDArrayField, _, _, _, _, _, DatasetWriter = _ffcv()
+    shard_dir = Path(shard_dir)
+    source = load_sources([str(shard_dir)], split)[0]
+    clip_seconds = clip_seconds or longest_clip(shard_dir, split)
+    out = Path(out) if out else shard_dir / f"{split}.beton"
+    if out.suffix != ".beton":
+        raise MaeastError(f"--out {out} should end in .beton")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cfg = LoaderConfig(shards=[str(shard_dir)], split=split, mode="finetune", clip_seconds=clip_seconds,
+                       random_crop=False, shuffle_buffer=0, batch_size=16, fbank=fbank,
+                       num_workers=min(workers, len(source.shards)))
+    loader = StreamingLoader(cfg, 0, 1)
+    frames = get_config(fbank).num_frames(round(clip_seconds * source.sample_rate), source.sample_rate)
+    classes = len(source.labels)
+    label = ("label", np.float32, (classes,)) if source.multi_label else ("label", np.int64, ())
+    dtype = np.dtype([("features", np.float32, (frames, get_config(fbank).n_mels)), ("frames", np.int64), label])
+    tmp = out.with_name(f".{out.name}.rows.npy")
+    rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(source.samples,))
+    keys: list[str] = []
+    seen: set[str] = set()
+    for batch in loader:  # one pass; a worker that met bad samples wraps around: keep first sightings
+        real = batch.features.shape[1] - (batch.padding_mask.sum(1) if batch.padding_mask is not None else 0)
+        for i, key in enumerate(batch.keys):
+            if key in seen:
+                continue
+            seen.add(key)
+            row = rows[len(keys)]
+            row["features"], row["label"] = batch.features[i].numpy(), batch.labels[i].numpy()
+            row["frames"] = int(real[i]) if torch.is_tensor(real) else int(real)
+            keys.append(key)
+    rows.flush()
+    del rows
+    label_field = NDArrayField(np.dtype("float32"), (classes,)) if source.multi_label else IntField()
+    fields = {"features": NDArrayField(np.dtype("float32"), dtype["features"].shape), "frames": IntField(),
+              "label": label_field, "index": IntField()}
+    try:
+        DatasetWriter(str(out), fields, num_workers=1).from_indexed_dataset(
+            _Rows(tmp, len(keys)))
+    finally:
+        tmp.unlink(missing_ok=True)
+    record = {"format": FORMAT, "corpus": source.corpus, "split": split, "shards": str(shard_dir.resolve()),
+              "fbank": fbank, "clip_seconds": clip_seconds, "frames": frames, "n_mels": get_config(fbank).n_mels,
+              "sample_rate": source.sample_rate, "labels": list(source.labels), "multi_label": source.multi_label,
+              "samples": len(keys), "skipped": loader.stats["bad_samples"] + loader.stats["bad_shards"], "keys": keys}
+    write_json_atomic(Path(f"{out}.json"), record)
+    return record
+
+
+class FFCVLoader:
+    """Batches from a .beton written by write_beton; same contract as StreamingLoader."""
+
+    def __init__(self, config: LoaderConfig, rank: int | None = None, world_size: int | None = None):
+        _ffcv()
+        self.path = Path(config.shards[0])
+        side = Path(f"{self.path}.json")
+        if not self.path.is_file() or not side.is_file():
+            raise MaeastError(f"{self.path} (and {side.name} beside it) not found; write it with `maeast shard ffcv`")
+        self.meta = json.loads(side.read_text())
+        if self.meta.get("format") != FORMAT:
+            raise MaeastError(f"{side} is not a {FORMAT} record; rewrite it with `maeast shard ffcv`")
+        if config.mode != "finetune":
+            raise MaeastError("backend ffcv holds fixed-length fine-tuning sets; set loader.mode: finetune")
+        if config.fbank != self.meta["fbank"]:
+            raise MaeastError(f"{self.path} holds {self.meta['fbank']} fbanks, the config asks for {config.fbank}")
+        if abs(config.clip_seconds - self.meta["clip_seconds"]) > 1e-9:
+            raise MaeastError(f"{self.path} holds {self.meta['clip_seconds']} s clips, the config asks for "
+                              f"{config.clip_seconds} s; rewrite it with --clip-seconds {config.clip_seconds}")
+        self.config = config
+        self.rank, self.world_size = dist_rank_world(rank, world_size)
+        self.per_rank = self.meta["samples"] // self.world_size
+        if self.per_rank == 0:
+            raise MaeastError(f"{self.path} has {self.meta['samples']} clips for {self.world_size} ranks")
+        self.state = LoaderState.fresh(0, config.seed, self.world_size, 0, self.rank)
+
+    labels = property(lambda self: list(self.meta["labels"]))
+    multi_label = property(lambda self: bool(self.meta["multi_label"]))
+    epoch = property(lambda self: self.state.epoch)
+    stats = property(lambda self: dict(self.state.stats))
+
+    def __len__(self) -> int:
+        b = self.config.batch_size
+        return self.per_rank // b if self.config.drop_last else -(-self.per_rank // b)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.state.epoch:
+            stats = self.state.stats
+            self.state = LoaderState.fresh(epoch, self.config.seed, self.world_size, 0, self.rank)
+            self.state.stats = stats
+
+    def state_dict(self) -> dict:
+        return self.state.to_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state.load(state)
+
+    def _order(self) -> np.ndarray:
+        """This rank's clips in this epoch's order (all ranks the same count)."""
+        order = list(range(self.meta["samples"]))
+        if self.config.shuffle_buffer:
+            random.Random(derive_seed(self.config.seed, self.state.epoch, 8)).shuffle(order)
+        return np.array(order[self.rank::self.world_size][: self.per_rank], dtype=np.uint64)
+
+    def __iter__(self) -> Iterator[Batch]:
+        _, _, IntDecoder, NDArrayDecoder, Loader, OrderOption, ToTensor, _ = _ffcv()
+        c, state, total = self.config, self.state, len(self)
+        done = state.batches[0]
+        if done >= total:
+            return
+        remaining = self._order()[done * c.batch_size:]
+        label = [NDArrayDecoder(), ToTensor()] if self.multi_label else [IntDecoder(), ToTensor()]
+        loader = Loader(str(self.path), batch_size=c.batch_size, num_workers=max(c.num_workers, 1),
+                        order=OrderOption.SEQUENTIAL, indices=remaining, drop_last=c.drop_last,
+                        pipelines={"features": [NDArrayDecoder(), ToTensor()], "frames": [IntDecoder(), ToTensor()],
+                                   "label": label, "index": [IntDecoder(), ToTensor()]})
+        keys = self.meta["keys"]
+        for features, frames, labels, index in loader:
+            frames = frames.reshape(-1).long()
+            mask = torch.arange(features.shape[1]).unsqueeze(0) >= frames.unsqueeze(1)  # [B, T]
+            if not self.multi_label:
+                labels = labels.reshape(-1).long()
+            batch = Batch(features.clone(), mask if bool(mask.any()) else None, labels.clone(),
+                          [keys[i] for i in index.reshape(-1).tolist()])
+            state.consume(0, done)
+            done += 1
+            if done == total:
+                state.next_epoch()
+            yield batch
+            if done == total:
+                return
