@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 import torch
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import base_plus_ext, tar_file_expander
 
 from maeast.errors import MaeastError
 from maeast.loaders import lengths
@@ -88,21 +88,33 @@ class Plan:
 
 
 def read_shard(shard: Shard, verify: bool, errors: Errors) -> Iterator[Sample]:
-    """The samples of one shard, in tar order; a bad shard or sample is skipped (or fails)."""
+    """The samples of one shard, in tar order; a bad shard or sample is skipped (or fails).
+
+    A truncated tar keeps every whole sample before the cut."""
     if verify and sha256_file(shard.path) != shard.sha256:
         errors.bad("bad_shards", f"shard {shard.path}", "its sha256 differs from index.json (corrupt or "
                    "changed; check it with `maeast shard inspect --verify`)")
         return
+    current: dict = {}
     with open(shard.path, "rb") as f:
         try:
-            for raw in group_by_keys(tar_file_expander([{"url": str(shard.path), "stream": f}])):
-                sample = _parse(raw, shard, errors)
-                if sample is not None:
-                    yield sample
+            for member in tar_file_expander([{"url": str(shard.path), "stream": f}], eof_value=None):
+                key, ext = base_plus_ext(member["fname"])
+                if current and key != current["__key__"]:
+                    sample, current = _parse(current, shard, errors), {}
+                    if sample is not None:
+                        yield sample
+                current.setdefault("__key__", key)
+                current[ext] = member["data"]
         except MaeastError:
             raise
         except Exception as e:  # a truncated or garbled tar: tarfile / webdataset errors
             errors.bad("bad_shards", f"shard {shard.path}", f"unreadable tar ({type(e).__name__}: {e.args[0]})")
+            current = current if {"flac", "json"} <= set(current) else {}  # the sample cut off is lost
+    if current:
+        sample = _parse(current, shard, errors)
+        if sample is not None:
+            yield sample
 
 
 def _parse(raw: dict, shard: Shard, errors: Errors) -> Sample | None:
