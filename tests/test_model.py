@@ -229,3 +229,10 @@ def test_layerdrop_skips_blocks_but_keeps_layer_indices():
     out = encoder(fbank(1, 64), layer_results=True, generator=gen(8))
     same = [torch.equal(a, b) for a, b in zip(out.layers, out.layers[1:])]
     assert len(out.layers) == 6 and any(same) and not all(same)  # a skipped block repeats its input
+
+
+def test_mae_init():
+    model = build_model("base", depth=1, decoder_depth=1, init="mae")
+    w = model.encoder.transformer.blocks[0].fc1.weight  # xavier-uniform: std sqrt(2 / (fan_in + fan_out))
+    assert abs(w.std().item() - (2 / (768 + 3072)) ** 0.5) < 1e-3
+    assert abs(model.decoder.mask_token.std().item() - 0.02) < 3e-3
