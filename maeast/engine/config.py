@@ -1,0 +1,360 @@
+"""TrainConfig: every choice of a pretraining run in typed sections, and the DeepSpeed config made from it.
+
+    cfg = load_config("pretrain_patch_random", ["--optim.lr", "3e-4"])  # a shipped name or a YAML path
+    cfg.accumulation(world_size)   # micro-batches per process per step, so optim.global_batch stays fixed
+
+Sections: model (maeast.model.ModelConfig; a YAML may name a `preset` whose fields the rest of the
+section overrides), data (maeast.loaders.LoaderConfig: the training stream; data.batch_size is the
+micro batch of one process), optim, schedule, eval and run. Defaults are the official MAE-AST
+pretraining (AlanBaade/MAE-AST-Public config/pretrain/mae_ast.yaml). Layering: dataclass defaults
+<- model preset <- YAML <- dotted overrides; unknown keys are errors naming the key.
+
+The DeepSpeed config is generated here from these sections. A JSON under launch/ adds only ZeRO,
+precision and offload knobs (ZERO_KEYS); batch, optimizer, clipping and schedule come from us, and a
+JSON that sets them to anything else is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from maeast.configio import from_dict, load_yaml, merge, parse_overrides, save_yaml, to_dict
+from maeast.errors import MaeastError
+from maeast.features import get_config as get_fbank
+from maeast.loaders.config import LoaderConfig
+from maeast.model.config import PRESETS, ModelConfig
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with decoupled weight decay (fairseq's adam), and the batch it steps on."""
+
+    lr: float = 1e-4
+    """Peak learning rate (reached at the end of warmup)."""
+    betas: tuple[float, float] = (0.9, 0.98)
+    """Adam betas."""
+    eps: float = 1e-6
+    """Adam epsilon."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay (p -= lr * wd * p), not on biases, norms and the mask token."""
+    clip_grad: float = 10.0
+    """Clip the global gradient norm to this; 0 turns clipping off."""
+    global_batch: int = 256
+    """Clips per optimizer step over all processes together; gradient accumulation follows from it,
+    data.batch_size and the number of processes. 256 clips of at most 10 s is 2560 s of audio,
+    close to the official 32 GPUs x 1.4M samples (2800 s)."""
+
+    def __post_init__(self):
+        _positive("optim.lr", self.lr)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise MaeastError(f"optim.betas {list(self.betas)} must be two numbers in [0, 1)")
+        _positive("optim.eps", self.eps)
+        _non_negative("optim.weight_decay", self.weight_decay)
+        _non_negative("optim.clip_grad", self.clip_grad)
+        _positive_int("optim.global_batch", self.global_batch)
+
+
+@dataclass
+class ScheduleConfig:
+    """Linear warmup, then polynomial decay to end_lr at `steps` (fairseq's polynomial_decay)."""
+
+    steps: int = 400_000
+    """Optimizer steps of the whole run (the official max_update); the decay ends here."""
+    warmup_steps: int = 32_000
+    """Steps of linear warmup from lr / warmup_steps to lr."""
+    power: float = 1.0
+    """Exponent of the decay (1: linear)."""
+    end_lr: float = 0.0
+    """Learning rate at the last step."""
+
+    def __post_init__(self):
+        _positive_int("schedule.steps", self.steps)
+        if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps < self.steps:
+            raise MaeastError(f"schedule.warmup_steps {self.warmup_steps} must be in [0, schedule.steps={self.steps})")
+        _positive("schedule.power", self.power)
+        _non_negative("schedule.end_lr", self.end_lr)
+
+
+@dataclass
+class EvalConfig:
+    """Held-out reconstruction loss: the same masked losses on a split the model never trains on."""
+
+    every: int = 10_000
+    """Evaluate every this many steps and at the end of the run; 0: never."""
+    batches: int = 20
+    """Batches per process in each evaluation (the same clips, crops and masks every time)."""
+    split: str = "valid"
+    """Split of the shard folders to evaluate on."""
+    shards: list[str] | None = None
+    """Shard folders to evaluate on; None: data.shards."""
+
+    def __post_init__(self):
+        if not isinstance(self.every, int) or self.every < 0:
+            raise MaeastError(f"eval.every {self.every!r} must be an integer >= 0 (0 turns evaluation off)")
+        _positive_int("eval.batches", self.batches)
+
+
+@dataclass
+class RunConfig:
+    """Where the run lives, how often it saves, logs and evaluates."""
+
+    dir: str = "runs/pretrain"
+    """Run directory: config.yaml, ds_config.json, log.jsonl, tensorboard/, checkpoints/, encoder/."""
+    seed: int = 0
+    """Seed of the initial weights, the masks, dropout and layerdrop (the loader has data.seed)."""
+    save_every: int = 25_000
+    """Save a checkpoint every this many steps (and always at the end)."""
+    keep: int = 2
+    """Checkpoints kept (the oldest are deleted once a newer one is complete)."""
+    log_every: int = 1
+    """Write the JSONL log and tensorboard every this many steps."""
+    stop_at: int | None = None
+    """Stop (with a checkpoint) after this step while the schedule still runs to schedule.steps:
+    splits a run into sessions that `--resume` continues."""
+    threads: int | None = None
+    """torch threads per process; None: the machine's cores shared among the local processes."""
+    trace_keys: bool = False
+    """Write the key of every clip each process trains on to keys/rank{r}.tsv (for audits)."""
+
+    def __post_init__(self):
+        if not self.dir:
+            raise MaeastError("run.dir is empty; give the run directory")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise MaeastError(f"run.seed {self.seed!r} must be a non-negative integer")
+        for name in ("save_every", "keep", "log_every"):
+            _positive_int(f"run.{name}", getattr(self, name))
+        if self.stop_at is not None:
+            _positive_int("run.stop_at", self.stop_at)
+        if self.threads is not None:
+            _positive_int("run.threads", self.threads)
+
+
+def _default_data() -> LoaderConfig:
+    # The official mix: AudioSet and LibriSpeech, in proportion to their clip counts.
+    return LoaderConfig(shards=["shards/audioset", "shards/librispeech"], batch_size=8)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: LoaderConfig = field(default_factory=_default_data)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        if self.data.mode != "pretrain":
+            raise MaeastError(f"data.mode is {self.data.mode!r}; pretraining reads clips in mode 'pretrain'")
+        if self.data.backend != "stream":
+            raise MaeastError(f"data.backend {self.data.backend!r}: the pretraining engine resumes exactly only "
+                              f"with the 'stream' loader; set data.backend: stream")
+        n_mels = get_fbank(self.data.fbank).n_mels
+        if n_mels != self.model.n_mels:
+            raise MaeastError(f"data.fbank {self.data.fbank!r} gives {n_mels} mel bins but model.n_mels is "
+                              f"{self.model.n_mels}; set model.n_mels: {n_mels}")
+        if self.optim.global_batch % self.data.batch_size:
+            raise MaeastError(f"optim.global_batch {self.optim.global_batch} is not a multiple of data.batch_size "
+                              f"{self.data.batch_size} (the micro batch of one process)")
+        if self.run.stop_at is not None and self.run.stop_at > self.schedule.steps:
+            raise MaeastError(f"run.stop_at {self.run.stop_at} is past schedule.steps {self.schedule.steps}")
+
+    def accumulation(self, world_size: int) -> int:
+        """Micro-batches each process runs per optimizer step."""
+        per_pass = self.data.batch_size * world_size
+        if self.optim.global_batch % per_pass:
+            fits = [w for w in range(1, 257) if self.optim.global_batch % (self.data.batch_size * w) == 0]
+            raise MaeastError(
+                f"optim.global_batch {self.optim.global_batch} is not a multiple of data.batch_size "
+                f"{self.data.batch_size} x {world_size} processes; use a process count in {fits[:8]} or change "
+                f"data.batch_size")
+        return self.optim.global_batch // per_pass
+
+    @property
+    def global_batch_seconds(self) -> float:
+        """Most audio one optimizer step holds (each batch is cropped to its shortest clip, capped)."""
+        return self.optim.global_batch * self.data.max_seconds
+
+    @property
+    def last_step(self) -> int:
+        return self.run.stop_at or self.schedule.steps
+
+    def eval_loader_config(self) -> LoaderConfig:
+        """The held-out stream: the eval split, no shuffling, fixed seed, read in the process."""
+        return dataclasses.replace(self.data, shards=list(self.eval.shards or self.data.shards), split=self.eval.split,
+                                   weights=None if self.eval.shards else self.data.weights, shuffle_buffer=0,
+                                   num_workers=0, epoch_batches=self.eval.batches, seed=0)
+
+
+# ---- loading -----------------------------------------------------------------------------------
+
+def config_dir():
+    return resources.files("maeast") / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """Names of the YAML configs shipped inside the package."""
+    return sorted(p.name[:-5] for p in config_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or a shipped name ('pretrain_patch_random', also '..._config' or '.yaml' as the seed wrote)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = path.name.removesuffix(".yaml").removesuffix("_config")
+    shipped = config_dir() / f"{name}.yaml"
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise MaeastError(f"config {str(name_or_path)!r} is neither a YAML file nor a shipped config; "
+                      f"shipped: {', '.join(shipped_configs())}")
+
+
+def expand_model(section: dict) -> dict:
+    """A model section with an optional `preset` -> plain ModelConfig fields (preset, then the rest)."""
+    section = dict(section)
+    preset = section.pop("preset", None)
+    if preset is None:
+        return section
+    if preset not in PRESETS:
+        raise MaeastError(f"config model.preset {preset!r} unknown; choose one of {', '.join(PRESETS)}")
+    return {**PRESETS[preset], **section}
+
+
+def build_config(data: dict) -> TrainConfig:
+    """TrainConfig from a (partial) nested dict over the defaults."""
+    data = dict(data)
+    if "model" in data:
+        if not isinstance(data["model"], dict):
+            raise MaeastError("config model must be a mapping of ModelConfig fields (and an optional preset)")
+        data["model"] = expand_model(data["model"])
+    return from_dict(TrainConfig, merge(to_dict(TrainConfig()), data))
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | dict | None = None) -> TrainConfig:
+    """A shipped name or YAML path, with dotted overrides (`['--optim.lr', '3e-4']` or a nested dict)."""
+    data = load_yaml(resolve_config_path(name_or_path))
+    extra = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
+    if "model" in data and "model" in extra and "preset" in extra["model"]:
+        data["model"] = {k: v for k, v in data["model"].items() if k != "preset"}
+    return build_config(merge(data, extra))
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    save_yaml(cfg, path)
+
+
+def diff_configs(a: TrainConfig, b: TrainConfig, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ."""
+    def flat(d, p=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{p}{k}.") if isinstance(v, dict) else {f"{p}{k}": v})
+        return out
+    fa, fb = flat(to_dict(a)), flat(to_dict(b))
+    return [k for k in fa if fa[k] != fb.get(k)]
+
+
+# ---- the DeepSpeed config ----------------------------------------------------------------------
+
+OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+              "gradient_clipping", "optimizer", "scheduler")
+"""Set from TrainConfig only: a JSON may repeat our value but never differ."""
+
+ZERO_KEYS = ("zero_optimization", "bf16", "communication_data_type", "zero_allow_untested_optimizer",
+             "zero_force_ds_cpu_optimizer", "wall_clock_breakdown", "prescale_gradients",
+             "gradient_predivide_factor", "aio", "comms_logger")
+"""What a JSON under launch/ may set: ZeRO, precision, offload and communication knobs."""
+
+DEFAULT_ZERO = {"zero_optimization": {"stage": 0}, "bf16": {"enabled": "auto"}}
+"""`maeast pretrain` without a JSON: plain data parallelism, bf16 on CUDA, fp32 on CPU."""
+
+
+def read_zero_json(path: str | Path | None) -> dict:
+    """A DeepSpeed JSON of ZeRO/precision/offload knobs (None: DEFAULT_ZERO)."""
+    if path is None:
+        return json.loads(json.dumps(DEFAULT_ZERO))
+    path = Path(path)
+    if not path.is_file():
+        raise MaeastError(f"DeepSpeed config {path} not found; use one of launch/ds_zero1.json, ds_zero2.json, "
+                          f"ds_zero3.json")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MaeastError(f"DeepSpeed config {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise MaeastError(f"DeepSpeed config {path} must be a JSON object")
+    return data
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int, zero: dict, cuda: bool, where: str = "DeepSpeed config"
+                     ) -> dict:
+    """The whole DeepSpeed config: batch and clipping from cfg, ZeRO/precision/offload from `zero`."""
+    ours = {
+        "train_batch_size": cfg.optim.global_batch,
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": cfg.accumulation(world_size),
+        "gradient_clipping": cfg.optim.clip_grad,
+    }
+    for key, value in zero.items():
+        if key in ("optimizer", "scheduler"):
+            raise MaeastError(f"{where} sets {key!r}; the optimizer and schedule come from the config's optim and "
+                              f"schedule sections: delete {key!r} from the JSON")
+        if key in ours and value != ours[key]:
+            raise MaeastError(f"{where} sets {key}={value!r} but the config gives {ours[key]!r}; batch and "
+                              f"clipping come from the config (optim.global_batch, data.batch_size, "
+                              f"optim.clip_grad): delete {key!r} from the JSON")
+        if key == "fp16":
+            raise MaeastError(f"{where} sets fp16; maeast trains in bf16 (on CUDA) or fp32: use "
+                              f"\"bf16\": {{\"enabled\": \"auto\"}}")
+        if key not in ours and key not in ZERO_KEYS:
+            raise MaeastError(f"{where} sets {key!r}, which a launch JSON may not set; allowed: "
+                              f"{', '.join(ZERO_KEYS)}")
+    out = {**ours, **{k: v for k, v in zero.items() if k not in ours}}
+    out["bf16"] = {**zero.get("bf16", {}), "enabled": _bf16(zero.get("bf16", {}).get("enabled", "auto"), cuda, where)}
+    out.setdefault("zero_optimization", {"stage": 0})
+    stage = out["zero_optimization"].get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise MaeastError(f"{where}: zero_optimization.stage {stage!r} must be 0, 1, 2 or 3")
+    out["zero_allow_untested_optimizer"] = True  # our torch AdamW: no DeepSpeed op to compile
+    out["steps_per_print"] = 2 ** 31 - 1  # progress is ours (rank 0, rich)
+    return out
+
+
+def zero_stage(ds_config: dict) -> int:
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def offloads_optimizer(ds_config: dict) -> bool:
+    device = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+    return device not in (None, "none")
+
+
+def _bf16(enabled, cuda: bool, where: str) -> bool:
+    if enabled == "auto":
+        return cuda
+    if isinstance(enabled, bool):
+        if enabled and not cuda:
+            raise MaeastError(f"{where} enables bf16 without a CUDA device; on CPU maeast trains in fp32: "
+                              f"use \"bf16\": {{\"enabled\": \"auto\"}}")
+        return enabled
+    raise MaeastError(f"{where}: bf16.enabled must be true, false or \"auto\", got {enabled!r}")
+
+
+def _positive(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise MaeastError(f"{name} {value!r} must be a positive number")
+
+
+def _non_negative(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        raise MaeastError(f"{name} {value!r} must be a number >= 0")
+
+
+def _positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise MaeastError(f"{name} {value!r} must be an integer >= 1")

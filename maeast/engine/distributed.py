@@ -1,0 +1,125 @@
+"""Process-group plumbing: environment defaults, rank helpers and the few collectives the loop needs.
+
+Launchers set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT (the deepspeed launcher and
+torchrun do; the deepspeed launcher also passes --local_rank to the script). A plain `python` or
+`maeast pretrain` start is one process: `env_defaults` fills in rank 0 of 1 on 127.0.0.1 and a free
+port. Everything here is torch.distributed; deepspeed is imported only by maeast.engine.engine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+
+from maeast.errors import MaeastError
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env_defaults() -> dict[str, str]:
+    """Fill in a one-process group's environment where a launcher did not; returns what was set."""
+    if "WORLD_SIZE" in os.environ and "RANK" not in os.environ:
+        raise MaeastError("WORLD_SIZE is set but RANK is not; start with the deepspeed launcher or torchrun, "
+                          "or unset WORLD_SIZE for one process")
+    if "MASTER_PORT" not in os.environ and os.environ.get("WORLD_SIZE", "1") != "1":
+        raise MaeastError("MASTER_PORT is not set for a multi-process run; start it with the deepspeed launcher "
+                          "(or torchrun), which sets it")
+    defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    set_ = {k: v for k, v in defaults.items() if k not in os.environ}
+    if "MASTER_PORT" not in os.environ:
+        set_["MASTER_PORT"] = str(free_port())
+    os.environ.update(set_)
+    return set_
+
+
+def take_local_rank(argv: list[str]) -> list[str]:
+    """Remove the deepspeed launcher's `--local_rank N` / `--local_rank=N` from argv into LOCAL_RANK."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--local_rank=") or arg.startswith("--local-rank="):
+            os.environ["LOCAL_RANK"] = arg.split("=", 1)[1]
+        elif arg in ("--local_rank", "--local-rank") and i + 1 < len(argv):
+            os.environ["LOCAL_RANK"] = argv[i + 1]
+            i += 1
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+def initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if initialized() else int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if initialized() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def local_world_size() -> int:
+    """Processes on this node: LOCAL_WORLD_SIZE (torchrun), LOCAL_SIZE (deepspeed), else the whole world."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world_size())))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def device() -> torch.device:
+    """This process's device: cuda:LOCAL_RANK when CUDA is there, else the CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+        return torch.device("cuda", local_rank())
+    return torch.device("cpu")
+
+
+def set_threads(threads: int | None) -> int:
+    """torch intra-op threads: `threads`, or the cores shared evenly among this node's processes."""
+    n = threads or max(1, (os.cpu_count() or 1) // local_world_size())
+    torch.set_num_threads(n)
+    return n
+
+
+def barrier() -> None:
+    if initialized() and world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum a float64 CPU/device tensor over all processes (a copy; the input is untouched)."""
+    out = values.clone()
+    if initialized() and world_size() > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def all_gather_objects(obj) -> list:
+    """Every process's `obj`, in rank order, on every process."""
+    if not (initialized() and world_size() > 1):
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    if not (initialized() and world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

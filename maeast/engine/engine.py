@@ -1,0 +1,153 @@
+"""The DeepSpeed engine: the one module of maeast that imports deepspeed.
+
+Distribution is applied to a plain MAEAST module here (torchtitan's parallelize step): the model
+never knows it runs under ZeRO. What the loop and the checkpoints use is the small `Engine` API:
+forward / backward / step, the learning rate, save / load, and the full fp32 weights for export.
+
+Two choices keep DeepSpeed from compiling C++ ops at first use (40-80 s each on CPU): the optimizer is
+a torch AdamW handed in as an object (no fused Adam), and the shared-memory all-reduce op is marked
+incompatible before the process group starts (it only serves inference all-reduce; training
+collectives go through gloo on CPU and NCCL on CUDA). With optimizer offload (a JSON knob) DeepSpeed
+needs its own CPU Adam, which it compiles once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from maeast.engine import distributed as dist
+from maeast.engine.config import TrainConfig, offloads_optimizer, zero_stage
+from maeast.engine.optim import build_optimizer, build_schedule
+from maeast.errors import MaeastError
+
+os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import deepspeed  # noqa: E402
+    import deepspeed.ops  # noqa: E402
+    from deepspeed.utils import safe_get_full_fp32_param  # noqa: E402
+
+
+def quiet_deepspeed(level: int = logging.WARNING) -> None:
+    """DeepSpeed logs every init detail at INFO on every rank; keep warnings and errors."""
+    logging.getLogger("DeepSpeed").setLevel(level)
+    from deepspeed.utils import logger
+    logger.setLevel(level)
+
+
+def init_distributed() -> None:
+    """Start the process group (gloo on CPU, NCCL on CUDA) from the launcher's environment or defaults."""
+    dist.env_defaults()
+    quiet_deepspeed()
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # no shm op build; gloo does the work
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+
+
+class Engine:
+    """A MAEAST module under a DeepSpeed engine built from TrainConfig and the generated DeepSpeed config."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, ds_config: dict):
+        self.stage = zero_stage(ds_config)
+        optimizer = self._optimizer(model, cfg, ds_config)
+        peak, schedule = cfg.optim.lr, cfg.schedule
+        with _quiet():
+            self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=model, optimizer=optimizer, config=ds_config,
+                lr_scheduler=lambda opt: build_schedule(opt, peak, schedule))
+        self.bf16 = bool(ds_config.get("bf16", {}).get("enabled", False))
+
+    @staticmethod
+    def _optimizer(model: nn.Module, cfg: TrainConfig, ds_config: dict) -> torch.optim.Optimizer:
+        if not offloads_optimizer(ds_config):
+            return build_optimizer(model, cfg.optim)
+        from deepspeed.ops.adam import DeepSpeedCPUAdam  # offload needs DeepSpeed's CPU Adam (compiled once)
+        torch_adam = build_optimizer(model, cfg.optim)
+        return DeepSpeedCPUAdam(torch_adam.param_groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay, adamw_mode=True)
+
+    @property
+    def module(self) -> nn.Module:
+        return self.ds.module
+
+    @property
+    def device(self) -> torch.device:
+        return self.ds.device
+
+    @property
+    def global_steps(self) -> int:
+        return int(self.ds.global_steps)
+
+    def train(self) -> None:
+        self.ds.train()
+
+    def eval(self) -> None:
+        self.ds.eval()
+
+    def forward(self, features: torch.Tensor, padding_mask: torch.Tensor | None, generator: torch.Generator):
+        """The model's output for one micro-batch. With bf16 weights (DeepSpeed bf16, CUDA only) the whole
+        forward runs under bf16 autocast, so the fp32 parts (input norm, losses) meet bf16 weights cleanly."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            return self.ds(features, padding_mask, generator)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.ds.backward(loss)
+
+    def step(self) -> None:
+        """One micro-step: DeepSpeed updates (clip, AdamW, schedule) at the accumulation boundary."""
+        self.ds.step()
+
+    def at_boundary(self) -> bool:
+        """Whether the next step() call is the one that updates the weights."""
+        return bool(self.ds.is_gradient_accumulation_boundary())
+
+    def lr(self) -> float:
+        """The learning rate of the next update (of the first parameter group, lr_scale 1 in pretraining)."""
+        return float(self.ds.get_lr()[0])
+
+    def grad_norm(self) -> float | None:
+        norm = self.ds.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def save(self, directory: Path, tag: str, client_state: dict) -> None:
+        """DeepSpeed's checkpoint (weights, optimizer, schedule, step) into directory/tag; every rank calls it."""
+        with _quiet():
+            self.ds.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+
+    def load(self, directory: Path, tag: str) -> dict:
+        """Restore weights, optimizer, schedule and step; returns the client state saved with them."""
+        with _quiet():
+            path, client = self.ds.load_checkpoint(str(directory), tag=tag, load_optimizer_states=True,
+                                                   load_lr_scheduler_states=True)
+        if path is None:
+            raise MaeastError(f"checkpoint {Path(directory) / tag} could not be loaded (incomplete or from "
+                              f"another ZeRO stage / process count)")
+        return client or {}
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every parameter as full fp32 on the CPU (the optimizer's master copy under ZeRO or bf16),
+        and every buffer. A collective under ZeRO: every rank calls it, in the same order."""
+        out = {}
+        for name, p in self.module.named_parameters():
+            full = safe_get_full_fp32_param(p)
+            out[name] = (full if full is not None else p.detach()).float().cpu().clone()
+        for name, b in self.module.named_buffers():
+            out[name] = b.detach().cpu().clone()
+        return out
+
+
+@contextlib.contextmanager
+def _quiet():
+    """DeepSpeed's own warnings about untested optimizers and deprecated collectives are not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="deepspeed")
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch.distributed")
+        yield
