@@ -79,7 +79,8 @@ class _Runner:
 
 
 def _prepare(out: Path, corpora: tuple[str, ...]) -> None:
-    """Make `out`; replace earlier demo corpora there, refuse to touch anything else."""
+    """Make `out`; replace earlier demo corpora there (also half-built ones: the marker file is
+    written before any corpus), refuse to touch anything else."""
     if out.exists() and not out.is_dir():
         raise MaeastError(f"--out {out} is a file: pass a directory for the demo corpora")
     for name in corpora:
@@ -111,6 +112,7 @@ def build_demo(out: Path, size: str = "small", seed: int = 0, workers: int = 2,
     check_tools()
     out = Path(out)
     _prepare(out, tuple(corpora))
+    (out / MARKER).write_text(json.dumps({"size": size, "seed": seed, "status": "building"}) + "\n")
     start = time.perf_counter()
 
     noise_jobs, jobs = [], []
