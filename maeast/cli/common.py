@@ -28,7 +28,7 @@ def friendly(fn):
             err_console.print(f"[bold red]error:[/] {e.strerror or e}: {e.filename or ''}", highlight=False)
             raise typer.Exit(2)
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]: finished work is kept; run the same command again to resume")
+            err_console.print("[yellow]interrupted[/]: work already finished is kept")
             raise typer.Exit(130)
 
     return wrapper
