@@ -95,7 +95,8 @@ def main() -> None:
     n = args.clips
     call = dict(sample_frequency=16000, use_energy=False, num_mel_bins=get_config("mae_ast").n_mels)
     rows, figures = [], {"clip_seconds": SECONDS, "clips": n, "torch": torch.__version__,
-                         "torchaudio": ta_version, "threads": {}}
+                         "torchaudio": ta_version, "cpu_cores": os.cpu_count(),
+                         "load_average_1min": os.getloadavg()[0], "threads": {}}
     for threads in (1, 2):
         torch.set_num_threads(threads)
         rates = {
@@ -133,6 +134,9 @@ def main() -> None:
     for device, name, rate in rows:
         table.add_row(device, name.replace("_", " "), f"{rate:,.0f}", f"{rate * SECONDS:,.0f}")
     console.print(table)
+    if figures["load_average_1min"] > 0.5 * os.cpu_count():
+        console.print(f"[yellow]note:[/] load average {figures['load_average_1min']:.1f} on {os.cpu_count()} cores "
+                      f"when this started: other work shares these CPUs, so the figures run low")
     if "max_abs_diff" in figures:
         console.print(f"max |ours - torchaudio| on these clips: {figures['max_abs_diff']}", highlight=False)
     print(json.dumps(figures))
