@@ -199,3 +199,18 @@ def test_missing_split_and_folder(shards, tmp_path):
         build_loader(cfg(shards, split="valid"))
     with pytest.raises(MaeastError, match="no index.json"):
         build_loader(cfg(tmp_path))
+
+
+def test_decoding_a_window_equals_slicing_the_whole_clip(shards):
+    from maeast.loaders.stream import Errors, Sample, decode_window
+    errors = Errors("fail")
+    gen = torch.Generator().manual_seed(0)
+    for path in shard_paths(shards, "train")[:4]:
+        for key, parts in iter_tar(path):
+            whole, _ = decode_flac(parts["flac"])
+            sample = Sample(key, parts["flac"], json.loads(parts["json"]))
+            for _ in range(3):
+                size = int(torch.randint(400, len(whole) + 1, (1,), generator=gen))
+                start = int(torch.randint(0, len(whole) - size + 1, (1,), generator=gen))
+                window = decode_window(sample, start, size, 16000, errors)
+                assert torch.equal(window, torch.from_numpy(whole[start: start + size])), (key, start, size)

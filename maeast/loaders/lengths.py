@@ -58,17 +58,27 @@ def stack(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, lengths
 
 
+def target_size(lengths: torch.Tensor, finetune: bool, clip_samples: int, max_samples: int) -> int:
+    """Samples every clip of the batch gets: clip_samples (fine-tuning), or the official collater's
+    length, the batch's shortest clip capped at max_samples (pretraining)."""
+    return clip_samples if finetune else int(min(int(lengths.min()), max_samples))
+
+
+def offsets(lengths: torch.Tensor, size: int, random_offset: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """Where each clip's window of `size` samples starts: uniform in [0, length - size] (or 0)."""
+    spare = (lengths - size).clamp_min(0)  # [B] samples that do not fit
+    if not random_offset:
+        return torch.zeros_like(spare)
+    u = torch.rand(len(lengths), generator=generator, dtype=torch.float64)
+    return (u * (spare + 1).double()).floor().long().clamp_max(spare)  # [B]
+
+
 def crop(wave: torch.Tensor, lengths: torch.Tensor, size: int, random_offset: bool,
          generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, N] clips with their lengths -> [B, size]: clips longer than `size` cropped (at a random
     offset, or from the start), shorter ones zero-padded; returns the kept lengths [B]."""
-    batch, n = wave.shape
-    spare = (lengths - size).clamp_min(0)  # [B] samples that do not fit
-    if random_offset:
-        u = torch.rand(batch, generator=generator, dtype=torch.float64)
-        start = (u * (spare + 1).double()).floor().long().clamp_max(spare)  # [B] uniform in [0, spare]
-    else:
-        start = torch.zeros_like(spare)
+    n = wave.shape[1]
+    start = offsets(lengths, size, random_offset, generator)  # [B]
     index = start.unsqueeze(1) + torch.arange(size).unsqueeze(0)  # [B, size]
     kept = lengths.clamp_max(size)
     inside = torch.arange(size).unsqueeze(0) < kept.unsqueeze(1)  # [B, size]
@@ -77,31 +87,29 @@ def crop(wave: torch.Tensor, lengths: torch.Tensor, size: int, random_offset: bo
     return out, kept
 
 
-def pretrain_size(lengths: torch.Tensor, max_samples: int) -> int:
-    """The official collater's length: the batch's shortest clip, capped at max_samples."""
-    return int(min(int(lengths.min()), max_samples))
-
-
 def featurize(wave: torch.Tensor, lengths: torch.Tensor, preset: str, sample_rate: int
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """[B, N] zero-padded clips -> features [B, T, F] and padding_mask [B, T] (None if no clip is short).
 
-    Each distinct length gets one batched fbank call over exactly its samples, so a padded clip's
-    frames equal those of the clip alone; frames past a clip's end are zero and masked.
+    A frame of a padded clip that ends inside the clip (t < num_frames(length)) sees only the clip's
+    samples, so one batched fbank gives each clip's own frames; frames past its end are zeroed and
+    masked. A preset that subtracts the clip's mean first gets one fbank call per distinct length.
     """
     config = get_config(preset)
-    frames = config.num_frames(lengths, sample_rate)  # [B]
-    total = config.num_frames(wave.shape[1], sample_rate)
+    frames = config.num_frames(lengths, sample_rate).to(wave.device)  # [B]
     if bool((lengths == wave.shape[1]).all()):
         return fbank(wave, sample_rate, config), None
-    out = wave.new_zeros(wave.shape[0], total, config.n_mels)  # [B, T, F]
-    for length in torch.unique(lengths).tolist():
-        rows = (lengths == length).nonzero().squeeze(1).to(wave.device)
-        t = config.num_frames(length, sample_rate)
-        if t:
-            out[rows, :t] = fbank(wave[rows, :length], sample_rate, config)
-    mask = torch.arange(total).unsqueeze(0) >= frames.unsqueeze(1)  # [B, T]
-    return out, mask.to(wave.device)
+    if not config.subtract_waveform_mean:
+        out = fbank(wave, sample_rate, config)  # [B, T, F]
+    else:
+        out = wave.new_zeros(wave.shape[0], config.num_frames(wave.shape[1], sample_rate), config.n_mels)
+        for length in torch.unique(lengths).tolist():
+            rows = (lengths == length).nonzero().squeeze(1).to(wave.device)
+            t = config.num_frames(length, sample_rate)
+            if t:
+                out[rows, :t] = fbank(wave[rows, :length], sample_rate, config)
+    mask = torch.arange(out.shape[1], device=wave.device).unsqueeze(0) >= frames.unsqueeze(1)  # [B, T]
+    return out.masked_fill_(mask.unsqueeze(2), 0.0), mask
 
 
 def labels_tensor(label_ids: Sequence[Sequence[int]], num_classes: int, multi_label: bool) -> torch.Tensor:
@@ -118,16 +126,23 @@ def labels_tensor(label_ids: Sequence[Sequence[int]], num_classes: int, multi_la
     return torch.tensor([ids[0] for ids in label_ids], dtype=torch.int64)
 
 
+def make_batch(wave: torch.Tensor, kept: torch.Tensor, keys: list[str],
+               label_ids: Sequence[Sequence[int]] | None, *, preset: str, sample_rate: int,
+               num_classes: int, multi_label: bool) -> Batch:
+    """Cropped/padded clips [B, N] with their real lengths [B] -> Batch (labels if label_ids given)."""
+    features, mask = featurize(wave, kept, preset, sample_rate)
+    labels = labels_tensor(label_ids, num_classes, multi_label) if label_ids is not None else None
+    return Batch(features, mask, labels, list(keys))
+
+
 def collate(wave: torch.Tensor, lengths: torch.Tensor, keys: list[str],
             label_ids: Sequence[Sequence[int]] | None, *, finetune: bool, clip_samples: int,
             max_samples: int, random_crop: bool, preset: str, sample_rate: int, num_classes: int,
             multi_label: bool, generator: torch.Generator | None) -> Batch:
-    """Decoded clips, [B, N] zero-padded with their lengths [B] (see `stack`) -> Batch: the one
-    collate of every loader, on the clips' device."""
-    if finetune:
-        wave, kept = crop(wave, lengths, clip_samples, random_crop, generator)
-    else:
-        wave, kept = crop(wave, lengths, pretrain_size(lengths, max_samples), True, generator)
-    features, mask = featurize(wave, kept, preset, sample_rate)
-    labels = labels_tensor(label_ids, num_classes, multi_label) if finetune else None
-    return Batch(features, mask, labels, list(keys))
+    """Whole decoded clips, [B, N] zero-padded with their lengths [B] (see `stack`) -> Batch, on the
+    clips' device. (The webdataset loader decodes only each clip's window instead: target_size and
+    offsets first, then make_batch.)"""
+    size = target_size(lengths, finetune, clip_samples, max_samples)
+    wave, kept = crop(wave, lengths, size, random_crop or not finetune, generator)
+    return make_batch(wave, kept, keys, label_ids if finetune else None, preset=preset, sample_rate=sample_rate,
+                      num_classes=num_classes, multi_label=multi_label)

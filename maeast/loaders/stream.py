@@ -4,7 +4,8 @@ A worker's batches are planned from sample metadata (key, JSON) before any audio
 
   its shards (sources.slot_shards) -> tar members grouped into samples (webdataset) -> clips under
   min_seconds dropped (pretraining) -> shuffle buffer (webdataset.shuffle, seeded) -> batches
-  (lengths.bucket) -> per batch: FLAC decode (soundfile) -> lengths.collate (crop/pad, fbank, labels)
+  (lengths.bucket) -> per batch: each clip's window (crop offset, from its JSON length) decoded from
+  its FLAC (soundfile, seeking) -> lengths.make_batch (padding, fbank, mask, labels)
 
 Everything random is seeded by (seed, epoch, rank, worker, ...), so the plan is a pure function of
 those numbers: a resumed worker walks it again without decoding up to where the caller stopped.
@@ -14,6 +15,7 @@ keeps mixing (several sources); its quota decides how many batches of it make th
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import random
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
+import soundfile as sf
 import torch
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext, tar_file_expander
@@ -31,7 +34,7 @@ from maeast.loaders import lengths
 from maeast.loaders.config import LoaderConfig
 from maeast.loaders.sources import Shard, Source, derive_seed, pass_order, slot_shards
 from maeast.loaders.state import new_stats
-from maeast.shards.format import decode_flac, sha256_file
+from maeast.shards.format import sha256_file
 
 
 class BadDataWarning(UserWarning):
@@ -197,38 +200,58 @@ def _long_enough(sample: Sample, min_samples: int, errors: Errors) -> bool:
     return False
 
 
-def decode(sample: Sample, sample_rate: int, errors: Errors) -> torch.Tensor | None:
-    """A sample's FLAC -> float32 [N]; None (after a warning) if it does not decode to what its JSON says."""
+def decode_window(sample: Sample, start: int, size: int, sample_rate: int, errors: Errors) -> torch.Tensor | None:
+    """Samples [start, start + size) of a sample's FLAC as float32 [size] (decoding only those);
+    None, after a warning, if the FLAC is not what its JSON says or does not decode."""
+    expected = int(sample.meta["num_samples"])
     try:
-        wav, sr = decode_flac(sample.flac)
+        with sf.SoundFile(io.BytesIO(sample.flac)) as f:
+            if f.samplerate != sample_rate or f.frames != expected or f.channels != 1:
+                errors.bad("bad_samples", f"sample {sample.key}", f"FLAC holds {f.frames} samples x {f.channels} "
+                           f"at {f.samplerate} Hz, its JSON says {expected} x 1 at {sample_rate} Hz")
+                return None
+            if start:
+                f.seek(start)
+            pcm16 = f.subtype == "PCM_16"  # the shard format's; int16 then / 32768 is soundfile's float, faster
+            wav = f.read(size, dtype="int16" if pcm16 else "float32", always_2d=False)
+    except MaeastError:
+        raise
     except Exception as e:  # soundfile raises its own error types for corrupt streams
         errors.bad("bad_samples", f"sample {sample.key}", f"undecodable FLAC ({type(e).__name__}: {e})")
         return None
-    expected = int(sample.meta["num_samples"])
-    if sr != sample_rate or len(wav) != expected or not np.isfinite(wav).all():
-        errors.bad("bad_samples", f"sample {sample.key}", f"decoded {len(wav)} samples at {sr} Hz, its JSON says "
-                   f"{expected} at {sample_rate} Hz")
+    if len(wav) != size or not (pcm16 or np.isfinite(wav).all()):
+        errors.bad("bad_samples", f"sample {sample.key}", f"decoded {len(wav)} of samples {start}-{start + size} "
+                   f"(truncated FLAC)")
         return None
-    return torch.from_numpy(wav)
+    return torch.from_numpy(wav).float().mul_(1 / 32768) if pcm16 else torch.from_numpy(wav)
 
 
 def materialize(samples: list[Sample], plan: Plan, worker: int, position: int, errors: Errors):
-    """Decode a planned batch and collate it; None if none of its clips decode."""
-    cfg = plan.config
-    decoded = [(s, decode(s, plan.sample_rate, errors)) for s in samples]
-    kept = [(s, w) for s, w in decoded if w is not None]
-    if not kept:
-        return None
-    wave, lens = lengths.stack([w for _, w in kept])
+    """Decode each clip's window of a planned batch and featurize it; None if no clip decodes.
+
+    Window sizes and offsets come from the JSON lengths (lengths.target_size, lengths.offsets), so
+    only the audio that is kept gets decoded."""
+    cfg, rate = plan.config, plan.sample_rate
+    lens = torch.tensor([int(s.meta["num_samples"]) for s in samples])  # [B]
+    size = lengths.target_size(lens, cfg.finetune, round((cfg.clip_seconds or 0) * rate), round(cfg.max_seconds * rate))
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, plan.epoch, plan.rank, worker, position, 3))
+    starts = lengths.offsets(lens, size, cfg.random_crop or not cfg.finetune, generator).tolist()
+    kept = lens.clamp_max(size)
+    wave = torch.zeros(len(samples), size)  # [B, size]
+    rows = []
+    for i, sample in enumerate(samples):
+        window = decode_window(sample, starts[i], int(kept[i]), rate, errors)
+        if window is not None:
+            wave[i, : len(window)] = window
+            rows.append(i)
+    if not rows:
+        return None
+    if len(rows) < len(samples):
+        wave, kept, samples = wave[rows], kept[rows], [samples[i] for i in rows]
     source = plan.sources[0]
-    label_ids = [s.meta.get("label_ids", []) for s, _ in kept] if cfg.finetune else None
-    return lengths.collate(
-        wave, lens, [s.key for s, _ in kept], label_ids, finetune=cfg.finetune,
-        clip_samples=round((cfg.clip_seconds or 0) * plan.sample_rate),
-        max_samples=round(cfg.max_seconds * plan.sample_rate), random_crop=cfg.random_crop, preset=cfg.fbank,
-        sample_rate=plan.sample_rate, num_classes=len(source.labels), multi_label=source.multi_label,
-        generator=generator)
+    label_ids = [s.meta.get("label_ids", []) for s in samples] if cfg.finetune else None
+    return lengths.make_batch(wave, kept, [s.key for s in samples], label_ids, preset=cfg.fbank, sample_rate=rate,
+                              num_classes=len(source.labels), multi_label=source.multi_label)
 
 
 class StreamDataset(torch.utils.data.IterableDataset):
