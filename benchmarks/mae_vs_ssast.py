@@ -3,12 +3,13 @@
 Same width, depth, input and losses; MAE-AST runs its encoder on the 25% visible tokens and a
 shallow decoder on all of them, the SSAST-style model runs the encoder on every token (masked ones
 replaced by a mask token) and puts the two heads on its outputs at the masked positions. A step is
-forward, backward and an AdamW step; "step s" is the fastest of the timed steps (the least disturbed
-by other load on the machine), the median beside it. Each variant runs in its own subprocess so that
-its peak memory is its own: on CPU the process's peak RSS (ru_maxrss) and its growth over the RSS
-before the first step; on CUDA torch.cuda.max_memory_allocated. The input is the log-mel fbank of real synthesized
-10 s clips (espeak-ng speech, sox plucked chords). The paper reports 3x faster and 2x less memory
-for its 12-layer models. Prints a table, then one JSON line.
+forward, backward and an AdamW step. "step s" is the fastest of the timed steps (the least disturbed
+by other load on the machine), "median s" their median, "CPU s" the least process CPU time of a
+step (less sensitive to a busy machine). Each variant runs in its own subprocess so that its peak
+memory is its own: on CPU the process's peak RSS (ru_maxrss) and its growth over the RSS before the
+first step ("step MB"); on CUDA torch.cuda.max_memory_allocated. The input is the log-mel fbank of
+real synthesized 10 s clips (espeak-ng speech, sox plucked chords). The paper reports 3x faster and
+2x less memory for its 12-layer models. Prints a table, then one JSON line.
 
     python benchmarks/mae_vs_ssast.py            # small preset (256 wide, 4 layers), 8 x 10 s, CPU: < 1 min
     python benchmarks/mae_vs_ssast.py --full     # base preset (768 wide, 12 layers)
@@ -100,40 +101,47 @@ def rss_bytes() -> int:
     return 0
 
 
-def worker(spec: dict) -> dict:
+def worker(spec: dict) -> None:
+    """Set up one variant, then run a step for every "step" line on stdin; "done" prints the figures.
+
+    Workers take turns (the parent sends one "step" at a time, round robin), so a busy machine slows
+    every variant alike; a waiting worker is blocked on stdin and uses nothing.
+    """
     device = torch.device(spec["device"])
     cfg = make_config(spec["preset"], **TOKENS[spec["tokens"]], layerdrop=0.0)
     features = torch.load(spec["features"]).to(device)  # [B, T, 128]
     model = (MAEAST(cfg) if spec["kind"] == "mae" else SSASTStyle(cfg)).to(device).train()
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
     gen = torch.Generator(device).manual_seed(0)
-
-    def step():
-        out = model(features, generator=gen)
-        loss = out.loss if spec["kind"] == "mae" else out
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
     rss_before = rss_bytes()
-    for _ in range(spec["warmup"]):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(spec["steps"]):
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    times, cpu_times = [], []
+    print(json.dumps({"ready": True}), flush=True)
+    for command in sys.stdin:
+        if command.strip() == "done":
+            break
+        if command.strip() == "reset" and device.type == "cuda":  # after the warm-up steps
+            torch.cuda.reset_peak_memory_stats()
+        if command.strip() == "step":
+            start, cpu_start = time.perf_counter(), time.process_time()
+            out = model(features, generator=gen)
+            (out.loss if spec["kind"] == "mae" else out).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
+        print(json.dumps({"ok": True}), flush=True)
+    else:
+        return  # the parent went away
+
+    times, cpu_times = times[spec["warmup"]:], cpu_times[spec["warmup"]:]
     batch, frames = features.shape[:2]
     n = cfg.tokens_for(frames)
     seconds = min(times)  # the least disturbed by other load on the machine
     flops = step_flops(cfg, spec["kind"], batch, n)
     result = {"step_s": seconds, "median_step_s": statistics.median(times), "tokens_per_s": batch * n / seconds,
-              "tokens": n, "batch": batch,
+              "cpu_step_s": min(cpu_times), "tokens": n, "batch": batch,
               "tflops_per_s": flops / seconds / 1e12, "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
     if device.type == "cuda":
         result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -145,7 +153,42 @@ def worker(spec: dict) -> dict:
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         result["peak_mem_mb"] = peak_rss / 2**20
         result["step_mem_mb"] = (peak_rss - rss_before) / 2**20
-    return result
+    print(json.dumps(result), flush=True)
+
+
+def run_workers(specs: dict[str, dict], warmup: int, steps: int, console: Console) -> dict[str, dict]:
+    """One subprocess per variant, stepped round robin; returns each worker's figures."""
+    procs = {name: subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True) for name, spec in specs.items()}
+
+    def ask(name: str, command: str | None) -> dict:
+        proc = procs[name]
+        if command:
+            proc.stdin.write(command + "\n")
+            proc.stdin.flush()
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"the {name} worker failed (its error is above)")
+        return json.loads(line)
+
+    try:
+        for name in procs:
+            ask(name, None)  # ready
+        for i in range(warmup + steps):
+            with console.status(f"step {i + 1} of {warmup + steps} ({warmup} warm-up), round robin"):
+                for name in procs:
+                    if i == warmup:
+                        ask(name, "reset")
+                    ask(name, "step")
+        return {name: ask(name, "done") for name in procs}
+    finally:
+        for proc in procs.values():
+            proc.stdin.close()  # end of input ends a worker that was not told "done"
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def synth_features(path: Path, batch: int, seconds: float, tmp: Path) -> None:
@@ -169,44 +212,37 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="the base preset (768 wide, 12 + 2 layers)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (5 on CPU, 20 on CUDA)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (4 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps (1 on CPU, 5 on CUDA)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        worker(json.loads(args.worker))
         return
 
     cuda = args.device.startswith("cuda")
     preset = "base" if args.full else "small"
     console = Console(width=max(120, Console().width))
-    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         features = Path(tmp) / "features.pt"
         synth_features(features, args.batch, args.seconds, Path(tmp))
-        for kind, tokens in VARIANTS:
-            spec = {"kind": kind, "tokens": tokens, "preset": preset, "device": args.device,
-                    "features": str(features), "steps": args.steps or (20 if cuda else 5),
-                    "warmup": args.warmup or (5 if cuda else 1)}
-            with console.status(f"{kind} {tokens}"):
-                run = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
-                                     capture_output=True, text=True)
-            if run.returncode:
-                console.print(run.stderr)
-                raise SystemExit(f"the {kind} {tokens} worker failed")
-            results[f"{kind}_{tokens}"] = json.loads(run.stdout.strip().splitlines()[-1])
+        warmup, steps = args.warmup or (5 if cuda else 1), args.steps or (20 if cuda else 4)
+        specs = {f"{kind}_{tokens}": {"kind": kind, "tokens": tokens, "preset": preset, "device": args.device,
+                                      "features": str(features), "warmup": warmup} for kind, tokens in VARIANTS}
+        results = run_workers(specs, warmup, steps, console)
 
     cfg = make_config(preset)
     table = Table(title=f"MAE-AST vs SSAST-style, {preset} ({cfg.dim} wide, {cfg.depth} layers; MAE decoder "
                         f"{cfg.decoder_depth}), {args.batch} x {args.seconds:g} s, {args.device}")
-    for column in ("variant", "tokens", "step s", "median s", "tokens/s", "TFLOP/s", "MFU", "peak MB", "step MB",
-                   "params M"):
+    for column in ("variant", "tokens", "step s", "median s", "CPU s", "tokens/s", "TFLOP/s", "MFU", "peak MB",
+                   "step MB", "params M"):
         table.add_column(column, justify="right")
     for name, r in results.items():
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
         step_mb = f"{r['step_mem_mb']:.0f}" if "step_mem_mb" in r else "-"
         table.add_row(name, str(r["tokens"]), f"{r['step_s']:.3f}", f"{r['median_step_s']:.3f}",
+                      f"{r['cpu_step_s']:.3f}",
                       f"{r['tokens_per_s']:.0f}", f"{r['tflops_per_s']:.3f}", mfu, f"{r['peak_mem_mb']:.0f}", step_mb,
                       f"{r['params_m']:.1f}")
     console.print(table)
@@ -214,10 +250,12 @@ def main() -> None:
     for tokens in ("patch", "frame"):
         mae, ssast = results[f"mae_{tokens}"], results[f"ssast_{tokens}"]
         ratios[f"{tokens}_speedup"] = ssast["step_s"] / mae["step_s"]
+        ratios[f"{tokens}_cpu_time_ratio"] = ssast["cpu_step_s"] / mae["cpu_step_s"]
         ratios[f"{tokens}_memory_ratio"] = ssast["peak_mem_mb"] / mae["peak_mem_mb"]
         if "step_mem_mb" in mae:
             ratios[f"{tokens}_step_memory_ratio"] = ssast["step_mem_mb"] / max(mae["step_mem_mb"], 1.0)
-        console.print(f"{tokens}: MAE-AST is {ratios[f'{tokens}_speedup']:.2f}x faster, SSAST-style uses "
+        console.print(f"{tokens}: MAE-AST is {ratios[f'{tokens}_speedup']:.2f}x faster "
+                      f"({ratios[f'{tokens}_cpu_time_ratio']:.2f}x less CPU time), SSAST-style uses "
                       f"{ratios[f'{tokens}_memory_ratio']:.2f}x the peak memory"
                       + (f" ({ratios[f'{tokens}_step_memory_ratio']:.2f}x the memory a step adds)"
                          if f"{tokens}_step_memory_ratio" in ratios else "")
