@@ -37,5 +37,7 @@ def init_weights(module: nn.Module, scheme: str = "official") -> None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     for name, p in module.named_parameters():
-        if name.endswith("mask_token"):
-            nn.init.uniform_(p) if scheme == "official" else nn.init.normal_(p, std=0.02)
+        if name.endswith("mask_token") and scheme == "official":
+            nn.init.uniform_(p)  # [0, 1), as the official decoder_mask_emb
+        elif name.endswith("mask_token"):
+            nn.init.normal_(p, std=0.02)
