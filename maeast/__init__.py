@@ -5,3 +5,12 @@ audio -> shards -> features (fbank) -> loaders -> model -> engine.
 """
 
 __version__ = "0.1.0"
+
+
+def load_encoder(path, device="cpu"):
+    """An exported encoder (RUN/encoder, a checkpoint folder, a `maeast convert-official` folder) as a torch
+    module: `enc(waveform=..., sample_rate=...)` or `enc(fbank=...)` -> clip (and token) embeddings.
+    See maeast.inference.encoder."""
+    from maeast.inference import load_encoder as load
+
+    return load(path, device)

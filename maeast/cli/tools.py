@@ -1,0 +1,76 @@
+"""`maeast embed` and `maeast convert-official`: thin commands over maeast.inference and maeast.convert.
+
+Registered as top-level commands by `register(app)` (maeast/cli/__init__.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from maeast.cli.common import console, err_console, friendly
+
+
+@friendly
+def embed_command(
+    audio: Path = typer.Argument(..., help="An audio file (any format, rate and channel count maeast reads) or a "
+                                 "folder: every audio file below it."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="An exported encoder: RUN/encoder, a checkpoint "
+                                    "folder, or a `maeast convert-official` folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="FILE.safetensors (tensors clip/KEY, tokens/KEY) or FILE.npy "
+                             "(rows in file order, keys in the sidecar FILE.json)."),
+    tokens: bool = typer.Option(False, "--tokens", help="Also write per-token embeddings."),
+    layer: int | None = typer.Option(None, "--layer", help="Transformer block 1..depth (or -1 for the last block); "
+                                     "default: the encoder output."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Chunks encoded together."),
+    chunk_seconds: float | None = typer.Option(None, "--chunk-seconds", help="Longest piece encoded at once "
+                                               "(default: the clip length the encoder was pretrained on)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+) -> None:
+    """Clip embeddings (the mean over real tokens) and, with --tokens, token embeddings of audio files."""
+    from maeast.inference import embed_files, save_embeddings
+    result = embed_files(checkpoint, audio, tokens=tokens, layer=layer, batch_size=batch_size,
+                         chunk_seconds=chunk_seconds, device=device)
+    written = save_embeddings(result, out)
+    for key, reason in result.skipped:
+        err_console.print(f"[yellow]skipped[/] {key}: {reason}", highlight=False, soft_wrap=True)
+    audio_s = sum(result.seconds)
+    console.print(f"embedded {len(result.keys)} file(s), {audio_s:.1f} s of audio, in {result.wall_seconds:.1f} s "
+                  f"({audio_s / max(result.wall_seconds, 1e-9):.0f}x real time); skipped {len(result.skipped)}; "
+                  f"wrote {', '.join(map(str, written))}", highlight=False, soft_wrap=True)
+
+
+@friendly
+def convert_official_command(
+    ckpt: Path = typer.Argument(..., help="A published MAE-AST fairseq checkpoint, e.g. "
+                                "chunk_patch_75_12LayerEncoder.pt or random_frame_75_12LayerEncoder.pt."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for encoder.safetensors + encoder.json (the export "
+                             "`maeast embed` and fine-tuning read) and model.safetensors + model.json."),
+) -> None:
+    """Convert an official MAE-AST checkpoint into maeast's exported encoder (every tensor mapped by name and
+    shape; anything that cannot be represented is refused)."""
+    from maeast.convert import convert_official
+    done = convert_official(ckpt, out)
+    cfg = done.config
+    table = Table(title=f"converted {ckpt.name}")
+    table.add_column("field")
+    table.add_column("value")
+    for name, value in (("tokens", f"{cfg.patch_time} frames x {cfg.patch_freq} bins"),
+                        ("encoder", f"{cfg.depth} x {cfg.dim} ({cfg.heads} heads, FFN {cfg.ffn_dim}, "
+                                    f"{'pre' if cfg.pre_norm else 'post'}-LN)"),
+                        ("decoder", f"{cfg.decoder_depth} x {cfg.decoder_dim}"),
+                        ("tensors mapped", str(done.tensors)),
+                        ("checked, left out", ", ".join(done.dropped) or "-"),
+                        ("source dtype", done.source_dtype), ("updates", str(done.step))):
+        table.add_row(name, value)
+    console.print(table)
+    console.print(f"wrote {done.out}/encoder.safetensors, encoder.json, model.safetensors, model.json",
+                  highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add embed and convert-official as top-level commands of the `maeast` app."""
+    app.command("embed")(embed_command)
+    app.command("convert-official")(convert_official_command)

@@ -1,0 +1,363 @@
+"""`maeast convert-official`: a published MAE-AST checkpoint (fairseq) -> our exported encoder and model.
+
+The released files (chunk_patch_75_12LayerEncoder.pt, random_frame_75_12LayerEncoder.pt) are fairseq
+checkpoints: a dict with "model", the state dict of MAE_AST in AlanBaade/MAE-AST-Public
+(mae_ast/models/mae_ast.py), and "cfg" ({"model", "task", "criterion", ...}; older fairseq: "args",
+an argparse.Namespace) holding its config. Loading needs neither fairseq nor omegaconf:
+torch.load(weights_only=True) runs with every class the file names outside torch's safe list
+(argparse.Namespace, omegaconf's DictConfig and nodes, enum members, numpy scalars) mapped to `Pickled`,
+an inert stand-in that records its arguments and state; `plain` then reads the config back as plain
+dicts (omegaconf containers by `_content`, nodes by `_val`, enum members by their value). Nothing
+named in the file is imported or called.
+
+Every tensor is checked against the key and shape the official code gives it for the checkpoint's
+config, then mapped (ours <- official):
+    encoder.input_norm.*                  <- batch_norm.{running_mean,running_var,num_batches_tracked}
+    encoder.proj.*                        <- post_extract_proj.*
+    encoder.transformer.norm_in.*         <- encoder.layer_norm.*  (post-LN; pre-LN: norm_out.*)
+    encoder.transformer.blocks.N.attn.qkv.* <- encoder.layers.N.self_attn.{q,k,v}_proj.*  (rows q, k, v)
+    ....blocks.N.attn.out.*               <- ....layers.N.self_attn.out_proj.*
+    ....blocks.N.{norm1,fc1,fc2,norm2}.*  <- ....layers.N.{self_attn_layer_norm,fc1,fc2,final_layer_norm}.*
+    decoder.proj.*                        <- post_enc_proj.*  (when decoder and encoder widths differ)
+    decoder.mask_token                    <- decoder_mask_emb
+    decoder.transformer.*                 <- decoder.*  (as the encoder stack)
+    decoder.head_recon.*, decoder.head_nce.* <- final_proj_reconstruction.*, final_proj_classification.*
+Checked, then left out (no effect on any output of the official model):
+    enc_sine_pos_embed.pe, dec_sine_pos_embed.pe   equal to our sinusoid (rows < POSITIONS_CHECKED),
+                                                   which the model recomputes for any length
+    layer_norm.*                                   LayerNorm(feature_dim) that forward never calls
+    encoder_mask_emb                               masked tokens are removed before the encoder
+Anything else, and configs our model cannot represent (convolutional positions, no sinusoidal
+positions, overlapping patches, non-GELU activations, waveform-normalized or delta features), is
+refused with a message naming the tensor or the config field. Half-precision weights become float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maeast.engine.checkpoint import write_encoder, write_model
+from maeast.errors import MaeastError
+from maeast.features import get_config as get_fbank
+from maeast.model import MAEAST, ModelConfig
+from maeast.model.positions import sinusoid
+
+POSITIONS_CHECKED = 4096  # pe rows compared: 65 s of patch tokens, 82 s of frame tokens
+PE_ATOL = 1e-3  # float32 pe differs from ours by a few ulps of the angle (exp rounding); a wrong layout by ~1
+
+# The official defaults (MAE_AST_Config, MAE_AST_Pretraining_Config, MAE_AST_Criterion_Config),
+# used for any field a checkpoint's config leaves out.
+MODEL_DEFAULTS: dict[str, Any] = {
+    "ast_kernel_size_time": 16, "ast_kernel_size_chan": 16, "ast_kernel_stride_time": 16,
+    "ast_kernel_stride_chan": 16, "encoder_layers": 12, "encoder_embed_dim": 768, "encoder_ffn_embed_dim": 3072,
+    "encoder_attention_heads": 12, "activation_fn": "gelu", "layer_norm_first": False, "use_post_enc_proj": False,
+    "decoder_embed_dim": 768, "decoder_layers": 2, "decoder_layerdrop": 0.0, "dropout": 0.1,
+    "attention_dropout": 0.1, "activation_dropout": 0.0, "encoder_layerdrop": 0.0, "dropout_input": 0.0,
+    "random_mask_prob": 0.75, "max_token_length": 48000, "enc_sine_pos": False, "dec_sine_pos": False,
+    "enc_conv_pos": False, "dec_conv_pos": False}
+TASK_DEFAULTS: dict[str, Any] = {"sample_rate": 16000, "feature_type": "wav", "feature_rate": 100, "feature_dim": 100,
+                                 "deltas": True, "normalize": False, "mask_type": "random_mask", "max_sample_size": None}
+CRITERION_DEFAULTS: dict[str, Any] = {"reconstruction_weight": 10.0, "classification_weight": 1.0}
+MASK_TYPES = {"random_mask": "random", "random_mask_batched": "random", "chunk_mask": "chunk"}
+DROPPED = {"enc_sine_pos_embed.pe": "equal to our sinusoid positions, recomputed at run time",
+           "dec_sine_pos_embed.pe": "equal to our sinusoid positions, recomputed at run time",
+           "layer_norm.weight": "LayerNorm(feature_dim) never called by the official forward",
+           "layer_norm.bias": "LayerNorm(feature_dim) never called by the official forward",
+           "encoder_mask_emb": "masked tokens are removed before the encoder: never reaches an output"}
+
+
+# ---- reading a fairseq checkpoint without fairseq ---------------------------------------------------
+
+class Pickled:
+    """Stand-in for a class a checkpoint names that we do not import: it keeps what it was given."""
+
+    name = "?"
+
+    def __new__(cls, *args, **kwargs):
+        obj = object.__new__(cls)
+        obj.args, obj.state = args, None
+        return obj
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<pickled {self.name}>"
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """torch.load(weights_only=True) of a fairseq checkpoint, foreign classes as `Pickled` stand-ins."""
+    path = Path(path)
+    what = f"{path} is not a fairseq MAE-AST checkpoint (a torch.save'd dict with 'model' and 'cfg' or 'args')"
+    if not path.is_file():
+        raise MaeastError(f"{path}: no such file; give a fairseq MAE-AST checkpoint such as "
+                          f"chunk_patch_75_12LayerEncoder.pt")
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        stand_ins = [(type("Pickled", (Pickled,), {"name": n}), n) for n in names]
+        with torch.serialization.safe_globals(stand_ins):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (ValueError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise MaeastError(f"{what}: {reason}") from None
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict)
+            and (ckpt.get("cfg") is not None or ckpt.get("args") is not None)):
+        keys = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise MaeastError(f"{what}; it holds {keys}")
+    return ckpt
+
+
+def plain(x: Any) -> Any:
+    """Stand-ins and containers -> plain dicts, lists and values."""
+    if isinstance(x, Pickled):
+        state = x.state
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):  # (dict, slots)
+            state = {**(state[0] or {}), **state[1]}
+        if isinstance(state, dict):
+            for key in ("_content", "_val"):  # omegaconf containers and value nodes
+                if key in state:
+                    return plain(state[key])
+            return {k: plain(v) for k, v in state.items()}  # argparse.Namespace and plain objects
+        if state is None and len(x.args) == 1:  # enum members: Cls(value)
+            return plain(x.args[0])
+        return x
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    return x
+
+
+def _scalar(x: Any) -> Any:
+    """A config value as JSON can hold it (anything else by its repr)."""
+    return x if isinstance(x, (str, int, float, bool, type(None))) else repr(x)
+
+
+@dataclass
+class Official:
+    """The official config fields that matter, defaults filled in."""
+
+    model: dict[str, Any]
+    task: dict[str, Any]
+    criterion: dict[str, Any]
+
+
+def official_config(ckpt: dict) -> Official:
+    """The model, task and criterion configs of a fairseq checkpoint ("cfg", or the legacy "args")."""
+    cfg = plain(ckpt.get("cfg"))
+    if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict):
+        model, task, crit = cfg["model"], cfg.get("task") or {}, cfg.get("criterion") or {}
+    elif isinstance(args := plain(ckpt.get("args")), dict):
+        model = task = crit = args
+    else:
+        raise MaeastError("the checkpoint's 'cfg' has no 'model' section and it has no 'args': not a fairseq "
+                          "MAE-AST checkpoint")
+    name = model.get("_name", model.get("arch"))
+    if name not in (None, "mae_ast"):
+        raise MaeastError(f"the checkpoint holds a fairseq {name!r} model, not mae_ast")
+
+    def fill(d: dict, defaults: dict) -> dict:
+        return {k: v if d.get(k) is None else _scalar(d[k]) for k, v in defaults.items()}
+
+    return Official(fill(model, MODEL_DEFAULTS), fill(task, TASK_DEFAULTS), fill(crit, CRITERION_DEFAULTS))
+
+
+def model_config(off: Official) -> ModelConfig:
+    """Our ModelConfig for an official config, or a MaeastError naming what cannot be represented."""
+    m, t, c = off.model, off.task, off.criterion
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise MaeastError(f"cannot convert: {what}; maeast's model has no counterpart")
+
+    need(m["ast_kernel_stride_time"] == m["ast_kernel_size_time"]
+         and m["ast_kernel_stride_chan"] == m["ast_kernel_size_chan"],
+         "patches whose stride differs from their size (model.ast_kernel_stride_*)")
+    need(str(m["activation_fn"]) == "gelu", f"activation {m['activation_fn']!r} (model.activation_fn)")
+    need(not m["enc_conv_pos"], "enc_conv_pos_embed.*: convolutional positions (model.enc_conv_pos)")
+    need(not m["dec_conv_pos"], "dec_conv_pos_embed.*: convolutional positions (model.dec_conv_pos)")
+    need(bool(m["enc_sine_pos"]) and bool(m["dec_sine_pos"]),
+         "a model without sinusoidal positions (model.enc_sine_pos / dec_sine_pos false)")
+    need(bool(m["use_post_enc_proj"]) == (m["decoder_embed_dim"] != m["encoder_embed_dim"]),
+         "post_enc_proj.*: a projection between equal encoder and decoder widths (model.use_post_enc_proj)")
+    need(t["feature_type"] == "fbank" and not t["deltas"] and not t["normalize"],
+         f"features other than plain Kaldi fbank (task.feature_type={t['feature_type']!r}, "
+         f"deltas={t['deltas']}, normalize={t['normalize']})")
+    need(t["sample_rate"] == 16000 and t["feature_rate"] == 100,
+         f"features at {t['sample_rate']} Hz, {t['feature_rate']} frames/s (task.sample_rate, task.feature_rate)")
+    need(t["feature_dim"] % m["ast_kernel_size_chan"] == 0,
+         f"task.feature_dim {t['feature_dim']} not a multiple of model.ast_kernel_size_chan "
+         f"{m['ast_kernel_size_chan']} (the official Unfold drops the last bins)")
+    mask = MASK_TYPES.get(str(t["mask_type"]), "random")  # masking only matters to continued pretraining
+    ratio = float(m["random_mask_prob"]) if 0 < float(m["random_mask_prob"]) < 1 else 0.75
+    return ModelConfig(
+        n_mels=int(t["feature_dim"]), patch_time=int(m["ast_kernel_size_time"]),
+        patch_freq=int(m["ast_kernel_size_chan"]), input_norm="batchnorm", input_scale=0.5,
+        dim=int(m["encoder_embed_dim"]), depth=int(m["encoder_layers"]), heads=int(m["encoder_attention_heads"]),
+        ffn_dim=int(m["encoder_ffn_embed_dim"]), pre_norm=bool(m["layer_norm_first"]),
+        dropout=float(m["dropout"]), attn_dropout=float(m["attention_dropout"]),
+        act_dropout=float(m["activation_dropout"]), input_dropout=float(m["dropout_input"]),
+        layerdrop=float(m["encoder_layerdrop"]),
+        # the official decoder layers take the encoder's heads and FFN width
+        decoder_dim=int(m["decoder_embed_dim"]), decoder_depth=int(m["decoder_layers"]),
+        decoder_heads=int(m["encoder_attention_heads"]), decoder_ffn_dim=int(m["encoder_ffn_embed_dim"]),
+        decoder_layerdrop=float(m["decoder_layerdrop"]), mask_type=mask, mask_ratio=ratio,
+        mse_weight=float(c["reconstruction_weight"]), infonce_weight=float(c["classification_weight"]),
+        init="official")
+
+
+# ---- keys and shapes --------------------------------------------------------------------------------
+
+def _stack_shapes(prefix: str, dim: int, ffn: int, depth: int) -> dict[str, tuple[int, ...]]:
+    """fairseq TransformerEncoder as MAE-AST builds it: layer_norm + TransformerSentenceEncoderLayers."""
+    shapes = {f"{prefix}.layer_norm.weight": (dim,), f"{prefix}.layer_norm.bias": (dim,)}
+    for i in range(depth):
+        layer = f"{prefix}.layers.{i}"
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes |= {f"{layer}.self_attn.{proj}.weight": (dim, dim), f"{layer}.self_attn.{proj}.bias": (dim,)}
+        for norm in ("self_attn_layer_norm", "final_layer_norm"):
+            shapes |= {f"{layer}.{norm}.weight": (dim,), f"{layer}.{norm}.bias": (dim,)}
+        shapes |= {f"{layer}.fc1.weight": (ffn, dim), f"{layer}.fc1.bias": (ffn,),
+                   f"{layer}.fc2.weight": (dim, ffn), f"{layer}.fc2.bias": (dim,)}
+    return shapes
+
+
+def official_shapes(off: Official) -> dict[str, tuple[int, ...]]:
+    """Every key of the official MAE_AST state dict for this config, with its shape."""
+    m, t = off.model, off.task
+    D, Dd, ffn = m["encoder_embed_dim"], m["decoder_embed_dim"], m["encoder_ffn_embed_dim"]
+    P, F = m["ast_kernel_size_time"] * m["ast_kernel_size_chan"], t["feature_dim"]
+    shapes = {"post_extract_proj.weight": (D, P), "post_extract_proj.bias": (D,),
+              "layer_norm.weight": (F,), "layer_norm.bias": (F,), "batch_norm.running_mean": (1,),
+              "batch_norm.running_var": (1,), "batch_norm.num_batches_tracked": (), "encoder_mask_emb": (D,),
+              "decoder_mask_emb": (Dd,), "final_proj_reconstruction.weight": (P, Dd),
+              "final_proj_reconstruction.bias": (P,), "final_proj_classification.weight": (P, Dd),
+              "final_proj_classification.bias": (P,)}
+    if m["enc_sine_pos"]:
+        shapes["enc_sine_pos_embed.pe"] = (1, m["max_token_length"], D)
+    if m["dec_sine_pos"]:
+        shapes["dec_sine_pos_embed.pe"] = (1, m["max_token_length"], Dd)
+    if m["use_post_enc_proj"]:
+        shapes |= {"post_enc_proj.weight": (Dd, D), "post_enc_proj.bias": (Dd,)}
+    return shapes | _stack_shapes("encoder", D, ffn, m["encoder_layers"]) | _stack_shapes("decoder", Dd, ffn,
+                                                                                         m["decoder_layers"])
+
+
+def _stack_map(ours: str, theirs: str, depth: int, pre_norm: bool) -> dict[str, tuple[str, ...]]:
+    norm = "norm_out" if pre_norm else "norm_in"
+    pairs: dict[str, tuple[str, ...]] = {}
+    for p in ("weight", "bias"):
+        pairs[f"{ours}.{norm}.{p}"] = (f"{theirs}.layer_norm.{p}",)
+        for i in range(depth):
+            a, b = f"{ours}.blocks.{i}", f"{theirs}.layers.{i}"
+            pairs |= {f"{a}.attn.qkv.{p}": tuple(f"{b}.self_attn.{x}_proj.{p}" for x in "qkv"),
+                      f"{a}.attn.out.{p}": (f"{b}.self_attn.out_proj.{p}",),
+                      f"{a}.norm1.{p}": (f"{b}.self_attn_layer_norm.{p}",), f"{a}.fc1.{p}": (f"{b}.fc1.{p}",),
+                      f"{a}.fc2.{p}": (f"{b}.fc2.{p}",), f"{a}.norm2.{p}": (f"{b}.final_layer_norm.{p}",)}
+    return pairs
+
+
+def key_map(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
+    """Our MAEAST key -> the official key(s) it is made of (several: concatenated along rows, in order)."""
+    pairs = {f"encoder.input_norm.{b}": (f"batch_norm.{b}",)
+             for b in ("running_mean", "running_var", "num_batches_tracked")}
+    for p in ("weight", "bias"):
+        pairs |= {f"encoder.proj.{p}": (f"post_extract_proj.{p}",),
+                  f"decoder.head_recon.{p}": (f"final_proj_reconstruction.{p}",),
+                  f"decoder.head_nce.{p}": (f"final_proj_classification.{p}",)}
+        if cfg.decoder_dim != cfg.dim:
+            pairs[f"decoder.proj.{p}"] = (f"post_enc_proj.{p}",)
+    pairs["decoder.mask_token"] = ("decoder_mask_emb",)
+    return (pairs | _stack_map("encoder.transformer", "encoder", cfg.depth, cfg.pre_norm)
+            | _stack_map("decoder.transformer", "decoder", cfg.decoder_depth, cfg.pre_norm))
+
+
+def convert_state_dict(state: dict[str, torch.Tensor], off: Official) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Official MAE_AST state dict -> (our ModelConfig, MAEAST state dict in float32). Works on meta tensors."""
+    cfg = model_config(off)
+    expected = official_shapes(off)
+    for key, tensor in state.items():
+        if key not in expected:
+            raise MaeastError(f"cannot convert {key} {list(getattr(tensor, 'shape', []))}: the official MAE-AST "
+                              f"with this checkpoint's config has no such tensor")
+        if tuple(tensor.shape) != expected[key]:
+            raise MaeastError(f"cannot convert {key}: shape {list(tensor.shape)}, the checkpoint's config gives "
+                              f"{list(expected[key])}")
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise MaeastError(f"the checkpoint lacks {missing[0]} (and {len(missing) - 1} more tensors) that the "
+                          f"official MAE-AST with its config has")
+    pairs = key_map(cfg)
+    used = {k for keys in pairs.values() for k in keys}
+    assert used | set(DROPPED) >= set(expected), sorted(set(expected) - used - set(DROPPED))
+    for key in ("enc_sine_pos_embed.pe", "dec_sine_pos_embed.pe"):
+        check_positions(key, state[key])
+    out = {}
+    for ours, theirs in pairs.items():
+        parts = [state[k] for k in theirs]
+        t = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+        out[ours] = t.float() if t.is_floating_point() else t
+    return cfg, out
+
+
+def check_positions(key: str, pe: torch.Tensor) -> None:
+    """The official pe table [1, L, D] must be the sinusoid our model adds (on its first rows)."""
+    if pe.is_meta:
+        return
+    rows = min(pe.shape[1], POSITIONS_CHECKED)
+    ours = sinusoid(rows, pe.shape[2])  # [rows, D]
+    error = float((pe[0, :rows].float() - ours).abs().max())
+    tolerance = PE_ATOL + 2 * torch.finfo(pe.dtype).eps if pe.is_floating_point() else 0.0
+    if not error <= tolerance:
+        raise MaeastError(f"cannot convert {key}: it differs from maeast's sinusoid positions by {error:.3g} "
+                          f"(tolerance {tolerance:.3g}); these are not the official MAE-AST positions")
+
+
+# ---- the command ------------------------------------------------------------------------------------
+
+@dataclass
+class Converted:
+    out: Path
+    config: ModelConfig
+    tensors: int  # official tensors mapped
+    dropped: list[str]  # official tensors checked and left out
+    source_dtype: str
+    step: int | None
+
+
+def convert_official(checkpoint: str | Path, out: str | Path) -> Converted:
+    """Write OUT/encoder.{safetensors,json} (the encoder export) and OUT/model.{safetensors,json}."""
+    ckpt = read_checkpoint(checkpoint)
+    state = {k: v for k, v in ckpt["model"].items()}
+    bad = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise MaeastError(f"cannot convert {bad}: the checkpoint's 'model' entry is not a tensor")
+    off = official_config(ckpt)
+    cfg, weights = convert_state_dict(state, off)
+    MAEAST(cfg).load_state_dict(weights, strict=True)  # every one of our tensors, right shapes
+    history = plain(ckpt.get("optimizer_history")) or [{}]
+    step = history[-1].get("num_updates") if isinstance(history[-1], dict) else None
+    fb = dataclasses.replace(get_fbank("mae_ast"), n_mels=cfg.n_mels)
+    max_samples = off.task["max_sample_size"]
+    meta = {"model": cfg.to_dict(), "features": {"preset": fb.name, **dataclasses.asdict(fb)},
+            "pretraining": {"step": step, "samples": None, "run_dir": None, "shards": [],
+                            "max_seconds": max_samples / off.task["sample_rate"] if max_samples else 10.0,
+                            "converted_from": str(Path(checkpoint).resolve()),
+                            "official": {"model": off.model, "task": off.task, "criterion": off.criterion}}}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_encoder(weights, meta, out)
+    write_model(weights, meta, out)
+    dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()})
+    return Converted(out, cfg, len(state) - len(DROPPED.keys() & state.keys()), sorted(DROPPED.keys() & state.keys()),
+                     "/".join(dtypes), step if isinstance(step, int) else None)
