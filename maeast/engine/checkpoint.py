@@ -141,7 +141,7 @@ def model_meta(cfg, step: int, samples: int, extra: dict | None = None) -> dict:
     return {"model": cfg.model.to_dict(),
             "features": {"preset": fbank.name, **dataclasses.asdict(fbank)},
             "pretraining": {"step": step, "samples": samples, "run_dir": str(cfg.run.dir),
-                            "shards": list(cfg.data.shards), **(extra or {})}}
+                            "shards": list(cfg.data.shards), "max_seconds": cfg.data.max_seconds, **(extra or {})}}
 
 
 def write_model(weights: dict[str, torch.Tensor], meta: dict, folder: Path) -> None:

@@ -36,7 +36,9 @@ with warnings.catch_warnings():
 
 
 def quiet_deepspeed(level: int = logging.WARNING) -> None:
-    """DeepSpeed logs every init detail at INFO on every rank; keep warnings and errors."""
+    """DeepSpeed logs every init detail at INFO on every rank, and its ZeRO collectives trip torch's
+    deprecation warnings at every step: keep DeepSpeed's warnings and errors, drop those."""
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     logging.getLogger("DeepSpeed").setLevel(level)
     from deepspeed.utils import logger
     logger.setLevel(level)

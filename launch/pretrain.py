@@ -1,0 +1,68 @@
+"""DeepSpeed entry point for MAE-AST pretraining, on one or many processes and nodes.
+
+    deepspeed launch/pretrain.py --deepspeed_config launch/ds_zero2.json --config pretrain_patch_random \
+        [--resume] [--optim.lr 2e-4 --run.dir runs/mine ...]
+    deepspeed --num_gpus 8 launch/pretrain.py ...            # one node, 8 GPUs
+    deepspeed --hostfile launch/hostfile launch/pretrain.py ...   # many nodes (launch/hostfile.example)
+    deepspeed --num_gpus 2 launch/pretrain.py ...            # on a CPU machine: 2 processes over gloo
+
+--config is a shipped name (maeast/configs) or a YAML file; everything after it that starts with
+--section.key (or section.key=value) overrides the config. The JSON gives only ZeRO, precision and
+offload settings: batch, optimizer and schedule come from the config. `maeast pretrain` runs the
+same function as one process.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from maeast.engine.distributed import take_local_rank
+from maeast.errors import MaeastError
+
+USAGE = ("usage: deepspeed launch/pretrain.py --deepspeed_config JSON --config NAME_OR_YAML [--resume] "
+         "[--section.key VALUE ...]")
+
+
+def parse(argv: list[str]) -> tuple[str | None, str | None, bool, list[str]]:
+    """argv -> (deepspeed config path, config, resume, overrides)."""
+    ds_config, config, resume, rest, i = None, None, False, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        key, eq, value = arg.partition("=")
+        if key in ("--deepspeed_config", "--deepspeed-config", "--config"):
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise MaeastError(f"{key} needs a value; {USAGE}")
+                value, i = argv[i + 1], i + 1
+            if key == "--config":
+                config = value
+            else:
+                ds_config = value
+        elif arg == "--resume":
+            resume = True
+        elif arg == "--deepspeed":  # DeepSpeed's own flag that only says "a JSON follows"
+            pass
+        elif arg in ("-h", "--help"):
+            print(__doc__)
+            sys.exit(0)
+        else:
+            rest.append(arg)
+        i += 1
+    return ds_config, config, resume, rest
+
+
+def main(argv: list[str]) -> int:
+    from maeast.engine import load_config, pretrain
+    try:
+        ds_config, config, resume, overrides = parse(take_local_rank(argv))
+        if config is None:
+            raise MaeastError(f"--config is required; {USAGE}")
+        pretrain(load_config(config, overrides), deepspeed_config_path=ds_config, resume=resume)
+    except MaeastError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
