@@ -1,0 +1,361 @@
+"""`maeast convert-official`: fairseq MAE-AST checkpoints made here with the official key names and shapes
+(AlanBaade/MAE-AST-Public, mae_ast/models/mae_ast.py), written out by hand in this file.
+
+The converted encoder must give the same outputs, on real speech, as (a) an Encoder whose weights are
+copied by hand key by key and (b) the official forward pass written here in plain torch (fairseq
+MultiheadAttention with separate q/k/v projections, BatchNorm * 0.5, nn.Unfold patches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import math
+import sys
+import types
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+import maeast
+from maeast.audio import load_clip
+from maeast.cli.common import new_app
+from maeast.cli.tools import register
+from maeast.engine.checkpoint import load_model
+from maeast.convert import convert_official, convert_state_dict, official_config, read_checkpoint
+from maeast.errors import MaeastError
+from maeast.features import fbank
+from maeast.model import MAEAST, Encoder, make_config
+from tests.conftest import speak
+
+# The README's pretraining commands over config/pretrain/mae_ast.yaml.
+YAML_MODEL = {"_name": "mae_ast", "dropout_input": 0.1, "dropout": 0.1, "attention_dropout": 0.1,
+              "activation_dropout": 0.0, "feature_grad_mult": 0.1, "encoder_layerdrop": 0.05, "decoder_layerdrop": 0.0,
+              "encoder_layers": 12, "decoder_layers": 2, "random_mask_prob": 0.75, "enc_conv_pos": False,
+              "enc_sine_pos": True, "dec_conv_pos": False, "dec_sine_pos": True, "encoder_embed_dim": 768,
+              "encoder_ffn_embed_dim": 3072, "encoder_attention_heads": 12, "activation_fn": "gelu",
+              "layer_norm_first": False, "use_post_enc_proj": False, "decoder_embed_dim": 768,
+              "max_token_length": 48000}
+YAML_TASK = {"_name": "mae_ast_pretraining", "data": "/data", "feature_type": "fbank", "mask_type": "random_mask",
+             "sample_rate": 16000, "max_sample_size": 250000, "min_sample_size": 32000, "feature_rate": 100,
+             "feature_dim": 128, "pad_audio": False, "random_crop": True, "normalize": False, "deltas": False}
+PATCH = {"ast_kernel_size_chan": 16, "ast_kernel_size_time": 16, "ast_kernel_stride_chan": 16, "ast_kernel_stride_time": 16}
+FRAME = {"ast_kernel_size_chan": 128, "ast_kernel_size_time": 2, "ast_kernel_stride_chan": 128, "ast_kernel_stride_time": 2}
+SMALL = {"encoder_layers": 2, "decoder_layers": 1, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 48,
+         "encoder_attention_heads": 4, "decoder_embed_dim": 32, "max_token_length": 700}
+
+
+def official_keys(m: dict, feature_dim: int) -> dict[str, tuple]:
+    """The state dict keys and shapes of MAE_AST(cfg) in the official code, listed by hand."""
+    D, Dd, H, P = m["encoder_embed_dim"], m["decoder_embed_dim"], m["encoder_ffn_embed_dim"], \
+        m["ast_kernel_size_time"] * m["ast_kernel_size_chan"]
+    keys = {"post_extract_proj.weight": (D, P), "post_extract_proj.bias": (D,), "layer_norm.weight": (feature_dim,),
+            "layer_norm.bias": (feature_dim,), "batch_norm.running_mean": (1,), "batch_norm.running_var": (1,),
+            "batch_norm.num_batches_tracked": (), "encoder_mask_emb": (D,),
+            "enc_sine_pos_embed.pe": (1, m["max_token_length"], D)}
+    for stack, dim, n in (("encoder", D, m["encoder_layers"]), ("decoder", Dd, m["decoder_layers"])):
+        for i in range(n):
+            p = f"{stack}.layers.{i}."
+            for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
+                keys[p + f"self_attn.{proj}.weight"], keys[p + f"self_attn.{proj}.bias"] = (dim, dim), (dim,)
+            keys[p + "self_attn_layer_norm.weight"], keys[p + "self_attn_layer_norm.bias"] = (dim,), (dim,)
+            keys[p + "fc1.weight"], keys[p + "fc1.bias"] = (H, dim), (H,)
+            keys[p + "fc2.weight"], keys[p + "fc2.bias"] = (dim, H), (dim,)
+            keys[p + "final_layer_norm.weight"], keys[p + "final_layer_norm.bias"] = (dim,), (dim,)
+        keys[f"{stack}.layer_norm.weight"], keys[f"{stack}.layer_norm.bias"] = (dim,), (dim,)
+        if stack == "encoder" and m["use_post_enc_proj"]:
+            keys["post_enc_proj.weight"], keys["post_enc_proj.bias"] = (Dd, D), (Dd,)
+    keys["decoder_mask_emb"] = (Dd,)
+    keys["dec_sine_pos_embed.pe"] = (1, m["max_token_length"], Dd)
+    for head in ("final_proj_reconstruction", "final_proj_classification"):
+        keys[f"{head}.weight"], keys[f"{head}.bias"] = (P, Dd), (P,)
+    return keys
+
+
+def official_pe(max_len: int, d: int) -> torch.Tensor:
+    """SinusoidalPositionalEncoding.pe of the official code."""
+    position = torch.arange(max_len).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, d, 2) * (-math.log(10000.0) / d))
+    pe = torch.zeros(1, max_len, d)
+    pe[0, :, 0::2] = torch.sin(position * div_term)
+    pe[0, :, 1::2] = torch.cos(position * div_term)
+    return pe
+
+
+def official_state(m: dict, feature_dim: int = 128, seed: int = 0) -> OrderedDict:
+    """Random weights under the official names (LayerNorm gains near 1, real-looking BatchNorm statistics)."""
+    g = torch.Generator().manual_seed(seed)
+    state = OrderedDict()
+    for key, shape in official_keys(m, feature_dim).items():
+        if key.endswith("pe"):
+            state[key] = official_pe(shape[1], shape[2])
+        elif key == "batch_norm.running_mean":
+            state[key] = torch.tensor([-5.5])
+        elif key == "batch_norm.running_var":
+            state[key] = torch.tensor([14.0])
+        elif key == "batch_norm.num_batches_tracked":
+            state[key] = torch.tensor(400000)
+        elif "layer_norm.weight" in key:
+            state[key] = 1 + 0.1 * torch.randn(shape, generator=g)
+        else:
+            state[key] = 0.1 * torch.randn(shape, generator=g)
+    return state
+
+
+def fairseq_checkpoint(state, model_cfg, task_cfg, **extra) -> dict:
+    """The layout fairseq's trainer saves (cfg as plain containers)."""
+    return {"args": None, "cfg": {"common": {"fp16": True}, "model": model_cfg, "task": task_cfg,
+                                  "criterion": {"_name": "mae_ast", "classification_weight": 1.0,
+                                                "reconstruction_weight": 10.0}},
+            "model": state, "criterion": None,
+            "optimizer_history": [{"criterion_name": "MAE_AST_Criterion", "optimizer_name": "FairseqAdam",
+                                   "lr_scheduler_state": {"best": None}, "num_updates": 600000}],
+            "task_state": {}, "extra_state": {"metrics": {}, "previous_training_time": 12.5}, **extra}
+
+
+def small(kernel: dict, **over) -> dict:
+    return {**YAML_MODEL, **kernel, **SMALL, **over}
+
+
+def official_encoder_forward(s: dict, m: dict, feats: torch.Tensor) -> torch.Tensor:
+    """The official forward (mask=False, features_only=True, eval) in plain torch: [B, T, F] -> [B, N, D]."""
+    pt, pf, D, heads = m["ast_kernel_size_time"], m["ast_kernel_size_chan"], m["encoder_embed_dim"], \
+        m["encoder_attention_heads"]
+    x = feats.unsqueeze(1)  # [B, 1, T, F]
+    x = (x - s["batch_norm.running_mean"]) / torch.sqrt(s["batch_norm.running_var"] + 1e-5) * 0.5
+    x = F.unfold(x, kernel_size=(pt, pf), stride=(pt, pf)).transpose(-1, -2)  # [B, N, pt * pf]
+    x = F.linear(x, s["post_extract_proj.weight"], s["post_extract_proj.bias"])
+    x = x + s["enc_sine_pos_embed.pe"][:, : x.shape[1]]
+    ln = lambda y, k: F.layer_norm(y, (D,), s[k + ".weight"], s[k + ".bias"], 1e-5)  # noqa: E731
+    first = m["layer_norm_first"]
+    if not first:
+        x = ln(x, "encoder.layer_norm")
+    for i in range(m["encoder_layers"]):
+        p = f"encoder.layers.{i}."
+
+        def attn(y):
+            B, N, _ = y.shape
+            split = lambda t: t.view(B, N, heads, D // heads).transpose(1, 2)  # noqa: E731
+            q = split(F.linear(y, s[p + "self_attn.q_proj.weight"], s[p + "self_attn.q_proj.bias"]) * (D // heads) ** -0.5)
+            k = split(F.linear(y, s[p + "self_attn.k_proj.weight"], s[p + "self_attn.k_proj.bias"]))
+            v = split(F.linear(y, s[p + "self_attn.v_proj.weight"], s[p + "self_attn.v_proj.bias"]))
+            o = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v  # [B, H, N, Dh]
+            return F.linear(o.transpose(1, 2).reshape(B, N, D), s[p + "self_attn.out_proj.weight"],
+                            s[p + "self_attn.out_proj.bias"])
+
+        def ffn(y):
+            return F.linear(F.gelu(F.linear(y, s[p + "fc1.weight"], s[p + "fc1.bias"])), s[p + "fc2.weight"],
+                            s[p + "fc2.bias"])
+
+        if first:
+            x = x + attn(ln(x, p + "self_attn_layer_norm"))
+            x = x + ffn(ln(x, p + "final_layer_norm"))
+        else:
+            x = ln(x + attn(x), p + "self_attn_layer_norm")
+            x = ln(x + ffn(x), p + "final_layer_norm")
+    return ln(x, "encoder.layer_norm") if first else x
+
+
+def hand_copied_encoder(s: dict, m: dict) -> Encoder:
+    """Our Encoder with the official weights copied in one by one."""
+    cfg = make_config("base", dim=m["encoder_embed_dim"], depth=m["encoder_layers"],
+                      heads=m["encoder_attention_heads"], ffn_dim=m["encoder_ffn_embed_dim"],
+                      patch_time=m["ast_kernel_size_time"], patch_freq=m["ast_kernel_size_chan"],
+                      pre_norm=m["layer_norm_first"], decoder_dim=m["encoder_embed_dim"], decoder_heads=4)
+    enc = Encoder(cfg).eval()
+    with torch.no_grad():
+        enc.input_norm.running_mean.copy_(s["batch_norm.running_mean"])
+        enc.input_norm.running_var.copy_(s["batch_norm.running_var"])
+        enc.proj.weight.copy_(s["post_extract_proj.weight"])
+        enc.proj.bias.copy_(s["post_extract_proj.bias"])
+        outer = enc.transformer.norm_out if cfg.pre_norm else enc.transformer.norm_in
+        outer.weight.copy_(s["encoder.layer_norm.weight"])
+        outer.bias.copy_(s["encoder.layer_norm.bias"])
+        for i, block in enumerate(enc.transformer.blocks):
+            p = f"encoder.layers.{i}."
+            for part in ("weight", "bias"):
+                getattr(block.attn.qkv, part).copy_(torch.cat([s[p + f"self_attn.q_proj.{part}"],
+                                                               s[p + f"self_attn.k_proj.{part}"],
+                                                               s[p + f"self_attn.v_proj.{part}"]]))
+                getattr(block.attn.out, part).copy_(s[p + f"self_attn.out_proj.{part}"])
+                getattr(block.norm1, part).copy_(s[p + f"self_attn_layer_norm.{part}"])
+                getattr(block.fc1, part).copy_(s[p + f"fc1.{part}"])
+                getattr(block.fc2, part).copy_(s[p + f"fc2.{part}"])
+                getattr(block.norm2, part).copy_(s[p + f"final_layer_norm.{part}"])
+    return enc
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    """Two real utterances as mae_ast fbanks, cut to one length: [2, T, 128]."""
+    root = tmp_path_factory.mktemp("speech")
+    waves = [load_clip(speak(t, root / f"{i}.wav", voice=v), 16000).waveform
+             for i, (t, v) in enumerate([("a stitch in time saves nine", "en"),
+                                         ("how vexingly quick daft zebras jump", "en-us+f3")])]
+    feats = [fbank(torch.from_numpy(w), 16000, "mae_ast") for w in waves]
+    n = min(f.shape[0] for f in feats)
+    return torch.stack([f[:n] for f in feats])
+
+
+@pytest.mark.parametrize("kernel,over", [(PATCH, {}), (FRAME, {"layer_norm_first": True}),
+                                         (PATCH, {"decoder_embed_dim": 24, "use_post_enc_proj": True})],
+                         ids=["patch-postLN", "frame-preLN", "patch-decoder-proj"])
+def test_converted_encoder_matches_hand_copy_and_official_forward(kernel, over, speech, tmp_path):
+    m = small(kernel, **over)
+    state = official_state(m)
+    path = tmp_path / "ckpt.pt"
+    torch.save(fairseq_checkpoint(state, m, {**YAML_TASK, "mask_type": "chunk_mask"}), path)
+    done = convert_official(path, tmp_path / "out")
+    assert done.tensors == len(state) - 5 and done.step == 600000
+    assert set(done.dropped) == {"enc_sine_pos_embed.pe", "dec_sine_pos_embed.pe", "layer_norm.weight",
+                                 "layer_norm.bias", "encoder_mask_emb"}
+    converted = maeast.load_encoder(tmp_path / "out").encoder
+    assert converted.cfg.mask_type == "chunk" and converted.cfg.decoder_dim == m["decoder_embed_dim"]
+    ours = converted(speech).x  # [B, N, D]
+    by_hand = hand_copied_encoder(state, m)(speech).x
+    reference = official_encoder_forward(state, m, speech)
+    assert ours.shape == reference.shape == (2, speech.shape[1] // kernel["ast_kernel_size_time"] *
+                                             (128 // kernel["ast_kernel_size_chan"]), 32)
+    torch.testing.assert_close(ours, by_hand, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours, reference, atol=1e-4, rtol=0)
+    model, _ = load_model(tmp_path / "out")  # the whole model too, decoder included
+    assert torch.equal(model.decoder.head_nce.weight, state["final_proj_classification.weight"])
+    assert torch.equal(model.decoder.mask_token, state["decoder_mask_emb"])
+    assert torch.equal(model.decoder.transformer.blocks[0].attn.qkv.bias[-m["decoder_embed_dim"]:],
+                       state["decoder.layers.0.self_attn.v_proj.bias"])
+    if m["use_post_enc_proj"]:
+        assert torch.equal(model.decoder.proj.weight, state["post_enc_proj.weight"])
+
+
+def test_half_precision_weights_become_float32(speech, tmp_path):
+    m = small(PATCH)
+    state = OrderedDict((k, v.half() if v.is_floating_point() else v) for k, v in official_state(m).items())
+    torch.save(fairseq_checkpoint(state, m, YAML_TASK), tmp_path / "fp16.pt")
+    done = convert_official(tmp_path / "fp16.pt", tmp_path / "out")
+    assert done.source_dtype == "float16"
+    enc = maeast.load_encoder(tmp_path / "out").encoder
+    assert enc.proj.weight.dtype == torch.float32
+    upcast = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    # the stored float16 pe is within 5e-4 of the float32 sinusoid our model recomputes
+    torch.testing.assert_close(enc(speech).x, official_encoder_forward(upcast, m, speech), atol=2e-3, rtol=0)
+    upcast["enc_sine_pos_embed.pe"] = official_pe(m["max_token_length"], m["encoder_embed_dim"])
+    torch.testing.assert_close(enc(speech).x, official_encoder_forward(upcast, m, speech), atol=1e-4, rtol=0)
+
+
+def fake_module(name: str, **classes) -> types.ModuleType:
+    module = types.ModuleType(name)
+    for attr, cls in classes.items():
+        cls.__module__, cls.__qualname__, cls.__name__ = name, attr, attr
+        setattr(module, attr, cls)
+    return module
+
+
+class DictConfig:  # pickles as omegaconf 2.x does: NEWOBJ + BUILD {_metadata, _parent, _content}
+    def __init__(self, content):
+        self._metadata, self._parent = {"ref_type": None}, None
+        self._content = {k: DictConfig(v) if isinstance(v, dict) else AnyNode(v) for k, v in content.items()}
+
+
+class AnyNode:
+    def __init__(self, value):
+        self._metadata, self._parent, self._val = {"ref_type": None}, None, value
+
+
+class Choices(str, enum.Enum):  # fairseq's ChoiceEnum members
+    gelu = "gelu"
+    chunk_mask = "chunk_mask"
+
+
+def test_namespace_omegaconf_and_enums_load_without_their_packages(tmp_path, monkeypatch):
+    m, task = small(PATCH), {**YAML_TASK, "mask_type": "chunk_mask"}
+    state = official_state(m)
+    plain = fairseq_checkpoint(state, m, task)
+    torch.save(plain, tmp_path / "plain.pt")
+    args = argparse.Namespace(**{**task, **m, "reconstruction_weight": 10.0, "classification_weight": 1.0})
+    torch.save({**plain, "cfg": None, "args": args}, tmp_path / "args.pt")
+    with monkeypatch.context() as mp:  # the classes exist only while saving
+        mp.setitem(sys.modules, "omegaconf", fake_module("omegaconf"))
+        mp.setitem(sys.modules, "omegaconf.dictconfig", fake_module("omegaconf.dictconfig", DictConfig=DictConfig))
+        mp.setitem(sys.modules, "omegaconf.nodes", fake_module("omegaconf.nodes", AnyNode=AnyNode))
+        mp.setitem(sys.modules, "fairseq", fake_module("fairseq"))
+        mp.setitem(sys.modules, "fairseq.dataclass", fake_module("fairseq.dataclass"))
+        mp.setitem(sys.modules, "fairseq.dataclass.constants", fake_module("fairseq.dataclass.constants",
+                                                                             Choices=Choices))
+        cfg = {"model": {**m, "activation_fn": Choices.gelu}, "task": {**task, "mask_type": Choices.chunk_mask},
+               "criterion": plain["cfg"]["criterion"]}
+        torch.save({**plain, "cfg": DictConfig(cfg)}, tmp_path / "omegaconf.pt")
+    assert "omegaconf.dictconfig" not in sys.modules
+    assert {"omegaconf.dictconfig.DictConfig", "omegaconf.nodes.AnyNode", "fairseq.dataclass.constants.Choices",
+            "argparse.Namespace"} <= set(torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "omegaconf.pt")
+                                         + torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "args.pt"))
+    configs = [official_config(read_checkpoint(tmp_path / f"{name}.pt")) for name in ("plain", "args", "omegaconf")]
+    assert configs[0] == configs[1] == configs[2]
+    assert configs[2].model["activation_fn"] == "gelu" and configs[2].task["mask_type"] == "chunk_mask"
+    assert configs[2].model["encoder_embed_dim"] == 32
+    convert_official(tmp_path / "omegaconf.pt", tmp_path / "out")
+
+
+@pytest.mark.parametrize("kernel,mask,preset", [(PATCH, "chunk_mask", "base"), (FRAME, "random_mask", "base_frame")],
+                         ids=["chunk_patch_75_12LayerEncoder", "random_frame_75_12LayerEncoder"])
+def test_full_size_key_listing(kernel, mask, preset):
+    """Every key and shape of the released 12-layer models maps onto our base presets (meta tensors)."""
+    m = {**YAML_MODEL, **kernel}
+    listing = official_keys(m, 128)
+    assert len(listing) == 9 + 12 * 16 + 2 + 2 * 16 + 2 + 1 + 1 + 4
+    state = {k: torch.empty(shape, device="meta") for k, shape in listing.items()}
+    off = official_config(fairseq_checkpoint(state, m, {**YAML_TASK, "mask_type": mask}))
+    cfg, weights = convert_state_dict(state, off)
+    assert cfg == make_config(preset, mask_type="chunk" if mask == "chunk_mask" else "random")
+    with torch.device("meta"):
+        ours = MAEAST(cfg).state_dict()
+    assert {k: tuple(v.shape) for k, v in weights.items()} == {k: tuple(v.shape) for k, v in ours.items()}
+
+
+def refuse(tmp_path, ckpt, match: str):
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(MaeastError, match=match) as e:
+        convert_official(tmp_path / "bad.pt", tmp_path / "out")
+    assert "\n" not in str(e.value)
+
+
+def test_refusals_name_the_tensor_or_field(tmp_path):
+    m = small(PATCH)
+    state = official_state(m)
+    refuse(tmp_path, fairseq_checkpoint({**state, "encoder.layers.0.self_attn.bias_k": torch.zeros(1, 1, 32)}, m,
+                                        YAML_TASK), r"encoder\.layers\.0\.self_attn\.bias_k")
+    conv = {**state, "enc_conv_pos_embed.pos_conv.0.weight_g": torch.zeros(1, 1, 128)}
+    refuse(tmp_path, fairseq_checkpoint(conv, {**m, "enc_conv_pos": True}, YAML_TASK), r"enc_conv_pos_embed\.\*")
+    wrong = {**state, "encoder.layers.1.fc1.weight": torch.zeros(32, 48)}
+    refuse(tmp_path, fairseq_checkpoint(wrong, m, YAML_TASK), r"encoder\.layers\.1\.fc1\.weight: shape \[32, 48\]")
+    missing = {k: v for k, v in state.items() if k != "decoder.layers.0.fc2.bias"}
+    refuse(tmp_path, fairseq_checkpoint(missing, m, YAML_TASK), r"lacks decoder\.layers\.0\.fc2\.bias")
+    pe = official_pe(700, 32)
+    halves = torch.cat([pe[..., 0::2], pe[..., 1::2]], dim=-1)  # sin | cos instead of interleaved
+    refuse(tmp_path, fairseq_checkpoint({**state, "enc_sine_pos_embed.pe": halves}, m, YAML_TASK),
+           r"enc_sine_pos_embed\.pe: it differs")
+    refuse(tmp_path, fairseq_checkpoint(state, {**m, "activation_fn": "relu"}, YAML_TASK), "activation_fn")
+    refuse(tmp_path, fairseq_checkpoint(state, m, {**YAML_TASK, "deltas": True}), "deltas=True")
+    refuse(tmp_path, fairseq_checkpoint(state, {**m, "_name": "hubert"}, YAML_TASK), "'hubert' model, not mae_ast")
+    refuse(tmp_path, {"state_dict": state}, "not a fairseq MAE-AST checkpoint")
+
+
+def test_cli_converts_and_refuses_in_one_line(speech, tmp_path):
+    app = new_app("test")
+    register(app)
+    m = small(FRAME)
+    torch.save(fairseq_checkpoint(official_state(m), m, YAML_TASK), tmp_path / "random_frame.pt")
+    r = CliRunner().invoke(app, ["convert-official", str(tmp_path / "random_frame.pt"), "--out", str(tmp_path / "enc")])
+    assert r.exit_code == 0, r.output
+    assert {p.name for p in (tmp_path / "enc").iterdir()} == {"encoder.safetensors", "encoder.json",
+                                                               "model.safetensors", "model.json"}
+    enc = maeast.load_encoder(tmp_path / "enc")
+    assert enc.chunk_frames == 1562  # the official 250000-sample crops: 15.625 s, whole 2-frame tokens
+    assert enc(fbank=speech[0]).clip.shape == (1, 32)
+    (tmp_path / "notes.pt").write_text("these are not weights\n")
+    for bad in ("notes.pt", "absent.pt"):
+        r = CliRunner().invoke(app, ["convert-official", str(tmp_path / bad), "--out", str(tmp_path / "x")])
+        assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "not a fairseq MAE-AST checkpoint" in r.output or "no such file" in r.output
