@@ -227,7 +227,7 @@ def _check_finite(out, step: int, micro: int, run_dir: Path, logger: RunLogger) 
         return
     good = latest_checkpoint(run_dir)
     parts = ", ".join(f"{k} {float(v):.4g}" for k, v in out.parts.items())
-    message = (f"non-finite loss at step {step} (micro-batch {micro}; this process: loss {float(out.loss):.4g}, "
+    message = (f"non-finite loss at step {step} (micro-batch {micro}; this process: loss {float(out.loss.detach()):.4g}, "
                f"{parts}); stopped before updating the weights. The last good checkpoint is "
                f"{good if good else 'none (no checkpoint yet)'}: lower optim.lr or raise schedule.warmup_steps, "
                f"then --resume")
