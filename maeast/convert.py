@@ -62,8 +62,9 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "attention_dropout": 0.1, "activation_dropout": 0.0, "encoder_layerdrop": 0.0, "dropout_input": 0.0,
     "random_mask_prob": 0.75, "max_token_length": 48000, "enc_sine_pos": False, "dec_sine_pos": False,
     "enc_conv_pos": False, "dec_conv_pos": False}
-TASK_DEFAULTS: dict[str, Any] = {"sample_rate": 16000, "feature_type": "wav", "feature_rate": 100, "feature_dim": 100,
-                                 "deltas": True, "normalize": False, "mask_type": "random_mask", "max_sample_size": None}
+TASK_DEFAULTS: dict[str, Any] = {
+    "sample_rate": 16000, "feature_type": "wav", "feature_rate": 100, "feature_dim": 100, "deltas": True,
+    "normalize": False, "mask_type": "random_mask", "max_sample_size": None}
 CRITERION_DEFAULTS: dict[str, Any] = {"reconstruction_weight": 10.0, "classification_weight": 1.0}
 MASK_TYPES = {"random_mask": "random", "random_mask_batched": "random", "chunk_mask": "chunk"}
 DROPPED = {"enc_sine_pos_embed.pe": "equal to our sinusoid positions, recomputed at run time",
@@ -166,10 +167,15 @@ def official_config(ckpt: dict) -> Official:
     if name not in (None, "mae_ast"):
         raise MaeastError(f"the checkpoint holds a fairseq {name!r} model, not mae_ast")
 
-    def fill(d: dict, defaults: dict) -> dict:
-        return {k: v if d.get(k) is None else _scalar(d[k]) for k, v in defaults.items()}
+    def fill(section: str, d: dict, defaults: dict) -> dict:
+        out = {k: v if d.get(k) is None else _scalar(d[k]) for k, v in defaults.items()}
+        for k, v in out.items():
+            if isinstance(defaults[k], (int, float)) and not isinstance(v, (int, float)):
+                raise MaeastError(f"the checkpoint's config {section}.{k} = {v!r} is not a number")
+        return out
 
-    return Official(fill(model, MODEL_DEFAULTS), fill(task, TASK_DEFAULTS), fill(crit, CRITERION_DEFAULTS))
+    return Official(fill("model", model, MODEL_DEFAULTS), fill("task", task, TASK_DEFAULTS),
+                    fill("criterion", crit, CRITERION_DEFAULTS))
 
 
 def model_config(off: Official) -> ModelConfig:
@@ -348,10 +354,11 @@ def convert_official(checkpoint: str | Path, out: str | Path) -> Converted:
     history = plain(ckpt.get("optimizer_history")) or [{}]
     step = history[-1].get("num_updates") if isinstance(history[-1], dict) else None
     fb = dataclasses.replace(get_fbank("mae_ast"), n_mels=cfg.n_mels)
-    max_samples = off.task["max_sample_size"]
+    max_samples, rate = off.task["max_sample_size"], off.task["sample_rate"]
     meta = {"model": cfg.to_dict(), "features": {"preset": fb.name, **dataclasses.asdict(fb)},
             "pretraining": {"step": step, "samples": None, "run_dir": None, "shards": [],
-                            "max_seconds": max_samples / off.task["sample_rate"] if max_samples else 10.0,
+                            "max_seconds": max_samples / rate if isinstance(max_samples, int) and max_samples > 0
+                            else 10.0,
                             "converted_from": str(Path(checkpoint).resolve()),
                             "official": {"model": off.model, "task": off.task, "criterion": off.criterion}}}
     out = Path(out)

@@ -42,8 +42,10 @@ YAML_MODEL = {"_name": "mae_ast", "dropout_input": 0.1, "dropout": 0.1, "attenti
 YAML_TASK = {"_name": "mae_ast_pretraining", "data": "/data", "feature_type": "fbank", "mask_type": "random_mask",
              "sample_rate": 16000, "max_sample_size": 250000, "min_sample_size": 32000, "feature_rate": 100,
              "feature_dim": 128, "pad_audio": False, "random_crop": True, "normalize": False, "deltas": False}
-PATCH = {"ast_kernel_size_chan": 16, "ast_kernel_size_time": 16, "ast_kernel_stride_chan": 16, "ast_kernel_stride_time": 16}
-FRAME = {"ast_kernel_size_chan": 128, "ast_kernel_size_time": 2, "ast_kernel_stride_chan": 128, "ast_kernel_stride_time": 2}
+PATCH = {"ast_kernel_size_chan": 16, "ast_kernel_size_time": 16, "ast_kernel_stride_chan": 16,
+         "ast_kernel_stride_time": 16}
+FRAME = {"ast_kernel_size_chan": 128, "ast_kernel_size_time": 2, "ast_kernel_stride_chan": 128,
+         "ast_kernel_stride_time": 2}
 SMALL = {"encoder_layers": 2, "decoder_layers": 1, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 48,
          "encoder_attention_heads": 4, "decoder_embed_dim": 32, "max_token_length": 700}
 
@@ -139,7 +141,8 @@ def official_encoder_forward(s: dict, m: dict, feats: torch.Tensor) -> torch.Ten
         def attn(y):
             B, N, _ = y.shape
             split = lambda t: t.view(B, N, heads, D // heads).transpose(1, 2)  # noqa: E731
-            q = split(F.linear(y, s[p + "self_attn.q_proj.weight"], s[p + "self_attn.q_proj.bias"]) * (D // heads) ** -0.5)
+            scaling = (D // heads) ** -0.5  # fairseq MultiheadAttention scales q after q_proj
+            q = split(F.linear(y, s[p + "self_attn.q_proj.weight"], s[p + "self_attn.q_proj.bias"]) * scaling)
             k = split(F.linear(y, s[p + "self_attn.k_proj.weight"], s[p + "self_attn.k_proj.bias"]))
             v = split(F.linear(y, s[p + "self_attn.v_proj.weight"], s[p + "self_attn.v_proj.bias"]))
             o = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v  # [B, H, N, Dh]

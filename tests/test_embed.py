@@ -191,3 +191,12 @@ def test_folder_skips_and_lists_unusable_files(export, audio, tmp_path):
     assert meta["keys"] == ["good.wav"] and clip.shape == (1, 64)
     assert {s["key"] for s in meta["skipped"]} == {"broken.flac", "blip.wav"}
     assert "too short" in {s["key"]: s["reason"] for s in meta["skipped"]}["blip.wav"]
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(export, audio):
+    waves = [torch.from_numpy(load_clip(audio / k, 16000).waveform) for k in ("speech/fox_8k.wav", "chord_44k.flac")]
+    cpu = maeast.load_encoder(export)(waveform=waves, sample_rate=16000, tokens=True)
+    gpu = maeast.load_encoder(export, "cuda")(waveform=waves, sample_rate=16000, tokens=True)  # bf16 autocast
+    assert gpu.clip.device.type == "cpu" and [t.shape for t in gpu.tokens] == [t.shape for t in cpu.tokens]
+    assert float(torch.nn.functional.cosine_similarity(cpu.clip, gpu.clip).min()) > 0.99

@@ -25,6 +25,7 @@ block N (pre-LN encoders: before the final LayerNorm). The call runs without gra
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,8 +54,8 @@ class AudioEncoder(nn.Module):
         super().__init__()
         self.encoder = encoder.eval()
         self.info = info
-        features = {k: v for k, v in info["features"].items() if k != "preset"}
-        self.features = FbankConfig(**features)
+        known = {f.name for f in dataclasses.fields(FbankConfig)}
+        self.features = FbankConfig(**{k: v for k, v in info["features"].items() if k in known})
         cfg = encoder.cfg
         if self.features.n_mels != cfg.n_mels:
             raise MaeastError(f"encoder.json: features have {self.features.n_mels} mel bins, the model "
