@@ -1,0 +1,84 @@
+"""`maeast finetune` and `maeast evaluate`: thin commands over maeast.finetune.
+
+Registered as top-level commands by `register(app)` (maeast/cli/__init__.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from maeast.cli.common import console, friendly
+
+EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+TASK_HELP = "audioset, esc50, speechcommands_v1, speechcommands_v2, voxceleb or iemocap."
+
+
+@friendly
+def finetune_command(
+    ctx: typer.Context,
+    task: str = typer.Option(..., "--task", help=f"The downstream task: {TASK_HELP}"),
+    data: Path | None = typer.Option(None, "--data", help="Shard folder of the task's corpus (default shards/CORPUS)."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Pretrained encoder: RUN/encoder, a pretraining "
+                                           "run folder or RUN/checkpoints/step_N; none: random weights (the baseline)."),
+    freeze_encoder: bool = typer.Option(False, "--freeze-encoder", "--freeze_encoder",
+                                        help="Train only a linear head on the frozen encoder (features cached)."),
+    config: str = typer.Option("finetune_patch", "--config", "-c", help="A shipped config (finetune_patch, "
+                               "finetune_frame, finetune_small, finetune_tiny) or a YAML file."),
+    fold: int | None = typer.Option(None, "--fold", help="Cross-validation tasks: run only this fold (default: all)."),
+    deepspeed_config: Path | None = typer.Option(None, "--deepspeed-config", "--deepspeed_config",
+                                                 help="ZeRO/precision/offload JSON (launch/ds_zero*.json)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in run.dir (finished folds are kept)."),
+) -> None:
+    """Fine-tune an encoder on a downstream task and report the test metric per fold, mean and std.
+    Extra --section.key VALUE arguments override the config (e.g. --optim.lr 5e-5 --run.dir runs/esc50)."""
+    from maeast.finetune import finetune, load_finetune_config
+    from maeast.finetune.tasks import get_task
+    get_task(task)
+    cfg = load_finetune_config(config, task=task, overrides=list(ctx.args),
+                               checkpoint=str(checkpoint) if checkpoint else None,
+                               freeze_encoder=True if freeze_encoder else None,
+                               shards=str(data) if data else None, folds=[fold] if fold is not None else None)
+    result = finetune(cfg, deepspeed_config_path=deepspeed_config, resume=resume, console=console)
+    from rich.table import Table
+    table = Table(title=f"{result.task} ({'frozen' if cfg.run.freeze_encoder else 'full'}, "
+                        f"{cfg.checkpoint or 'random init'}): test {result.metric}")
+    for column in ("fold", result.metric, "epoch", "selected by"):
+        table.add_column(column, justify="left" if column == "fold" else "right")
+    for f in result.folds:
+        table.add_row("-" if f["fold"] is None else str(f["fold"]), f"{100 * f['test'][result.metric]:.2f}%",
+                      str(f["epoch"]), f["selected_by"])
+    s = result.summary
+    table.add_row("mean +- std", f"{100 * s['mean']:.2f}% +- {100 * s['std']:.2f}%", "", "", style="bold")
+    console.print(table)
+    console.print(f"done in {result.seconds:.0f} s; classifiers and results.json in {result.run_dir}", highlight=False,
+                  soft_wrap=True)
+
+
+@friendly
+def evaluate_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A `maeast finetune` run folder (or one fold's "
+                                    "classifier folder)."),
+    task: str | None = typer.Option(None, "--task", help=f"Check the run's task ({TASK_HELP})"),
+    data: Path | None = typer.Option(None, "--data", help="Shard folder to score on (default: the run's)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for evaluation.json and the confusion "
+                                    "PNGs (default CHECKPOINT/evaluation)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Clips per batch."),
+) -> None:
+    """Score a fine-tuned run on its test clips: the metric per fold, mean and std, a JSON file, and a
+    confusion matrix per fold for single-label tasks."""
+    from maeast.finetune import evaluate_run, report_table, write_report
+    from maeast.finetune.tasks import get_task
+    if task is not None:
+        get_task(task)
+    report = evaluate_run(checkpoint, task=task, data=data, batch_size=batch_size)
+    console.print(report_table(report))
+    paths = write_report(report, out or Path(checkpoint) / "evaluation")
+    console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add finetune and evaluate as top-level commands of the `maeast` app."""
+    app.command("finetune", context_settings=EXTRA_ARGS)(finetune_command)
+    app.command("evaluate")(evaluate_command)

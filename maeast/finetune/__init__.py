@@ -1,0 +1,23 @@
+"""Fine-tuning and evaluation on the downstream tasks, frozen or full, on the pretraining engine.
+
+    from maeast.finetune import load_finetune_config, finetune, evaluate_run
+    cfg = load_finetune_config("finetune_patch", task="esc50", checkpoint="runs/pretrain/encoder")
+    result = finetune(cfg)                  # every fold; result.summary = {"mean", "std"} of the test metric
+    report = evaluate_run(cfg.run.dir)      # re-score the exported classifiers
+
+Read top to bottom: tasks (the six tasks and their recipes) -> config (FinetuneConfig) -> data (shards,
+folds, loaders) -> heads (pooling, layer weights, the classifier) -> augment (SpecAugment, mixup) ->
+cache (a frozen encoder's features) -> sources (what a pass iterates) -> metrics -> checkpoint
+(initial encoder, classifier export, fold checkpoints) -> evaluate -> fold (one fold) -> loop (a run).
+"""
+
+from maeast.finetune.config import FinetuneConfig, build_finetune_config, load_finetune_config
+from maeast.finetune.evaluate import EvalReport, evaluate_run, report_table, write_report
+from maeast.finetune.checkpoint import load_classifier
+from maeast.finetune.heads import Classifier, Head
+from maeast.finetune.loop import FinetuneResult, finetune
+from maeast.finetune.tasks import TASKS, Task, get_task
+
+__all__ = ["FinetuneConfig", "build_finetune_config", "load_finetune_config", "finetune", "FinetuneResult",
+           "evaluate_run", "EvalReport", "report_table", "write_report", "load_classifier", "Classifier", "Head",
+           "TASKS", "Task", "get_task"]

@@ -1,0 +1,72 @@
+"""Training augmentation for full fine-tuning: SpecAugment masks and mixup, pure batched functions.
+
+Every draw comes from an explicit torch.Generator; inputs are never written in place.
+
+SpecAugment as SSAST applies it (torchaudio's FrequencyMasking / TimeMasking, one mask of each per
+clip): width w = floor(u * max_width), start = floor(v * (size - w)). SSAST masks normalized features
+with 0, the dataset mean; our features may be raw log-mel (the model normalizes them), so a masked
+cell takes its clip's mean over real frames instead, which is 0 for normalized features.
+
+Mixup as SSAST: with probability p a clip is mixed with another clip of the batch, weight
+lam ~ Beta(alpha, alpha) (alpha 10), targets mixed alike. SSAST mixes waveforms before the fbank;
+we mix fbank frames (log-mel), the usual choice when features come precomputed from the loader.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _band(size: int, max_width: int, batch: int, generator: torch.Generator, device) -> torch.Tensor:
+    """[B, size] bool: one band per row, width floor(u * max_width), start floor(v * (size - width))."""
+    u = torch.rand(batch, 2, generator=generator).to(device)  # [B, 2]
+    width = (u[:, 0] * max_width).floor()
+    start = (u[:, 1] * (size - width).clamp(min=0)).floor()
+    pos = torch.arange(size, device=device).unsqueeze(0)  # [1, size]
+    return (pos >= start[:, None]) & (pos < (start + width)[:, None])
+
+
+def spec_augment(features: torch.Tensor, padding_mask: torch.Tensor | None, freq_mask: int, time_mask: int,
+                 generator: torch.Generator) -> torch.Tensor:
+    """features [B, T, F] -> a masked copy: one frequency band and one time band per clip set to the
+    clip's mean over its real frames; padded frames stay as they are."""
+    if freq_mask == 0 and time_mask == 0:
+        return features
+    B, T, F = features.shape
+    real = torch.ones(B, T, dtype=torch.bool, device=features.device) if padding_mask is None else ~padding_mask
+    weights = real.to(features.dtype).unsqueeze(2)  # [B, T, 1]
+    mean = (features * weights).sum(dim=(1, 2)) / (weights.sum(dim=(1, 2)) * F).clamp(min=1)  # [B]
+    masked = torch.zeros(B, T, F, dtype=torch.bool, device=features.device)
+    if freq_mask:
+        masked |= _band(F, freq_mask, B, generator, features.device).unsqueeze(1)  # [B, 1, F]
+    if time_mask:
+        masked |= _band(T, time_mask, B, generator, features.device).unsqueeze(2)  # [B, T, 1]
+    masked &= real.unsqueeze(2)
+    return torch.where(masked, mean.view(B, 1, 1).to(features.dtype), features)
+
+
+def beta(alpha: float, size: int, generator: torch.Generator) -> torch.Tensor:
+    """[size] float32 draws of Beta(alpha, alpha), seeded from the torch generator."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, size)).float()
+
+
+def mixup(features: torch.Tensor, padding_mask: torch.Tensor | None, targets: torch.Tensor, prob: float,
+          alpha: float, generator: torch.Generator
+          ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """features [B, T, F], targets [B, C] float -> mixed copies: row i becomes lam_i * row i +
+    (1 - lam_i) * row perm_i for the clips chosen with probability `prob` (lam_i = 1 otherwise).
+    A mixed frame is padding only where both clips are padded."""
+    B = features.shape[0]
+    if prob == 0.0 or B < 2:
+        return features, padding_mask, targets
+    perm = torch.randperm(B, generator=generator).to(features.device)  # [B]
+    chosen = torch.rand(B, generator=generator) < prob
+    lam = torch.where(chosen, beta(alpha, B, generator), torch.ones(B)).to(features.device)  # [B]
+    mixed = lam.view(B, 1, 1) * features + (1 - lam).view(B, 1, 1) * features[perm]
+    mixed_targets = lam.view(B, 1) * targets + (1 - lam).view(B, 1) * targets[perm]
+    if padding_mask is not None:
+        partner = torch.where(chosen.to(padding_mask.device).unsqueeze(1), padding_mask[perm], padding_mask)
+        padding_mask = padding_mask & partner
+    return mixed, padding_mask, mixed_targets

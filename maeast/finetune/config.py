@@ -1,0 +1,272 @@
+"""FinetuneConfig: every choice of a fine-tuning run in typed sections.
+
+    cfg = load_finetune_config("finetune_patch", task="esc50", overrides=["--optim.lr", "5e-5"])
+
+Layering: dataclass defaults <- the task's published recipe (maeast.finetune.tasks) <- the YAML
+(a shipped name or a path) <- dotted overrides; unknown keys are errors naming the key. The shipped
+YAMLs set what does not depend on the task (the model, the head, the run); the recipes set the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from maeast.configio import from_dict, load_yaml, merge, parse_overrides, save_yaml, to_dict
+from maeast.engine.config import resolve_config_path
+from maeast.errors import MaeastError
+from maeast.features import get_config as get_fbank
+from maeast.finetune.tasks import get_task
+from maeast.model.config import PRESETS
+
+LAYERS = ("last", "weighted")
+
+
+@dataclass
+class ModelSection:
+    """The encoder: its architecture when no checkpoint is given, and its fine-tuning regularization."""
+
+    preset: str = "base"
+    """maeast.model preset of a randomly initialized encoder (no --checkpoint): the baseline. With a
+    checkpoint the architecture is the checkpoint's, and only the four rates below apply."""
+    dropout: float = 0.1
+    """Dropout on residual branches (full fine-tuning)."""
+    attn_dropout: float = 0.1
+    """Dropout on attention weights (full fine-tuning)."""
+    act_dropout: float = 0.0
+    """Dropout after the FFN activation (full fine-tuning)."""
+    layerdrop: float = 0.0
+    """Probability of skipping an encoder layer in training (off: SSAST fine-tunes without it)."""
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise MaeastError(f"model.preset {self.preset!r} unknown; choose one of {', '.join(PRESETS)}")
+        for name in ("dropout", "attn_dropout", "act_dropout", "layerdrop"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise MaeastError(f"model.{name} {getattr(self, name)} must be in [0, 1)")
+
+
+@dataclass
+class DataSection:
+    """Which shards, how clips are cut, how batches are read."""
+
+    shards: str | None = None
+    """Shard folder of the task's corpus; None: the task's default (shards/{corpus})."""
+    clip_seconds: float | None = None
+    """Crop or pad every clip to this; None: the task's (10 s AudioSet, 5 s ESC-50, 1 s keywords, 8 s)."""
+    train_split: str | None = None
+    """None: the task's (e.g. balanced_train for AudioSet-20K; unbalanced_train for the full set)."""
+    batch_size: int | None = None
+    """Micro-batch per process; None: optim.global_batch / processes (no accumulation)."""
+    eval_batch_size: int = 32
+    """Clips per evaluation batch."""
+    epoch_batches: int | None = None
+    """Micro-batches per training epoch and process; None: one pass over the train clips."""
+    num_workers: int = 2
+    """Loader worker processes (capped at the shard count of a split)."""
+    shuffle_buffer: int = 2000
+    """Clips in each worker's shuffle buffer (large enough to mix the folds of a fold-sorted tar)."""
+    fbank: str | None = None
+    """Fbank preset; None: the checkpoint's own (mae_ast for a random encoder)."""
+    on_error: str = "skip"
+    """Bad data: "skip" (warn, count) or "fail"."""
+
+    def __post_init__(self):
+        if self.clip_seconds is not None and not self.clip_seconds >= 0.1:
+            raise MaeastError(f"data.clip_seconds {self.clip_seconds} must be at least 0.1 s")
+        for name in ("batch_size", "epoch_batches"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise MaeastError(f"data.{name} {value!r} must be an integer >= 1 (or null)")
+        if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
+            raise MaeastError(f"data.eval_batch_size {self.eval_batch_size!r} must be an integer >= 1")
+        if self.fbank is not None:
+            get_fbank(self.fbank)
+
+
+@dataclass
+class HeadSection:
+    """The classifier on the encoder: pooled tokens -> (weighted layers) -> LayerNorm -> Linear."""
+
+    layers: str = "last"
+    """"last": the last layer's tokens, mean-pooled; "weighted": a learned softmax-weighted sum of
+    every layer's mean-pooled tokens (SUPERB's featurizer)."""
+    norm: bool = True
+    """LayerNorm before the linear layer (SSAST's mlp_head)."""
+
+    def __post_init__(self):
+        if self.layers not in LAYERS:
+            raise MaeastError(f"head.layers {self.layers!r} unknown; use one of: {', '.join(LAYERS)}")
+
+
+@dataclass
+class AugmentSection:
+    """Training augmentation of full fine-tuning (a frozen encoder sees its clips unaugmented)."""
+
+    freq_mask: int = 0
+    """SpecAugment: one frequency mask per clip, width uniform in [0, freq_mask) bins (SSAST's freqm)."""
+    time_mask: int = 0
+    """SpecAugment: one time mask per clip, width uniform in [0, time_mask) frames (SSAST's timem)."""
+    mixup: float = 0.0
+    """Chance that a clip is mixed with another clip of its batch (SSAST's mixup)."""
+    mixup_alpha: float = 10.0
+    """Mixing weight ~ Beta(alpha, alpha) (SSAST: 10)."""
+
+    def __post_init__(self):
+        for name in ("freq_mask", "time_mask"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise MaeastError(f"augment.{name} {getattr(self, name)!r} must be an integer >= 0")
+        if not 0.0 <= self.mixup <= 1.0:
+            raise MaeastError(f"augment.mixup {self.mixup} must be a probability in [0, 1]")
+        if not self.mixup_alpha > 0:
+            raise MaeastError(f"augment.mixup_alpha {self.mixup_alpha} must be positive")
+
+
+@dataclass
+class OptimSection:
+    """AdamW, its learning rates and the batch it steps on."""
+
+    lr: float = 1e-4
+    """Peak learning rate of full fine-tuning."""
+    frozen_lr: float = 1e-3
+    """Peak learning rate of the head when the encoder is frozen."""
+    head_lr: float = 1.0
+    """Full fine-tuning: the head's lr is lr x head_lr (SSAST's head_lr)."""
+    layer_decay: float = 1.0
+    """Full fine-tuning: encoder layer i of depth d trains at lr x layer_decay ** (d + 1 - i); 1: off (SSAST)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    """Decoupled weight decay, not on biases and norms."""
+    clip_grad: float = 0.0
+    """Clip the global gradient norm; 0: off."""
+    global_batch: int = 32
+    """Clips per optimizer step over all processes."""
+
+    def __post_init__(self):
+        for name in ("lr", "frozen_lr", "head_lr", "eps"):
+            if not getattr(self, name) > 0:
+                raise MaeastError(f"optim.{name} {getattr(self, name)} must be positive")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise MaeastError(f"optim.layer_decay {self.layer_decay} must be in (0, 1]")
+        if self.weight_decay < 0 or self.clip_grad < 0:
+            raise MaeastError("optim.weight_decay and optim.clip_grad must be >= 0")
+        if not isinstance(self.global_batch, int) or self.global_batch < 1:
+            raise MaeastError(f"optim.global_batch {self.global_batch!r} must be an integer >= 1")
+
+
+@dataclass
+class ScheduleSection:
+    """Epochs, then the engine's schedule over them: linear warmup, linear decay to final_lr_scale x lr."""
+
+    epochs: int = 10
+    warmup_steps: int = 0
+    """Optimizer steps of linear warmup (SSAST's warmup: 1000)."""
+    final_lr_scale: float = 0.0
+    """Learning rate at the last step as a fraction of the peak: 0 decays to zero, 1 keeps it constant."""
+
+    def __post_init__(self):
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise MaeastError(f"schedule.epochs {self.epochs!r} must be an integer >= 1")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise MaeastError(f"schedule.warmup_steps {self.warmup_steps!r} must be an integer >= 0")
+        if not 0.0 <= self.final_lr_scale <= 1.0:
+            raise MaeastError(f"schedule.final_lr_scale {self.final_lr_scale} must be in [0, 1]")
+
+
+@dataclass
+class RunSection:
+    """Where the run lives, which folds it runs, how often it evaluates and saves."""
+
+    dir: str = "runs/finetune"
+    """RUN: config.yaml, results.json, and per fold RUN/fold{k}/ (RUN/main without folds): log.jsonl,
+    tensorboard/, checkpoints/, classifier/ (the selected model), result.json."""
+    seed: int = 0
+    freeze_encoder: bool = False
+    """Train only the head on a frozen encoder (eval mode, no gradients)."""
+    cache_features: bool = True
+    """Frozen encoder: encode every clip once and train the head on the cached pooled features."""
+    folds: list[int] | None = None
+    """Cross-validation tasks: the folds to hold out (None: every fold of the shards)."""
+    eval_every: int = 1
+    """Evaluate every this many epochs (and after the last)."""
+    save_every: int = 1
+    """Checkpoint every this many epochs (and after the last)."""
+    keep: int = 1
+    log_every: int = 10
+    """Write the training log every this many optimizer steps."""
+    threads: int | None = None
+
+    def __post_init__(self):
+        if not self.dir:
+            raise MaeastError("run.dir is empty; give the run directory")
+        for name in ("eval_every", "save_every", "keep", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise MaeastError(f"run.{name} {getattr(self, name)!r} must be an integer >= 1")
+        if self.folds is not None:
+            if isinstance(self.folds, int):
+                self.folds = [self.folds]
+            if not self.folds or not all(isinstance(f, int) for f in self.folds):
+                raise MaeastError(f"run.folds {self.folds!r} must be a list of fold numbers (or null: all)")
+
+
+@dataclass
+class FinetuneConfig:
+    task: str = "esc50"
+    """audioset, esc50, speechcommands_v1, speechcommands_v2, voxceleb or iemocap."""
+    checkpoint: str | None = None
+    """An exported encoder (RUN/encoder), a pretraining run folder (its latest checkpoint's encoder)
+    or checkpoint folder (RUN/checkpoints/step_N); None: random weights (model.preset)."""
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    head: HeadSection = field(default_factory=HeadSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def __post_init__(self):
+        get_task(self.task)
+
+    @property
+    def shards(self) -> str:
+        return self.data.shards or get_task(self.task).shards
+
+    @property
+    def clip_seconds(self) -> float:
+        return self.data.clip_seconds or get_task(self.task).clip_seconds
+
+    @property
+    def peak_lr(self) -> float:
+        return self.optim.frozen_lr if self.run.freeze_encoder else self.optim.lr
+
+
+def build_finetune_config(data: dict) -> FinetuneConfig:
+    """Defaults <- the task's recipe <- `data` (a partial nested dict that names the task or keeps the default)."""
+    task = get_task(str(data.get("task", FinetuneConfig.task)))
+    return from_dict(FinetuneConfig, merge(merge(to_dict(FinetuneConfig()), task.recipe), data))
+
+
+def load_finetune_config(name_or_path: str | Path = "finetune_patch", task: str | None = None,
+                         overrides: list[str] | dict | None = None, **flags) -> FinetuneConfig:
+    """A shipped name or YAML path, then dotted overrides, then `task` and flags given as keywords
+    (checkpoint=..., freeze_encoder=True, shards=..., folds=[...]); None values are not applied."""
+    data = load_yaml(resolve_config_path(name_or_path))
+    if "task" in data:
+        raise MaeastError(f"{name_or_path}: a fine-tuning YAML may not fix the task; give it with --task")
+    extra = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
+    data = merge(data, extra)
+    top = {"task": task, "checkpoint": flags.pop("checkpoint", None)}
+    sections = {"run": {"freeze_encoder": flags.pop("freeze_encoder", None), "folds": flags.pop("folds", None),
+                        "dir": flags.pop("run_dir", None)},
+                "data": {"shards": flags.pop("shards", None)}}
+    if flags:
+        raise MaeastError(f"load_finetune_config: unknown flag {next(iter(flags))!r}")
+    data = merge(data, {k: v for k, v in top.items() if v is not None})
+    for section, values in sections.items():
+        data = merge(data, {section: {k: v for k, v in values.items() if v is not None}})
+    return build_finetune_config(data)
+
+
+def save_finetune_config(cfg: FinetuneConfig, path: Path) -> None:
+    save_yaml(cfg, path)

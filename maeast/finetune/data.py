@@ -1,0 +1,156 @@
+"""A task's shards: the corpus check, the folds, and the loaders of each pass (train, valid, test).
+
+Cross-validation corpora (ESC-50, IEMOCAP) keep every clip in split "train" with its `fold` in the
+sample JSON. `open_corpus` reads those folds once (key -> fold); a fold's training pass streams the
+split and drops the held-out fold's clips from each batch (`Selection.rows`), its test pass keeps
+only them. So no clip is ever in both the training and the test pass of a fold. The training
+loader's batch is enlarged by 1 / (share of clips kept), so the batches that reach the model hold
+about data.batch_size clips.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from maeast.batch import Batch
+from maeast.errors import MaeastError
+from maeast.finetune.tasks import Task
+from maeast.loaders import LoaderConfig, StreamingLoader
+from maeast.shards.format import iter_tar, read_index, shard_paths
+
+
+@dataclass
+class Corpus:
+    """One task's shard folder, checked against the task."""
+
+    dir: Path
+    task: Task
+    index: dict
+    train_split: str
+    fold_of: dict[str, int] = field(default_factory=dict)
+    """Cross-validation tasks: key -> fold of every clip of the train split."""
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.index["labels"])
+
+    @property
+    def multi_label(self) -> bool:
+        return bool(self.index["multi_label"])
+
+    @property
+    def folds(self) -> list[int]:
+        """The folds present (cross-validation tasks), else [] ."""
+        return sorted(set(self.fold_of.values()))
+
+    def shard_count(self, split: str) -> int:
+        return len(self.index["splits"][split]["shards"])
+
+    def samples(self, split: str) -> int:
+        return int(self.index["splits"][split]["samples"])
+
+
+def open_corpus(task: Task, shards: str | Path, train_split: str | None = None) -> Corpus:
+    """Read and check the task's shard folder (and, for cross-validation, every clip's fold)."""
+    folder = Path(shards)
+    if not (folder / "index.json").is_file():
+        raise MaeastError(f"no shards for task {task.name} in {folder}: build them with `{task.build}` "
+                          f"or give --data SHARD_DIR")
+    index = read_index(folder)
+    if index["corpus"] not in task.corpora:
+        raise MaeastError(f"{folder} holds corpus {index['corpus']!r}; task {task.name} reads "
+                          f"{' or '.join(task.corpora)} shards: build them with `{task.build}`")
+    split = train_split or task.train_split
+    for needed in (split, task.valid_split, task.test_split):
+        if needed and needed not in index["splits"]:
+            raise MaeastError(f"{folder} has no split {needed!r} (it has {', '.join(sorted(index['splits']))}), "
+                              f"which task {task.name} needs")
+    corpus = Corpus(folder, task, index, split)
+    if task.cross_validation:
+        corpus.fold_of = read_folds(folder, split)
+    return corpus
+
+
+def read_folds(folder: Path, split: str) -> dict[str, int]:
+    """key -> fold for every sample of a split (a clip without a fold is an error)."""
+    out: dict[str, int] = {}
+    for shard in shard_paths(folder, split):
+        for key, parts in iter_tar(shard):
+            fold = json.loads(parts["json"]).get("fold") if "json" in parts else None
+            if fold is None:
+                raise MaeastError(f"{shard}: sample {key} has no fold; cross-validation needs shards built by the "
+                                  f"esc50 or iemocap recipe")
+            out[key] = int(fold)
+    return out
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The clips of one pass: a split, and for cross-validation the folds it keeps."""
+
+    split: str
+    folds: frozenset[int] | None = None  # None: every clip of the split
+
+    def rows(self, keys: list[str], fold_of: dict[str, int]) -> list[int]:
+        """Indices of the batch rows this pass keeps."""
+        if self.folds is None:
+            return list(range(len(keys)))
+        return [i for i, k in enumerate(keys) if fold_of[k] in self.folds]
+
+    def share(self, corpus: Corpus) -> float:
+        """Fraction of the split's clips kept."""
+        if self.folds is None:
+            return 1.0
+        kept = sum(f in self.folds for f in corpus.fold_of.values())
+        return kept / max(len(corpus.fold_of), 1)
+
+
+def selections(corpus: Corpus, fold: int | None) -> dict[str, Selection]:
+    """{"train", "valid" (if the task has one), "test"} for one fold (None: the task's fixed splits)."""
+    task = corpus.task
+    if fold is None:
+        out = {"train": Selection(corpus.train_split), "test": Selection(task.test_split)}
+    else:
+        rest = frozenset(f for f in corpus.folds if f != fold)
+        out = {"train": Selection(corpus.train_split, rest), "test": Selection(corpus.train_split, frozenset([fold]))}
+    if task.valid_split:
+        out["valid"] = Selection(task.valid_split)
+    return out
+
+
+def make_loader(corpus: Corpus, selection: Selection, *, train: bool, batch_size: int, clip_seconds: float,
+                fbank: str, seed: int, workers: int, shuffle_buffer: int, epoch_batches: int | None, on_error: str,
+                rank: int = 0, world_size: int = 1) -> StreamingLoader:
+    """A finetune-mode loader over a selection's split: random crops and shuffling in training,
+    crops from the start in shard order for evaluation (pass rank 0 of 1 to read all of it)."""
+    per_rank = corpus.shard_count(selection.split) // world_size
+    if per_rank < 1:
+        raise MaeastError(f"{corpus.dir} split {selection.split!r} has {corpus.shard_count(selection.split)} shard(s) "
+                          f"for {world_size} processes; rebuild with a smaller --shard-size or use fewer processes")
+    enlarged = math.ceil(batch_size / selection.share(corpus)) if train else batch_size
+    config = LoaderConfig(shards=[str(corpus.dir)], split=selection.split, mode="finetune", clip_seconds=clip_seconds,
+                          random_crop=train, batch_size=enlarged, num_workers=min(workers, per_rank),
+                          shuffle_buffer=shuffle_buffer if train else 0, seed=seed, fbank=fbank,
+                          epoch_batches=epoch_batches if train else None, on_error=on_error)
+    return StreamingLoader(config, rank, world_size)
+
+
+def take_rows(batch: Batch, rows: list[int]) -> Batch:
+    if len(rows) == len(batch):
+        return batch
+    index = torch.tensor(rows, dtype=torch.long)
+    mask = None if batch.padding_mask is None else batch.padding_mask[index]
+    labels = None if batch.labels is None else batch.labels[index]
+    return Batch(batch.features[index], mask, labels, [batch.keys[i] for i in rows])
+
+
+def selected(loader, selection: Selection, corpus: Corpus) -> Iterator[Batch]:
+    """The loader's batches with only the selection's clips (possibly empty batches)."""
+    for batch in loader:
+        yield take_rows(batch, selection.rows(batch.keys, corpus.fold_of))

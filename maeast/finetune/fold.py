@@ -1,0 +1,261 @@
+"""One fold of a fine-tuning run: build the model and its engine, train for the epochs, evaluate, export.
+
+A fold starts from the run's initial encoder (every fold from the same weights) and a fresh head.
+Each optimizer step = `accumulation` micro-batches on each process; the micro-batch in slot
+(micro * world + rank) of step s draws its dropout, SpecAugment masks and mixup from seeds derived from
+(run.seed, fold, s, slot). Every run.eval_every epochs (and after the last) the model is scored on
+the valid split (if the task has one) and on the test clips; the reported epoch is the best valid one,
+or the last. Its classifier is exported to RUN/fold{k}/classifier and its scores to result.json.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from maeast.engine import distributed as dist
+from maeast.engine.checkpoint import latest_checkpoint
+from maeast.engine.logging import RunLogger, cut_log
+from maeast.engine.optim import lr_at
+from maeast.engine.setup import sync_buffers
+from maeast.errors import MaeastError
+from maeast.finetune.augment import mixup, spec_augment
+from maeast.finetune.checkpoint import load_fold_state, save_fold_checkpoint, write_classifier
+from maeast.finetune.data import make_loader, selections
+from maeast.finetune.evaluate import predict
+from maeast.finetune.heads import Classifier, Head, head_layers, pooled_layers
+from maeast.finetune.metrics import score
+from maeast.finetune.sources import CacheSource, LoaderSource
+from maeast.loaders.sources import derive_seed
+from maeast.model import Encoder
+
+HEAD_STREAM, DROPOUT_STREAM, AUGMENT_STREAM, DATA_STREAM = 11, 12, 13, 14
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy with (possibly mixed) target distributions [B, C]."""
+    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+
+
+def binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits.float(), targets)
+
+
+LOSSES = {"ce": soft_cross_entropy, "bce": binary_cross_entropy}
+
+
+def targets_of(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Labels [B] class ids or [B, C] multi-hot -> float targets [B, C]."""
+    return labels.float() if labels.ndim == 2 else F.one_hot(labels, classes).float()
+
+
+def part_name(fold: int | None) -> str:
+    return "main" if fold is None else f"fold{fold}"
+
+
+def build_model(ctx, fold: int | None) -> tuple[Encoder, Head, torch.nn.Module]:
+    """(encoder with the run's initial weights, a fresh head, the module the engine trains)."""
+    cfg = ctx.cfg
+    encoder = Encoder(ctx.model_cfg)
+    encoder.load_state_dict(ctx.encoder_state)
+    torch.manual_seed(derive_seed(cfg.run.seed, HEAD_STREAM, fold or 0))
+    weighted = cfg.head.layers == "weighted"
+    head = Head(head_layers(encoder, weighted), encoder.cfg.dim, len(ctx.corpus.labels), cfg.head.norm)
+    if cfg.run.freeze_encoder:
+        encoder.requires_grad_(False)
+        return encoder.to(ctx.device).eval(), head, head
+    return encoder, head, Classifier(encoder, head, weighted)
+
+
+def sources(ctx, fold: int | None, encoder: Encoder) -> tuple[object, dict[str, object]]:
+    """(training source, {"valid"?, "test": evaluation source}) for one fold."""
+    cfg, corpus = ctx.cfg, ctx.corpus
+    picks = selections(corpus, fold)
+    weighted = cfg.head.layers == "weighted"
+    common = dict(clip_seconds=cfg.clip_seconds, fbank=ctx.fbank, workers=cfg.data.num_workers,
+                  on_error=cfg.data.on_error)
+    if cfg.run.freeze_encoder and cfg.run.cache_features:
+        def cached(selection):
+            return ctx.cached(selection.split).take(selection.rows(ctx.cached(selection.split).keys, corpus.fold_of))
+        train = CacheSource(cached(picks["train"]), ctx.micro, ctx.world, ctx.rank,
+                            derive_seed(cfg.run.seed, DATA_STREAM, fold or 0), ctx.device)
+        evals = {name: CacheSource(cached(sel), cfg.data.eval_batch_size, 1, 0, 0, ctx.device, shuffle=False)
+                 for name, sel in picks.items() if name != "train"}
+        return train, evals
+    encode = None
+    if cfg.run.freeze_encoder:
+        def encode(batch):
+            with torch.no_grad():
+                return pooled_layers(encoder, batch.features, batch.padding_mask, weighted)
+    loader = make_loader(corpus, picks["train"], train=True, batch_size=ctx.micro,
+                         seed=derive_seed(cfg.run.seed, DATA_STREAM, fold or 0), shuffle_buffer=cfg.data.shuffle_buffer,
+                         epoch_batches=cfg.data.epoch_batches, rank=ctx.rank, world_size=ctx.world, **common)
+    train = LoaderSource(loader, picks["train"], corpus, ctx.device, encode)
+    evals = {}
+    for name, sel in picks.items():
+        if name != "train":
+            eval_loader = make_loader(corpus, sel, train=False, batch_size=cfg.data.eval_batch_size, seed=0,
+                                      shuffle_buffer=0, epoch_batches=None, **common)
+            evals[name] = LoaderSource(eval_loader, sel, corpus, ctx.device, encode)
+    return train, evals
+
+
+def evaluate_sources(engine, evals: dict, metric: str) -> dict[str, dict]:
+    """Score the engine's model on each evaluation source (every process runs every batch)."""
+    engine.eval()
+    try:
+        out = {}
+        for name, source in evals.items():
+            preds = predict(lambda x, pad: engine.forward(x, pad, None), source.epoch(0))
+            out[name] = score(metric, preds.logits, preds.labels)
+    finally:
+        engine.train()
+    return out
+
+
+def train_fold(ctx, fold: int | None) -> dict:
+    """Fine-tune and score one fold (resuming from its latest checkpoint when ctx.resume); its result."""
+    cfg, task, started = ctx.cfg, ctx.task, time.perf_counter()
+    part = Path(cfg.run.dir) / part_name(fold)
+    encoder, head, module = build_model(ctx, fold)
+    train, evals = sources(ctx, fold, encoder)
+    steps_per_epoch = len(train) // ctx.accum
+    if steps_per_epoch == 0:
+        raise MaeastError(f"fold {fold}: {len(train)} micro-batches per epoch is fewer than the {ctx.accum} of one "
+                          f"optimizer step; lower optim.global_batch")
+    engine, schedule = ctx.make_engine(module, cfg.schedule.epochs * steps_per_epoch)
+    checkpoint = latest_checkpoint(part) if ctx.resume else None
+    epoch, step, best, history = 0, 0, None, []
+    if checkpoint is not None:
+        engine.load(checkpoint.parent, checkpoint.name)
+        state = load_fold_state(checkpoint)
+        epoch, step, best, history = state["epoch"], state["step"], json.loads(state["best"]), json.loads(state["history"])
+        if dist.is_main():
+            shutil.rmtree(part / "best", ignore_errors=True)
+            if (checkpoint / "best").is_dir():
+                shutil.copytree(checkpoint / "best", part / "best")
+    if dist.is_main():
+        part.mkdir(parents=True, exist_ok=True)
+        cut_log(part, step)
+    dist.barrier()
+    last = cfg.schedule.epochs * steps_per_epoch
+    logger = RunLogger(part, step, last, dist.is_main(), ctx.console)
+    logger.event(f"{task.name} {part_name(fold)}: {'resumed at' if checkpoint else 'started'} epoch {epoch} of "
+                 f"{cfg.schedule.epochs}, {steps_per_epoch} steps per epoch, "
+                 f"{'frozen encoder' + (' (cached features)' if cfg.run.cache_features else '') if cfg.run.freeze_encoder else 'full fine-tuning'}",
+                 step=step, fold=fold)
+    loss_fn, classes = LOSSES[task.loss], len(ctx.corpus.labels)
+    augmenting = not cfg.run.freeze_encoder
+    try:
+        while epoch < cfg.schedule.epochs:
+            engine.train()
+            stream = _Stream(train.epoch(epoch), ctx)
+            for _ in range(steps_per_epoch):
+                t0, wait, sums = time.perf_counter(), 0.0, torch.zeros(2, dtype=torch.float64)
+                if stream.peek() is None:
+                    break  # one process skipped empty batches: this epoch ends a step early
+                for micro in range(ctx.accum):
+                    tw = time.perf_counter()
+                    x, pad, labels, keys = stream.take()
+                    wait += time.perf_counter() - tw
+                    slot = micro * ctx.world + ctx.rank
+                    torch.manual_seed(derive_seed(cfg.run.seed, DROPOUT_STREAM, fold or 0, step, slot))
+                    generator = torch.Generator().manual_seed(derive_seed(cfg.run.seed, AUGMENT_STREAM, fold or 0,
+                                                                          step, slot))
+                    targets = targets_of(labels, classes)
+                    if augmenting:
+                        x = spec_augment(x, pad, cfg.augment.freq_mask, cfg.augment.time_mask, generator)
+                        x, pad, targets = mixup(x, pad, targets, cfg.augment.mixup, cfg.augment.mixup_alpha, generator)
+                    loss = loss_fn(engine.forward(x, pad, generator), targets)
+                    if not torch.isfinite(loss.detach()):
+                        raise MaeastError(f"{part_name(fold)}: non-finite loss at step {step + 1}; lower optim.lr")
+                    engine.backward(loss)
+                    engine.step()
+                    sums += torch.tensor([float(loss.detach()), len(keys)], dtype=torch.float64)
+                sync_buffers(engine.module)
+                total = dist.all_reduce_sum(sums)
+                step += 1
+                seconds = time.perf_counter() - t0
+                record = {"step": step, "epoch": epoch + 1, "loss": total[0].item() / (ctx.accum * ctx.world),
+                          "lr": lr_at(step - 1, cfg.peak_lr, schedule), "grad_norm": engine.grad_norm(),
+                          "clips_per_s": total[1].item() / seconds, "data_wait": wait / seconds, "step_s": seconds}
+                logger.train(record, log=step % cfg.run.log_every == 0 or step == last)
+            epoch += 1
+            if epoch % cfg.run.eval_every == 0 or epoch == cfg.schedule.epochs:
+                scores = evaluate_sources(engine, evals, task.metric)
+                history.append({"epoch": epoch, "step": step, **{k: v[task.metric] for k, v in scores.items()}})
+                _log_eval(logger, history[-1], task.metric)
+                if best is None or "valid" not in scores or scores["valid"][task.metric] > best["valid"][task.metric]:
+                    best = {"epoch": epoch, "step": step, **scores}
+                    ctx.export(engine, encoder, part / "best", fold, best)
+            if epoch % cfg.run.save_every == 0 or epoch == cfg.schedule.epochs:
+                state = {"epoch": epoch, "step": step, "best": json.dumps(best), "history": json.dumps(history)}
+                saved = save_fold_checkpoint(engine, part, step, state, part / "best", cfg.run.keep)
+                logger.event(f"checkpoint {saved}", step=step)
+    finally:
+        logger.close()
+    result = {"fold": fold, "metric": task.metric, "selected_by": "valid" if "valid" in best else "last",
+              "epoch": best["epoch"], "step": best["step"], "test": best["test"], "valid": best.get("valid"),
+              "history": history, "seconds": time.perf_counter() - started,
+              "classifier": str(part / "classifier")}
+    if dist.is_main():
+        shutil.rmtree(part / "classifier", ignore_errors=True)
+        (part / "best").rename(part / "classifier")
+        tmp = part / ".result.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(part / "result.json")
+    dist.barrier()
+    return result
+
+
+class _Stream:
+    """An epoch's micro-batches with one batch of look-ahead, skipping empty ones where that is safe."""
+
+    def __init__(self, batches, ctx):
+        self.batches, self.ctx, self.ahead = iter(batches), ctx, None
+
+    def peek(self):
+        while self.ahead is None:
+            item = next(self.batches, None)
+            if item is None:
+                if self.ctx.world * self.ctx.accum > 1:
+                    raise MaeastError("the training loader ran out of clips before the epoch's steps; check the "
+                                      "shards (bad samples skipped?)")
+                return None
+            if item[3]:
+                self.ahead = item
+            elif self.ctx.world * self.ctx.accum > 1:
+                raise MaeastError("a training batch held only held-out-fold clips; raise data.shuffle_buffer so "
+                                  "the folds mix (several processes must step in lockstep)")
+        return self.ahead
+
+    def take(self):
+        item = self.peek()
+        if item is None:
+            raise MaeastError("the training loader ran out of clips in the middle of an optimizer step")
+        self.ahead = None
+        return item
+
+
+def _log_eval(logger: RunLogger, record: dict, metric: str) -> None:
+    if not logger.enabled:
+        return
+    logger.write({"kind": "eval", **record})
+    if logger.tb is not None:
+        for key in ("valid", "test"):
+            if key in record:
+                logger.tb.add_scalar(f"{key}/{metric}", record[key], record["step"])
+    parts = ", ".join(f"{k} {metric} {100 * record[k]:.2f}%" for k in ("valid", "test") if k in record)
+    logger.console.print(f"epoch {record['epoch']} (step {record['step']}): {parts}", highlight=False, soft_wrap=True)
+
+
+def is_finished(part: Path) -> dict | None:
+    """A fold's result.json, if it finished."""
+    file = part / "result.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+

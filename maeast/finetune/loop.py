@@ -1,0 +1,295 @@
+"""The fine-tuning run: `finetune(cfg)` prepares the run, then trains and scores every fold.
+
+    from maeast.finetune import load_finetune_config, finetune
+    cfg = load_finetune_config("finetune_small", task="esc50", checkpoint="runs/pretrain_small/encoder")
+    result = finetune(cfg)            # result.summary == {"mean": ..., "std": ...} of the test metric
+
+Every fold runs on the pretraining engine (maeast.engine: the same DeepSpeed setup, ZeRO JSONs,
+checkpoints and logs) with the engine's schedule (linear warmup, then linear decay to
+final_lr_scale x lr over the run's steps). The only addition is the learning-rate scale of each
+parameter group: layer-wise decay over the encoder's layers and head_lr on the head, set on the
+optimizer's groups before DeepSpeed builds the schedule on them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from maeast.configio import load_yaml, to_dict
+from maeast.engine import distributed as dist
+from maeast.engine.config import OptimConfig, ScheduleConfig, deepspeed_config, read_zero_json
+from maeast.engine.setup import write_json
+from maeast.errors import MaeastError
+from maeast.features import get_config as get_fbank
+from maeast.finetune.cache import Pooled, encode
+from maeast.finetune.checkpoint import initial_encoder, with_rates, write_classifier
+from maeast.finetune.config import FinetuneConfig, build_finetune_config, save_finetune_config
+from maeast.finetune.data import Corpus, Selection, make_loader, open_corpus
+from maeast.finetune.fold import is_finished, part_name, train_fold
+from maeast.finetune.metrics import summarize
+from maeast.finetune.tasks import Task, get_task
+from maeast.model import Encoder, make_config
+from maeast.model.optim import layer_of
+
+RATES = ("dropout", "attn_dropout", "act_dropout", "layerdrop")
+RESUME_FREE = ("run.eval_every", "run.save_every", "run.keep", "run.log_every", "run.threads", "run.folds")
+
+
+@dataclass
+class MicroBatch:
+    batch_size: int
+
+
+@dataclass
+class EngineSpec:
+    """What maeast.engine reads of a config (the fields TrainConfig has), plus the lr scales of fine-tuning."""
+
+    optim: OptimConfig
+    schedule: ScheduleConfig
+    data: MicroBatch
+    layer_decay: float
+    head_lr: float
+
+    def accumulation(self, world_size: int) -> int:
+        per_pass = self.data.batch_size * world_size
+        if self.optim.global_batch % per_pass:
+            raise MaeastError(f"optim.global_batch {self.optim.global_batch} is not a multiple of data.batch_size "
+                              f"{self.data.batch_size} x {world_size} process(es); set data.batch_size")
+        return self.optim.global_batch // per_pass
+
+
+def scale_groups(optimizer: torch.optim.Optimizer, model: torch.nn.Module, peak: float, layer_decay: float,
+                 head_lr: float) -> None:
+    """Set each group's lr to peak x scale: layer_decay ** (depth + 1 - layer) in the encoder
+    (maeast.model.optim.layer_of numbers the layers), head_lr outside it."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    encoders = [(n + "." if n else "", m.cfg.depth) for n, m in model.named_modules() if isinstance(m, Encoder)]
+    prefix, depth = encoders[0] if encoders else (None, 0)
+    for group in optimizer.param_groups:
+        scales = set()
+        for p in group["params"]:
+            name = names[id(p)]
+            if prefix is not None and name.startswith(prefix):
+                scales.add(layer_decay ** (depth + 1 - layer_of(name, prefix, depth)))
+            else:
+                scales.add(head_lr)
+        if len(scales) != 1:
+            raise MaeastError(f"a parameter group mixes learning-rate scales {sorted(scales)}")
+        group["lr_scale"] = scales.pop()
+        group["lr"] = peak * group["lr_scale"]
+
+
+@functools.cache
+def engine_class():
+    """maeast.engine's Engine with the fine-tuning lr scales on its optimizer (imports deepspeed)."""
+    from maeast.engine.engine import Engine
+
+    class FinetuneEngine(Engine):
+        @staticmethod
+        def _optimizer(model, spec, ds_config):
+            optimizer = Engine._optimizer(model, spec, ds_config)
+            scale_groups(optimizer, model, spec.optim.lr, spec.layer_decay, spec.head_lr)
+            return optimizer
+
+    return FinetuneEngine
+
+
+@dataclass
+class RunContext:
+    """What every fold of a run shares."""
+
+    cfg: FinetuneConfig
+    task: Task
+    corpus: Corpus
+    device: torch.device
+    world: int
+    rank: int
+    model_cfg: object
+    encoder_state: dict
+    encoder_info: dict
+    fbank: str
+    micro: int
+    accum: int
+    zero: dict
+    resume: bool
+    console: object = None
+    caches: dict[str, Pooled] = field(default_factory=dict)
+
+    def make_engine(self, module: torch.nn.Module, total_steps: int):
+        """(the engine over module for a fold of total_steps optimizer steps, its schedule)."""
+        cfg, peak = self.cfg, self.cfg.peak_lr
+        frozen = cfg.run.freeze_encoder
+        optim = OptimConfig(lr=peak, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                            weight_decay=cfg.optim.weight_decay, clip_grad=cfg.optim.clip_grad,
+                            global_batch=cfg.optim.global_batch)
+        schedule = ScheduleConfig(steps=total_steps, warmup_steps=min(cfg.schedule.warmup_steps, total_steps - 1),
+                                  power=1.0, end_lr=peak * cfg.schedule.final_lr_scale)
+        spec = EngineSpec(optim, schedule, MicroBatch(self.micro), 1.0 if frozen else cfg.optim.layer_decay,
+                          1.0 if frozen else cfg.optim.head_lr)
+        ds_config = deepspeed_config(spec, self.world, self.zero, self.device.type == "cuda", where="DeepSpeed config")
+        return engine_class()(module, spec, ds_config), schedule
+
+    def cached(self, split: str) -> Pooled:
+        """The frozen encoder's pooled features of every clip of a split, computed once per run."""
+        if split not in self.caches:
+            encoder = Encoder(self.model_cfg)
+            encoder.load_state_dict(self.encoder_state)
+            encoder.requires_grad_(False)
+            cfg = self.cfg
+            loader = make_loader(self.corpus, Selection(split), train=False, batch_size=cfg.data.eval_batch_size,
+                                 clip_seconds=cfg.clip_seconds, fbank=self.fbank, seed=0, workers=cfg.data.num_workers,
+                                 shuffle_buffer=0, epoch_batches=None, on_error=cfg.data.on_error)
+            started = time.perf_counter()
+            self.caches[split] = encode(encoder.to(self.device), loader, cfg.head.layers == "weighted", self.device)
+            if dist.is_main() and self.console is not None:
+                self.console.print(f"cached the frozen encoder's features of {len(self.caches[split])} clips of split "
+                                   f"{split} in {time.perf_counter() - started:.1f} s", highlight=False)
+        return self.caches[split]
+
+    def export(self, engine, encoder: Encoder, folder: Path, fold: int | None, best: dict) -> None:
+        """Write the engine's current model as a classifier folder (a collective under ZeRO)."""
+        weights = engine.full_state_dict()
+        cfg, frozen = self.cfg, self.cfg.run.freeze_encoder
+        if frozen:
+            encoder_w, head_w = self.encoder_state, weights
+        else:
+            encoder_w = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
+            head_w = {k[len("head."):]: v for k, v in weights.items() if k.startswith("head.")}
+        weighted = cfg.head.layers == "weighted"
+        info = {"task": self.task.name, "labels": self.corpus.labels, "multi_label": self.corpus.multi_label,
+                "metric": self.task.metric, "head": {"layers": encoder.cfg.depth if weighted else 1,
+                                                     "norm": cfg.head.norm, "weighted": weighted},
+                "clip_seconds": cfg.clip_seconds, "shards": str(self.corpus.dir), "train_split": self.corpus.train_split,
+                "fold": fold, "epoch": best["epoch"], "step": best["step"],
+                "selected_by": "valid" if "valid" in best else "last", "frozen": frozen, "checkpoint": cfg.checkpoint,
+                "scores": {k: best[k][self.task.metric] for k in ("valid", "test") if k in best}}
+        if dist.is_main():
+            shutil.rmtree(folder, ignore_errors=True)
+            pretraining = self.encoder_info.get("pretraining") or {"init": "random", "preset": cfg.model.preset,
+                                                                    "seed": cfg.run.seed}
+            write_classifier(folder, encoder_w, head_w, self.model_cfg, self.fbank, pretraining, info)
+        dist.barrier()
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    task: str
+    metric: str
+    folds: list[dict]
+    seconds: float = 0.0
+
+    @property
+    def values(self) -> list[float]:
+        return [f["test"][self.metric] for f in self.folds]
+
+    @property
+    def summary(self) -> dict[str, float]:
+        return summarize(self.values)
+
+
+def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | None = None, resume: bool = False,
+             console=None) -> FinetuneResult:
+    """Fine-tune (or continue, with resume) the run in cfg.run.dir; every process of the world calls this."""
+    from maeast.engine.engine import init_distributed  # deepspeed only from here on
+
+    init_distributed()
+    started = time.perf_counter()
+    world, rank, device = dist.world_size(), dist.rank(), dist.device()
+    dist.set_threads(cfg.run.threads)
+    task = get_task(cfg.task)
+    corpus = open_corpus(task, cfg.shards, cfg.data.train_split)
+    folds = choose_folds(cfg, corpus)
+    rates = {name: getattr(cfg.model, name) for name in RATES}
+    state, model_cfg, info = initial_encoder(cfg.checkpoint, with_rates(make_config(cfg.model.preset), rates),
+                                             cfg.run.seed)
+    model_cfg = with_rates(model_cfg, rates)
+    fbank = cfg.data.fbank or info.get("features", {}).get("preset") or "mae_ast"
+    check_features(cfg, model_cfg, fbank)
+    micro = cfg.data.batch_size or max(cfg.optim.global_batch // world, 1)
+    spec = EngineSpec(OptimConfig(global_batch=cfg.optim.global_batch), ScheduleConfig(), MicroBatch(micro), 1.0, 1.0)
+    accum = spec.accumulation(world)
+    zero = deepspeed_config_path if isinstance(deepspeed_config_path, dict) else read_zero_json(deepspeed_config_path)
+    run_dir = Path(cfg.run.dir)
+    prepare_run_dir(cfg, run_dir, folds, resume, {"model": model_cfg.to_dict(), "fbank": fbank,
+                                                  "checkpoint": cfg.checkpoint, "micro_batch": micro,
+                                                  "accumulation": accum, "world_size": world})
+    ctx = RunContext(cfg, task, corpus, device, world, rank, model_cfg, state, info, fbank, micro, accum, zero,
+                     resume, console)
+    results = []
+    for fold in folds:
+        done = is_finished(run_dir / part_name(fold)) if resume else None
+        results.append(done or train_fold(ctx, fold))
+    result = FinetuneResult(run_dir, task.name, task.metric, results, time.perf_counter() - started)
+    if dist.is_main():
+        write_json(run_dir / "results.json", {
+            "task": task.name, "metric": task.metric, "frozen": cfg.run.freeze_encoder, "checkpoint": cfg.checkpoint,
+            "folds": [{"fold": r["fold"], task.metric: r["test"][task.metric], "epoch": r["epoch"],
+                       "selected_by": r["selected_by"], "seconds": r["seconds"]} for r in results],
+            **result.summary, "seconds": result.seconds})
+    return result
+
+
+def choose_folds(cfg: FinetuneConfig, corpus: Corpus) -> list[int | None]:
+    task = corpus.task
+    if not task.cross_validation:
+        if cfg.run.folds is not None:
+            raise MaeastError(f"task {task.name} has fixed train/test splits, no folds; drop --fold")
+        return [None]
+    present = corpus.folds
+    if len(present) < 2:
+        raise MaeastError(f"{corpus.dir} has clips of {len(present)} fold(s) {present}; cross-validation needs two or more")
+    chosen = list(cfg.run.folds) if cfg.run.folds is not None else present
+    missing = [f for f in chosen if f not in present]
+    if missing:
+        raise MaeastError(f"fold {missing[0]} is not in {corpus.dir} (its folds: {', '.join(map(str, present))})")
+    return chosen
+
+
+def check_features(cfg: FinetuneConfig, model_cfg, fbank: str) -> None:
+    features = get_fbank(fbank)
+    if features.n_mels != model_cfg.n_mels:
+        raise MaeastError(f"data.fbank {fbank!r} gives {features.n_mels} mel bins but the encoder takes "
+                          f"{model_cfg.n_mels}; use the checkpoint's own preset (leave data.fbank unset)")
+    frames = features.num_frames(round(cfg.clip_seconds * 16000))
+    if frames < model_cfg.patch_time:
+        raise MaeastError(f"data.clip_seconds {cfg.clip_seconds} gives {frames} frames, fewer than one token "
+                          f"({model_cfg.patch_time} frames)")
+
+
+def prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, folds: list, resume: bool, model: dict) -> None:
+    """Check the run folder against --resume; save the resolved config and the encoder's description."""
+    started = [part_name(f) for f in folds if (run_dir / part_name(f) / "checkpoints").is_dir()
+               or (run_dir / part_name(f) / "result.json").is_file()]
+    if resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise MaeastError(f"nothing to resume in {run_dir}: no config.yaml there; run without --resume")
+        saved = _flat(to_dict(build_finetune_config(load_yaml(run_dir / "config.yaml"))))
+        now = _flat(to_dict(cfg))
+        changed = [k for k in now if now[k] != saved.get(k) and k not in RESUME_FREE]
+        if changed:
+            raise MaeastError(f"--resume with a different config: {changed[0]} is {now[changed[0]]!r}, the run has "
+                              f"{saved.get(changed[0])!r}; resume with the run's config ({run_dir / 'config.yaml'})")
+    elif started:
+        raise MaeastError(f"{run_dir} already holds a fine-tuning run ({started[0]}); pass --resume to continue it "
+                          f"or set --run.dir to a new folder")
+    dist.barrier()
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_finetune_config(cfg, run_dir / "config.yaml")
+        (run_dir / "model.json").write_text(json.dumps(model, indent=2) + "\n")
+    dist.barrier()
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out

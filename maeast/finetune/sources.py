@@ -1,0 +1,65 @@
+"""What a fold's training and evaluation passes iterate: (x, padding_mask, labels, keys) micro-batches.
+
+    LoaderSource: shards -> loader -> the selection's rows -> fbank [B, T, F] (full fine-tuning), or
+                  the frozen encoder's pooled features [B, L, D] computed on the fly (no cache);
+    CacheSource:  cached pooled features [N, L, D] of a frozen encoder, in a fresh order every epoch.
+
+Both have len() (micro-batches per epoch and process) and epoch(e) (that epoch's micro-batches).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+
+from maeast.finetune.cache import Pooled, epoch_rows
+from maeast.finetune.data import Corpus, Selection, selected
+from maeast.loaders.sources import derive_seed
+
+MicroBatch = tuple[torch.Tensor, "torch.Tensor | None", torch.Tensor, list[str]]
+
+
+class LoaderSource:
+    """A loader's batches, cut to a selection; `encode` (frozen, uncached) maps a Batch to pooled features."""
+
+    def __init__(self, loader, selection: Selection, corpus: Corpus, device: torch.device,
+                 encode: Callable | None = None):
+        self.loader, self.selection, self.corpus, self.device, self.encode = loader, selection, corpus, device, encode
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int) -> Iterator[MicroBatch]:
+        self.loader.set_epoch(epoch)
+        for batch in selected(self.loader, self.selection, self.corpus):
+            if not len(batch):
+                yield batch.features, None, batch.labels, []
+                continue
+            batch = batch.to(self.device)
+            if self.encode is None:
+                yield batch.features, batch.padding_mask, batch.labels, batch.keys
+            else:
+                yield self.encode(batch), None, batch.labels, batch.keys
+
+
+class CacheSource:
+    """Cached pooled features: each epoch a permutation (seeded by seed and epoch) cut into micro-batches."""
+
+    def __init__(self, pooled: Pooled, micro: int, world: int, rank: int, seed: int, device: torch.device,
+                 shuffle: bool = True):
+        self.pooled, self.micro, self.world, self.rank, self.seed = pooled, micro, world, rank, seed
+        self.device, self.shuffle = device, shuffle
+
+    def __len__(self) -> int:
+        return -(-len(self.pooled) // (self.micro * self.world)) if self.shuffle else -(-len(self.pooled) // self.micro)
+
+    def epoch(self, epoch: int) -> Iterator[MicroBatch]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 7))
+            batches = epoch_rows(len(self.pooled), self.micro, self.world, self.rank, generator)
+        else:  # evaluation: every clip once, in order, on every process
+            batches = list(torch.arange(len(self.pooled)).split(self.micro))
+        for rows in batches:
+            part = self.pooled.take(rows.tolist())
+            yield part.x.to(self.device), None, part.labels.to(self.device), part.keys
