@@ -10,18 +10,25 @@ padded to --clip-seconds, mae_ast fbank, --workers workers, one torch thread per
   (c) dali:      DALI's webdataset reader and decoder (CPU mode without a GPU), our fbank
   (d) ffcv:      precomputed fbanks from the .beton (its writing time is reported apart)
 
-Each loader runs one untimed warm-up epoch, then --epochs timed epochs (worker start-up included).
-Then the streaming loader in pretraining mode feeds the small and base MAE-AST presets for a few
-training steps: the time spent waiting for data is reported as a share of the step time.
+Each loader is warmed up (two batches), then runs --epochs timed epochs (worker start-up included),
+the loaders taking turns epoch by epoch; the table shows the median epoch's clips/s.
+Then (a) and (b) in pretraining mode (crop to the batch's shortest clip, at most 10 s, clips under
+2 s skipped; the "vs (a)" of those rows is against (a) in pretraining mode), and the streaming loader
+feeding the small and base MAE-AST presets for a few training steps (the model gets the cores the
+workers leave, at least one thread): the time spent waiting for data is a share of the step time.
+The machine's load average before and after goes into the JSON: on a shared machine it moves the
+figures more than anything else.
 Prints a table, then one JSON line with the figures.
 
-    python benchmarks/loader.py [--clips 160] [--clip-seconds 4] [--epochs 3] [--steps 4]
+    python benchmarks/loader.py [--clips 160] [--copies 4] [--clip-seconds 4] [--epochs 3] [--steps 4]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -31,6 +38,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from maeast.errors import MaeastError
 from maeast.loaders import LoaderConfig, StreamingLoader
 from maeast.loaders.mapstyle import MapStyleLoader, write_manifest
 from maeast.shards.build import build_shards
@@ -41,8 +49,9 @@ NOTES = ["C3", "D3", "E3", "F3", "G3", "A3", "B3", "C4", "D4", "E4"]
 VOICES = ["en", "en-us+f3", "en-gb+m3", "en+klatt", "en-us+f1", "en+m7"]
 
 
-def make_corpus(root: Path, clips: int, seconds: float) -> list[Path]:
-    """Speech of about `seconds` and plucked chords of exactly `seconds` +- 1 s, 16 kHz mono wav."""
+def make_corpus(root: Path, clips: int, seconds: float, copies: int) -> list[Path]:
+    """Speech of about `seconds` and plucked chords of `seconds` +- 1 s, 16 kHz mono wav; each file
+    is then hard-linked `copies` - 1 more times, so that epochs are long enough to time."""
     files = []
     for i in range(clips):
         folder = root / ("speech" if i % 2 else "music")
@@ -60,15 +69,38 @@ def make_corpus(root: Path, clips: int, seconds: float) -> list[Path]:
             subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", str(out), "synth", f"{length}", *notes,
                             "fade", "0", f"{length}", "0.4"], check=True)
         files.append(out)
+    for k in range(1, copies):
+        for f in files[:clips]:
+            files.append(f.with_name(f"{f.stem}_{k}.wav"))
+            os.link(f, files[-1])
     return files
 
 
-def clips_per_second(loader, epochs: int) -> tuple[float, int]:
-    sum(len(b) for b in loader)  # warm-up: page cache, JIT, first worker start
-    start, clips = time.perf_counter(), 0
-    for _ in range(epochs):
-        clips += sum(len(b) for b in loader)
-    return clips / (time.perf_counter() - start), clips
+def epoch_rate(loader) -> float:
+    start = time.perf_counter()
+    clips = sum(len(b) for b in loader)
+    return clips / (time.perf_counter() - start)
+
+
+def warm_up(loader) -> None:
+    """Two batches (page cache, JIT, first worker start), then back to the start of an epoch."""
+    it = iter(loader)
+    next(it), next(it)
+    del it
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(loader.epoch + 1)
+
+
+def interleaved(loaders: dict, rounds: int) -> dict[str, float]:
+    """Median clips/s per loader over `rounds` epochs, the loaders taking turns epoch by epoch, so
+    that other load on the machine falls on all of them alike."""
+    for loader in loaders.values():
+        warm_up(loader)
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
+    for _ in range(rounds):
+        for name, loader in loaders.items():
+            rates[name].append(epoch_rate(loader))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def training(shards: Path, preset: str, steps: int, batch_size: int, workers: int) -> dict:
@@ -99,7 +131,8 @@ def training(shards: Path, preset: str, steps: int, batch_size: int, workers: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=160)
+    parser.add_argument("--clips", type=int, default=160, help="distinct synthesized clips")
+    parser.add_argument("--copies", type=int, default=4, help="times each clip appears in the corpus")
     parser.add_argument("--clip-seconds", type=float, default=4.0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
@@ -107,72 +140,85 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="training steps per model preset (0: skip)")
     args = parser.parse_args()
     console = Console()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    figures: dict[str, float] = {}
+    figures: dict[str, float] = {"load_avg_before": round(os.getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         with console.status("synthesizing the corpus"):
-            files = make_corpus(tmp / "corpus", args.clips, args.clip_seconds)
+            files = make_corpus(tmp / "corpus", args.clips, args.clip_seconds, args.copies)
             mb = sum(f.stat().st_size for f in files) / 1e6
             build_shards("folder", tmp / "corpus", tmp / "shards", shard_size_mb=mb / 8 / 2.5, workers=2)
             manifest = write_manifest(tmp / "corpus", files, tmp / "train.tsv")
         common = dict(mode="finetune", clip_seconds=args.clip_seconds, random_crop=False, batch_size=args.batch_size,
                       num_workers=args.workers, threads_per_worker=1, shuffle_buffer=64, fbank="mae_ast")
-        rows: list[tuple[str, float, str]] = []
-
-        def measure(name: str, make, note: str = "") -> None:
-            with console.status(f"timing {name}"):
-                try:
-                    rate, _ = clips_per_second(make(), args.epochs)
-                except ImportError as e:
-                    rows.append((name, float("nan"), f"not installed ({e.name})"))
-                    return
-            figures[f"{name.split()[0]}_clips_per_s"] = round(rate, 1)
-            rows.append((name, rate, note))
-
-        measure("(a) map-style", lambda: MapStyleLoader(manifest, LoaderConfig(shards=[str(tmp / "shards")], **common)),
-                "TSV + per-file wav + per-item fbank")
-        measure("(b) stream", lambda: StreamingLoader(LoaderConfig(shards=[str(tmp / "shards")], **common)),
-                "webdataset shards, checksums verified")
-
-        def dali():
-            from maeast.loaders.dali import DaliLoader
-            return DaliLoader(LoaderConfig(shards=[str(tmp / "shards")], **common))
+        shards = [str(tmp / "shards")]
+        loaders = {"(a) map-style": MapStyleLoader(manifest, LoaderConfig(shards=shards, **common)),
+                   "(b) stream": StreamingLoader(LoaderConfig(shards=shards, **common))}
+        notes = {"(a) map-style": "TSV + a wav file per clip + per-item fbank",
+                 "(b) stream": "webdataset shards (FLAC), checksums verified"}
         gpu = torch.cuda.is_available()
-        measure("(c) dali", dali, f"DALI {'GPU' if gpu else 'CPU mode'}, fbank on {'GPU' if gpu else 'the main process'}")
+        try:
+            from maeast.loaders.dali import DaliLoader
+            loaders["(c) dali"] = DaliLoader(LoaderConfig(shards=shards, **common))
+            notes["(c) dali"] = (f"DALI {'GPU' if gpu else 'CPU mode'}: {args.workers} DALI threads, fbank on "
+                                 f"{'the GPU' if gpu else 'the main thread'}")
+        except MaeastError as e:
+            notes["(c) dali"] = str(e)
+        try:
+            from maeast.loaders.ffcv import FFCVLoader, write_beton
+            with console.status("writing the .beton"):
+                start = time.perf_counter()
+                write_beton(tmp / "shards", "train", args.clip_seconds, tmp / "train.beton", "mae_ast", args.workers)
+                figures["ffcv_write_s"] = round(time.perf_counter() - start, 2)
+            loaders["(d) ffcv"] = FFCVLoader(LoaderConfig(shards=[str(tmp / "train.beton")], backend="ffcv", **common))
+            notes["(d) ffcv"] = f"precomputed fbanks (writing them took {figures['ffcv_write_s']:.1f} s)"
+        except MaeastError as e:
+            notes["(d) ffcv"] = str(e)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the main process's share: DALI's fbank runs there; the others only receive
+        with console.status(f"timing {len(loaders)} loaders, {args.epochs} epochs each, taking turns"):
+            rates = interleaved(loaders, args.epochs)
+        torch.set_num_threads(threads)
+        rows = [(name, rates.get(name, float("nan")), notes[name]) for name in notes]
+        figures.update({f"{name.split()[1].replace('-', '')}_clips_per_s": round(rate, 1) for name, rate, _ in rows})
 
-        def ffcv():
-            from maeast.loaders.ffcv import write_beton
-            start = time.perf_counter()
-            write_beton(tmp / "shards", "train", args.clip_seconds, tmp / "train.beton", "mae_ast", args.workers)
-            figures["ffcv_write_s"] = round(time.perf_counter() - start, 2)
-            return build_ffcv(LoaderConfig(shards=[str(tmp / "train.beton")], backend="ffcv", **common))
-        measure("(d) ffcv", ffcv, "precomputed fbanks")
-        if "ffcv_write_s" in figures:
-            rows[-1] = (*rows[-1][:2], f"precomputed fbanks (writing took {figures['ffcv_write_s']:.1f} s)")
-
-        with console.status("timing the streaming loader in pretraining mode"):
-            pretrain = StreamingLoader(LoaderConfig(shards=[str(tmp / "shards")], batch_size=8, num_workers=args.workers,
-                                                    shuffle_buffer=64))
-            figures["stream_pretrain_clips_per_s"] = round(clips_per_second(pretrain, args.epochs)[0], 1)
+        pretraining = dict(mode="pretrain", batch_size=args.batch_size, num_workers=args.workers, threads_per_worker=1,
+                           shuffle_buffer=64, max_seconds=10.0, min_seconds=2.0)
+        pre = {"(a) map-style, pretraining": MapStyleLoader(manifest, LoaderConfig(shards=shards, **pretraining)),
+               "(b) stream, pretraining": StreamingLoader(LoaderConfig(shards=shards, **pretraining))}
+        torch.set_num_threads(1)
+        with console.status("timing (a) and (b) in pretraining mode"):
+            pre_rates = interleaved(pre, args.epochs)
+        torch.set_num_threads(threads)
+        rows.append(("(a) map-style, pretraining", pre_rates["(a) map-style, pretraining"],
+                     "whole-clip fbank, then crop to the batch's shortest clip"))
+        rows.append(("(b) stream, pretraining", pre_rates["(b) stream, pretraining"],
+                     "length buckets; decodes and featurizes only the kept window"))
+        figures["mapstyle_pretrain_clips_per_s"] = round(pre_rates["(a) map-style, pretraining"], 1)
+        figures["stream_pretrain_clips_per_s"] = round(pre_rates["(b) stream, pretraining"], 1)
         train_rows = {}
-        for preset in ("small", "base") if args.steps else ():
+        cores = len(os.sched_getaffinity(0))
+        torch.set_num_threads(max(1, cores - args.workers))  # the cores the workers leave to the model
+        for preset, steps in (("small", args.steps), ("base", max(1, args.steps // 2))) if args.steps else ():
             with console.status(f"training steps: {preset}"):
                 try:
-                    train_rows[preset] = training(tmp / "shards", preset, args.steps, 8, args.workers)
+                    train_rows[preset] = training(tmp / "shards", preset, steps, 8, args.workers)
                 except ImportError:
                     break
+        torch.set_num_threads(threads)
     base = rows[0][1]
-    table = Table(title=f"loaders: {args.clips} clips of {args.clip_seconds:g} s, batch {args.batch_size}, "
+    base_pre = figures["mapstyle_pretrain_clips_per_s"]
+    table = Table(title=f"loaders: {len(files)} clips ({args.clips} distinct) of about {args.clip_seconds:g} s, "
+                        f"batch {args.batch_size}, "
                         f"{args.workers} workers x 1 thread, mae_ast fbank")
     for column in ("loader", "clips/s", "vs (a)", "notes"):
         table.add_column(column, justify="left" if column in ("loader", "notes") else "right")
     for name, rate, note in rows:
-        table.add_row(name, f"{rate:.1f}", f"{rate / base:.2f}x", note)
+        table.add_row(name, f"{rate:.1f}", f"{rate / (base_pre if 'pretraining' in name else base):.2f}x", note)
     console.print(table)
     if train_rows:
-        t = Table(title=f"pretraining on this machine: batch 8, streaming loader at "
-                        f"{figures['stream_pretrain_clips_per_s']:.1f} clips/s alone")
+        t = Table(title=f"pretraining on this machine: batch 8 from the streaming loader ({args.workers} workers), "
+                        f"which alone gives {figures['stream_pretrain_clips_per_s']:.1f} clips/s; the model gets "
+                        f"{max(1, len(os.sched_getaffinity(0)) - args.workers)} torch thread(s)")
         for column in ("model", "step s", "model consumes clips/s", "data wait share"):
             t.add_column(column, justify="left" if column == "model" else "right")
         for preset, r in train_rows.items():
@@ -181,14 +227,12 @@ def main() -> None:
         console.print(t)
     else:
         console.print("training steps skipped (--steps 0 or maeast.model missing)")
-    figures.update({"ratio_stream_vs_mapstyle": round(figures.get("(b)_clips_per_s", 0) / base, 3)})
-    print(json.dumps({"benchmark": "loader", "clips": args.clips, "clip_seconds": args.clip_seconds,
+    figures["load_avg_after"] = round(os.getloadavg()[0], 2)
+    figures["ratio_stream_vs_mapstyle"] = round(figures["stream_clips_per_s"] / base, 3)
+    figures["ratio_stream_vs_mapstyle_pretrain"] = round(figures["stream_pretrain_clips_per_s"] / base_pre, 3)
+    print(json.dumps({"benchmark": "loader", "clips": len(files), "distinct_clips": args.clips,
+                      "clip_seconds": args.clip_seconds,
                       "batch_size": args.batch_size, "workers": args.workers, "gpu": gpu, **figures}))
-
-
-def build_ffcv(config):
-    from maeast.loaders.ffcv import FFCVLoader
-    return FFCVLoader(config)
 
 
 if __name__ == "__main__":

@@ -57,8 +57,12 @@ def test_beton_holds_the_streaming_loaders_features(shards, beton):
 
 
 def test_ffcv_resume_and_epochs(beton):
-    cfg = config(beton, backend="ffcv", shuffle_buffer=100, batch_size=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cfg = config(beton, backend="ffcv", shuffle_buffer=100, batch_size=2, num_workers=64)
     reference = [b.keys for b in build_loader(cfg)]
+    assert torch.get_num_threads() == 1  # ffcv sets torch's threads to its own count; the loader puts them back
+    torch.set_num_threads(threads)
     first = build_loader(cfg)
     it = iter(first)
     head = [next(it).keys, next(it).keys]

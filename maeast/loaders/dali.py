@@ -130,7 +130,8 @@ class DaliLoader:
                            seed=derive_seed(c.seed, epoch, 7) % (1 << 31), prefetch_queue_depth=c.prefetch)
         def pipeline():
             flac, meta = fn.readers.webdataset(
-                paths=[str(s.path) for s in self.shards], index_paths=[str(s.path.with_suffix(".idx")) for s in self.shards],
+                paths=[str(s.path) for s in self.shards],
+                index_paths=[str(s.path.with_suffix(".idx")) for s in self.shards],
                 ext=["flac", "json"], missing_component_behavior="error", random_shuffle=c.shuffle_buffer > 0,
                 initial_fill=max(c.shuffle_buffer, 1), shard_id=self.rank, num_shards=self.world_size,
                 pad_last_batch=True, name="Reader")

@@ -33,6 +33,7 @@ FORMAT = "maeast-ffcv/1"
 
 
 def _ffcv():
+    threads = torch.get_num_threads()  # importing ffcv sets torch's (process-wide) threads to 1
     try:
         import ffcv  # noqa: F401
         from ffcv.fields import IntField, NDArrayField
@@ -42,6 +43,8 @@ def _ffcv():
         from ffcv.writer import DatasetWriter
     except ImportError as e:
         raise MaeastError(f"backend ffcv needs FFCV: pip install 'maeast[ffcv]' ({e})") from None
+    finally:
+        torch.set_num_threads(threads)
     return IntField, NDArrayField, IntDecoder, NDArrayDecoder, Loader, OrderOption, ToTensor, DatasetWriter
 
 
@@ -164,6 +167,9 @@ class FFCVLoader:
     def state_dict(self) -> dict:
         return self.state.to_dict()
 
+    def __getstate__(self):  # ffcv's Loader holds compiled code; a copy makes its own
+        return {**self.__dict__, "_loader": None}
+
     def load_state_dict(self, state: dict) -> None:
         self.state.load(state)
 
@@ -174,30 +180,47 @@ class FFCVLoader:
             random.Random(derive_seed(self.config.seed, self.state.epoch, 8)).shuffle(order)
         return np.array(order[self.rank::self.world_size][: self.per_rank], dtype=np.uint64)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def _ffcv_loader(self, indices: np.ndarray):
+        """ffcv's Loader, made (and JIT-compiled) once, then pointed at each epoch's order."""
         _, _, IntDecoder, NDArrayDecoder, Loader, OrderOption, ToTensor, _ = _ffcv()
+        c = self.config
+        if getattr(self, "_loader", None) is None:
+            label = [NDArrayDecoder(), ToTensor()] if self.multi_label else [IntDecoder(), ToTensor()]
+            from numba import config as numba_config
+            workers = min(max(c.num_workers, 1), numba_config.NUMBA_NUM_THREADS)  # ffcv's threads, at most the cores
+            self._loader = Loader(str(self.path), batch_size=c.batch_size, num_workers=workers,
+                                  order=OrderOption.SEQUENTIAL, indices=indices, drop_last=c.drop_last,
+                                  pipelines={"features": [NDArrayDecoder(), ToTensor()],
+                                             "frames": [IntDecoder(), ToTensor()], "label": label,
+                                             "index": [IntDecoder(), ToTensor()]})
+        loader = self._loader
+        # SEQUENTIAL walks loader.indices as given; len(loader) reads first_traversal_order
+        loader.indices = loader.traversal_order.indices = loader.first_traversal_order = indices
+        return loader
+
+    def __iter__(self) -> Iterator[Batch]:
         c, state, total = self.config, self.state, len(self)
         done = state.batches[0]
         if done >= total:
             return
-        remaining = self._order()[done * c.batch_size:]
-        label = [NDArrayDecoder(), ToTensor()] if self.multi_label else [IntDecoder(), ToTensor()]
-        loader = Loader(str(self.path), batch_size=c.batch_size, num_workers=max(c.num_workers, 1),
-                        order=OrderOption.SEQUENTIAL, indices=remaining, drop_last=c.drop_last,
-                        pipelines={"features": [NDArrayDecoder(), ToTensor()], "frames": [IntDecoder(), ToTensor()],
-                                   "label": label, "index": [IntDecoder(), ToTensor()]})
+        threads = torch.get_num_threads()  # ffcv sets torch's process-wide threads to its own count
+        loader = self._ffcv_loader(self._order()[done * c.batch_size:])
         keys = self.meta["keys"]
-        for features, frames, labels, index in loader:
-            frames = frames.reshape(-1).long()
-            mask = torch.arange(features.shape[1]).unsqueeze(0) >= frames.unsqueeze(1)  # [B, T]
-            if not self.multi_label:
-                labels = labels.reshape(-1).long()
-            batch = Batch(features.clone(), mask if bool(mask.any()) else None, labels.clone(),
-                          [keys[i] for i in index.reshape(-1).tolist()])
-            state.consume(0, done)
-            done += 1
-            if done == total:
-                state.next_epoch()
-            yield batch
-            if done == total:
-                return
+        try:
+            for features, frames, labels, index in loader:
+                torch.set_num_threads(threads)  # the training loop keeps its own
+                frames = frames.reshape(-1).long()
+                mask = torch.arange(features.shape[1]).unsqueeze(0) >= frames.unsqueeze(1)  # [B, T]
+                if not self.multi_label:
+                    labels = labels.reshape(-1).long()
+                batch = Batch(features.clone(), mask if bool(mask.any()) else None, labels.clone(),
+                              [keys[i] for i in index.reshape(-1).tolist()])
+                state.consume(0, done)
+                done += 1
+                if done == total:
+                    state.next_epoch()
+                yield batch
+                if done == total:
+                    return
+        finally:
+            torch.set_num_threads(threads)

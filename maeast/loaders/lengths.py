@@ -79,6 +79,8 @@ def crop(wave: torch.Tensor, lengths: torch.Tensor, size: int, random_offset: bo
     offset, or from the start), shorter ones zero-padded; returns the kept lengths [B]."""
     n = wave.shape[1]
     start = offsets(lengths, size, random_offset, generator)  # [B]
+    if n == size and not bool(start.any()):  # already the right window (e.g. DALI's slice)
+        return wave, lengths.clamp_max(size)
     index = start.unsqueeze(1) + torch.arange(size).unsqueeze(0)  # [B, size]
     kept = lengths.clamp_max(size)
     inside = torch.arange(size).unsqueeze(0) < kept.unsqueeze(1)  # [B, size]

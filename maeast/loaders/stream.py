@@ -123,8 +123,8 @@ def read_shard(shard: Shard, verify: bool, errors: Errors) -> Iterator[Sample]:
 def _parse(raw: dict, shard: Shard, errors: Errors) -> Sample | None:
     key = raw["__key__"]
     if "flac" not in raw or "json" not in raw:
-        errors.bad("bad_samples", f"sample {key} of {shard.path.name}", f"has {sorted(k for k in raw if k[:2] != '__')}, "
-                   "needs flac and json")
+        parts = sorted(k for k in raw if not k.startswith("__"))
+        errors.bad("bad_samples", f"sample {key} of {shard.path.name}", f"has {parts}, needs flac and json")
         return None
     try:
         meta = json.loads(raw["json"])
