@@ -133,7 +133,7 @@ def make_batch(wave: torch.Tensor, kept: torch.Tensor, keys: list[str],
                num_classes: int, multi_label: bool) -> Batch:
     """Cropped/padded clips [B, N] with their real lengths [B] -> Batch (labels if label_ids given)."""
     features, mask = featurize(wave, kept, preset, sample_rate)
-    labels = labels_tensor(label_ids, num_classes, multi_label) if label_ids is not None else None
+    labels = labels_tensor(label_ids, num_classes, multi_label).to(wave.device) if label_ids is not None else None
     return Batch(features, mask, labels, list(keys))
 
 

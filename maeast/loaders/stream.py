@@ -148,7 +148,9 @@ def _source_stream(plan: Plan, source_id: int, slot: int, errors: Errors) -> Ite
 def _mixed(plan: Plan, slot: int, errors: Errors) -> Iterator[Sample]:
     """Several sources: an endless stream, the next clip's source drawn by weight."""
     def endless(source_id):
-        for pass_ in _source_stream(plan, source_id, slot, errors):
+        for pass_no, pass_ in enumerate(_source_stream(plan, source_id, slot, errors)):
+            if pass_no:
+                errors.count("wrapped_passes")
             n = 0
             for n, sample in enumerate(pass_, 1):
                 yield sample
