@@ -16,6 +16,7 @@ from maeast.configio import from_dict, load_yaml, merge, parse_overrides, save_y
 from maeast.engine.config import resolve_config_path
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
+from maeast.finetune.heads import NORMS
 from maeast.finetune.tasks import get_task
 from maeast.model.config import PRESETS
 
@@ -86,17 +87,21 @@ class DataSection:
 
 @dataclass
 class HeadSection:
-    """The classifier on the encoder: pooled tokens -> (weighted layers) -> LayerNorm -> Linear."""
+    """The classifier on the encoder: pooled tokens -> (weighted layers) -> norm -> Linear."""
 
     layers: str = "last"
     """"last": the last layer's tokens, mean-pooled; "weighted": a learned softmax-weighted sum of
     every layer's mean-pooled tokens (SUPERB's featurizer)."""
-    norm: bool = True
-    """LayerNorm before the linear layer (SSAST's mlp_head)."""
+    norm: str | None = None
+    """Before the linear layer: "layer" (LayerNorm, SSAST's mlp_head), "batch" (BatchNorm without
+    affine, MAE's linear probe: each feature standardized over the clips) or "none"; None: "batch"
+    on a frozen encoder, "layer" in full fine-tuning."""
 
     def __post_init__(self):
         if self.layers not in LAYERS:
             raise MaeastError(f"head.layers {self.layers!r} unknown; use one of: {', '.join(LAYERS)}")
+        if self.norm is not None and self.norm not in NORMS:
+            raise MaeastError(f"head.norm {self.norm!r} unknown; use one of: {', '.join(NORMS)}")
 
 
 @dataclass
@@ -235,6 +240,10 @@ class FinetuneConfig:
     @property
     def clip_seconds(self) -> float:
         return self.data.clip_seconds or get_task(self.task).clip_seconds
+
+    @property
+    def head_norm(self) -> str:
+        return self.head.norm or ("batch" if self.run.freeze_encoder else "layer")
 
     @property
     def peak_lr(self) -> float:

@@ -65,7 +65,7 @@ def build_model(ctx, fold: int | None) -> tuple[Encoder, Head, torch.nn.Module]:
     encoder.load_state_dict(ctx.encoder_state)
     torch.manual_seed(derive_seed(cfg.run.seed, HEAD_STREAM, fold or 0))
     weighted = cfg.head.layers == "weighted"
-    head = Head(head_layers(encoder, weighted), encoder.cfg.dim, len(ctx.corpus.labels), cfg.head.norm)
+    head = Head(head_layers(encoder, weighted), encoder.cfg.dim, len(ctx.corpus.labels), cfg.head_norm)
     if cfg.run.freeze_encoder:
         encoder.requires_grad_(False)
         return encoder.to(ctx.device).eval(), head, head

@@ -33,13 +33,20 @@ def pooled_layers(encoder: Encoder, features: torch.Tensor, padding_mask: torch.
     return mean_pool(tokens.float(), out.padding_mask)
 
 
-class Head(nn.Module):
-    """Pooled layers [B, L, D] -> logits [B, C]: softmax(w) . layers (w learned, zeros at start), LayerNorm, Linear."""
+NORMS = {
+    "layer": lambda dim: nn.LayerNorm(dim),  # SSAST's mlp_head
+    "batch": lambda dim: nn.BatchNorm1d(dim, affine=False),  # MAE's linear probe: standardize each feature
+    "none": lambda dim: nn.Identity(),
+}
 
-    def __init__(self, layers: int, dim: int, classes: int, norm: bool = True):
+
+class Head(nn.Module):
+    """Pooled layers [B, L, D] -> logits [B, C]: softmax(w) . layers (w learned, zeros at start), norm, Linear."""
+
+    def __init__(self, layers: int, dim: int, classes: int, norm: str = "layer"):
         super().__init__()
         self.layer_weights = nn.Parameter(torch.zeros(layers)) if layers > 1 else None
-        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
+        self.norm = NORMS[norm](dim)
         self.linear = nn.Linear(dim, classes)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,

@@ -165,7 +165,7 @@ class RunContext:
         weighted = cfg.head.layers == "weighted"
         info = {"task": self.task.name, "labels": self.corpus.labels, "multi_label": self.corpus.multi_label,
                 "metric": self.task.metric, "head": {"layers": encoder.cfg.depth if weighted else 1,
-                                                     "norm": cfg.head.norm, "weighted": weighted},
+                                                     "norm": cfg.head_norm, "weighted": weighted},
                 "clip_seconds": cfg.clip_seconds, "shards": str(self.corpus.dir), "train_split": self.corpus.train_split,
                 "fold": fold, "epoch": best["epoch"], "step": best["step"],
                 "selected_by": "valid" if "valid" in best else "last", "frozen": frozen, "checkpoint": cfg.checkpoint,
