@@ -13,12 +13,14 @@ real synthesized 10 s clips (espeak-ng speech, sox plucked chords). The paper re
 
     python benchmarks/mae_vs_ssast.py            # small preset (256 wide, 4 layers), 8 x 10 s, CPU: < 1 min
     python benchmarks/mae_vs_ssast.py --full     # base preset (768 wide, 12 layers)
+    python benchmarks/mae_vs_ssast.py --threads 1   # one thread per worker: steadier on a busy machine
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -107,6 +109,8 @@ def worker(spec: dict) -> None:
     Workers take turns (the parent sends one "step" at a time, round robin), so a busy machine slows
     every variant alike; a waiting worker is blocked on stdin and uses nothing.
     """
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     cfg = make_config(spec["preset"], **TOKENS[spec["tokens"]], layerdrop=0.0)
     features = torch.load(spec["features"]).to(device)  # [B, T, 128]
@@ -215,6 +219,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (4 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps (1 on CPU, 5 on CUDA)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads per worker (0: torch's default; 1 holds up best on a busy machine)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -229,8 +235,11 @@ def main() -> None:
         synth_features(features, args.batch, args.seconds, Path(tmp))
         warmup, steps = args.warmup or (5 if cuda else 1), args.steps or (20 if cuda else 4)
         specs = {f"{kind}_{tokens}": {"kind": kind, "tokens": tokens, "preset": preset, "device": args.device,
-                                      "features": str(features), "warmup": warmup} for kind, tokens in VARIANTS}
+                                      "features": str(features), "warmup": warmup, "threads": args.threads}
+                 for kind, tokens in VARIANTS}
+        load_before = os.getloadavg()[0]
         results = run_workers(specs, warmup, steps, console)
+        load_after = os.getloadavg()[0]
 
     cfg = make_config(preset)
     table = Table(title=f"MAE-AST vs SSAST-style, {preset} ({cfg.dim} wide, {cfg.depth} layers; MAE decoder "
@@ -260,9 +269,15 @@ def main() -> None:
                       + (f" ({ratios[f'{tokens}_step_memory_ratio']:.2f}x the memory a step adds)"
                          if f"{tokens}_step_memory_ratio" in ratios else "")
                       + " (paper: 3x faster, 2x less memory)")
+    if not cuda and max(load_before, load_after) > (os.cpu_count() or 1) + 1:  # ours counts for about 1
+        console.print(f"[yellow]warning[/]: the machine was busy (load average {load_before:.1f} -> {load_after:.1f} "
+                      f"on {os.cpu_count()} cores): times are inflated"
+                      + ("; try --threads 1" if args.threads != 1 else ""))
     flat = {f"{v}_{k}": (round(x, 4) if isinstance(x, float) else x) for v, r in results.items() for k, x in r.items()}
     print(json.dumps({"benchmark": "mae_vs_ssast", "preset": preset, "device": args.device, "batch": args.batch,
-                      "seconds": args.seconds, **{k: round(v, 3) for k, v in ratios.items()}, **flat}))
+                      "seconds": args.seconds, "threads": args.threads or torch.get_num_threads(),
+                      "load_avg": [round(load_before, 2), round(load_after, 2)],
+                      **{k: round(v, 3) for k, v in ratios.items()}, **flat}))
 
 
 if __name__ == "__main__":
