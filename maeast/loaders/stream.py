@@ -236,7 +236,8 @@ def materialize(samples: list[Sample], plan: Plan, worker: int, position: int, e
     cfg, rate = plan.config, plan.sample_rate
     lens = torch.tensor([int(s.meta["num_samples"]) for s in samples])  # [B]
     size = lengths.target_size(lens, cfg.finetune, round((cfg.clip_seconds or 0) * rate), round(cfg.max_seconds * rate))
-    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, plan.epoch, plan.rank, worker, position, 3))
+    slot = plan.rank * plan.workers + worker  # like the shard deal: the stream is a function of the slot
+    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, plan.epoch, slot, position, 3))
     starts = lengths.offsets(lens, size, cfg.random_crop or not cfg.finetune, generator).tolist()
     kept = lens.clamp_max(size)
     wave = torch.zeros(len(samples), size)  # [B, size]
