@@ -45,9 +45,9 @@ demo-data: env
 	$(MAEAST) data demo --out $(DEMO) --size $(DEMO_SIZE)
 
 demo-shards: demo-data
-	$(MAEAST) shard build librispeech --root $(DEMO)/librispeech --out $(SHARDS)/unlabelled -j 2
-	$(MAEAST) shard build speechcommands --root $(DEMO)/speech_commands --out $(SHARDS)/keywords -j 2
-	$(MAEAST) shard build esc50 --root $(DEMO)/esc50 --out $(SHARDS)/events -j 2
+	$(MAEAST) shard build librispeech --root $(DEMO)/librispeech --out $(SHARDS)/unlabelled --shard-size 16 -j 2
+	$(MAEAST) shard build speechcommands --root $(DEMO)/speech_commands --out $(SHARDS)/keywords --shard-size 16 -j 2
+	$(MAEAST) shard build esc50 --root $(DEMO)/esc50 --out $(SHARDS)/events --shard-size 8 -j 2
 
 demo: demo-shards
 	$(MAEAST) shard inspect $(SHARDS)/unlabelled
@@ -56,6 +56,9 @@ demo: demo-shards
 
 bench: env
 	$(PY) benchmarks/shard_build.py
+	$(PY) benchmarks/fbank.py
+	$(PY) benchmarks/mae_vs_ssast.py
+	$(PY) benchmarks/loader.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
