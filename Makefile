@@ -41,8 +41,12 @@ env: $(VENV)/.installed
 test: env
 	$(PY) -m pytest -q
 
-demo-data: env
+# The stamp is written only after a complete run, so an interrupted one is redone from scratch.
+$(DEMO)/.complete-$(DEMO_SIZE): | env
 	$(MAEAST) data demo --out $(DEMO) --size $(DEMO_SIZE)
+	touch $@
+
+demo-data: $(DEMO)/.complete-$(DEMO_SIZE)
 
 demo-shards: demo-data
 	$(MAEAST) shard build librispeech --root $(DEMO)/librispeech --out $(SHARDS)/unlabelled --shard-size 16 -j 2
