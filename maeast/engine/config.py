@@ -116,7 +116,7 @@ class RunConfig:
     """Stop (with a checkpoint) after this step while the schedule still runs to schedule.steps:
     splits a run into sessions that `--resume` continues."""
     threads: int | None = None
-    """torch threads per process; None: the machine's cores shared among the local processes."""
+    """torch threads per process; None: this process's share of the node's cores, less its loader workers'."""
     trace_keys: bool = False
     """Write the key of every clip each process trains on to keys/rank{r}.tsv (for audits)."""
 

@@ -88,9 +88,12 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def set_threads(threads: int | None) -> int:
-    """torch intra-op threads: `threads`, or the cores shared evenly among this node's processes."""
-    n = threads or max(1, (os.cpu_count() or 1) // local_world_size())
+def set_threads(threads: int | None, loader_threads: int = 0) -> int:
+    """torch intra-op threads: `threads`, or this process's share of the node's cores minus what its loader
+    workers use. Oversubscribed cores are far worse than idle ones: OpenMP threads that wait on a
+    descheduled peer made a 2-core step 40x slower when a loader worker or another job took a core."""
+    share = (os.cpu_count() or 1) // local_world_size()
+    n = threads or max(1, share - loader_threads)
     torch.set_num_threads(n)
     return n
 

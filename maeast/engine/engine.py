@@ -48,7 +48,9 @@ def init_distributed() -> None:
     """Start the process group (gloo on CPU, NCCL on CUDA) from the launcher's environment or defaults."""
     dist.env_defaults()
     quiet_deepspeed()
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # no shm op build; gloo does the work
+    # No shared-memory op build (gloo does the work). Writing the entry without reading the attribute also
+    # skips DeepSpeed's probe of every op, which runs the compiler (and prints its failures, e.g. -laio).
+    vars(deepspeed.ops).setdefault("__compatible_ops__", {})["deepspeed_shm_comm"] = False
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
 

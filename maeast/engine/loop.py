@@ -61,7 +61,7 @@ def pretrain(cfg: TrainConfig, deepspeed_config_path: str | Path | dict | None =
     init_distributed()
     started = time.perf_counter()
     world, rank, device = dist.world_size(), dist.rank(), dist.device()
-    threads = dist.set_threads(cfg.run.threads)
+    threads = dist.set_threads(cfg.run.threads, cfg.data.num_workers * cfg.data.threads_per_worker)
     zero = deepspeed_config_path if isinstance(deepspeed_config_path, dict) else read_zero_json(deepspeed_config_path)
     ds_config = deepspeed_config(cfg, world, zero, device.type == "cuda", where=str(deepspeed_config_path or "default"))
     accum = ds_config["gradient_accumulation_steps"]
