@@ -112,9 +112,9 @@ def test_zero2_two_processes_follow_one_process_and_resume(shards, reference, tm
     second = launch_deepspeed([*ds, "--resume", *overrides(shards, tmp_path, "data.num_workers=1")])
     assert "resumed at step 2" in second.stdout + second.stderr
     assert_follows(tmp_path, reference)
-    assert step_keys(tmp_path) == step_keys(reference.run_dir)  # the same clips, none repeated or skipped
-    all_keys = [k for keys in step_keys(tmp_path).values() for k in keys]
-    assert len(all_keys) == len(set(all_keys)) == 12  # every clip of the first epoch once
+    # The same clips in the same steps as the uninterrupted 1-process run: the resume repeated and skipped none.
+    assert step_keys(tmp_path) == step_keys(reference.run_dir)
+    assert sorted(step_keys(tmp_path)) == [1, 2, 3]
 
 
 @pytest.mark.parametrize("stage", [1, 3])
