@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from maeast.configio import load_yaml, to_dict
-from maeast.engine.config import (DEFAULT_ZERO, TrainConfig, build_config, deepspeed_config, load_config,
-                                  read_zero_json, save_config, shipped_configs)
+from maeast.engine.config import TrainConfig, build_config, load_config, save_config, shipped_configs
+from maeast.engine.ds_config import DEFAULT_ZERO, deepspeed_config, read_zero_json
 from maeast.engine.optim import build_optimizer, lr_at
 from maeast.errors import MaeastError
 from maeast.model import MAEAST, make_config

@@ -5,13 +5,14 @@
     result = pretrain(cfg, deepspeed_config_path="launch/ds_zero2.json")
     encoder, info = load_encoder(result.encoder)      # for fine-tuning
 
-Read top to bottom: config (TrainConfig, the DeepSpeed config) -> optim (AdamW, schedule) ->
+Read top to bottom: config (TrainConfig) -> ds_config (the DeepSpeed config) -> optim (AdamW, schedule) ->
 distributed (process group helpers) -> engine (the only module importing deepspeed) -> checkpoint
 (atomic saves, resume, export) -> evaluate -> logging -> loop (pretrain) -> plots.
 """
 
 from maeast.engine.checkpoint import load_encoder, load_model
-from maeast.engine.config import TrainConfig, build_config, deepspeed_config, load_config, shipped_configs
+from maeast.engine.config import TrainConfig, build_config, load_config, shipped_configs
+from maeast.engine.ds_config import deepspeed_config
 from maeast.engine.loop import NonFiniteLoss, PretrainResult, pretrain
 
 __all__ = ["TrainConfig", "build_config", "load_config", "shipped_configs", "deepspeed_config", "pretrain",

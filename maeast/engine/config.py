@@ -9,15 +9,12 @@ micro batch of one process), optim, schedule, eval and run. Defaults are the off
 pretraining (AlanBaade/MAE-AST-Public config/pretrain/mae_ast.yaml). Layering: dataclass defaults
 <- model preset <- YAML <- dotted overrides; unknown keys are errors naming the key.
 
-The DeepSpeed config is generated here from these sections. A JSON under launch/ adds only ZeRO,
-precision and offload knobs (ZERO_KEYS); batch, optimizer, clipping and schedule come from us, and a
-JSON that sets them to anything else is an error.
+The DeepSpeed config is generated from these sections by maeast.engine.ds_config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -196,9 +193,9 @@ def config_dir():
     return resources.files("maeast") / "configs"
 
 
-def shipped_configs() -> list[str]:
-    """Names of the YAML configs shipped inside the package."""
-    return sorted(p.name[:-5] for p in config_dir().iterdir() if p.name.endswith(".yaml"))
+def shipped_configs(prefix: str = "pretrain_") -> list[str]:
+    """Names of the pretraining YAML configs shipped inside the package (fine-tuning ones have their own)."""
+    return sorted(p.name[:-5] for p in config_dir().iterdir() if p.name.endswith(".yaml") and p.name.startswith(prefix))
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -257,92 +254,6 @@ def diff_configs(a: TrainConfig, b: TrainConfig, prefix: str = "") -> list[str]:
         return out
     fa, fb = flat(to_dict(a)), flat(to_dict(b))
     return [k for k in fa if fa[k] != fb.get(k)]
-
-
-# ---- the DeepSpeed config ----------------------------------------------------------------------
-
-OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-              "gradient_clipping", "optimizer", "scheduler")
-"""Set from TrainConfig only: a JSON may repeat our value but never differ."""
-
-ZERO_KEYS = ("zero_optimization", "bf16", "communication_data_type", "zero_allow_untested_optimizer",
-             "zero_force_ds_cpu_optimizer", "wall_clock_breakdown", "prescale_gradients",
-             "gradient_predivide_factor", "aio", "comms_logger")
-"""What a JSON under launch/ may set: ZeRO, precision, offload and communication knobs."""
-
-DEFAULT_ZERO = {"zero_optimization": {"stage": 0}, "bf16": {"enabled": "auto"}}
-"""`maeast pretrain` without a JSON: plain data parallelism, bf16 on CUDA, fp32 on CPU."""
-
-
-def read_zero_json(path: str | Path | None) -> dict:
-    """A DeepSpeed JSON of ZeRO/precision/offload knobs (None: DEFAULT_ZERO)."""
-    if path is None:
-        return json.loads(json.dumps(DEFAULT_ZERO))
-    path = Path(path)
-    if not path.is_file():
-        raise MaeastError(f"DeepSpeed config {path} not found; use one of launch/ds_zero1.json, ds_zero2.json, "
-                          f"ds_zero3.json")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise MaeastError(f"DeepSpeed config {path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise MaeastError(f"DeepSpeed config {path} must be a JSON object")
-    return data
-
-
-def deepspeed_config(cfg: TrainConfig, world_size: int, zero: dict, cuda: bool, where: str = "DeepSpeed config"
-                     ) -> dict:
-    """The whole DeepSpeed config: batch and clipping from cfg, ZeRO/precision/offload from `zero`."""
-    ours = {
-        "train_batch_size": cfg.optim.global_batch,
-        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
-        "gradient_accumulation_steps": cfg.accumulation(world_size),
-        "gradient_clipping": cfg.optim.clip_grad,
-    }
-    for key, value in zero.items():
-        if key in ("optimizer", "scheduler"):
-            raise MaeastError(f"{where} sets {key!r}; the optimizer and schedule come from the config's optim and "
-                              f"schedule sections: delete {key!r} from the JSON")
-        if key in ours and value != ours[key]:
-            raise MaeastError(f"{where} sets {key}={value!r} but the config gives {ours[key]!r}; batch and "
-                              f"clipping come from the config (optim.global_batch, data.batch_size, "
-                              f"optim.clip_grad): delete {key!r} from the JSON")
-        if key == "fp16":
-            raise MaeastError(f"{where} sets fp16; maeast trains in bf16 (on CUDA) or fp32: use "
-                              f"\"bf16\": {{\"enabled\": \"auto\"}}")
-        if key not in ours and key not in ZERO_KEYS:
-            raise MaeastError(f"{where} sets {key!r}, which a launch JSON may not set; allowed: "
-                              f"{', '.join(ZERO_KEYS)}")
-    out = {**ours, **{k: v for k, v in zero.items() if k not in ours}}
-    out["bf16"] = {**zero.get("bf16", {}), "enabled": _bf16(zero.get("bf16", {}).get("enabled", "auto"), cuda, where)}
-    out.setdefault("zero_optimization", {"stage": 0})
-    stage = out["zero_optimization"].get("stage", 0)
-    if stage not in (0, 1, 2, 3):
-        raise MaeastError(f"{where}: zero_optimization.stage {stage!r} must be 0, 1, 2 or 3")
-    out["zero_allow_untested_optimizer"] = True  # our torch AdamW: no DeepSpeed op to compile
-    out["steps_per_print"] = 2 ** 31 - 1  # progress is ours (rank 0, rich)
-    return out
-
-
-def zero_stage(ds_config: dict) -> int:
-    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
-
-
-def offloads_optimizer(ds_config: dict) -> bool:
-    device = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
-    return device not in (None, "none")
-
-
-def _bf16(enabled, cuda: bool, where: str) -> bool:
-    if enabled == "auto":
-        return cuda
-    if isinstance(enabled, bool):
-        if enabled and not cuda:
-            raise MaeastError(f"{where} enables bf16 without a CUDA device; on CPU maeast trains in fp32: "
-                              f"use \"bf16\": {{\"enabled\": \"auto\"}}")
-        return enabled
-    raise MaeastError(f"{where}: bf16.enabled must be true, false or \"auto\", got {enabled!r}")
 
 
 def _positive(name: str, value) -> None:

@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 
 from maeast.engine import distributed as dist
-from maeast.engine.config import TrainConfig, offloads_optimizer, zero_stage
+from maeast.engine.config import TrainConfig
+from maeast.engine.ds_config import offloads_optimizer, zero_stage
 from maeast.engine.optim import build_optimizer, build_schedule
 from maeast.errors import MaeastError
 

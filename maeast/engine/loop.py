@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
+from maeast.configio import load_yaml
 from maeast.engine import distributed as dist
 from maeast.engine.checkpoint import (clear_partial, latest_checkpoint, load_train_state, model_meta,
                                       publish_encoder, save_checkpoint)
-from maeast.engine.config import (TrainConfig, deepspeed_config, diff_configs, read_zero_json, save_config,
-                                  zero_stage)
+from maeast.engine.config import TrainConfig, build_config, diff_configs, save_config
+from maeast.engine.ds_config import deepspeed_config, read_zero_json, zero_stage
 from maeast.engine.evaluate import evaluate
 from maeast.engine.logging import RunLogger, cut_log
 from maeast.engine.optim import lr_at
@@ -166,8 +167,6 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool, ds_config: d
     if resume:
         if checkpoint is None:
             raise MaeastError(f"nothing to resume in {run_dir}: it has no complete checkpoint; run without --resume")
-        from maeast.engine.config import build_config
-        from maeast.configio import load_yaml
         saved = build_config(load_yaml(run_dir / "config.yaml"))
         changed = [k for k in diff_configs(saved, cfg) if k not in RESUME_FREE]
         if changed:
