@@ -150,9 +150,10 @@ class Engine:
 
 @contextlib.contextmanager
 def _quiet():
-    """DeepSpeed's own warnings about untested optimizers and deprecated collectives are not the user's."""
+    """DeepSpeed's own warnings (untested optimizers, deprecated torch APIs it uses) are not the user's."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.jit, met by DeepSpeed's imports
         warnings.filterwarnings("ignore", category=UserWarning, module="deepspeed")
         warnings.filterwarnings("ignore", category=UserWarning, module="torch.distributed")
         yield

@@ -17,6 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, TextIO
 
 import torch
 
@@ -98,43 +99,15 @@ def pretrain(cfg: TrainConfig, deepspeed_config_path: str | Path | dict | None =
                  f"(at most {cfg.global_batch_seconds:.0f} s of audio), ZeRO stage {zero_stage(ds_config)}, "
                  f"{'bf16' if ds_config['bf16']['enabled'] else 'fp32'} on {device.type}, {threads} thread(s)",
                  step=step, world_size=world, accumulation=accum, zero_stage=zero_stage(ds_config))
-    hop_s = get_fbank(cfg.data.fbank).frame_shift_ms / 1000.0
+    run = Session(cfg, engine, _endless(loader), logger, trace, run_dir, world, rank, device, accum,
+                  get_fbank(cfg.data.fbank).frame_shift_ms / 1000.0)
     result = PretrainResult(run_dir, step, checkpoint, None)
-    stream = _endless(loader)
     try:
         while step < last:
-            t0 = time.perf_counter()
-            wait, sums = 0.0, torch.zeros(5, dtype=torch.float64)  # loss, mse, infonce, clips, audio seconds
-            for micro in range(accum):
-                tw = time.perf_counter()
-                batch = next(stream)
-                wait += time.perf_counter() - tw
-                slot = micro * world + rank
-                torch.manual_seed(derive_seed(cfg.run.seed, DROPOUT_STREAM, step, slot))
-                generator = torch.Generator().manual_seed(derive_seed(cfg.run.seed, TRAIN_STREAM, step, slot))
-                out = engine.forward(batch.features.to(device), _to(batch.padding_mask, device), generator)
-                _check_finite(out, step + 1, micro, run_dir, logger)
-                engine.backward(out.loss)
-                engine.step()
-                frames = batch.features.shape[1] * len(batch) if batch.padding_mask is None else \
-                    int((~batch.padding_mask).sum())
-                sums += torch.tensor([float(out.loss.detach()), float(out.parts.get("mse", math.nan)),
-                                      float(out.parts.get("infonce", math.nan)), len(batch), frames * hop_s],
-                                     dtype=torch.float64)
-                if trace is not None:
-                    trace.write("".join(f"{step + 1}\t{slot}\t{key}\n" for key in batch.keys))
-            sync_buffers(engine.module)
-            total = dist.all_reduce_sum(sums)
-            step += 1
-            samples += int(total[3])
-            seconds = time.perf_counter() - t0
-            record = {"step": step, "loss": total[0].item() / (accum * world), "lr": lr_at(step - 1, cfg.optim.lr, cfg.schedule),
-                      "grad_norm": engine.grad_norm(), "clips_per_s": total[3].item() / seconds,
-                      "audio_s_per_s": total[4].item() / seconds, "data_wait": wait / seconds,
-                      "step_s": seconds, "samples": samples}
-            for i, part in ((1, "mse"), (2, "infonce")):
-                if not math.isnan(total[i].item()):
-                    record[part] = total[i].item() / (accum * world)
+            record = train_step(run, step)
+            step = record["step"]
+            samples += record["clips"]
+            record["samples"] = samples
             result.losses.append(record["loss"])
             logger.train(record, log=step % cfg.run.log_every == 0 or step == last)
             if cfg.eval.every and (step % cfg.eval.every == 0 or step == last):
@@ -159,6 +132,58 @@ def pretrain(cfg: TrainConfig, deepspeed_config_path: str | Path | dict | None =
             trace.close()
     result.seconds = time.perf_counter() - started
     return result
+
+
+@dataclass
+class Session:
+    """What one optimizer step needs."""
+
+    cfg: TrainConfig
+    engine: object
+    stream: Iterator
+    logger: RunLogger
+    trace: TextIO | None
+    run_dir: Path
+    world: int
+    rank: int
+    device: torch.device
+    accum: int
+    hop_s: float
+
+
+def train_step(run: Session, step: int) -> dict:
+    """One optimizer step (accum micro-batches on every process) after `step` done -> the step's record."""
+    cfg, engine = run.cfg, run.engine
+    t0 = time.perf_counter()
+    wait, sums = 0.0, torch.zeros(5, dtype=torch.float64)  # loss, mse, infonce, clips, audio seconds
+    for micro in range(run.accum):
+        tw = time.perf_counter()
+        batch = next(run.stream)
+        wait += time.perf_counter() - tw
+        slot = micro * run.world + run.rank
+        torch.manual_seed(derive_seed(cfg.run.seed, DROPOUT_STREAM, step, slot))
+        generator = torch.Generator().manual_seed(derive_seed(cfg.run.seed, TRAIN_STREAM, step, slot))
+        out = engine.forward(batch.features.to(run.device), _to(batch.padding_mask, run.device), generator)
+        _check_finite(out, step + 1, micro, run.run_dir, run.logger)
+        engine.backward(out.loss)
+        engine.step()
+        frames = batch.features.shape[1] * len(batch) if batch.padding_mask is None else int((~batch.padding_mask).sum())
+        sums += torch.tensor([float(out.loss.detach()), float(out.parts.get("mse", math.nan)),
+                              float(out.parts.get("infonce", math.nan)), len(batch), frames * run.hop_s],
+                             dtype=torch.float64)
+        if run.trace is not None:
+            run.trace.write("".join(f"{step + 1}\t{slot}\t{key}\n" for key in batch.keys))
+    sync_buffers(engine.module)
+    total = dist.all_reduce_sum(sums)
+    seconds = time.perf_counter() - t0
+    micro_batches = run.accum * run.world
+    record = {"step": step + 1, "loss": total[0].item() / micro_batches, "lr": lr_at(step, cfg.optim.lr, cfg.schedule),
+              "grad_norm": engine.grad_norm(), "clips": int(total[3]), "clips_per_s": total[3].item() / seconds,
+              "audio_s_per_s": total[4].item() / seconds, "data_wait": wait / seconds, "step_s": seconds}
+    for i, part in ((1, "mse"), (2, "infonce")):
+        if not math.isnan(total[i].item()):
+            record[part] = total[i].item() / micro_batches
+    return record
 
 
 def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool, ds_config: dict) -> Path | None:
