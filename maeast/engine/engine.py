@@ -144,7 +144,7 @@ class Engine:
             full = safe_get_full_fp32_param(p)
             out[name] = (full if full is not None else p.detach()).float().cpu().clone()
         for name, b in self.module.named_buffers():
-            out[name] = b.detach().cpu().clone()
+            out[name] = (b.detach().float() if b.is_floating_point() else b.detach()).cpu().clone()
         return out
 
 

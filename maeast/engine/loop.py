@@ -69,14 +69,14 @@ def pretrain(cfg: TrainConfig, deepspeed_config_path: str | Path | dict | None =
     accum = ds_config["gradient_accumulation_steps"]
     cfg = layerdrop_for_stage(cfg, zero_stage(ds_config))
 
+    loader = StreamingLoader(cfg.data, rank, world)  # bad shards are an error before anything is written
+    eval_loader = (lambda: StreamingLoader(cfg.eval_loader_config(), 0, 1)) if cfg.eval.every else None
+    if eval_loader is not None:
+        eval_loader()  # a missing eval split is an error now, not at the first evaluation
     run_dir = Path(cfg.run.dir)
     checkpoint = _prepare_run_dir(cfg, run_dir, resume, ds_config)
     torch.manual_seed(cfg.run.seed)
     engine = Engine(MAEAST(cfg.model), cfg, ds_config)
-    loader = StreamingLoader(cfg.data, rank, world)
-    eval_loader = (lambda: StreamingLoader(cfg.eval_loader_config(), 0, 1)) if cfg.eval.every else None
-    if eval_loader is not None:
-        eval_loader()  # a missing eval split is an error now, not at the first evaluation
 
     step, samples = 0, 0
     if checkpoint is not None:
