@@ -30,6 +30,10 @@ class ModelSection:
     preset: str = "base"
     """maeast.model preset of a randomly initialized encoder (no --checkpoint): the baseline. With a
     checkpoint the architecture is the checkpoint's, and only the four rates below apply."""
+    patch_time: int | None = None
+    """Random init only: frames per token (None: the preset's; 2 with patch_freq = n_mels: frame tokens)."""
+    patch_freq: int | None = None
+    """Random init only: mel bins per token (None: the preset's)."""
     dropout: float = 0.1
     """Dropout on residual branches (full fine-tuning)."""
     attn_dropout: float = 0.1
@@ -45,6 +49,15 @@ class ModelSection:
         for name in ("dropout", "attn_dropout", "act_dropout", "layerdrop"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise MaeastError(f"model.{name} {getattr(self, name)} must be in [0, 1)")
+        for name in ("patch_time", "patch_freq"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise MaeastError(f"model.{name} {value!r} must be a positive integer (or null: the preset's)")
+
+    def random_init(self) -> dict:
+        """The preset's ModelConfig fields with the patch overrides, for an encoder without a checkpoint."""
+        patch = {k: getattr(self, k) for k in ("patch_time", "patch_freq") if getattr(self, k) is not None}
+        return {**PRESETS[self.preset], **patch}
 
 
 @dataclass
@@ -165,14 +178,19 @@ class ScheduleSection:
     """Epochs, then the engine's schedule over them: linear warmup, linear decay to final_lr_scale x lr."""
 
     epochs: int = 10
+    frozen_epochs: int | None = None
+    """Epochs when the encoder is frozen (a linear probe on cached features costs little per epoch);
+    None: epochs."""
     warmup_steps: int = 0
     """Optimizer steps of linear warmup (SSAST's warmup: 1000)."""
     final_lr_scale: float = 0.0
     """Learning rate at the last step as a fraction of the peak: 0 decays to zero, 1 keeps it constant."""
 
     def __post_init__(self):
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise MaeastError(f"schedule.epochs {self.epochs!r} must be an integer >= 1")
+        for name in ("epochs", "frozen_epochs"):
+            value = getattr(self, name)
+            if (value is not None or name == "epochs") and (not isinstance(value, int) or value < 1):
+                raise MaeastError(f"schedule.{name} {value!r} must be an integer >= 1")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise MaeastError(f"schedule.warmup_steps {self.warmup_steps!r} must be an integer >= 0")
         if not 0.0 <= self.final_lr_scale <= 1.0:
@@ -183,9 +201,10 @@ class ScheduleSection:
 class RunSection:
     """Where the run lives, which folds it runs, how often it evaluates and saves."""
 
-    dir: str = "runs/finetune"
+    dir: str | None = None
     """RUN: config.yaml, results.json, and per fold RUN/fold{k}/ (RUN/main without folds): log.jsonl,
-    tensorboard/, checkpoints/, classifier/ (the selected model), result.json."""
+    tensorboard/, checkpoints/, classifier/ (the selected model), result.json. None:
+    runs/finetune/{task}-{frozen|full}-{random|the checkpoint's run name}."""
     seed: int = 0
     freeze_encoder: bool = False
     """Train only the head on a frozen encoder (eval mode, no gradients)."""
@@ -203,8 +222,8 @@ class RunSection:
     threads: int | None = None
 
     def __post_init__(self):
-        if not self.dir:
-            raise MaeastError("run.dir is empty; give the run directory")
+        if self.dir == "":
+            raise MaeastError("run.dir is empty; give the run directory (or null for the default)")
         for name in ("eval_every", "save_every", "keep", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise MaeastError(f"run.{name} {getattr(self, name)!r} must be an integer >= 1")
@@ -232,6 +251,9 @@ class FinetuneConfig:
 
     def __post_init__(self):
         get_task(self.task)
+        if self.checkpoint and (self.model.patch_time or self.model.patch_freq):
+            raise MaeastError("model.patch_time / model.patch_freq shape a randomly initialized encoder; with "
+                              "--checkpoint the tokens are the checkpoint's: drop them")
 
     @property
     def shards(self) -> str:
@@ -242,8 +264,22 @@ class FinetuneConfig:
         return self.data.clip_seconds or get_task(self.task).clip_seconds
 
     @property
+    def run_dir(self) -> Path:
+        if self.run.dir:
+            return Path(self.run.dir)
+        init = "random"
+        if self.checkpoint:
+            parts = [p for p in Path(self.checkpoint).parts if p not in ("runs", "encoder", "checkpoints", ".", "..", "/")]
+            init = "_".join(parts[-2:]) or "checkpoint"
+        return Path("runs") / "finetune" / f"{self.task}-{'frozen' if self.run.freeze_encoder else 'full'}-{init}"
+
+    @property
     def head_norm(self) -> str:
         return self.head.norm or ("batch" if self.run.freeze_encoder else "layer")
+
+    @property
+    def epochs(self) -> int:
+        return (self.schedule.frozen_epochs or self.schedule.epochs) if self.run.freeze_encoder else self.schedule.epochs
 
     @property
     def peak_lr(self) -> float:

@@ -121,14 +121,14 @@ def evaluate_sources(engine, evals: dict, metric: str) -> dict[str, dict]:
 def train_fold(ctx, fold: int | None) -> dict:
     """Fine-tune and score one fold (resuming from its latest checkpoint when ctx.resume); its result."""
     cfg, task, started = ctx.cfg, ctx.task, time.perf_counter()
-    part = Path(cfg.run.dir) / part_name(fold)
+    part = cfg.run_dir / part_name(fold)
     encoder, head, module = build_model(ctx, fold)
     train, evals = sources(ctx, fold, encoder)
     steps_per_epoch = len(train) // ctx.accum
     if steps_per_epoch == 0:
         raise MaeastError(f"fold {fold}: {len(train)} micro-batches per epoch is fewer than the {ctx.accum} of one "
                           f"optimizer step; lower optim.global_batch")
-    engine, schedule = ctx.make_engine(module, cfg.schedule.epochs * steps_per_epoch)
+    engine, schedule = ctx.make_engine(module, cfg.epochs * steps_per_epoch)
     checkpoint = latest_checkpoint(part) if ctx.resume else None
     epoch, step, best, history = 0, 0, None, []
     if checkpoint is not None:
@@ -143,16 +143,16 @@ def train_fold(ctx, fold: int | None) -> dict:
         part.mkdir(parents=True, exist_ok=True)
         cut_log(part, step)
     dist.barrier()
-    last = cfg.schedule.epochs * steps_per_epoch
+    last = cfg.epochs * steps_per_epoch
     logger = RunLogger(part, step, last, dist.is_main(), ctx.console)
     logger.event(f"{task.name} {part_name(fold)}: {'resumed at' if checkpoint else 'started'} epoch {epoch} of "
-                 f"{cfg.schedule.epochs}, {steps_per_epoch} steps per epoch, "
+                 f"{cfg.epochs}, {steps_per_epoch} steps per epoch, "
                  f"{'frozen encoder' + (' (cached features)' if cfg.run.cache_features else '') if cfg.run.freeze_encoder else 'full fine-tuning'}",
                  step=step, fold=fold)
     loss_fn, classes = LOSSES[task.loss], len(ctx.corpus.labels)
     augmenting = not cfg.run.freeze_encoder
     try:
-        while epoch < cfg.schedule.epochs:
+        while epoch < cfg.epochs:
             engine.train()
             stream = _Stream(train.epoch(epoch), ctx)
             for _ in range(steps_per_epoch):
@@ -172,7 +172,9 @@ def train_fold(ctx, fold: int | None) -> dict:
                         x = spec_augment(x, pad, cfg.augment.freq_mask, cfg.augment.time_mask, generator)
                         x, pad, targets = mixup(x, pad, targets, cfg.augment.mixup, cfg.augment.mixup_alpha, generator)
                     loss = loss_fn(engine.forward(x, pad, generator), targets)
-                    if not torch.isfinite(loss.detach()):
+                    bad = dist.all_reduce_sum(torch.tensor([0.0 if torch.isfinite(loss.detach()) else 1.0],
+                                                           dtype=torch.float64))
+                    if bad.item():  # every process stops before the bad step touches the weights
                         raise MaeastError(f"{part_name(fold)}: non-finite loss at step {step + 1}; lower optim.lr")
                     engine.backward(loss)
                     engine.step()
@@ -186,14 +188,14 @@ def train_fold(ctx, fold: int | None) -> dict:
                           "clips_per_s": total[1].item() / seconds, "data_wait": wait / seconds, "step_s": seconds}
                 logger.train(record, log=step % cfg.run.log_every == 0 or step == last)
             epoch += 1
-            if epoch % cfg.run.eval_every == 0 or epoch == cfg.schedule.epochs:
+            if epoch % cfg.run.eval_every == 0 or epoch == cfg.epochs:
                 scores = evaluate_sources(engine, evals, task.metric)
                 history.append({"epoch": epoch, "step": step, **{k: v[task.metric] for k, v in scores.items()}})
                 _log_eval(logger, history[-1], task.metric)
                 if best is None or "valid" not in scores or scores["valid"][task.metric] > best["valid"][task.metric]:
                     best = {"epoch": epoch, "step": step, **scores}
                     ctx.export(engine, encoder, part / "best", fold, best)
-            if epoch % cfg.run.save_every == 0 or epoch == cfg.schedule.epochs:
+            if epoch % cfg.run.save_every == 0 or epoch == cfg.epochs:
                 state = {"epoch": epoch, "step": step, "best": json.dumps(best), "history": json.dumps(history)}
                 saved = save_fold_checkpoint(engine, part, step, state, part / "best", cfg.run.keep)
                 logger.event(f"checkpoint {saved}", step=step)

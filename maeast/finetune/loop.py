@@ -24,7 +24,8 @@ import torch
 
 from maeast.configio import load_yaml, to_dict
 from maeast.engine import distributed as dist
-from maeast.engine.config import OptimConfig, ScheduleConfig, deepspeed_config, read_zero_json
+from maeast.engine.config import OptimConfig, ScheduleConfig
+from maeast.engine.ds_config import deepspeed_config, read_zero_json
 from maeast.engine.setup import write_json
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
@@ -35,7 +36,7 @@ from maeast.finetune.data import Corpus, Selection, make_loader, open_corpus
 from maeast.finetune.fold import is_finished, part_name, train_fold
 from maeast.finetune.metrics import summarize
 from maeast.finetune.tasks import Task, get_task
-from maeast.model import Encoder, make_config
+from maeast.model import Encoder, ModelConfig
 from maeast.model.optim import layer_of
 
 RATES = ("dropout", "attn_dropout", "act_dropout", "layerdrop")
@@ -197,18 +198,18 @@ class FinetuneResult:
 
 def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | None = None, resume: bool = False,
              console=None) -> FinetuneResult:
-    """Fine-tune (or continue, with resume) the run in cfg.run.dir; every process of the world calls this."""
+    """Fine-tune (or continue, with resume) the run in cfg.run_dir; every process of the world calls this."""
     from maeast.engine.engine import init_distributed  # deepspeed only from here on
 
     init_distributed()
     started = time.perf_counter()
     world, rank, device = dist.world_size(), dist.rank(), dist.device()
-    dist.set_threads(cfg.run.threads)
+    dist.set_threads(cfg.run.threads, loader_threads=cfg.data.num_workers)  # an oversubscribed core stalls OpenMP
     task = get_task(cfg.task)
     corpus = open_corpus(task, cfg.shards, cfg.data.train_split)
     folds = choose_folds(cfg, corpus)
     rates = {name: getattr(cfg.model, name) for name in RATES}
-    state, model_cfg, info = initial_encoder(cfg.checkpoint, with_rates(make_config(cfg.model.preset), rates),
+    state, model_cfg, info = initial_encoder(cfg.checkpoint, ModelConfig.from_dict({**cfg.model.random_init(), **rates}),
                                              cfg.run.seed)
     model_cfg = with_rates(model_cfg, rates)
     fbank = cfg.data.fbank or info.get("features", {}).get("preset") or "mae_ast"
@@ -217,7 +218,7 @@ def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | Non
     spec = EngineSpec(OptimConfig(global_batch=cfg.optim.global_batch), ScheduleConfig(), MicroBatch(micro), 1.0, 1.0)
     accum = spec.accumulation(world)
     zero = deepspeed_config_path if isinstance(deepspeed_config_path, dict) else read_zero_json(deepspeed_config_path)
-    run_dir = Path(cfg.run.dir)
+    run_dir = cfg.run_dir
     prepare_run_dir(cfg, run_dir, folds, resume, {"model": model_cfg.to_dict(), "fbank": fbank,
                                                   "checkpoint": cfg.checkpoint, "micro_batch": micro,
                                                   "accumulation": accum, "world_size": world})
