@@ -183,5 +183,7 @@ def test_recipes_and_overrides():
     assert load_finetune_config("finetune_patch", task="iemocap").head_norm == "layer"
     with pytest.raises(MaeastError, match="unknown config key 'optim.lrr'"):
         load_finetune_config("finetune_patch", task="esc50", overrides=["--optim.lrr", "1"])
+    with pytest.raises(MaeastError, match="shipped: finetune_frame, finetune_patch, finetune_small, finetune_tiny"):
+        load_finetune_config("finetune_pach", task="esc50")
     with pytest.raises(MaeastError, match="head.layers"):
         load_finetune_config("finetune_patch", task="esc50", overrides=["head.layers=first"])

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maeast.configio import from_dict, load_yaml, merge, parse_overrides, save_yaml, to_dict
-from maeast.engine.config import resolve_config_path
+from maeast.engine.config import resolve_config_path, shipped_configs
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
 from maeast.finetune.heads import NORMS
@@ -296,7 +296,7 @@ def load_finetune_config(name_or_path: str | Path = "finetune_patch", task: str 
                          overrides: list[str] | dict | None = None, **flags) -> FinetuneConfig:
     """A shipped name or YAML path, then dotted overrides, then `task` and flags given as keywords
     (checkpoint=..., freeze_encoder=True, shards=..., folds=[...]); None values are not applied."""
-    data = load_yaml(resolve_config_path(name_or_path))
+    data = load_yaml(finetune_config_path(name_or_path))
     if "task" in data:
         raise MaeastError(f"{name_or_path}: a fine-tuning YAML may not fix the task; give it with --task")
     extra = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
@@ -311,6 +311,15 @@ def load_finetune_config(name_or_path: str | Path = "finetune_patch", task: str 
     for section, values in sections.items():
         data = merge(data, {section: {k: v for k, v in values.items() if v is not None}})
     return build_finetune_config(data)
+
+
+def finetune_config_path(name_or_path: str | Path) -> Path:
+    """A YAML path or a shipped fine-tuning config name (finetune_patch, finetune_frame, finetune_small, ...)."""
+    try:
+        return resolve_config_path(name_or_path)
+    except MaeastError:
+        raise MaeastError(f"config {str(name_or_path)!r} is neither a YAML file nor a shipped fine-tuning config; "
+                          f"shipped: {', '.join(shipped_configs('finetune_'))}") from None
 
 
 def save_finetune_config(cfg: FinetuneConfig, path: Path) -> None:

@@ -118,11 +118,41 @@ def evaluate_sources(engine, evals: dict, metric: str) -> dict[str, dict]:
     return out
 
 
+def optimizer_step(ctx, engine, stream, fold: int | None, step: int) -> dict:
+    """One optimizer step (step = its 1-based number): `accumulation` micro-batches, augmented in full
+    fine-tuning, through the engine; returns the step's figures, summed over the processes."""
+    cfg, loss_fn, classes = ctx.cfg, LOSSES[ctx.task.loss], len(ctx.corpus.labels)
+    t0, wait, sums = time.perf_counter(), 0.0, torch.zeros(2, dtype=torch.float64)  # loss, clips
+    for micro in range(ctx.accum):
+        tw = time.perf_counter()
+        x, pad, labels, keys = stream.take()
+        wait += time.perf_counter() - tw
+        slot = micro * ctx.world + ctx.rank
+        torch.manual_seed(derive_seed(cfg.run.seed, DROPOUT_STREAM, fold or 0, step, slot))
+        generator = torch.Generator().manual_seed(derive_seed(cfg.run.seed, AUGMENT_STREAM, fold or 0, step, slot))
+        targets = targets_of(labels, classes)
+        if not cfg.run.freeze_encoder:
+            x = spec_augment(x, pad, cfg.augment.freq_mask, cfg.augment.time_mask, generator)
+            x, pad, targets = mixup(x, pad, targets, cfg.augment.mixup, cfg.augment.mixup_alpha, generator)
+        loss = loss_fn(engine.forward(x, pad, generator), targets)
+        bad = dist.all_reduce_sum(torch.tensor([0.0 if torch.isfinite(loss.detach()) else 1.0], dtype=torch.float64))
+        if bad.item():  # every process stops before the bad step touches the weights
+            raise MaeastError(f"{part_name(fold)}: non-finite loss at step {step}; lower optim.lr")
+        engine.backward(loss)
+        engine.step()
+        sums += torch.tensor([float(loss.detach()), len(keys)], dtype=torch.float64)
+    sync_buffers(engine.module)  # the input BatchNorm's statistics, equal on every process
+    total = dist.all_reduce_sum(sums)
+    seconds = time.perf_counter() - t0
+    return {"step": step, "loss": total[0].item() / (ctx.accum * ctx.world), "grad_norm": engine.grad_norm(),
+            "clips_per_s": total[1].item() / seconds, "data_wait": wait / seconds, "step_s": seconds}
+
+
 def train_fold(ctx, fold: int | None) -> dict:
     """Fine-tune and score one fold (resuming from its latest checkpoint when ctx.resume); its result."""
     cfg, task, started = ctx.cfg, ctx.task, time.perf_counter()
     part = cfg.run_dir / part_name(fold)
-    encoder, head, module = build_model(ctx, fold)
+    encoder, _, module = build_model(ctx, fold)
     train, evals = sources(ctx, fold, encoder)
     steps_per_epoch = len(train) // ctx.accum
     if steps_per_epoch == 0:
@@ -145,48 +175,22 @@ def train_fold(ctx, fold: int | None) -> dict:
     dist.barrier()
     last = cfg.epochs * steps_per_epoch
     logger = RunLogger(part, step, last, dist.is_main(), ctx.console)
+    mode = ("frozen encoder" + (", cached features" if cfg.run.cache_features else "")) if cfg.run.freeze_encoder \
+        else "full fine-tuning"
     logger.event(f"{task.name} {part_name(fold)}: {'resumed at' if checkpoint else 'started'} epoch {epoch} of "
-                 f"{cfg.epochs}, {steps_per_epoch} steps per epoch, "
-                 f"{'frozen encoder' + (' (cached features)' if cfg.run.cache_features else '') if cfg.run.freeze_encoder else 'full fine-tuning'}",
-                 step=step, fold=fold)
-    loss_fn, classes = LOSSES[task.loss], len(ctx.corpus.labels)
-    augmenting = not cfg.run.freeze_encoder
+                 f"{cfg.epochs}, {steps_per_epoch} steps per epoch, {mode}", step=step, fold=fold)
     try:
         while epoch < cfg.epochs:
             engine.train()
             stream = _Stream(train.epoch(epoch), ctx)
             for _ in range(steps_per_epoch):
-                t0, wait, sums = time.perf_counter(), 0.0, torch.zeros(2, dtype=torch.float64)
                 if stream.peek() is None:
                     break  # one process skipped empty batches: this epoch ends a step early
-                for micro in range(ctx.accum):
-                    tw = time.perf_counter()
-                    x, pad, labels, keys = stream.take()
-                    wait += time.perf_counter() - tw
-                    slot = micro * ctx.world + ctx.rank
-                    torch.manual_seed(derive_seed(cfg.run.seed, DROPOUT_STREAM, fold or 0, step, slot))
-                    generator = torch.Generator().manual_seed(derive_seed(cfg.run.seed, AUGMENT_STREAM, fold or 0,
-                                                                          step, slot))
-                    targets = targets_of(labels, classes)
-                    if augmenting:
-                        x = spec_augment(x, pad, cfg.augment.freq_mask, cfg.augment.time_mask, generator)
-                        x, pad, targets = mixup(x, pad, targets, cfg.augment.mixup, cfg.augment.mixup_alpha, generator)
-                    loss = loss_fn(engine.forward(x, pad, generator), targets)
-                    bad = dist.all_reduce_sum(torch.tensor([0.0 if torch.isfinite(loss.detach()) else 1.0],
-                                                           dtype=torch.float64))
-                    if bad.item():  # every process stops before the bad step touches the weights
-                        raise MaeastError(f"{part_name(fold)}: non-finite loss at step {step + 1}; lower optim.lr")
-                    engine.backward(loss)
-                    engine.step()
-                    sums += torch.tensor([float(loss.detach()), len(keys)], dtype=torch.float64)
-                sync_buffers(engine.module)
-                total = dist.all_reduce_sum(sums)
                 step += 1
-                seconds = time.perf_counter() - t0
-                record = {"step": step, "epoch": epoch + 1, "loss": total[0].item() / (ctx.accum * ctx.world),
-                          "lr": lr_at(step - 1, cfg.peak_lr, schedule), "grad_norm": engine.grad_norm(),
-                          "clips_per_s": total[1].item() / seconds, "data_wait": wait / seconds, "step_s": seconds}
+                record = optimizer_step(ctx, engine, stream, fold, step)
+                record.update(epoch=epoch + 1, lr=lr_at(step - 1, cfg.peak_lr, schedule))
                 logger.train(record, log=step % cfg.run.log_every == 0 or step == last)
+            stream.close()
             epoch += 1
             if epoch % cfg.run.eval_every == 0 or epoch == cfg.epochs:
                 scores = evaluate_sources(engine, evals, task.metric)
@@ -235,6 +239,10 @@ class _Stream:
                 raise MaeastError("a training batch held only held-out-fold clips; raise data.shuffle_buffer so "
                                   "the folds mix (several processes must step in lockstep)")
         return self.ahead
+
+    def close(self) -> None:
+        """Stop the epoch's loader (and its workers) when the epoch ends before the loader does."""
+        getattr(self.batches, "close", lambda: None)()
 
     def take(self):
         item = self.peek()
