@@ -192,3 +192,23 @@ def test_finetune_command_line(shards, tmp_path):
     assert again.exit_code == 2 and "--resume" in again.output and len(again.output.strip().splitlines()) == 1
     bad = CliRunner().invoke(app, args[:5] + ["--fold", "2", "--run.dir", str(tmp_path / "cli2")])
     assert bad.exit_code == 2 and "no folds" in bad.output
+
+
+def test_fine_tunes_a_pretraining_run_of_the_engine(shards, tmp_path):
+    """The engine's own exports: RUN/encoder, the run folder and a checkpoint folder all load, and the
+    fine-tuned classifier records the pretraining it started from."""
+    from maeast.engine import load_config, pretrain
+    cfg = load_config("pretrain_tiny", ["--data.shards", f"[{shards / 'esc50'}]", "--data.min_seconds", "0.5",
+                                        "--data.max_seconds", "1.0", "--eval.every", "0", "--run.dir",
+                                        str(tmp_path / "pre"), "--schedule.steps", "2", "--schedule.warmup_steps", "1",
+                                        "--run.save_every", "2", "--run.threads", "1"])
+    done = pretrain(cfg)
+    assert done.encoder is not None
+    for checkpoint in (done.encoder, tmp_path / "pre", done.checkpoint):
+        state, model_cfg, info = initial_encoder(str(checkpoint), make_config("base"), 0)
+        assert model_cfg.dim == 64 and info["pretraining"]["step"] == 2
+    result = finetune(tiny("esc50", shards / "esc50", tmp_path / "ft", checkpoint=str(done.encoder), folds=[3]))
+    info = json.loads((tmp_path / "ft" / "fold3" / "classifier" / "classifier.json").read_text())
+    encoder_json = json.loads((tmp_path / "ft" / "fold3" / "classifier" / "encoder.json").read_text())
+    assert info["checkpoint"] == str(done.encoder) and encoder_json["pretraining"]["step"] == 2
+    assert result.folds[0]["test"]["clips"] == 1
