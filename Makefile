@@ -9,8 +9,9 @@ APT_PKGS := espeak-ng sox fluidsynth fluid-soundfont-gm ffmpeg libsndfile1 libop
 DEMO     ?= data/demo
 DEMO_SIZE ?= full
 SHARDS   ?= shards/demo
+PRETRAIN_RUN ?= runs/demo_pretrain
 
-.PHONY: all env apt test demo demo-data demo-shards bench clean
+.PHONY: all env apt test demo demo-data demo-shards demo-pretrain bench clean
 
 all: test
 
@@ -53,7 +54,16 @@ demo-shards: demo-data
 	$(MAEAST) shard build speechcommands --root $(DEMO)/speech_commands --out $(SHARDS)/keywords --shard-size 16 -j 2
 	$(MAEAST) shard build esc50 --root $(DEMO)/esc50 --out $(SHARDS)/events --shard-size 8 -j 2
 
-demo: demo-shards
+# Pretrain the small preset on the unlabelled demo corpus: an interrupted run resumes, a finished
+# one is a no-op. Then the loss curves and one clip's reconstruction.
+demo-pretrain: demo-shards
+	$(MAEAST) pretrain --config pretrain_small --data.shards '[$(SHARDS)/unlabelled]' --run.dir $(PRETRAIN_RUN) \
+	  $$(test -f $(PRETRAIN_RUN)/checkpoints/latest && echo --resume)
+	$(MAEAST) plot $(PRETRAIN_RUN)
+	$(MAEAST) visualize $$(find $(DEMO)/librispeech -path '*dev-clean*' -name '*.flac' | sort | head -1) \
+	  --checkpoint $(PRETRAIN_RUN) --out $(PRETRAIN_RUN)/reconstruction.png
+
+demo: demo-pretrain
 	$(MAEAST) shard inspect $(SHARDS)/unlabelled
 	$(MAEAST) shard inspect $(SHARDS)/keywords
 	$(MAEAST) shard inspect $(SHARDS)/events
