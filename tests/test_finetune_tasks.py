@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,21 @@ def test_fine_tunes_a_pretraining_run_of_the_engine(shards, tmp_path):
     encoder_json = json.loads((tmp_path / "ft" / "fold3" / "classifier" / "encoder.json").read_text())
     assert info["checkpoint"] == str(done.encoder) and encoder_json["pretraining"]["step"] == 2
     assert result.folds[0]["test"]["clips"] == 1
+
+
+def test_an_interrupted_fold_resumes_to_the_same_model(shards, tmp_path):
+    args = ("--schedule.epochs", "3", "--run.keep", "3")
+    whole = finetune(tiny("esc50", shards / "esc50", tmp_path / "whole", *args, folds=[1]))
+    cut = tmp_path / "cut"
+    finetune(tiny("esc50", shards / "esc50", cut, *args, folds=[1]))
+    fold = cut / "fold1"
+    steps = sorted((fold / "checkpoints").glob("step_*"))
+    assert len(steps) == 3
+    for path in (fold / "result.json", fold / "classifier", steps[-1]):  # as if killed during the last epoch
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (fold / "checkpoints" / "latest").write_text(steps[1].name)
+    resumed = finetune(tiny("esc50", shards / "esc50", cut, *args, folds=[1]), resume=True)
+    assert resumed.folds[0]["history"] == whole.folds[0]["history"]
+    a = load_file(str(tmp_path / "whole" / "fold1" / "classifier" / "head.safetensors"))
+    b = load_file(str(fold / "classifier" / "head.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -25,7 +25,7 @@ from maeast.engine.optim import lr_at
 from maeast.engine.setup import sync_buffers
 from maeast.errors import MaeastError
 from maeast.finetune.augment import mixup, spec_augment
-from maeast.finetune.checkpoint import load_fold_state, save_fold_checkpoint, write_classifier
+from maeast.finetune.checkpoint import load_fold_state, save_fold_checkpoint
 from maeast.finetune.data import make_loader, selections
 from maeast.finetune.evaluate import predict
 from maeast.finetune.heads import Classifier, Head, head_layers, pooled_layers
