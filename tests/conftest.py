@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# Tiny trees of the official corpora (fixtures audioset, esc50, sc_v1, sc_v2, voxceleb1, iemocap).
+pytest_plugins = ("tests.official_trees",)
+
 SENTENCES = [
     "the quick brown fox jumps over the lazy dog",
     "a stitch in time saves nine",

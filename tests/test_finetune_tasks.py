@@ -27,8 +27,6 @@ from maeast.finetune.data import make_loader, open_corpus, selected, selections
 from maeast.finetune.tasks import get_task
 from maeast.model import MAEAST, make_config
 from maeast.shards.build import build_shards
-from tests.test_recipes_official import (audioset, clips, esc50, iemocap, sc_v1, sc_v2,  # noqa: F401 (fixtures)
-                                         voxceleb1)
 
 
 @pytest.fixture(scope="module")
