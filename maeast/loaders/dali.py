@@ -31,7 +31,7 @@ from maeast.loaders import lengths
 from maeast.loaders.config import LoaderConfig
 from maeast.loaders.loader import dist_rank_world
 from maeast.loaders.sources import check_labels, derive_seed, load_sources
-from maeast.loaders.state import LoaderState
+from maeast.loaders.state import LoaderState, SingleStreamState
 from maeast.loaders.stream import BadDataWarning
 from maeast.shards.format import sha256_file
 
@@ -46,7 +46,7 @@ def _dali():
     return dali, fn, types, DALIGenericIterator, LastBatchPolicy
 
 
-class DaliLoader:
+class DaliLoader(SingleStreamState):
     """Same contract as StreamingLoader: iterate for Batches, len(), set_epoch, state_dict."""
 
     def __init__(self, config: LoaderConfig, rank: int | None = None, world_size: int | None = None,
@@ -85,8 +85,6 @@ class DaliLoader:
 
     labels = property(lambda self: list(self.sources[0].labels))
     multi_label = property(lambda self: self.sources[0].multi_label)
-    epoch = property(lambda self: self.state.epoch)
-    stats = property(lambda self: dict(self.state.stats))
 
     @property
     def sample_rate(self) -> int:
@@ -105,18 +103,6 @@ class DaliLoader:
         total = sum(s.samples for s in self.shards)
         per_rank = [total * (r + 1) // self.world_size - total * r // self.world_size for r in range(self.world_size)]
         return min(n // c.batch_size if c.drop_last else -(-n // c.batch_size) for n in per_rank)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.state.epoch:
-            stats = self.state.stats
-            self.state = LoaderState.fresh(epoch, self.config.seed, self.world_size, 0, self.rank)
-            self.state.stats = stats
-
-    def state_dict(self) -> dict:
-        return self.state.to_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.state.load(state)
 
     def _pipeline(self, epoch: int):
         dali, fn, types, _, _ = _dali()

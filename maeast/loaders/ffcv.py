@@ -25,7 +25,7 @@ from maeast.features import get_config
 from maeast.loaders.config import LoaderConfig
 from maeast.loaders.loader import StreamingLoader, dist_rank_world
 from maeast.loaders.sources import derive_seed, load_sources
-from maeast.loaders.state import LoaderState
+from maeast.loaders.state import LoaderState, SingleStreamState
 from maeast.loaders.stream import Errors, read_shard
 from maeast.shards.format import write_json_atomic
 
@@ -123,7 +123,7 @@ def write_beton(shard_dir: Path, split: str = "train", clip_seconds: float | Non
     return record
 
 
-class FFCVLoader:
+class FFCVLoader(SingleStreamState):
     """Batches from a .beton written by write_beton; same contract as StreamingLoader."""
 
     def __init__(self, config: LoaderConfig, rank: int | None = None, world_size: int | None = None):
@@ -151,27 +151,13 @@ class FFCVLoader:
 
     labels = property(lambda self: list(self.meta["labels"]))
     multi_label = property(lambda self: bool(self.meta["multi_label"]))
-    epoch = property(lambda self: self.state.epoch)
-    stats = property(lambda self: dict(self.state.stats))
 
     def __len__(self) -> int:
         b = self.config.batch_size
         return self.per_rank // b if self.config.drop_last else -(-self.per_rank // b)
 
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.state.epoch:
-            stats = self.state.stats
-            self.state = LoaderState.fresh(epoch, self.config.seed, self.world_size, 0, self.rank)
-            self.state.stats = stats
-
-    def state_dict(self) -> dict:
-        return self.state.to_dict()
-
     def __getstate__(self):  # ffcv's Loader holds compiled code; a copy makes its own
         return {**self.__dict__, "_loader": None}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.state.load(state)
 
     def _order(self) -> np.ndarray:
         """This rank's clips in this epoch's order (all ranks the same count)."""

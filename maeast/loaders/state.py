@@ -101,3 +101,26 @@ def merge_states(states: list[dict]) -> dict:
                               f"take them at the same step on every rank")
         merged["ranks"].update(state["ranks"])
     return merged
+
+
+class SingleStreamState:
+    """Epoch and resume bookkeeping for loaders without worker slots of their own (DALI, FFCV).
+
+    The class sets `self.state = LoaderState.fresh(0, seed, world_size, 0, rank)` and `self.config`,
+    `self.rank`, `self.world_size`; this mixin gives the loader contract over it.
+    """
+
+    epoch = property(lambda self: self.state.epoch)
+    stats = property(lambda self: dict(self.state.stats))
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.state.epoch:
+            stats = self.state.stats
+            self.state = LoaderState.fresh(epoch, self.config.seed, self.world_size, 0, self.rank)
+            self.state.stats = stats
+
+    def state_dict(self) -> dict:
+        return self.state.to_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state.load(state)
