@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from maeast.cli import data, finetune, shard, shard_ffcv, shard_stats, tools, train  # noqa: F401  (modules register commands)
+from maeast.cli import compare, data, finetune, shard, shard_ffcv, shard_stats, tools, train  # noqa: F401  (modules register commands)
 from maeast.cli.common import new_app
 
 app = new_app("maeast: pack audio into shards, pretrain MAE-AST, fine-tune, evaluate, embed.")
@@ -11,6 +11,7 @@ app.add_typer(data.app, name="data")
 train.register(app)
 finetune.register(app)
 tools.register(app)
+compare.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,333 @@
+"""What pretraining buys: one encoder against random weights on a set of tasks, in one table.
+
+    rows = run_matrix("runs/pretrain/encoder", [TaskData("esc50", "shards/esc50")], "finetune_small", "runs/cmp")
+    console.print(table(rows)); write_json(rows, ...); write_png(rows, ...)
+
+For each task three fine-tuning runs (SETTINGS): a linear head on a frozen randomly initialized encoder
+of the checkpoint's own architecture, a linear head on the frozen pretrained encoder, and full
+fine-tuning of the pretrained encoder. Each run lives in OUT/{task}-{setting} (a `maeast finetune`
+run folder) beside compare.json: the encoder it started from and the wall time it took. A finished
+run whose config and encoder are unchanged is read back, not rerun; a changed one is an error.
+
+Chance is the accuracy of always answering the test clips' most frequent class (per fold, averaged),
+read from the test confusion matrices; for mAP it is the mean share of positive clips per class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from maeast.configio import load_yaml, to_dict
+from maeast.engine.checkpoint import load_encoder
+from maeast.errors import MaeastError
+from maeast.finetune.config import FinetuneConfig, build_finetune_config, load_finetune_config
+from maeast.finetune.fold import is_finished, part_name
+from maeast.finetune.loop import finetune
+from maeast.finetune.tasks import get_task
+from maeast.model.config import PRESETS, ModelConfig
+
+ARCHITECTURE = ("n_mels", "patch_time", "patch_freq", "input_norm", "input_scale", "dim", "depth", "heads",
+                "ffn_dim", "pre_norm")
+"""Encoder fields a random-init baseline must share with the checkpoint."""
+FREE_KEYS = ("run.save_every", "run.keep", "run.log_every", "run.threads")
+"""Config keys that do not change a run's result: a finished run that differs only in them is reused."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    label: str
+    frozen: bool
+    pretrained: bool
+
+
+SETTINGS = (Setting("frozen-random", "frozen, random init", True, False),
+            Setting("frozen-pretrained", "frozen, pretrained", True, True),
+            Setting("full-pretrained", "full, pretrained", False, True))
+
+
+@dataclass(frozen=True)
+class TaskData:
+    task: str
+    shards: str | None = None
+    """Shard folder; None: the task's default (shards/{corpus})."""
+
+
+@dataclass
+class Row:
+    """One run of the matrix: a task fine-tuned in one setting."""
+
+    task: str
+    setting: str
+    metric: str
+    mean: float
+    std: float
+    folds: list[float]
+    chance: float
+    seconds: float
+    run_dir: str
+    reused: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def parse_task(text: str) -> TaskData:
+    """"esc50=shards/demo/events" or "esc50" -> TaskData (the task name checked)."""
+    name, _, shards = text.partition("=")
+    get_task(name.strip())
+    if "=" in text and not shards.strip():
+        raise MaeastError(f"--task {text!r}: give the shard folder after '=' (e.g. {name}=shards/{name}) or drop '='")
+    return TaskData(name.strip(), shards.strip() or None)
+
+
+def encoder_identity(checkpoint: str | Path) -> tuple[dict, ModelConfig]:
+    """({"path", "sha256" of the weights, "step"}, its ModelConfig) of an exported encoder."""
+    encoder, info = load_encoder(checkpoint)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    step = (info.get("pretraining") or {}).get("step")
+    return {"path": str(checkpoint), "sha256": digest.hexdigest(), "step": step}, encoder.cfg
+
+
+def random_twin(cfg: ModelConfig) -> dict:
+    """model-section overrides that give a randomly initialized encoder the architecture of `cfg`."""
+    want = {k: getattr(cfg, k) for k in ARCHITECTURE}
+    patch = {"patch_time": cfg.patch_time, "patch_freq": cfg.patch_freq}
+    for name, fields in PRESETS.items():
+        twin = ModelConfig.from_dict({**fields, **patch})
+        if {k: getattr(twin, k) for k in ARCHITECTURE} == want:
+            return {"preset": name, **patch}
+    raise MaeastError(f"no model preset has the checkpoint's encoder ({cfg.depth} layers at {cfg.dim}, {cfg.heads} heads, "
+                      f"ffn {cfg.ffn_dim}), so there is no random-init twin to compare with")
+
+
+def configs(config: str, task: TaskData, out: Path, checkpoint: str, twin: dict,
+            overrides: list[str] | None = None) -> dict[str, FinetuneConfig]:
+    """The three fine-tuning configs of one task, each with its run folder OUT/{task}-{setting}."""
+    made = {}
+    for s in SETTINGS:
+        extra = list(overrides or [])
+        if not s.pretrained:
+            extra += [item for k, v in twin.items() for item in (f"--model.{k}", str(v))]
+        made[s.name] = load_finetune_config(config, task=task.task, overrides=extra, shards=task.shards,
+                                            checkpoint=checkpoint if s.pretrained else None,
+                                            freeze_encoder=s.frozen, run_dir=str(out / f"{task.task}-{s.name}"))
+    return made
+
+
+def run_matrix(checkpoint: str | Path, tasks: list[TaskData], config: str = "finetune_small",
+               out: str | Path = "runs/compare", overrides: list[str] | None = None, resume: bool = False,
+               console=None) -> list[Row]:
+    """Fine-tune every task in every setting (finished runs are read back) -> one Row per run."""
+    if not tasks:
+        raise MaeastError("no task to compare on; give at least one --task TASK=SHARDS")
+    out = Path(out)
+    identity, model_cfg = encoder_identity(checkpoint)
+    twin = random_twin(model_cfg)
+    planned = [(t, s, c) for t in tasks for s, c in configs(config, t, out, str(checkpoint), twin, overrides).items()]
+    for _, setting, cfg in planned:  # every stale run is named before anything trains
+        check_reusable(cfg, expected_origin(setting, identity, cfg))
+    rows = []
+    for task, setting, cfg in planned:
+        rows.append(run_one(task, setting, cfg, expected_origin(setting, identity, cfg), resume, console))
+    return rows
+
+
+def expected_origin(setting: str, identity: dict, cfg: FinetuneConfig) -> dict:
+    pretrained = next(s for s in SETTINGS if s.name == setting).pretrained
+    return {"encoder": identity if pretrained else {"random": cfg.model.preset, "seed": cfg.run.seed}}
+
+
+def check_reusable(cfg: FinetuneConfig, origin: dict) -> None:
+    """A run folder already there must have the same config and encoder, else nothing is reused."""
+    run_dir = cfg.run_dir
+    record = _read(run_dir / "compare.json")
+    if record and record.get("encoder") != origin["encoder"]:
+        raise MaeastError(f"{run_dir} was fine-tuned from another encoder ({record.get('encoder')}); delete that folder "
+                          f"(or give another --out) to fine-tune this one")
+    if (run_dir / "config.yaml").is_file():
+        saved = _flat(to_dict(build_finetune_config(load_yaml(run_dir / "config.yaml"))))
+        now = _flat(to_dict(cfg))
+        changed = [k for k in now if now[k] != saved.get(k) and k not in FREE_KEYS]
+        if changed:
+            raise MaeastError(f"{run_dir} was fine-tuned with {changed[0]} = {saved.get(changed[0])!r}, now "
+                              f"{now[changed[0]]!r}; delete that folder (or give another --out) to rerun it")
+
+
+def run_one(task: TaskData, setting: str, cfg: FinetuneConfig, origin: dict, resume: bool, console) -> Row:
+    """Read a finished run back, or fine-tune (continuing an interrupted run when resume) and read it."""
+    run_dir = cfg.run_dir
+    if finished(run_dir):
+        return collect(run_dir, task.task, setting, reused=True)
+    record = _read(run_dir / "compare.json") or {**origin, "seconds": 0.0}
+    if console is not None:
+        console.rule(f"{task.task}: {next(s.label for s in SETTINGS if s.name == setting)} -> {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write(run_dir / "compare.json", record)
+    started = time.perf_counter()
+    try:
+        finetune(cfg, resume=resume and (run_dir / "config.yaml").is_file(), console=console)
+    finally:
+        record["seconds"] += time.perf_counter() - started
+        _write(run_dir / "compare.json", record)
+    return collect(run_dir, task.task, setting, reused=False)
+
+
+def finished(run_dir: Path) -> bool:
+    results = _read(run_dir / "results.json")
+    return bool(results) and all(is_finished(run_dir / part_name(f["fold"])) for f in results["folds"])
+
+
+def collect(run_dir: Path, task: str, setting: str, reused: bool) -> Row:
+    """A finished run folder -> its Row (test metric per fold, chance, wall time)."""
+    results = _read(run_dir / "results.json")
+    metric = results["metric"]
+    parts = [is_finished(run_dir / part_name(f["fold"])) for f in results["folds"]]
+    values = [p["test"][metric] for p in parts]
+    seconds = (_read(run_dir / "compare.json") or {}).get("seconds") or results["seconds"]
+    return Row(task, setting, metric, results["mean"], results["std"], values, chance_of(parts, metric, run_dir),
+               float(seconds), str(run_dir), reused,
+               {"folds": [f["fold"] for f in results["folds"]], "clips": sum(p["test"]["clips"] for p in parts)})
+
+
+def chance_of(parts: list[dict], metric: str, run_dir: Path) -> float:
+    """Majority-class share of each fold's test clips (averaged); for mAP the mean positive share per class."""
+    if metric == "accuracy":
+        shares = []
+        for part in parts:
+            counts = [sum(row) for row in part["test"]["confusion"]]
+            shares.append(max(counts) / sum(counts))
+        return sum(shares) / len(shares)
+    cfg = build_finetune_config(load_yaml(run_dir / "config.yaml"))
+    task = get_task(cfg.task)
+    split = json.loads((Path(cfg.shards) / "index.json").read_text())["splits"][task.test_split]
+    shares = [n / split["samples"] for n in split["labels"].values() if n > 0]
+    return sum(shares) / len(shares) if shares else math.nan
+
+
+# ---- the results: a table, a JSON file, a picture ----------------------------------------------
+
+def verdicts(rows: list[Row]) -> dict[str, dict]:
+    """Per task: the frozen pretrained encoder's gain over the frozen random one, in points, against two
+    standard errors of that difference (binomial over the test clips for accuracy; fold spread for mAP)."""
+    out = {}
+    for task in dict.fromkeys(r.task for r in rows):
+        by = {r.setting: r for r in rows if r.task == task}
+        if "frozen-random" not in by or "frozen-pretrained" not in by:
+            continue
+        a, b = by["frozen-random"], by["frozen-pretrained"]
+        gain = b.mean - a.mean
+        clips = a.extra.get("clips")
+        if a.metric == "accuracy" and clips:
+            se = math.sqrt(a.mean * (1 - a.mean) / clips + b.mean * (1 - b.mean) / clips)
+        else:
+            se = math.sqrt((a.std ** 2 + b.std ** 2) / max(len(a.folds), 1))
+        out[task] = {"gain": gain, "two_se": 2 * se, "clearly_ahead": gain > 2 * se}
+    return out
+
+
+def table(rows: list[Row], title: str = "What pretraining buys"):
+    """A rich Table: one line per (task, setting) with the metric, its spread over folds, chance and time."""
+    from rich.table import Table
+    t = Table(title=title)
+    for name, justify in (("task", "left"), ("setting", "left"), ("metric", "left"), ("test", "right"),
+                          ("std", "right"), ("folds", "right"), ("chance", "right"), ("time", "right")):
+        t.add_column(name, justify=justify)
+    last = None
+    for r in rows:
+        if last is not None and r.task != last:
+            t.add_section()
+        t.add_row(r.task if r.task != last else "", _label(r.setting), r.metric, f"{100 * r.mean:.1f}%",
+                  f"+- {100 * r.std:.1f}", str(len(r.folds)), f"{100 * r.chance:.1f}%",
+                  _duration(r.seconds) + (" (reused)" if r.reused else ""))
+        last = r.task
+    return t
+
+
+def summary_lines(rows: list[Row]) -> list[str]:
+    lines = []
+    for task, v in verdicts(rows).items():
+        word = "clearly ahead of" if v["clearly_ahead"] else "NOT clearly ahead of"
+        lines.append(f"{task}: the frozen pretrained encoder is {word} the frozen random one: "
+                     f"{100 * v['gain']:+.1f} points (two standard errors: {100 * v['two_se']:.1f})")
+    lines.append(f"fine-tuning time: {_duration(sum(r.seconds for r in rows))} in all")
+    return lines
+
+
+def write_json(rows: list[Row], path: str | Path, meta: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {**(meta or {}), "settings": {s.name: s.label for s in SETTINGS}, "rows": [asdict(r) for r in rows],
+            "verdicts": verdicts(rows), "seconds": sum(r.seconds for r in rows)}
+    _write(path, data)
+    return path
+
+
+def write_png(rows: list[Row], path: str | Path, title: str = "What pretraining buys") -> Path:
+    """Grouped bars per task (one per setting) with the fold std as error bars and chance as a dashed line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    path = Path(path)
+    tasks = list(dict.fromkeys(r.task for r in rows))
+    width, colors = 0.8 / len(SETTINGS), ("tab:gray", "tab:blue", "tab:orange")
+    fig, ax = plt.subplots(figsize=(4.2 + 2.6 * len(tasks), 4.5))
+    for i, (setting, color) in enumerate(zip(SETTINGS, colors)):
+        for j, task in enumerate(tasks):
+            r = next((r for r in rows if r.task == task and r.setting == setting.name), None)
+            if r is None:
+                continue
+            x = j + (i - (len(SETTINGS) - 1) / 2) * width
+            low, high = min(r.std, r.mean), min(r.std, 1.0 - r.mean)  # the spread, within [0, 100] %
+            ax.bar(x, 100 * r.mean, width, yerr=[[100 * low], [100 * high]], capsize=3, color=color,
+                   label=setting.label if j == 0 else None)
+            ax.text(x, 100 * (r.mean + high) + 1, f"{100 * r.mean:.1f}\n{_duration(r.seconds)}", ha="center",
+                    va="bottom", fontsize=7)
+    for j, task in enumerate(tasks):
+        chance = next(r.chance for r in rows if r.task == task)
+        ax.hlines(100 * chance, j - 0.45, j + 0.45, colors="black", linestyles="--",
+                  label="chance (majority class)" if j == 0 else None)
+    metrics = sorted({r.metric for r in rows})
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_ylabel(f"test {' / '.join(metrics)} (%), mean +- std over folds")
+    ax.set_ylim(0, min(100, max(100 * (r.mean + r.std) for r in rows)) + 15)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _label(setting: str) -> str:
+    return next(s.label for s in SETTINGS if s.name == setting)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
