@@ -38,6 +38,8 @@ def build(
     shard_size: float = typer.Option(256.0, "--shard-size", help="Target shard size in MB."),
     workers: int = typer.Option(1, "--workers", "-j", help="Decoding processes."),
     sample_rate: int = typer.Option(16000, "--sample-rate", help="Sample rate of the packed audio."),
+    codec: str = typer.Option("flac", "--codec", help="Audio in the shards: flac (about half the size) or wav "
+                              "(16-bit PCM: no decoding, so the streaming loader does about twice the clips/s)."),
     option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="Recipe option KEY=VALUE (repeatable)."),
 ) -> None:
     """Pack a corpus into shards; run the same command again to resume an interrupted build."""
@@ -59,7 +61,7 @@ def build(
                             rate=progress.tasks[task].completed / elapsed)
 
         index = build_shards(recipe, root, out, options=options, shard_size_mb=shard_size, workers=workers,
-                             sample_rate=sample_rate, progress=advance,
+                             sample_rate=sample_rate, codec=codec, progress=advance,
                              on_start=lambda total: progress.update(task, total=total))
     print_index(index, out)
 

@@ -21,7 +21,7 @@ import torch
 from maeast.errors import MaeastError
 from maeast.features.config import FbankConfig, get_config
 from maeast.features.fbank import fbank
-from maeast.shards.format import INDEX, decode_flac, iter_tar, read_index, shard_paths, write_json_atomic
+from maeast.shards.format import INDEX, audio_part, decode_audio, iter_tar, read_index, shard_paths, write_json_atomic
 
 
 @dataclass
@@ -79,9 +79,10 @@ def _clips(shard_dir: Path, split: str) -> Iterator[tuple[np.ndarray, int]]:
     """(waveform, sample rate) of every sample of a split, in shard order."""
     for path in shard_paths(shard_dir, split, read_index(shard_dir)):
         for key, parts in iter_tar(path):
-            if "flac" not in parts:
-                raise MaeastError(f"sample {key!r} in {path} has no .flac; rebuild the shards")
-            yield decode_flac(parts["flac"])
+            audio = audio_part(parts)
+            if audio is None:
+                raise MaeastError(f"sample {key!r} in {path} has no single .flac or .wav member; rebuild the shards")
+            yield decode_audio(audio[1])
 
 
 def write_stats(shard_dir: Path, preset: str | FbankConfig, stats: dict) -> Path:

@@ -1,7 +1,7 @@
 """The DALI loader (the `dali` extra): DALI reads and decodes, our torch fbank makes the features.
 
     DALI pipeline (per rank):  fn.readers.webdataset over the shards and their .idx files
-        -> fn.decoders.audio (FLAC -> float32, mono) -> fn.slice to a fixed window (random offset
+        -> fn.decoders.audio (FLAC or wav -> float32, mono) -> fn.slice to a fixed window (random offset
         when the clip is longer; zero-padded with out_of_bounds_policy="pad") -> to the GPU when
         there is one;  the JSON bytes are padded (fn.pad) so the PyTorch iterator gets dense tensors.
     then in torch, on that device: lengths.collate (pretraining: crop to the batch's shortest clip;
@@ -33,7 +33,7 @@ from maeast.loaders.loader import dist_rank_world
 from maeast.loaders.sources import check_labels, derive_seed, load_sources
 from maeast.loaders.state import LoaderState, SingleStreamState
 from maeast.loaders.stream import BadDataWarning
-from maeast.shards.format import sha256_file
+from maeast.shards.format import CODECS, sha256_file
 
 
 def _dali():
@@ -115,13 +115,13 @@ class DaliLoader(SingleStreamState):
         @dali.pipeline_def(batch_size=c.batch_size, num_threads=threads, device_id=self.device.index if gpu else None,
                            seed=derive_seed(c.seed, epoch, 7) % (1 << 31), prefetch_queue_depth=c.prefetch)
         def pipeline():
-            flac, meta = fn.readers.webdataset(
+            encoded, meta = fn.readers.webdataset(
                 paths=[str(s.path) for s in self.shards],
                 index_paths=[str(s.path.with_suffix(".idx")) for s in self.shards],
-                ext=["flac", "json"], missing_component_behavior="error", random_shuffle=c.shuffle_buffer > 0,
+                ext=[";".join(CODECS), "json"], missing_component_behavior="error", random_shuffle=c.shuffle_buffer > 0,
                 initial_fill=max(c.shuffle_buffer, 1), shard_id=self.rank, num_shards=self.world_size,
                 pad_last_batch=True, name="Reader")
-            audio, _ = fn.decoders.audio(flac, dtype=types.FLOAT, downmix=True)
+            audio, _ = fn.decoders.audio(encoded, dtype=types.FLOAT, downmix=True)
             length = audio.shape(dtype=types.INT64)
             spare = dali.math.max(length - window, 0)
             start = fn.cast(dali.math.floor(fn.random.uniform(range=[0.0, 1.0]) * spare), dtype=types.INT64) \

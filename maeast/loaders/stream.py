@@ -5,7 +5,8 @@ A worker's batches are planned from sample metadata (key, JSON) before any audio
   its shards (sources.slot_shards) -> tar members grouped into samples (webdataset) -> clips under
   min_seconds dropped (pretraining) -> shuffle buffer (webdataset.shuffle, seeded) -> batches
   (lengths.bucket) -> per batch: each clip's window (crop offset, from its JSON length) decoded from
-  its FLAC (soundfile, seeking) -> lengths.make_batch (padding, fbank, mask, labels)
+  its FLAC (soundfile, seeking) or
+  wav (a slice of the bytes) -> lengths.make_batch (padding, fbank, mask, labels)
 
 Everything random is seeded by (seed, epoch, rank, worker, ...), so the plan is a pure function of
 those numbers: a resumed worker walks it again without decoding up to where the caller stopped.
@@ -34,7 +35,7 @@ from maeast.loaders import lengths
 from maeast.loaders.config import LoaderConfig
 from maeast.loaders.sources import Shard, Source, derive_seed, pass_order, slot_shards
 from maeast.loaders.state import new_stats
-from maeast.shards.format import sha256_file
+from maeast.shards.format import audio_part, parse_pcm16_wav, sha256_file
 
 
 class BadDataWarning(UserWarning):
@@ -44,8 +45,9 @@ class BadDataWarning(UserWarning):
 @dataclass
 class Sample:
     key: str
-    flac: bytes
+    audio: bytes
     meta: dict
+    codec: str = "flac"  # format.CODECS: the audio member's extension
 
 
 @dataclass
@@ -113,7 +115,7 @@ def read_shard(shard: Shard, verify: bool, errors: Errors) -> Iterator[Sample]:
             raise
         except Exception as e:  # a truncated or garbled tar: tarfile / webdataset errors
             errors.bad("bad_shards", f"shard {shard.path}", f"unreadable tar ({type(e).__name__}: {e.args[0]})")
-            current = current if {"flac", "json"} <= set(current) else {}  # the sample cut off is lost
+            current = current if "json" in current and audio_part(current) else {}  # the sample cut off is lost
     if current:
         sample = _parse(current, shard, errors)
         if sample is not None:
@@ -122,9 +124,10 @@ def read_shard(shard: Shard, verify: bool, errors: Errors) -> Iterator[Sample]:
 
 def _parse(raw: dict, shard: Shard, errors: Errors) -> Sample | None:
     key = raw["__key__"]
-    if "flac" not in raw or "json" not in raw:
+    audio = audio_part(raw)
+    if audio is None or "json" not in raw:
         parts = sorted(k for k in raw if not k.startswith("__"))
-        errors.bad("bad_samples", f"sample {key} of {shard.path.name}", f"has {parts}, needs flac and json")
+        errors.bad("bad_samples", f"sample {key} of {shard.path.name}", f"has {parts}, needs json and flac or wav")
         return None
     try:
         meta = json.loads(raw["json"])
@@ -132,7 +135,7 @@ def _parse(raw: dict, shard: Shard, errors: Errors) -> Sample | None:
     except (ValueError, KeyError, TypeError) as e:
         errors.bad("bad_samples", f"sample {key} of {shard.path.name}", f"unreadable JSON ({e})")
         return None
-    return Sample(key, raw["flac"], meta)
+    return Sample(key, audio[1], meta, audio[0])
 
 
 def _source_stream(plan: Plan, source_id: int, slot: int, errors: Errors) -> Iterator[Iterator[Sample]]:
@@ -203,14 +206,18 @@ def _long_enough(sample: Sample, min_samples: int, errors: Errors) -> bool:
 
 
 def decode_window(sample: Sample, start: int, size: int, sample_rate: int, errors: Errors) -> torch.Tensor | None:
-    """Samples [start, start + size) of a sample's FLAC as float32 [size] (decoding only those);
-    None, after a warning, if the FLAC is not what its JSON says or does not decode."""
-    expected = int(sample.meta["num_samples"])
+    """Samples [start, start + size) of a sample's audio as float32 [size] (decoding only those);
+    None, after a warning, if the audio is not what its JSON says or does not decode."""
+    if sample.codec == "wav":
+        pcm = parse_pcm16_wav(sample.audio)
+        if pcm is not None:  # 16-bit PCM mono, as the builder writes it: the window is a slice
+            if _matches(sample, pcm.sample_rate, pcm.frames, 1, sample_rate, errors):
+                window = np.frombuffer(sample.audio, "<i2", size, pcm.offset + 2 * start)
+                return torch.from_numpy(window.astype(np.float32)).mul_(1 / 32768)
+            return None
     try:
-        with sf.SoundFile(io.BytesIO(sample.flac)) as f:
-            if f.samplerate != sample_rate or f.frames != expected or f.channels != 1:
-                errors.bad("bad_samples", f"sample {sample.key}", f"FLAC holds {f.frames} samples x {f.channels} "
-                           f"at {f.samplerate} Hz, its JSON says {expected} x 1 at {sample_rate} Hz")
+        with sf.SoundFile(io.BytesIO(sample.audio)) as f:
+            if not _matches(sample, f.samplerate, f.frames, f.channels, sample_rate, errors):
                 return None
             if start:
                 f.seek(start)
@@ -219,13 +226,22 @@ def decode_window(sample: Sample, start: int, size: int, sample_rate: int, error
     except MaeastError:
         raise
     except Exception as e:  # soundfile raises its own error types for corrupt streams
-        errors.bad("bad_samples", f"sample {sample.key}", f"undecodable FLAC ({type(e).__name__}: {e})")
+        errors.bad("bad_samples", f"sample {sample.key}", f"undecodable {sample.codec} ({type(e).__name__}: {e})")
         return None
     if len(wav) != size or not (pcm16 or np.isfinite(wav).all()):
         errors.bad("bad_samples", f"sample {sample.key}", f"decoded {len(wav)} of samples {start}-{start + size} "
-                   f"(truncated FLAC)")
+                   f"(truncated {sample.codec})")
         return None
     return torch.from_numpy(wav).float().mul_(1 / 32768) if pcm16 else torch.from_numpy(wav)
+
+
+def _matches(sample: Sample, rate: int, frames: int, channels: int, sample_rate: int, errors: Errors) -> bool:
+    expected = int(sample.meta["num_samples"])
+    if rate == sample_rate and frames == expected and channels == 1:
+        return True
+    errors.bad("bad_samples", f"sample {sample.key}", f"{sample.codec} holds {frames} samples x {channels} "
+               f"at {rate} Hz, its JSON says {expected} x 1 at {sample_rate} Hz")
+    return False
 
 
 def materialize(samples: list[Sample], plan: Plan, worker: int, position: int, errors: Errors):

@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 from maeast import __version__
 from maeast.audio import AudioError, load_clip
 from maeast.errors import MaeastError
-from maeast.shards.format import (INDEX, REJECTS, SCHEMA, encode_flac, encode_meta, sample_size,
+from maeast.shards.format import (INDEX, REJECTS, SCHEMA, check_codec, encode_audio, encode_meta, sample_size,
                                   sha256_file, shard_name, tar_member, write_json_atomic)
 from maeast.shards.recipes import Item, Scan, run_recipe
 
@@ -38,8 +38,10 @@ class BuildParams:
     shard_size_mb: float = 256.0
     sample_rate: int = 16000
     min_seconds: float = 0.1  # shorter clips are rejected as too short
+    codec: str = "flac"  # format.CODECS
 
     def __post_init__(self):
+        check_codec(self.codec)
         if self.shard_size_mb <= 0:
             raise MaeastError(f"--shard-size must be positive, got {self.shard_size_mb}")
         if not 1000 <= self.sample_rate <= 192000:
@@ -52,7 +54,7 @@ class Packed:
 
     index: int
     key: str
-    flac: bytes = b""
+    audio: bytes = b""
     meta: bytes = b""
     seconds: float = 0.0
     labels: tuple[str, ...] = ()
@@ -77,7 +79,7 @@ def _pack(task: tuple[int, Item, str, dict[str, int], BuildParams, Path]) -> Pac
     if item.start is not None or item.end is not None:
         meta["segment"] = [item.start, item.end]
     meta = {**item.extra, **meta}  # a recipe's extras never overwrite the core fields
-    return Packed(index, item.key, encode_flac(clip.waveform, clip.sample_rate), encode_meta(meta),
+    return Packed(index, item.key, encode_audio(clip.waveform, clip.sample_rate, params.codec), encode_meta(meta),
                   clip.duration, item.labels, source=meta["source"])
 
 
@@ -103,8 +105,9 @@ class _OpenShard:
 class SplitWriter:
     """Writes one split's shards in order, closing each when the next sample would overflow it."""
 
-    def __init__(self, out: Path, corpus: str, split: str, limit: int, fingerprint: str, first: int = 0):
-        self.out, self.corpus, self.split, self.limit = out, corpus, split, limit
+    def __init__(self, out: Path, corpus: str, split: str, limit: int, fingerprint: str, first: int = 0,
+                 codec: str = "flac"):
+        self.out, self.corpus, self.split, self.limit, self.codec = out, corpus, split, limit, codec
         self.fingerprint = fingerprint
         self.number = first
         self.current: _OpenShard | None = None
@@ -114,7 +117,7 @@ class SplitWriter:
         if packed.reject is not None:
             self.pending_rejects.append([packed.key, packed.source, packed.reject])
             return
-        size = sample_size(packed.key, packed.flac, packed.meta)
+        size = sample_size(packed.key, packed.audio, packed.meta)
         if self.current is not None and self.current.bytes + size > self.limit:
             self.close(end=packed.index)
         if self.current is None:
@@ -122,7 +125,7 @@ class SplitWriter:
             partial = self.out / f".{name}.partial"
             self.current = _OpenShard(name, partial, tarfile.open(partial, "w", format=tarfile.GNU_FORMAT))
         shard = self.current
-        tar_member(shard.tar, f"{packed.key}.flac", packed.flac)
+        tar_member(shard.tar, f"{packed.key}.{self.codec}", packed.audio)
         tar_member(shard.tar, f"{packed.key}.json", packed.meta)
         shard.bytes += size
         shard.samples += 1
@@ -173,7 +176,8 @@ def _write_dali_index(tar_path: Path) -> None:
 
 def _fingerprint(scan: Scan, params: BuildParams) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([scan.corpus, scan.labels, scan.multi_label, params.__dict__], sort_keys=True).encode())
+    fields = {k: v for k, v in params.__dict__.items() if (k, v) != ("codec", "flac")}  # as before codecs existed
+    h.update(json.dumps([scan.corpus, scan.labels, scan.multi_label, fields], sort_keys=True).encode())
     for item in scan.items:
         h.update(f"{item.key}\t{item.path}\t{item.split}\t{item.labels}\t{item.fold}\t{item.start}\t"
                  f"{item.end}\t{item.speaker}\t{json.dumps(item.extra, sort_keys=True)}\n".encode())
@@ -231,14 +235,14 @@ def _check_scan(scan: Scan) -> dict[str, int]:
 
 def build_shards(recipe: str, root: Path, out: Path, *, options: dict | None = None,
                  shard_size_mb: float = 256.0, workers: int = 1, sample_rate: int = 16000,
-                 min_seconds: float = 0.1, progress: Callable[[Packed], None] | None = None,
+                 min_seconds: float = 0.1, codec: str = "flac", progress: Callable[[Packed], None] | None = None,
                  on_start: Callable[[int], None] | None = None) -> dict:
     """Pack a corpus into shards under `out` and return the index written to out/index.json.
 
     `on_start` gets the number of items once the recipe has listed them; `progress` is then called
     once per item as it is written (in order).
     """
-    params = BuildParams(shard_size_mb, sample_rate, min_seconds)
+    params = BuildParams(shard_size_mb, sample_rate, min_seconds, codec)
     if workers < 1:
         raise MaeastError(f"--workers must be at least 1, got {workers}")
     root = Path(root).resolve()
@@ -266,7 +270,7 @@ def build_shards(recipe: str, root: Path, out: Path, *, options: dict | None = N
     for split, entries in splits.items():
         chain = records.get(split, [])
         start = chain[-1]["end"] if chain else entries[0][0]
-        writers[split] = SplitWriter(out, scan.corpus, split, limit, fingerprint, first=len(chain))
+        writers[split] = SplitWriter(out, scan.corpus, split, limit, fingerprint, first=len(chain), codec=codec)
         ends[split] = entries[-1][0] + 1
         for i, item in entries:
             if i >= start:
@@ -337,6 +341,7 @@ def _write_index(out: Path, scan: Scan, params: BuildParams, fingerprint: str, r
     (out / f".{REJECTS}.tmp").replace(out / REJECTS)
     index = {
         "schema": SCHEMA, "corpus": scan.corpus, "recipe": recipe, "sample_rate": params.sample_rate,
+        "codec": params.codec,
         "labels": scan.labels, "multi_label": scan.multi_label, "splits": splits,
         "rejects": {"count": len(rejects), "reasons": dict(sorted(reasons.items())), "file": REJECTS},
         "report": scan.report,

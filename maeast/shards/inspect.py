@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from maeast.errors import MaeastError
-from maeast.shards.format import decode_flac, iter_tar, read_index, sha256_file
+from maeast.shards.format import decode_audio, index_codec, iter_tar, read_index, sha256_file
 
 
 @dataclass
@@ -42,7 +42,7 @@ def verify_shards(shard_dir: Path, on_shard: Callable[[str], None] | None = None
             try:
                 for key, parts in iter_tar(path):
                     count += 1
-                    problem = _check_sample(key, parts, split_name, index["sample_rate"])
+                    problem = _check_sample(key, parts, split_name, index["sample_rate"], index_codec(index))
                     if problem:
                         report.problems.append(f"{entry['name']}: {key}: {problem}")
             except MaeastError as e:
@@ -53,12 +53,12 @@ def verify_shards(shard_dir: Path, on_shard: Callable[[str], None] | None = None
     return report
 
 
-def _check_sample(key: str, parts: dict[str, bytes], split: str, sample_rate: int) -> str | None:
-    if set(parts) != {"flac", "json"}:
-        return f"members {sorted(parts)}, expected flac and json"
+def _check_sample(key: str, parts: dict[str, bytes], split: str, sample_rate: int, codec: str) -> str | None:
+    if set(parts) != {codec, "json"}:
+        return f"members {sorted(parts)}, expected {codec} and json"
     try:
         meta = json.loads(parts["json"])
-        wav, sr = decode_flac(parts["flac"])
+        wav, sr = decode_audio(parts[codec])
     except Exception as e:  # any decoding failure is a finding, not a crash
         return f"undecodable: {e}"
     if meta.get("key") != key or meta.get("split") != split:
