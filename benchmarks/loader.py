@@ -6,7 +6,8 @@ Every loader then yields the same Batch (fine-tuning mode: every clip cropped fr
 padded to --clip-seconds, mae_ast fbank, --workers workers, one torch thread per worker):
 
   (a) map-style: the seed's design, a TSV manifest, each wav read and featurized per item, a DataLoader
-  (b) stream:    maeast's webdataset loader over the shards
+  (b) stream:    maeast's webdataset loader over the shards (FLAC, the default codec)
+  (b) stream wav: the same over shards built with --codec wav (16-bit PCM: no decoding)
   (c) dali:      DALI's webdataset reader and decoder (CPU mode without a GPU), our fbank
   (d) ffcv:      precomputed fbanks from the .beton (its writing time is reported apart)
 
@@ -147,14 +148,19 @@ def main() -> None:
             files = make_corpus(tmp / "corpus", args.clips, args.clip_seconds, args.copies)
             mb = sum(f.stat().st_size for f in files) / 1e6
             build_shards("folder", tmp / "corpus", tmp / "shards", shard_size_mb=mb / 8 / 2.5, workers=2)
+            build_shards("folder", tmp / "corpus", tmp / "shards_wav", shard_size_mb=mb / 8, workers=2, codec="wav")
+            for name in ("shards", "shards_wav"):
+                figures[f"{name}_mb"] = round(sum(p.stat().st_size for p in (tmp / name).glob("*.tar")) / 1e6, 1)
             manifest = write_manifest(tmp / "corpus", files, tmp / "train.tsv")
         common = dict(mode="finetune", clip_seconds=args.clip_seconds, random_crop=False, batch_size=args.batch_size,
                       num_workers=args.workers, threads_per_worker=1, shuffle_buffer=64, fbank="mae_ast")
-        shards = [str(tmp / "shards")]
+        shards, wav_shards = [str(tmp / "shards")], [str(tmp / "shards_wav")]
         loaders = {"(a) map-style": MapStyleLoader(manifest, LoaderConfig(shards=shards, **common)),
-                   "(b) stream": StreamingLoader(LoaderConfig(shards=shards, **common))}
+                   "(b) stream": StreamingLoader(LoaderConfig(shards=shards, **common)),
+                   "(b) stream wav": StreamingLoader(LoaderConfig(shards=wav_shards, **common))}
         notes = {"(a) map-style": "TSV + a wav file per clip + per-item fbank",
-                 "(b) stream": "webdataset shards (FLAC), checksums verified"}
+                 "(b) stream": "webdataset shards (FLAC), checksums verified, batched fbank",
+                 "(b) stream wav": "the same, shards built with --codec wav"}
         gpu = torch.cuda.is_available()
         try:
             from maeast.loaders.dali import DaliLoader
@@ -179,12 +185,13 @@ def main() -> None:
             rates = interleaved(loaders, args.epochs)
         torch.set_num_threads(threads)
         rows = [(name, rates.get(name, float("nan")), notes[name]) for name in notes]
-        figures.update({f"{name.split()[1].replace('-', '')}_clips_per_s": round(rate, 1) for name, rate, _ in rows})
+        figures.update({f"{''.join(name.split()[1:]).replace('-', '')}_clips_per_s": round(rate, 1) for name, rate, _ in rows})
 
         pretraining = dict(mode="pretrain", batch_size=args.batch_size, num_workers=args.workers, threads_per_worker=1,
                            shuffle_buffer=64, max_seconds=10.0, min_seconds=2.0)
         pre = {"(a) map-style, pretraining": MapStyleLoader(manifest, LoaderConfig(shards=shards, **pretraining)),
-               "(b) stream, pretraining": StreamingLoader(LoaderConfig(shards=shards, **pretraining))}
+               "(b) stream, pretraining": StreamingLoader(LoaderConfig(shards=shards, **pretraining)),
+               "(b) stream wav, pretraining": StreamingLoader(LoaderConfig(shards=wav_shards, **pretraining))}
         torch.set_num_threads(1)
         with console.status("timing (a) and (b) in pretraining mode"):
             pre_rates = interleaved(pre, args.epochs)
@@ -193,8 +200,11 @@ def main() -> None:
                      "whole-clip fbank, then crop to the batch's shortest clip"))
         rows.append(("(b) stream, pretraining", pre_rates["(b) stream, pretraining"],
                      "length buckets; decodes and featurizes only the kept window"))
+        rows.append(("(b) stream wav, pretraining", pre_rates["(b) stream wav, pretraining"],
+                     "the same, shards built with --codec wav"))
         figures["mapstyle_pretrain_clips_per_s"] = round(pre_rates["(a) map-style, pretraining"], 1)
         figures["stream_pretrain_clips_per_s"] = round(pre_rates["(b) stream, pretraining"], 1)
+        figures["streamwav_pretrain_clips_per_s"] = round(pre_rates["(b) stream wav, pretraining"], 1)
         train_rows = {}
         cores = len(os.sched_getaffinity(0))
         torch.set_num_threads(max(1, cores - args.workers))  # the cores the workers leave to the model
@@ -230,6 +240,8 @@ def main() -> None:
     figures["load_avg_after"] = round(os.getloadavg()[0], 2)
     figures["ratio_stream_vs_mapstyle"] = round(figures["stream_clips_per_s"] / base, 3)
     figures["ratio_stream_vs_mapstyle_pretrain"] = round(figures["stream_pretrain_clips_per_s"] / base_pre, 3)
+    figures["ratio_streamwav_vs_mapstyle"] = round(figures["streamwav_clips_per_s"] / base, 3)
+    figures["ratio_streamwav_vs_mapstyle_pretrain"] = round(figures["streamwav_pretrain_clips_per_s"] / base_pre, 3)
     print(json.dumps({"benchmark": "loader", "clips": len(files), "distinct_clips": args.clips,
                       "clip_seconds": args.clip_seconds,
                       "batch_size": args.batch_size, "workers": args.workers, "gpu": gpu, **figures}))

@@ -122,7 +122,8 @@ def _check_waveform(waveform, sample_rate) -> torch.Tensor:
         raise MaeastError(f"fbank sample_rate {sample_rate!r} must be a positive integer (Hz)")
     x = waveform.to(torch.float32)
     if x.numel():
-        peak = float(x.abs().amax())
+        low, high = torch.aminmax(x)  # no |x| copy of the batch
+        peak = max(-float(low), float(high))
         if not peak <= PEAK_LIMIT:  # also catches NaN and inf
             raise MaeastError(f"fbank waveform peaks at {peak:g}; pass float audio in [-1, 1] "
                               f"(int16-scaled? divide by 32768)")
