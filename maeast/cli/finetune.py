@@ -12,14 +12,17 @@ import typer
 from maeast.cli.common import console, friendly
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
-TASK_HELP = "audioset, esc50, speechcommands_v1, speechcommands_v2, voxceleb or iemocap."
+TASK_HELP = ("audioset, esc50, speechcommands_v1, speechcommands_v2, voxceleb, iemocap, or custom: any labelled "
+             "shard folder given with --data (folder or tsv recipe), its loss, metric, splits and clip length read "
+             "off the corpus.")
 
 
 @friendly
 def finetune_command(
     ctx: typer.Context,
     task: str = typer.Option(..., "--task", help=f"The downstream task: {TASK_HELP}"),
-    data: Path | None = typer.Option(None, "--data", help="Shard folder of the task's corpus (default shards/CORPUS)."),
+    data: Path | None = typer.Option(None, "--data", help="Shard folder of the task's corpus (default shards/CORPUS; "
+                                     "required for custom)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Pretrained encoder: RUN/encoder, a pretraining "
                                            "run folder or RUN/checkpoints/step_N; none: random weights (the baseline)."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", "--freeze_encoder",
@@ -32,7 +35,8 @@ def finetune_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in run.dir (finished folds are kept)."),
 ) -> None:
     """Fine-tune an encoder on a downstream task and report the test metric per fold, mean and std.
-    Extra --section.key VALUE arguments override the config (e.g. --optim.lr 5e-5 --run.dir runs/esc50)."""
+    Extra --section.key VALUE arguments override the config (e.g. --optim.lr 5e-5 --run.dir runs/esc50;
+    custom: --data.valid_fraction, --data.test_fraction, --data.split_seed, --data.clip_seconds)."""
     from maeast.finetune import finetune, load_finetune_config
     from maeast.finetune.tasks import get_task
     get_task(task)

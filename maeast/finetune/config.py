@@ -16,6 +16,7 @@ from maeast.configio import from_dict, load_yaml, merge, parse_overrides, save_y
 from maeast.engine.config import resolve_config_path, shipped_configs
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
+from maeast.finetune.custom import SeededSplit
 from maeast.finetune.heads import NORMS
 from maeast.finetune.tasks import get_task
 from maeast.model.config import PRESETS
@@ -65,9 +66,10 @@ class DataSection:
     """Which shards, how clips are cut, how batches are read."""
 
     shards: str | None = None
-    """Shard folder of the task's corpus; None: the task's default (shards/{corpus})."""
+    """Shard folder of the task's corpus; None: the task's default (shards/{corpus}; custom has none)."""
     clip_seconds: float | None = None
-    """Crop or pad every clip to this; None: the task's (10 s AudioSet, 5 s ESC-50, 1 s keywords, 8 s)."""
+    """Crop or pad every clip to this; None: the task's (10 s AudioSet, 5 s ESC-50, 1 s keywords, 8 s;
+    custom: the 90th percentile of the train clips' durations, rounded up to 0.1 s, within [0.5, 10] s)."""
     train_split: str | None = None
     """None: the task's (e.g. balanced_train for AudioSet-20K; unbalanced_train for the full set)."""
     batch_size: int | None = None
@@ -84,6 +86,14 @@ class DataSection:
     """Fbank preset; None: the checkpoint's own (mae_ast for a random encoder)."""
     on_error: str = "skip"
     """Bad data: "skip" (warn, count) or "fail"."""
+    valid_fraction: float | None = None
+    """Task custom, a corpus without its own valid split: share of its train clips carved out (by key
+    hash) to select the epoch on; None: 0.1; 0: no valid pass, the last epoch is reported."""
+    test_fraction: float | None = None
+    """Task custom, a corpus without its own test split: share of its train clips carved out for the test; None: 0.1."""
+    split_seed: int | None = None
+    """Task custom: seed of that key-hash split; None: 0 (apart from run.seed, so that runs of several seeds
+    share one test set)."""
 
     def __post_init__(self):
         if self.clip_seconds is not None and not self.clip_seconds >= 0.1:
@@ -96,6 +106,12 @@ class DataSection:
             raise MaeastError(f"data.eval_batch_size {self.eval_batch_size!r} must be an integer >= 1")
         if self.fbank is not None:
             get_fbank(self.fbank)
+        for name in ("valid_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise MaeastError(f"data.{name} {value} must be in [0, 1) (or null: 0.1)")
+        if self.split_seed is not None and not isinstance(self.split_seed, int):
+            raise MaeastError(f"data.split_seed {self.split_seed!r} must be an integer (or null: 0)")
 
 
 @dataclass
@@ -237,7 +253,8 @@ class RunSection:
 @dataclass
 class FinetuneConfig:
     task: str = "esc50"
-    """audioset, esc50, speechcommands_v1, speechcommands_v2, voxceleb or iemocap."""
+    """audioset, esc50, speechcommands_v1, speechcommands_v2, voxceleb, iemocap, or custom: any labelled
+    shard folder given as data.shards (maeast.finetune.custom)."""
     checkpoint: str | None = None
     """An exported encoder (RUN/encoder), a pretraining run folder (its latest checkpoint's encoder)
     or checkpoint folder (RUN/checkpoints/step_N); None: random weights (model.preset)."""
@@ -250,7 +267,17 @@ class FinetuneConfig:
     run: RunSection = field(default_factory=RunSection)
 
     def __post_init__(self):
-        get_task(self.task)
+        task = get_task(self.task)
+        split = {k: getattr(self.data, k) for k in ("valid_fraction", "test_fraction", "split_seed")}
+        if task.from_corpus:
+            if not self.data.shards:
+                raise MaeastError(f"task {task.name} reads the shard folder given with --data SHARD_DIR; build one "
+                                  f"with `{task.build}` (or the tsv recipe)")
+            self.seeded_split  # noqa: B018  (checks the fractions together)
+        elif any(v is not None for v in split.values()):
+            name = next(k for k, v in split.items() if v is not None)
+            raise MaeastError(f"data.{name} carves a split out of a custom corpus; task {task.name} has its own "
+                              f"splits: drop it (or use --task custom)")
         if self.checkpoint and (self.model.patch_time or self.model.patch_freq):
             raise MaeastError("model.patch_time / model.patch_freq shape a randomly initialized encoder; with "
                               "--checkpoint the tokens are the checkpoint's: drop them")
@@ -260,8 +287,18 @@ class FinetuneConfig:
         return self.data.shards or get_task(self.task).shards
 
     @property
-    def clip_seconds(self) -> float:
-        return self.data.clip_seconds or get_task(self.task).clip_seconds
+    def clip_seconds(self) -> float | None:
+        """data.clip_seconds, else the task's; None for custom, whose length the corpus decides."""
+        task = get_task(self.task)
+        return self.data.clip_seconds or (None if task.from_corpus else task.clip_seconds)
+
+    @property
+    def seeded_split(self) -> SeededSplit:
+        """Task custom: how a missing valid or test split is carved out of the train split."""
+        d, default = self.data, SeededSplit()
+        return SeededSplit(default.valid_fraction if d.valid_fraction is None else d.valid_fraction,
+                           default.test_fraction if d.test_fraction is None else d.test_fraction,
+                           default.seed if d.split_seed is None else d.split_seed)
 
     @property
     def run_dir(self) -> Path:
@@ -271,7 +308,8 @@ class FinetuneConfig:
         if self.checkpoint:
             parts = [p for p in Path(self.checkpoint).parts if p not in ("runs", "encoder", "checkpoints", ".", "..", "/")]
             init = "_".join(parts[-2:]) or "checkpoint"
-        return Path("runs") / "finetune" / f"{self.task}-{'frozen' if self.run.freeze_encoder else 'full'}-{init}"
+        task = f"custom_{Path(self.shards).name}" if get_task(self.task).from_corpus else self.task
+        return Path("runs") / "finetune" / f"{task}-{'frozen' if self.run.freeze_encoder else 'full'}-{init}"
 
     @property
     def head_norm(self) -> str:

@@ -6,6 +6,10 @@ split and drops the held-out fold's clips from each batch (`Selection.rows`), it
 only them. So no clip is ever in both the training and the test pass of a fold. The training
 loader's batch is enlarged by 1 / (share of clips kept), so the batches that reach the model hold
 about data.batch_size clips.
+
+A custom corpus without its own valid or test split (maeast.finetune.custom) has them carved out of
+its train split the same way: `part_of` (key -> "train", "valid" or "test", by key hash) takes the
+place of the folds, and each pass keeps its part's clips.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 
 from maeast.batch import Batch
 from maeast.errors import MaeastError
+from maeast.finetune.custom import CustomPlan, SeededSplit, resolve_custom
 from maeast.finetune.tasks import Task
 from maeast.loaders import LoaderConfig, StreamingLoader
 from maeast.shards.format import iter_tar, read_index, shard_paths
@@ -27,7 +32,7 @@ from maeast.shards.format import iter_tar, read_index, shard_paths
 
 @dataclass
 class Corpus:
-    """One task's shard folder, checked against the task."""
+    """One task's shard folder, checked against the task (for custom: the task resolved on it)."""
 
     dir: Path
     task: Task
@@ -35,6 +40,23 @@ class Corpus:
     train_split: str
     fold_of: dict[str, int] = field(default_factory=dict)
     """Cross-validation tasks: key -> fold of every clip of the train split."""
+    plan: CustomPlan | None = None
+    """Custom task: its splits, seeded parts and clip length."""
+
+    @property
+    def part_of(self) -> dict[str, str]:
+        """Custom task with a carved valid or test: key -> part of every clip of the train split, else {}."""
+        return self.plan.part_of if self.plan else {}
+
+    @property
+    def carved(self) -> tuple[str, ...]:
+        """The roles ("valid", "test") carved out of the train split (custom task), else ()."""
+        return self.plan.carved if self.plan else ()
+
+    @property
+    def clip_rule(self) -> str:
+        """How the task's clip length was chosen."""
+        return self.plan.clip_rule if self.plan else f"task {self.task.name}'s recipe"
 
     @property
     def labels(self) -> list[str]:
@@ -56,13 +78,18 @@ class Corpus:
         return int(self.index["splits"][split]["samples"])
 
 
-def open_corpus(task: Task, shards: str | Path, train_split: str | None = None) -> Corpus:
-    """Read and check the task's shard folder (and, for cross-validation, every clip's fold)."""
+def open_corpus(task: Task, shards: str | Path, train_split: str | None = None,
+                seeded: SeededSplit | None = None) -> Corpus:
+    """Read and check the task's shard folder (and, for cross-validation, every clip's fold; for the
+    custom task, resolve the task on it, carving a missing valid or test split as `seeded` says)."""
     folder = Path(shards)
     if not (folder / "index.json").is_file():
         raise MaeastError(f"no shards for task {task.name} in {folder}: build them with `{task.build}` "
                           f"or give --data SHARD_DIR")
     index = read_index(folder)
+    if task.from_corpus:
+        resolved, plan = resolve_custom(folder, index, train_split, seeded or SeededSplit())
+        return Corpus(folder, resolved, index, resolved.train_split, plan=plan)
     if index["corpus"] not in task.corpora:
         raise MaeastError(f"{folder} holds corpus {index['corpus']!r}; task {task.name} reads "
                           f"{' or '.join(task.corpora)} shards: build them with `{task.build}`")
@@ -92,19 +119,25 @@ def read_folds(folder: Path, split: str) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Selection:
-    """The clips of one pass: a split, and for cross-validation the folds it keeps."""
+    """The clips of one pass: a split, and for cross-validation the folds it keeps, or for a custom
+    corpus's carved split the part ("train", "valid", "test") it keeps."""
 
     split: str
-    folds: frozenset[int] | None = None  # None: every clip of the split
+    folds: frozenset[int] | None = None  # None: every clip of the split (or of its part)
+    part: str | None = None  # None: every clip of the split (or of its folds)
 
-    def rows(self, keys: list[str], fold_of: dict[str, int]) -> list[int]:
+    def rows(self, keys: list[str], corpus: Corpus) -> list[int]:
         """Indices of the batch rows this pass keeps."""
+        if self.part is not None:
+            return [i for i, k in enumerate(keys) if corpus.part_of.get(k) == self.part]
         if self.folds is None:
             return list(range(len(keys)))
-        return [i for i, k in enumerate(keys) if fold_of[k] in self.folds]
+        return [i for i, k in enumerate(keys) if corpus.fold_of[k] in self.folds]
 
     def share(self, corpus: Corpus) -> float:
         """Fraction of the split's clips kept."""
+        if self.part is not None:
+            return sum(p == self.part for p in corpus.part_of.values()) / max(len(corpus.part_of), 1)
         if self.folds is None:
             return 1.0
         kept = sum(f in self.folds for f in corpus.fold_of.values())
@@ -114,13 +147,18 @@ class Selection:
 def selections(corpus: Corpus, fold: int | None) -> dict[str, Selection]:
     """{"train", "valid" (if the task has one), "test"} for one fold (None: the task's fixed splits)."""
     task = corpus.task
+
+    def pick(role: str, split: str) -> Selection:
+        return Selection(split, part=role if role in corpus.carved else None)
+
     if fold is None:
-        out = {"train": Selection(corpus.train_split), "test": Selection(task.test_split)}
+        out = {"train": Selection(corpus.train_split, part="train" if corpus.carved else None),
+               "test": pick("test", task.test_split)}
     else:
         rest = frozenset(f for f in corpus.folds if f != fold)
         out = {"train": Selection(corpus.train_split, rest), "test": Selection(corpus.train_split, frozenset([fold]))}
     if task.valid_split:
-        out["valid"] = Selection(task.valid_split)
+        out["valid"] = pick("valid", task.valid_split)
     return out
 
 
@@ -153,4 +191,4 @@ def take_rows(batch: Batch, rows: list[int]) -> Batch:
 def selected(loader, selection: Selection, corpus: Corpus) -> Iterator[Batch]:
     """The loader's batches with only the selection's clips (possibly empty batches)."""
     for batch in loader:
-        yield take_rows(batch, selection.rows(batch.keys, corpus.fold_of))
+        yield take_rows(batch, selection.rows(batch.keys, corpus))

@@ -5,6 +5,8 @@
 
 Each fold's classifier is scored on exactly the clips that fold's fine-tuning reported: the held-out
 fold of the train split (cross-validation) or the task's test split, cropped from each clip's start.
+A custom run's test clips are found again the way the run found them: its own test split, or the part
+of its train split that the seeded split recorded in classifier.json carves out.
 `predict` is shared with the fine-tuning loop, so a re-evaluation reproduces the run's figures.
 """
 
@@ -21,6 +23,7 @@ import torch
 from maeast.errors import MaeastError
 from maeast.finetune.cache import unique_rows
 from maeast.finetune.checkpoint import load_classifier
+from maeast.finetune.custom import SeededSplit
 from maeast.finetune.data import make_loader, open_corpus, selected, selections
 from maeast.finetune.metrics import score, summarize
 from maeast.finetune.tasks import get_task
@@ -100,8 +103,12 @@ def evaluate_run(run: str | Path, task: str | None = None, data: str | Path | No
         if task is not None and task != info["task"]:
             get_task(task)
             raise MaeastError(f"{folder} was fine-tuned for task {info['task']!r}, not {task!r}")
-        the_task = get_task(info["task"])
-        corpus = open_corpus(the_task, data or info["shards"], info.get("train_split"))
+        seeded = SeededSplit(**info["seeded_split"]) if info.get("seeded_split") else None
+        corpus = open_corpus(get_task(info["task"]), data or info["shards"], info.get("train_split"), seeded)
+        the_task = corpus.task  # custom: resolved on the corpus as in the run
+        if the_task.metric != info["metric"]:
+            raise MaeastError(f"{corpus.dir} is scored by {the_task.metric} but {folder} was fine-tuned with "
+                              f"{info['metric']}; give the shards it was fine-tuned on")
         if report is None:
             report = EvalReport(Path(run), the_task.name, the_task.metric, corpus.labels)
         if corpus.labels != info["labels"]:

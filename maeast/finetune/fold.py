@@ -77,11 +77,11 @@ def sources(ctx, fold: int | None, encoder: Encoder) -> tuple[object, dict[str, 
     cfg, corpus = ctx.cfg, ctx.corpus
     picks = selections(corpus, fold)
     weighted = cfg.head.layers == "weighted"
-    common = dict(clip_seconds=cfg.clip_seconds, fbank=ctx.fbank, workers=cfg.data.num_workers,
+    common = dict(clip_seconds=ctx.clip_seconds, fbank=ctx.fbank, workers=cfg.data.num_workers,
                   on_error=cfg.data.on_error)
     if cfg.run.freeze_encoder and cfg.run.cache_features:
         def cached(selection):
-            return ctx.cached(selection.split).take(selection.rows(ctx.cached(selection.split).keys, corpus.fold_of))
+            return ctx.cached(selection.split).take(selection.rows(ctx.cached(selection.split).keys, corpus))
         train = CacheSource(cached(picks["train"]), ctx.micro, ctx.world, ctx.rank,
                             derive_seed(cfg.run.seed, DATA_STREAM, fold or 0), ctx.device)
         evals = {name: CacheSource(cached(sel), cfg.data.eval_batch_size, 1, 0, 0, ctx.device, shuffle=False)

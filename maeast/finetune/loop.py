@@ -13,6 +13,7 @@ optimizer's groups before DeepSpeed builds the schedule on them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -32,6 +33,7 @@ from maeast.features import get_config as get_fbank
 from maeast.finetune.cache import Pooled, encode
 from maeast.finetune.checkpoint import initial_encoder, with_rates, write_classifier
 from maeast.finetune.config import FinetuneConfig, build_finetune_config, save_finetune_config
+from maeast.finetune.custom import describe
 from maeast.finetune.data import Corpus, Selection, make_loader, open_corpus
 from maeast.finetune.fold import is_finished, part_name, train_fold
 from maeast.finetune.metrics import summarize
@@ -120,6 +122,8 @@ class RunContext:
     accum: int
     zero: dict
     resume: bool
+    clip_seconds: float
+    """Every clip is cropped or padded to this (data.clip_seconds, else the task's or the custom corpus's)."""
     console: object = None
     caches: dict[str, Pooled] = field(default_factory=dict)
 
@@ -145,8 +149,9 @@ class RunContext:
             encoder.requires_grad_(False)
             cfg = self.cfg
             loader = make_loader(self.corpus, Selection(split), train=False, batch_size=cfg.data.eval_batch_size,
-                                 clip_seconds=cfg.clip_seconds, fbank=self.fbank, seed=0, workers=cfg.data.num_workers,
-                                 shuffle_buffer=0, epoch_batches=None, on_error=cfg.data.on_error)
+                                 clip_seconds=self.clip_seconds, fbank=self.fbank, seed=0,
+                                 workers=cfg.data.num_workers, shuffle_buffer=0, epoch_batches=None,
+                                 on_error=cfg.data.on_error)
             started = time.perf_counter()
             self.caches[split] = encode(encoder.to(self.device), loader, cfg.head.layers == "weighted", self.device)
             if dist.is_main() and self.console is not None:
@@ -167,7 +172,9 @@ class RunContext:
         info = {"task": self.task.name, "labels": self.corpus.labels, "multi_label": self.corpus.multi_label,
                 "metric": self.task.metric, "head": {"layers": encoder.cfg.depth if weighted else 1,
                                                      "norm": cfg.head_norm, "weighted": weighted},
-                "clip_seconds": cfg.clip_seconds, "shards": str(self.corpus.dir), "train_split": self.corpus.train_split,
+                "clip_seconds": self.clip_seconds, "shards": str(self.corpus.dir),
+                "train_split": self.corpus.train_split,
+                "seeded_split": dataclasses.asdict(cfg.seeded_split) if self.task.from_corpus else None,
                 "fold": fold, "epoch": best["epoch"], "step": best["step"],
                 "selected_by": "valid" if "valid" in best else "last", "frozen": frozen, "checkpoint": cfg.checkpoint,
                 "scores": {k: best[k][self.task.metric] for k in ("valid", "test") if k in best}}
@@ -205,15 +212,20 @@ def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | Non
     started = time.perf_counter()
     world, rank, device = dist.world_size(), dist.rank(), dist.device()
     dist.set_threads(cfg.run.threads, loader_threads=cfg.data.num_workers)  # an oversubscribed core stalls OpenMP
-    task = get_task(cfg.task)
-    corpus = open_corpus(task, cfg.shards, cfg.data.train_split)
+    corpus = open_corpus(get_task(cfg.task), cfg.shards, cfg.data.train_split, cfg.seeded_split)
+    task = corpus.task  # custom: resolved on the corpus (loss, metric, splits, clip length)
+    clip_seconds = cfg.data.clip_seconds or task.clip_seconds
+    if corpus.plan is not None and dist.is_main() and console is not None:
+        console.print(f"{describe(task, corpus.plan, len(corpus.labels))}; clips of {clip_seconds:g} s "
+                      f"({'data.clip_seconds' if cfg.data.clip_seconds else corpus.clip_rule})", highlight=False,
+                      soft_wrap=True)
     folds = choose_folds(cfg, corpus)
     rates = {name: getattr(cfg.model, name) for name in RATES}
     state, model_cfg, info = initial_encoder(cfg.checkpoint, ModelConfig.from_dict({**cfg.model.random_init(), **rates}),
                                              cfg.run.seed)
     model_cfg = with_rates(model_cfg, rates)
     fbank = cfg.data.fbank or info.get("features", {}).get("preset") or "mae_ast"
-    check_features(cfg, model_cfg, fbank)
+    check_features(clip_seconds, model_cfg, fbank)
     micro = cfg.data.batch_size or max(cfg.optim.global_batch // world, 1)
     spec = EngineSpec(OptimConfig(global_batch=cfg.optim.global_batch), ScheduleConfig(), MicroBatch(micro), 1.0, 1.0)
     accum = spec.accumulation(world)
@@ -223,7 +235,7 @@ def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | Non
                                                   "checkpoint": cfg.checkpoint, "micro_batch": micro,
                                                   "accumulation": accum, "world_size": world})
     ctx = RunContext(cfg, task, corpus, device, world, rank, model_cfg, state, info, fbank, micro, accum, zero,
-                     resume, console)
+                     resume, clip_seconds, console)
     results = []
     for fold in folds:
         done = is_finished(run_dir / part_name(fold)) if resume else None
@@ -232,6 +244,7 @@ def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | Non
     if dist.is_main():
         write_json(run_dir / "results.json", {
             "task": task.name, "metric": task.metric, "frozen": cfg.run.freeze_encoder, "checkpoint": cfg.checkpoint,
+            **data_report(cfg, corpus, clip_seconds),
             "folds": [{"fold": r["fold"], task.metric: r["test"][task.metric], "epoch": r["epoch"],
                        "selected_by": r["selected_by"], "seconds": r["seconds"]} for r in results],
             **result.summary, "seconds": result.seconds})
@@ -254,14 +267,25 @@ def choose_folds(cfg: FinetuneConfig, corpus: Corpus) -> list[int | None]:
     return chosen
 
 
-def check_features(cfg: FinetuneConfig, model_cfg, fbank: str) -> None:
+def data_report(cfg: FinetuneConfig, corpus: Corpus, clip_seconds: float) -> dict:
+    """What results.json says of the data: the corpus, the loss, the clip length and why, and (custom) the splits."""
+    out = {"corpus": corpus.index["corpus"], "shards": str(corpus.dir), "loss": corpus.task.loss,
+           "clip_seconds": clip_seconds,
+           "clip_seconds_from": "data.clip_seconds" if cfg.data.clip_seconds else corpus.clip_rule}
+    if corpus.plan is not None:
+        out.update(splits=corpus.plan.splits,
+                   seeded_split=dataclasses.asdict(corpus.plan.seeded) if corpus.plan.seeded else None)
+    return out
+
+
+def check_features(clip_seconds: float, model_cfg, fbank: str) -> None:
     features = get_fbank(fbank)
     if features.n_mels != model_cfg.n_mels:
         raise MaeastError(f"data.fbank {fbank!r} gives {features.n_mels} mel bins but the encoder takes "
                           f"{model_cfg.n_mels}; use the checkpoint's own preset (leave data.fbank unset)")
-    frames = features.num_frames(round(cfg.clip_seconds * 16000))
+    frames = features.num_frames(round(clip_seconds * 16000))
     if frames < model_cfg.patch_time:
-        raise MaeastError(f"data.clip_seconds {cfg.clip_seconds} gives {frames} frames, fewer than one token "
+        raise MaeastError(f"data.clip_seconds {clip_seconds} gives {frames} frames, fewer than one token "
                           f"({model_cfg.patch_time} frames)")
 
 

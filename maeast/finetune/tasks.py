@@ -14,6 +14,10 @@ and ER), its total steps turned into epochs of the full corpora. Where ours diff
 rate follows the engine's warmup + linear decay (SSAST decays in steps: x0.85 per epoch for ESC-50
 and KS2, x0.5 every 5 epochs for AS-20K), and ESC-50 has mixup 0 because run_esc_patch.sh sets
 mixup=0 (turn it on with --augment.mixup 0.5).
+
+`custom` (CUSTOM) is the seventh task: any labelled shard folder given with --data, whatever recipe
+packed it. It has no published recipe (FinetuneConfig's own defaults apply); its loss, metric,
+splits and clip length are read off the corpus by maeast.finetune.custom.resolve_custom.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ class Task:
     recipe: dict = field(default_factory=dict)
     """FinetuneConfig overrides of the published recipe (sections optim, schedule, data, augment)."""
     source: str = ""
+    from_corpus: bool = False
+    """True for `custom`: loss, metric, splits and clip length are the corpus's (maeast.finetune.custom),
+    the fields above only the template they are resolved from."""
 
     @property
     def cross_validation(self) -> bool:
@@ -102,8 +109,20 @@ TASKS: dict[str, Task] = {t.name: t for t in [
 ]}
 
 
+CUSTOM = Task("custom", (), "maeast shard build folder --root CLASS_FOLDERS --out SHARDS",
+              metric="accuracy", loss="ce", clip_seconds=10.0, train_split="train", valid_split="valid",
+              test_split="test", shards="", recipe={}, source="the corpus itself (index.json and its sample JSONs)",
+              from_corpus=True)
+"""The template of `--task custom`: corpora () = any; clip_seconds is the cap of the corpus-derived length."""
+
+TASK_NAMES: tuple[str, ...] = (*TASKS, CUSTOM.name)
+
+
 def get_task(name: str) -> Task:
     """The task called `name`; an unknown name is a one-line error listing the valid ones."""
+    if name == CUSTOM.name:
+        return CUSTOM
     if name not in TASKS:
-        raise MaeastError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
+        raise MaeastError(f"unknown task {name!r}; choose one of: {', '.join(TASK_NAMES)} (custom: any labelled "
+                          f"shard folder, given with --data)")
     return TASKS[name]
