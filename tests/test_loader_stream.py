@@ -74,10 +74,21 @@ def test_pretrain_batches_are_cropped_to_the_shortest_clip(shards):
         assert batch.features.shape[1] == (shortest - 400) // 160 + 1
         assert torch.isfinite(batch.features).all()
         seen += batch.keys
-    # the two one-word clips are under min_seconds; index.json counts them, so the epoch (equal on
-    # every rank, from those counts) is filled up from the workers' next passes
-    assert set(seen) == set(corpus_keys(shards)) - {"speech-w0", "speech-w1"}
-    assert loader.stats["short"] >= 2 and len(seen) > 12
+    # the two one-word clips are under min_seconds (1.5 s, a multiple of 0.5 s): index.json counts them
+    # per shard, so the epoch is exactly one pass over the rest, each clip once
+    assert sorted(seen) == sorted(set(corpus_keys(shards)) - {"speech-w0", "speech-w1"})
+    assert loader.stats["short"] == 2 and loader.stats["wrapped_passes"] == 0
+
+
+def test_min_seconds_off_the_grid_fills_the_epoch(shards):
+    loader = StreamingLoader(cfg(shards, min_seconds=2.1, num_workers=1))  # index counts clips under 2.0 s only
+    batches = [batch.keys for batch in loader]
+    durations = {json.loads(p["json"])["key"]: json.loads(p["json"])["num_samples"]
+                 for path in shard_paths(shards, "train") for _, p in iter_tar(path)}
+    long_enough = {k for k, n in durations.items() if n >= round(2.1 * 16000)}
+    assert {k for keys in batches for k in keys} == long_enough  # every usable clip, none short
+    # the epoch length comes from the clips of at least 2.0 s (an upper bound), so it may wrap
+    assert len(batches) == -(-sum(1 for n in durations.values() if n >= 2 * 16000) // 3)
 
 
 def test_finetune_pads_masks_and_labels(shards):

@@ -73,7 +73,7 @@ class StreamingLoader:
         """Batches each of this rank's workers yields in the current epoch."""
         c = self.config
         return quotas(self.sources, c.seed, self.state.epoch, self.world_size, c.num_workers, c.batch_size,
-                      c.drop_last, c.epoch_batches)[self.rank]
+                      c.drop_last, c.epoch_batches, 0.0 if c.finetune else c.min_seconds)[self.rank]
 
     def __len__(self) -> int:
         return sum(self.quotas())

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from maeast.errors import MaeastError
-from maeast.shards.format import read_index, shard_paths
+from maeast.shards.format import SHORT_STEP_SECONDS, read_index, shard_paths
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,14 @@ class Shard:
     samples: int
     sha256: str
     bytes: int
+    shorter_than: tuple[int, ...] = ()
+    """index.json's count of clips under 0.5, 1.0, ... 10 s (format.shorter_than); () in older folders."""
+
+    def usable(self, min_seconds: float) -> int:
+        """Clips of at least min_seconds: exact when min_seconds is a multiple of 0.5 s up to 10 s and
+        the index has the counts; otherwise an upper bound (the next lower multiple's count)."""
+        steps = min(int(min_seconds / SHORT_STEP_SECONDS + 1e-9), len(self.shorter_than))
+        return self.samples - (self.shorter_than[steps - 1] if steps else 0)
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,8 @@ def load_sources(dirs: list[str], split: str, weights: list[float] | None = None
         index = read_index(folder)
         paths = shard_paths(folder, split, index)
         entries = index["splits"][split]["shards"]
-        shards = tuple(Shard(p, int(e["samples"]), e["sha256"], int(e["bytes"])) for p, e in zip(paths, entries))
+        shards = tuple(Shard(p, int(e["samples"]), e["sha256"], int(e["bytes"]), tuple(e.get("shorter_than", ())))
+                       for p, e in zip(paths, entries))
         missing = [s.path.name for s in shards if not s.path.is_file()]
         if missing:
             raise MaeastError(f"{folder}: {len(missing)} shard(s) listed in index.json are missing "
@@ -108,18 +117,19 @@ def pass_order(shards: list[Shard], seed: int, epoch: int, source_id: int, slot:
 
 
 def quotas(sources: list[Source], seed: int, epoch: int, world_size: int, workers: int, batch_size: int,
-           drop_last: bool, epoch_batches: int | None) -> list[list[int]]:
+           drop_last: bool, epoch_batches: int | None, min_seconds: float = 0.0) -> list[list[int]]:
     """Batches each worker of each rank yields this epoch: [rank][worker]; every rank sums to the same.
 
-    Without epoch_batches, a worker's quota is one pass over its shards (from index.json's counts),
-    and ranks with more are trimmed, largest worker first, to the smallest rank's total.
+    Without epoch_batches, a worker's quota is one pass over its shards' clips of at least
+    min_seconds (from index.json's counts), and ranks with more are trimmed, largest worker first,
+    to the smallest rank's total.
     """
     w = max(workers, 1)
     slots = world_size * w
     per_slot = np.zeros(slots, dtype=np.int64)
     for i, source in enumerate(sources):
         for slot in range(slots):
-            per_slot[slot] += sum(s.samples for s in slot_shards(source, i, seed, epoch, slot, slots))
+            per_slot[slot] += sum(s.usable(min_seconds) for s in slot_shards(source, i, seed, epoch, slot, slots))
     batches = per_slot // batch_size if drop_last else -(-per_slot // batch_size)
     table = batches.reshape(world_size, w)
     if epoch_batches is not None:
@@ -127,8 +137,9 @@ def quotas(sources: list[Source], seed: int, epoch: int, world_size: int, worker
         return [list(even) for _ in range(world_size)]
     total = int(table.sum(axis=1).min())
     if total == 0:
-        raise MaeastError(f"a rank has fewer than batch_size={batch_size} clips per epoch with drop_last; "
-                          f"lower batch_size or set drop_last false")
+        raise MaeastError(f"a rank has no batch of batch_size={batch_size} usable clips this epoch (pretraining "
+                          f"skips clips under min_seconds={min_seconds:g}); lower batch_size or min_seconds, or "
+                          f"set drop_last false")
     out = []
     for row in table:
         row = [int(x) for x in row]

@@ -27,7 +27,7 @@ from maeast import __version__
 from maeast.audio import AudioError, load_clip
 from maeast.errors import MaeastError
 from maeast.shards.format import (INDEX, REJECTS, SCHEMA, check_codec, encode_audio, encode_meta, sample_size,
-                                  sha256_file, shard_name, tar_member, write_json_atomic)
+                                  sha256_file, shard_name, shorter_than, tar_member, write_json_atomic)
 from maeast.shards.recipes import Item, Scan, run_recipe
 
 RECORDS = ".build"
@@ -57,6 +57,7 @@ class Packed:
     audio: bytes = b""
     meta: bytes = b""
     seconds: float = 0.0
+    num_samples: int = 0
     labels: tuple[str, ...] = ()
     reject: str | None = None
     source: str = ""
@@ -80,7 +81,7 @@ def _pack(task: tuple[int, Item, str, dict[str, int], BuildParams, Path]) -> Pac
         meta["segment"] = [item.start, item.end]
     meta = {**item.extra, **meta}  # a recipe's extras never overwrite the core fields
     return Packed(index, item.key, encode_audio(clip.waveform, clip.sample_rate, params.codec), encode_meta(meta),
-                  clip.duration, item.labels, source=meta["source"])
+                  clip.duration, len(clip.waveform), item.labels, source=meta["source"])
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -99,6 +100,7 @@ class _OpenShard:
     samples: int = 0
     seconds: float = 0.0
     keys: list[str] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
     labels: Counter = field(default_factory=Counter)
 
 
@@ -106,8 +108,9 @@ class SplitWriter:
     """Writes one split's shards in order, closing each when the next sample would overflow it."""
 
     def __init__(self, out: Path, corpus: str, split: str, limit: int, fingerprint: str, first: int = 0,
-                 codec: str = "flac"):
+                 codec: str = "flac", sample_rate: int = 16000):
         self.out, self.corpus, self.split, self.limit, self.codec = out, corpus, split, limit, codec
+        self.sample_rate = sample_rate
         self.fingerprint = fingerprint
         self.number = first
         self.current: _OpenShard | None = None
@@ -131,6 +134,7 @@ class SplitWriter:
         shard.samples += 1
         shard.seconds += packed.seconds
         shard.keys.append(packed.key)
+        shard.lengths.append(packed.num_samples)
         shard.labels.update(packed.labels)
 
     def close(self, end: int) -> None:
@@ -147,6 +151,7 @@ class SplitWriter:
         record = {"name": shard.name, "split": self.split, "number": self.number, "end": end,
                   "samples": shard.samples, "bytes": final.stat().st_size, "sha256": sha256_file(final),
                   "seconds": shard.seconds, "labels": dict(sorted(shard.labels.items())),
+                  "shorter_than": shorter_than(shard.lengths, self.sample_rate),
                   "keys": shard.keys, "rejects": self.pending_rejects, "fingerprint": self.fingerprint}
         write_json_atomic(self.out / RECORDS / f"{shard.name}.json", record)
         self.pending_rejects = []
@@ -270,7 +275,8 @@ def build_shards(recipe: str, root: Path, out: Path, *, options: dict | None = N
     for split, entries in splits.items():
         chain = records.get(split, [])
         start = chain[-1]["end"] if chain else entries[0][0]
-        writers[split] = SplitWriter(out, scan.corpus, split, limit, fingerprint, first=len(chain), codec=codec)
+        writers[split] = SplitWriter(out, scan.corpus, split, limit, fingerprint, first=len(chain), codec=codec,
+                                     sample_rate=sample_rate)
         ends[split] = entries[-1][0] + 1
         for i, item in entries:
             if i >= start:
@@ -330,7 +336,8 @@ def _write_index(out: Path, scan: Scan, params: BuildParams, fingerprint: str, r
         split["seconds"] += r["seconds"]
         split["labels"].update(r["labels"])
         split["shards"].append({"name": r["name"], "samples": r["samples"], "bytes": r["bytes"],
-                                "sha256": r["sha256"]})
+                                "sha256": r["sha256"], **({"shorter_than": r["shorter_than"]}
+                                                          if "shorter_than" in r else {})})
     for split in splits.values():
         split["hours"] = round(split.pop("seconds") / 3600, 6)
         split["labels"] = dict(sorted(split["labels"].items()))

@@ -27,6 +27,18 @@ REJECTS = "rejects.tsv"
 SAMPLE_RATE = 16000
 
 
+SHORT_STEP_SECONDS = 0.5
+SHORT_STEPS = 20
+"""index.json counts, per shard, the clips shorter than 0.5, 1.0, ... 10 s ("shorter_than"), so that a
+pretraining loader, which skips clips under its min_seconds, knows its epoch length exactly."""
+
+
+def shorter_than(lengths: list[int], sample_rate: int) -> list[int]:
+    """[clips with fewer than round(k * 0.5 s * rate) samples for k = 1..20]: the loader's own test."""
+    limits = [round(k * SHORT_STEP_SECONDS * sample_rate) for k in range(1, SHORT_STEPS + 1)]
+    return [sum(n < limit for n in lengths) for limit in limits]
+
+
 def shard_name(corpus: str, split: str, number: int) -> str:
     return f"{corpus}-{split}-{number:06d}.tar"
 
