@@ -48,7 +48,7 @@ class RunLogger:
     """Rank 0's reporting; on other ranks every method is a no-op."""
 
     def __init__(self, run_dir: Path, start_step: int, last_step: int, enabled: bool,
-                 console: Console | None = None, tensorboard: bool = True):
+                 console: Console | None = None, tensorboard: bool = True, label: str = "pretrain"):
         self.enabled = enabled
         self.start_step, self.last_step = start_step, last_step
         self.console = console or Console(stderr=True)
@@ -61,10 +61,10 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
-        self.progress = Progress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
+        self.progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
                                  console=self.console, transient=False, disable=not self.console.is_terminal)
-        self.task = self.progress.add_task("pretrain", total=last_step, completed=start_step, info="")
+        self.task = self.progress.add_task(label, total=last_step, completed=start_step, info="")
         self.progress.start()
         self.plain_every = max(1, (last_step - start_step) // 10)
 
