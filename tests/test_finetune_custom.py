@@ -18,6 +18,7 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from maeast.cli import app
+from maeast.configio import to_dict
 from maeast.errors import MaeastError
 from maeast.finetune import evaluate_run, finetune, load_finetune_config
 from maeast.finetune.custom import SeededSplit, clip_length, read_clips
@@ -196,6 +197,25 @@ def test_multi_label_tsv_corpus_trains_with_bce_and_map(sounds, tmp_path):
     report = evaluate_run(tmp_path / "run")
     assert report.metric == "map" and report.values == pytest.approx(result.values)
     assert len(report.folds[0].scores["ap"]) == 3
+
+
+def test_on_a_corpus_with_its_own_splits_custom_is_that_corpus_task(sc_v1, tmp_path):
+    """Speech Commands v1 shards (train / valid / test): custom with the recipe's two differing knobs set
+    runs exactly the speechcommands_v1 task: the same clips, loss, metric and weights at every epoch."""
+    root, test_root = sc_v1
+    shards = tmp_path / "sc1"
+    build_shards("speechcommands", root, shards, options={"version": "1", "test_root": str(test_root)})
+    same = ["--data.clip_seconds", "1", "--schedule.epochs", "2", "--optim.clip_grad", "1",
+            "--schedule.final_lr_scale", "1"]
+    cfgs = {task: load_finetune_config("finetune_tiny", task=task, shards=str(shards), run_dir=str(tmp_path / task),
+                                       overrides=same) for task in ("speechcommands_v1", "custom")}
+    a, b = ({**to_dict(c), "task": None, "run": {**to_dict(c.run), "dir": None}} for c in cfgs.values())
+    assert a == b
+    ran = {task: finetune(cfg) for task, cfg in cfgs.items()}
+    assert ran["custom"].metric == "accuracy" and ran["custom"].folds[0]["history"] == \
+        ran["speechcommands_v1"].folds[0]["history"]
+    heads = [(tmp_path / task / "main" / "classifier" / "head.safetensors").read_bytes() for task in cfgs]
+    assert heads[0] == heads[1]
 
 
 def one_line_error(*args) -> str:

@@ -90,7 +90,8 @@ class DataSection:
     """Task custom, a corpus without its own valid split: share of its train clips carved out (by key
     hash) to select the epoch on; None: 0.1; 0: no valid pass, the last epoch is reported."""
     test_fraction: float | None = None
-    """Task custom, a corpus without its own test split: share of its train clips carved out for the test; None: 0.1."""
+    """Task custom, a corpus without its own test split: share of its train clips carved out (by key hash)
+    for the test; None: 0.1."""
     split_seed: int | None = None
     """Task custom: seed of that key-hash split; None: 0 (apart from run.seed, so that runs of several seeds
     share one test set)."""
@@ -273,7 +274,7 @@ class FinetuneConfig:
             if not self.data.shards:
                 raise MaeastError(f"task {task.name} reads the shard folder given with --data SHARD_DIR; build one "
                                   f"with `{task.build}` (or the tsv recipe)")
-            self.seeded_split  # noqa: B018  (checks the fractions together)
+            _ = self.seeded_split  # SeededSplit checks the two fractions together
         elif any(v is not None for v in split.values()):
             name = next(k for k, v in split.items() if v is not None)
             raise MaeastError(f"data.{name} carves a split out of a custom corpus; task {task.name} has its own "
