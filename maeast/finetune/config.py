@@ -170,7 +170,9 @@ class OptimSection:
     layer_decay: float = 1.0
     """Full fine-tuning: encoder layer i of depth d trains at lr x layer_decay ** (d + 1 - i); 1: off (SSAST)."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's (beta1, beta2)."""
     eps: float = 1e-8
+    """AdamW's epsilon."""
     weight_decay: float = 0.0
     """Decoupled weight decay, not on biases and norms."""
     clip_grad: float = 0.0
@@ -195,6 +197,7 @@ class ScheduleSection:
     """Epochs, then the engine's schedule over them: linear warmup, linear decay to final_lr_scale x lr."""
 
     epochs: int = 10
+    """Passes over the train clips (full fine-tuning; a frozen encoder too unless frozen_epochs is set)."""
     frozen_epochs: int | None = None
     """Epochs when the encoder is frozen (a linear probe on cached features costs little per epoch);
     None: epochs."""
@@ -223,6 +226,7 @@ class RunSection:
     tensorboard/, checkpoints/, classifier/ (the selected model), result.json. None:
     runs/finetune/{task}-{frozen|full}-{random|the checkpoint's run name}."""
     seed: int = 0
+    """Seed of the random encoder's weights, the head's, dropout, augmentation and the clip order."""
     freeze_encoder: bool = False
     """Train only the head on a frozen encoder (eval mode, no gradients)."""
     cache_features: bool = True
@@ -234,9 +238,11 @@ class RunSection:
     save_every: int = 1
     """Checkpoint every this many epochs (and after the last)."""
     keep: int = 1
+    """Checkpoints kept per fold (the newest)."""
     log_every: int = 10
     """Write the training log every this many optimizer steps."""
     threads: int | None = None
+    """torch threads per process; None: this process's share of the node's cores, less its loader workers'."""
 
     def __post_init__(self):
         if self.dir == "":
