@@ -13,7 +13,8 @@ from maeast.finetune.augment import mixup, spec_augment
 from maeast.finetune.cache import epoch_rows, unique_rows
 from maeast.finetune.config import load_finetune_config
 from maeast.finetune.heads import Classifier, Head, mean_pool, pooled_layers
-from maeast.finetune.loop import scale_groups
+from maeast.engine.config import OptimConfig
+from maeast.engine.optim import build_optimizer
 from maeast.finetune.metrics import average_precision, confusion_matrix, mean_average_precision, score, summarize
 from maeast.finetune.tasks import TASKS, get_task
 from maeast.model import Encoder, make_config
@@ -125,9 +126,7 @@ def test_padded_clip_pools_as_alone_and_head_weights_start_equal():
 def test_lr_scales_layer_decay_and_head_lr():
     encoder = Encoder(make_config("tiny"))  # depth 2
     model = Classifier(encoder, Head(1, 64, 5), weighted=False)
-    from maeast.model import param_groups
-    optimizer = torch.optim.AdamW(param_groups(model, 0.01), lr=1.0)
-    scale_groups(optimizer, model, peak=1e-3, layer_decay=0.5, head_lr=10.0)
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-3, layer_decay=0.5, head_lr=10.0))
     by_name = {}
     names = {id(p): n for n, p in model.named_parameters()}
     for group in optimizer.param_groups:

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -73,8 +74,13 @@ def clear_partial(run_dir: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def save_checkpoint(engine, run_dir: Path, step: int, train_state: dict, model_meta: dict, keep: int) -> Path:
-    """Every process calls this at the same step; returns the checkpoint folder."""
+def save_checkpoint(engine, run_dir: Path, step: int, train_state: dict, model_meta: dict | None, keep: int,
+                    extra: Callable[[Path], None] | None = None) -> Path:
+    """Every process calls this at the same step; returns the checkpoint folder.
+
+    Writes DeepSpeed's state, this process's train_state, the model and encoder files (when model_meta
+    is given) and whatever `extra(folder)` adds (rank 0 calls it: fine-tuning copies its best classifier)
+    into a hidden folder, which is renamed into place only once whole; then `latest`, then pruning."""
     root = checkpoints_dir(run_dir)
     tag = tag_of(step)
     tmp = root / f".tmp-{tag}"
@@ -84,10 +90,13 @@ def save_checkpoint(engine, run_dir: Path, step: int, train_state: dict, model_m
     dist.barrier()
     engine.save(root, tmp.name, client_state={"step": step})
     torch.save(train_state, tmp / f"state_rank{dist.rank()}.pt")
-    weights = engine.full_state_dict()  # a collective under ZeRO
-    if dist.is_main():
-        write_model(weights, model_meta, tmp)
-        write_encoder(weights, model_meta, tmp)
+    if model_meta is not None:
+        weights = engine.full_state_dict()  # a collective under ZeRO
+        if dist.is_main():
+            write_model(weights, model_meta, tmp)
+            write_encoder(weights, model_meta, tmp)
+    if extra is not None and dist.is_main():
+        extra(tmp)
     dist.barrier()
     final = root / tag
     if dist.is_main():

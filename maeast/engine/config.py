@@ -44,6 +44,11 @@ class OptimConfig:
     """Clips per optimizer step over all processes together; gradient accumulation follows from it,
     data.batch_size and the number of processes. 256 clips of at most 10 s is 2560 s of audio,
     close to the official 32 GPUs x 1.4M samples (2800 s)."""
+    layer_decay: float = 1.0
+    """Layer-wise lr decay: encoder layer l (0 = the token projection, depth = the last block) gets
+    lr x layer_decay ** (depth + 1 - l); 1 is off (pretraining). Fine-tuning sets it from its config."""
+    head_lr: float = 1.0
+    """lr multiplier of the parameters outside the encoder (a fine-tuning head; in pretraining the decoder)."""
 
     def __post_init__(self):
         _positive("optim.lr", self.lr)
@@ -53,6 +58,9 @@ class OptimConfig:
         _non_negative("optim.weight_decay", self.weight_decay)
         _non_negative("optim.clip_grad", self.clip_grad)
         _positive_int("optim.global_batch", self.global_batch)
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise MaeastError(f"optim.layer_decay {self.layer_decay} must be in (0, 1]")
+        _positive("optim.head_lr", self.head_lr)
 
 
 @dataclass

@@ -33,7 +33,7 @@ def lr_at(step: int, peak: float, schedule: ScheduleConfig) -> float:
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
     """AdamW over the model's parameter groups; each group's lr is optim.lr x its lr_scale."""
-    groups = param_groups(model, optim.weight_decay)
+    groups = param_groups(model, optim.weight_decay, optim.layer_decay, optim.head_lr)
     for group in groups:
         group["lr"] = optim.lr * group["lr_scale"]
     return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,

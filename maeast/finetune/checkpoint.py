@@ -6,7 +6,8 @@
     RUN/fold{k}/checkpoints/step_N/  DeepSpeed state (engine.save), state_rank{r}.pt, best/ (a classifier
                                      folder of the best epoch so far); renamed into place only once whole.
 
-The checkpoint helpers (tags, `latest`, clearing interrupted saves) are the pretraining engine's.
+Checkpoints are the pretraining engine's (maeast.engine.checkpoint: save_checkpoint with an extra
+file hook, load_train_state, tags, `latest`, clearing interrupted saves).
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from maeast.engine import distributed as dist
-from maeast.engine.checkpoint import checkpoints_dir, complete_checkpoints, latest_checkpoint, load_encoder, tag_of
-from maeast.engine.checkpoint import write_encoder
+from maeast.engine.checkpoint import latest_checkpoint, load_encoder, save_checkpoint, write_encoder
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
 from maeast.finetune.heads import Classifier, Head
@@ -95,35 +94,9 @@ def load_classifier(folder: str | Path, device: str | torch.device = "cpu") -> t
 # ---- resumable checkpoints of a fold --------------------------------------------------------------
 
 def save_fold_checkpoint(engine, part_dir: Path, step: int, state: dict, best_dir: Path | None, keep: int) -> Path:
-    """Every process calls this at the same step: DeepSpeed state, this process's state, the best
-    classifier so far; the folder appears under its final name only once whole."""
-    root = checkpoints_dir(part_dir)
-    tag = tag_of(step)
-    tmp = root / f".tmp-{tag}"
-    if dist.is_main():
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dist.barrier()
-    engine.save(root, tmp.name, client_state={"step": step})
-    torch.save(state, tmp / f"state_rank{dist.rank()}.pt")
-    if dist.is_main() and best_dir is not None and best_dir.is_dir():
-        shutil.copytree(best_dir, tmp / "best")
-    dist.barrier()
-    final = root / tag
-    if dist.is_main():
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        latest = root / "latest"
-        (root / ".latest.tmp").write_text(tag)
-        (root / ".latest.tmp").replace(latest)
-        for old in complete_checkpoints(part_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
-    return final
-
-
-def load_fold_state(checkpoint: Path) -> dict:
-    file = Path(checkpoint) / f"state_rank{dist.rank()}.pt"
-    if not file.is_file():
-        raise MaeastError(f"{checkpoint} has no {file.name}: resume with the process count that wrote it")
-    return torch.load(file, map_location="cpu", weights_only=True)
+    """Every process calls this at the same step: the engine's checkpoint (DeepSpeed state, this
+    process's state) plus best/, a copy of the best classifier so far."""
+    def copy_best(folder: Path) -> None:
+        if best_dir is not None and best_dir.is_dir():
+            shutil.copytree(best_dir, folder / "best")
+    return save_checkpoint(engine, part_dir, step, state, None, keep, extra=copy_best)

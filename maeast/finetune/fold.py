@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from maeast.engine import distributed as dist
-from maeast.engine.checkpoint import latest_checkpoint
+from maeast.engine.checkpoint import latest_checkpoint, load_train_state
 from maeast.engine.logging import RunLogger, cut_log
 from maeast.engine.optim import lr_at
 from maeast.engine.setup import sync_buffers
 from maeast.errors import MaeastError
 from maeast.finetune.augment import mixup, spec_augment
-from maeast.finetune.checkpoint import load_fold_state, save_fold_checkpoint
+from maeast.finetune.checkpoint import save_fold_checkpoint
 from maeast.finetune.data import make_loader, selections
 from maeast.finetune.evaluate import predict
 from maeast.finetune.heads import Classifier, Head, head_layers, pooled_layers
@@ -163,7 +163,7 @@ def train_fold(ctx, fold: int | None) -> dict:
     epoch, step, best, history = 0, 0, None, []
     if checkpoint is not None:
         engine.load(checkpoint.parent, checkpoint.name)
-        state = load_fold_state(checkpoint)
+        state = load_train_state(checkpoint)
         epoch, step, best, history = state["epoch"], state["step"], json.loads(state["best"]), json.loads(state["history"])
         if dist.is_main():
             shutil.rmtree(part / "best", ignore_errors=True)
@@ -174,7 +174,7 @@ def train_fold(ctx, fold: int | None) -> dict:
         cut_log(part, step)
     dist.barrier()
     last = cfg.epochs * steps_per_epoch
-    logger = RunLogger(part, step, last, dist.is_main(), ctx.console)
+    logger = RunLogger(part, step, last, dist.is_main(), ctx.console, label=f"{ctx.task.name} {part.name}")
     mode = ("frozen encoder" + (", cached features" if cfg.run.cache_features else "")) if cfg.run.freeze_encoder \
         else "full fine-tuning"
     logger.event(f"{task.name} {part_name(fold)}: {'resumed at' if checkpoint else 'started'} epoch {epoch} of "

@@ -14,7 +14,6 @@ optimizer's groups before DeepSpeed builds the schedule on them.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import shutil
 import time
@@ -39,7 +38,6 @@ from maeast.finetune.fold import is_finished, part_name, train_fold
 from maeast.finetune.metrics import summarize
 from maeast.finetune.tasks import Task, get_task
 from maeast.model import Encoder, ModelConfig
-from maeast.model.optim import layer_of
 
 RATES = ("dropout", "attn_dropout", "act_dropout", "layerdrop")
 RESUME_FREE = ("run.eval_every", "run.save_every", "run.keep", "run.log_every", "run.threads", "run.folds")
@@ -52,13 +50,11 @@ class MicroBatch:
 
 @dataclass
 class EngineSpec:
-    """What maeast.engine reads of a config (the fields TrainConfig has), plus the lr scales of fine-tuning."""
+    """What maeast.engine reads of a config (the fields TrainConfig has)."""
 
     optim: OptimConfig
     schedule: ScheduleConfig
     data: MicroBatch
-    layer_decay: float
-    head_lr: float
 
     def accumulation(self, world_size: int) -> int:
         per_pass = self.data.batch_size * world_size
@@ -68,40 +64,10 @@ class EngineSpec:
         return self.optim.global_batch // per_pass
 
 
-def scale_groups(optimizer: torch.optim.Optimizer, model: torch.nn.Module, peak: float, layer_decay: float,
-                 head_lr: float) -> None:
-    """Set each group's lr to peak x scale: layer_decay ** (depth + 1 - layer) in the encoder
-    (maeast.model.optim.layer_of numbers the layers), head_lr outside it."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    encoders = [(n + "." if n else "", m.cfg.depth) for n, m in model.named_modules() if isinstance(m, Encoder)]
-    prefix, depth = encoders[0] if encoders else (None, 0)
-    for group in optimizer.param_groups:
-        scales = set()
-        for p in group["params"]:
-            name = names[id(p)]
-            if prefix is not None and name.startswith(prefix):
-                scales.add(layer_decay ** (depth + 1 - layer_of(name, prefix, depth)))
-            else:
-                scales.add(head_lr)
-        if len(scales) != 1:
-            raise MaeastError(f"a parameter group mixes learning-rate scales {sorted(scales)}")
-        group["lr_scale"] = scales.pop()
-        group["lr"] = peak * group["lr_scale"]
-
-
-@functools.cache
 def engine_class():
-    """maeast.engine's Engine with the fine-tuning lr scales on its optimizer (imports deepspeed)."""
+    """maeast.engine's Engine (imports deepspeed); the lr scales are optim.layer_decay and optim.head_lr."""
     from maeast.engine.engine import Engine
-
-    class FinetuneEngine(Engine):
-        @staticmethod
-        def _optimizer(model, spec, ds_config):
-            optimizer = Engine._optimizer(model, spec, ds_config)
-            scale_groups(optimizer, model, spec.optim.lr, spec.layer_decay, spec.head_lr)
-            return optimizer
-
-    return FinetuneEngine
+    return Engine
 
 
 @dataclass
@@ -133,11 +99,11 @@ class RunContext:
         frozen = cfg.run.freeze_encoder
         optim = OptimConfig(lr=peak, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                             weight_decay=cfg.optim.weight_decay, clip_grad=cfg.optim.clip_grad,
-                            global_batch=cfg.optim.global_batch)
+                            global_batch=cfg.optim.global_batch, layer_decay=1.0 if frozen else cfg.optim.layer_decay,
+                            head_lr=1.0 if frozen else cfg.optim.head_lr)
         schedule = ScheduleConfig(steps=total_steps, warmup_steps=min(cfg.schedule.warmup_steps, total_steps - 1),
                                   power=1.0, end_lr=peak * cfg.schedule.final_lr_scale)
-        spec = EngineSpec(optim, schedule, MicroBatch(self.micro), 1.0 if frozen else cfg.optim.layer_decay,
-                          1.0 if frozen else cfg.optim.head_lr)
+        spec = EngineSpec(optim, schedule, MicroBatch(self.micro))
         ds_config = deepspeed_config(spec, self.world, self.zero, self.device.type == "cuda", where="DeepSpeed config")
         return engine_class()(module, spec, ds_config), schedule
 
@@ -227,7 +193,7 @@ def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | Non
     fbank = cfg.data.fbank or info.get("features", {}).get("preset") or "mae_ast"
     check_features(clip_seconds, model_cfg, fbank)
     micro = cfg.data.batch_size or max(cfg.optim.global_batch // world, 1)
-    spec = EngineSpec(OptimConfig(global_batch=cfg.optim.global_batch), ScheduleConfig(), MicroBatch(micro), 1.0, 1.0)
+    spec = EngineSpec(OptimConfig(global_batch=cfg.optim.global_batch), ScheduleConfig(), MicroBatch(micro))
     accum = spec.accumulation(world)
     zero = deepspeed_config_path if isinstance(deepspeed_config_path, dict) else read_zero_json(deepspeed_config_path)
     run_dir = cfg.run_dir
