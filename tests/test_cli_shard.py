@@ -32,3 +32,11 @@ def test_errors_are_one_line(tmp_path):
     assert result.exit_code == 2 and "no index.json" in result.output
     result = runner.invoke(app, ["shard", "build", "folder", "--root", str(tmp_path), "-o", "novalue"])
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
+
+
+def test_the_command_line_starts_without_torch():
+    # `maeast --help` and argument errors stay fast: torch is imported inside the commands that use it
+    import subprocess
+    import sys
+    code = "import sys, maeast.cli; assert 'torch' not in sys.modules, 'maeast.cli imports torch'"
+    subprocess.run([sys.executable, "-c", code], check=True)

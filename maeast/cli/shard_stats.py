@@ -11,8 +11,6 @@ from rich.table import Table
 
 from maeast.cli.common import console, friendly
 from maeast.cli.shard import app
-from maeast.features.config import PRESETS, get_config
-from maeast.features.stats import corpus_stats, write_stats
 from maeast.shards.format import read_index, shard_paths
 
 
@@ -20,11 +18,13 @@ from maeast.shards.format import read_index, shard_paths
 @friendly
 def stats(
     shard_dir: Path = typer.Argument(..., help="A folder written by `maeast shard build`."),
-    preset: str = typer.Option("ssast", "--preset", help=f"Fbank preset: {', '.join(sorted(PRESETS))}."),
+    preset: str = typer.Option("ssast", "--preset", help="Fbank preset: mae_ast or ssast (maeast.features)."),
     split: str = typer.Option("train", "--split", help="Split to measure (statistics come from training data)."),
     max_clips: Optional[int] = typer.Option(None, "--max-clips", help="Measure only the first N clips."),
 ) -> None:
     """Raw log-mel mean and std over all frames and bins, saved in index.json under "stats"."""
+    from maeast.features.config import get_config
+    from maeast.features.stats import corpus_stats, write_stats
     config = get_config(preset)
     index = read_index(shard_dir)
     shard_paths(shard_dir, split, index)  # an unknown split fails here, before the progress bar
