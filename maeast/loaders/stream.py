@@ -2,7 +2,7 @@
 
 A worker's batches are planned from sample metadata (key, JSON) before any audio is decoded:
 
-  its shards (sources.slot_shards) -> tar members grouped into samples (webdataset) -> clips under
+  its shards (sources.slot_shards) -> tar members (format.tar_members) grouped into samples -> clips under
   min_seconds dropped (pretraining) -> shuffle buffer (webdataset.shuffle, seeded) -> batches
   (lengths.bucket) -> per batch: each clip's window (crop offset, from its JSON length) decoded from
   its FLAC (soundfile, seeking) or
@@ -28,14 +28,14 @@ import numpy as np
 import soundfile as sf
 import torch
 import webdataset as wds
-from webdataset.tariterators import base_plus_ext, tar_file_expander
+from webdataset.tariterators import base_plus_ext
 
 from maeast.errors import MaeastError
 from maeast.loaders import lengths
 from maeast.loaders.config import LoaderConfig
 from maeast.loaders.sources import Shard, Source, derive_seed, pass_order, slot_shards
 from maeast.loaders.state import new_stats
-from maeast.shards.format import audio_part, parse_pcm16_wav, sha256_file
+from maeast.shards.format import audio_part, parse_pcm16_wav, sha256_file, tar_members
 
 
 class BadDataWarning(UserWarning):
@@ -101,20 +101,20 @@ def read_shard(shard: Shard, verify: bool, errors: Errors) -> Iterator[Sample]:
                    "changed; check it with `maeast shard inspect --verify`)")
         return
     current: dict = {}
-    with open(shard.path, "rb") as f:
+    with open(shard.path, "rb", buffering=1 << 20) as f:
         try:
-            for member in tar_file_expander([{"url": str(shard.path), "stream": f}], eof_value=None):
-                key, ext = base_plus_ext(member["fname"])
+            for name, data in tar_members(f):
+                key, ext = base_plus_ext(name)
                 if current and key != current["__key__"]:
                     sample, current = _parse(current, shard, errors), {}
                     if sample is not None:
                         yield sample
                 current.setdefault("__key__", key)
-                current[ext] = member["data"]
+                current[ext] = data
         except MaeastError:
             raise
-        except Exception as e:  # a truncated or garbled tar: tarfile / webdataset errors
-            errors.bad("bad_shards", f"shard {shard.path}", f"unreadable tar ({type(e).__name__}: {e.args[0]})")
+        except Exception as e:  # a truncated or garbled tar (TarFormatError), an unreadable name or file
+            errors.bad("bad_shards", f"shard {shard.path}", f"unreadable tar ({type(e).__name__}: {e})")
             current = current if "json" in current and audio_part(current) else {}  # the sample cut off is lost
     if current:
         sample = _parse(current, shard, errors)
