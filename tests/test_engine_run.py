@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from maeast.engine import NonFiniteLoss, load_config, load_encoder, pretrain
+from maeast.engine import NonFiniteLoss, load_config, pretrain, read_encoder
 from maeast.engine.checkpoint import latest_checkpoint
 from maeast.engine.logging import read_log
 from maeast.errors import MaeastError
@@ -100,7 +100,7 @@ def test_losses_fall_and_logs_are_written(full_runs):
 
 def test_exported_encoder_loads_for_fine_tuning(full_runs, shards):
     run = full_runs[0]
-    encoder, info = load_encoder(run.encoder)
+    encoder, info = read_encoder(run.encoder)
     assert info["format"] == "maeast-encoder/1"
     assert info["features"]["preset"] == "mae_ast" and info["features"]["n_mels"] == 128
     assert info["pretraining"]["step"] == 6 and info["model"]["dim"] == 64

@@ -11,7 +11,8 @@
 Every process writes into `checkpoints/.tmp-step_N`; after a barrier rank 0 renames it to `step_N`
 and then replaces `latest`. A process killed at any point leaves the previous checkpoint and
 `latest` untouched; the half-written .tmp folder is cleared by the next save or run start.
-Load an exported encoder with `load_encoder(path)`.
+Read an exported encoder with `read_encoder(path)` -> (Encoder, encoder.json); `maeast.load_encoder` wraps
+it into the inference module (waveforms or fbanks in, embeddings out).
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ def _encoder_files(path: Path) -> tuple[Path, Path]:
     return weights, info
 
 
-def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder, dict]:
+def read_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder, dict]:
     """An exported encoder (RUN/encoder, a checkpoint folder, or either file) -> (Encoder in eval mode, its JSON)."""
     weights, info_file = _encoder_files(path)
     info = json.loads(info_file.read_text())

@@ -1,7 +1,7 @@
 """Fine-tuning files: the initial encoder, the exported classifier, and resumable fold checkpoints.
 
     RUN/fold{k}/classifier/        the selected model (best valid epoch, else the last), for `maeast evaluate`:
-        encoder.safetensors, encoder.json    the encoder in the pretraining export format (load_encoder reads it)
+        encoder.safetensors, encoder.json    the encoder in the pretraining export format (read_encoder reads it)
         head.safetensors, classifier.json    the head, the task, labels, features and how it was selected
     RUN/fold{k}/checkpoints/step_N/  DeepSpeed state (engine.save), state_rank{r}.pt, best/ (a classifier
                                      folder of the best epoch so far); renamed into place only once whole.
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from maeast.engine.checkpoint import latest_checkpoint, load_encoder, save_checkpoint, write_encoder
+from maeast.engine.checkpoint import latest_checkpoint, read_encoder, save_checkpoint, write_encoder
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
 from maeast.finetune.heads import Classifier, Head
@@ -45,7 +45,7 @@ def initial_encoder(checkpoint: str | None, preset_cfg: ModelConfig, seed: int) 
         latest = latest_checkpoint(folder)  # a run folder still training: its newest checkpoint's encoder
         if latest is not None:
             path = latest
-    encoder, info = load_encoder(path)
+    encoder, info = read_encoder(path)
     return encoder.state_dict(), encoder.cfg, info
 
 
@@ -84,7 +84,7 @@ def load_classifier(folder: str | Path, device: str | torch.device = "cpu") -> t
     info = json.loads(info_file.read_text())
     if info.get("format") != CLASSIFIER_FORMAT:
         raise MaeastError(f"{info_file} is not a {CLASSIFIER_FORMAT} file (format {info.get('format')!r})")
-    encoder, _ = load_encoder(folder)
+    encoder, _ = read_encoder(folder)
     head_cfg = info["head"]
     head = Head(head_cfg["layers"], encoder.cfg.dim, len(info["labels"]), head_cfg["norm"])
     head.load_state_dict(load_file(str(folder / "head.safetensors")))

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from maeast.configio import load_yaml, to_dict
-from maeast.engine.checkpoint import load_encoder
+from maeast.engine.checkpoint import read_encoder
 from maeast.errors import MaeastError
 from maeast.finetune.config import FinetuneConfig, build_finetune_config, load_finetune_config
 from maeast.finetune.fold import is_finished, part_name
@@ -86,7 +86,7 @@ def parse_task(text: str) -> TaskData:
 
 def encoder_identity(checkpoint: str | Path) -> tuple[dict, ModelConfig]:
     """({"path", "sha256" of the weights, "step"}, its ModelConfig) of an exported encoder."""
-    encoder, info = load_encoder(checkpoint)
+    encoder, info = read_encoder(checkpoint)
     digest = hashlib.sha256()
     for name, tensor in sorted(encoder.state_dict().items()):
         digest.update(name.encode())

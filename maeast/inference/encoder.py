@@ -188,6 +188,6 @@ def load_encoder(path, device: str | torch.device = "cpu", chunk_seconds: float 
                  batch_size: int = 16) -> AudioEncoder:
     """An exported encoder (encoder.safetensors + encoder.json: RUN/encoder, a checkpoint folder, a
     `maeast convert-official` folder, or either file) as an AudioEncoder on `device`, in eval mode."""
-    from maeast.engine.checkpoint import load_encoder as load_export
+    from maeast.engine.checkpoint import read_encoder as load_export
     encoder, info = load_export(path, device)
     return AudioEncoder(encoder, info, chunk_seconds, batch_size)
