@@ -10,6 +10,9 @@ DEMO     ?= data/demo
 DEMO_SIZE ?= full
 SHARDS   ?= shards/demo
 PRETRAIN_RUN ?= runs/demo_pretrain
+PRETRAIN_CONFIG ?= pretrain_small
+FINETUNE_CONFIG ?= finetune_small
+DEMO_RESULTS ?= runs/demo_results
 
 .PHONY: all env apt test demo demo-data demo-shards demo-pretrain bench clean
 
@@ -57,16 +60,18 @@ demo-shards: demo-data
 # Pretrain the small preset on the unlabelled demo corpus: an interrupted run resumes, a finished
 # one is a no-op. Then the loss curves and one clip's reconstruction.
 demo-pretrain: demo-shards
-	$(MAEAST) pretrain --config pretrain_small --data.shards '[$(SHARDS)/unlabelled]' --run.dir $(PRETRAIN_RUN) \
+	$(MAEAST) pretrain --config $(PRETRAIN_CONFIG) --data.shards '[$(SHARDS)/unlabelled]' --run.dir $(PRETRAIN_RUN) \
 	  $$(test -f $(PRETRAIN_RUN)/checkpoints/latest && echo --resume)
 	$(MAEAST) plot $(PRETRAIN_RUN)
 	$(MAEAST) visualize $$(find $(DEMO)/librispeech -path '*dev-clean*' -name '*.flac' | sort | head -1) \
 	  --checkpoint $(PRETRAIN_RUN) --out $(PRETRAIN_RUN)/reconstruction.png
 
+# What the pretraining buys, on the keywords and the sound events (5 folds): a linear head on the frozen
+# random encoder, on the frozen pretrained encoder, and full fine-tuning of the pretrained encoder.
+# Finished runs are reused; the table (also DEMO_RESULTS/results.json and .png) comes last.
 demo: demo-pretrain
-	$(MAEAST) shard inspect $(SHARDS)/unlabelled
-	$(MAEAST) shard inspect $(SHARDS)/keywords
-	$(MAEAST) shard inspect $(SHARDS)/events
+	$(MAEAST) compare --checkpoint $(PRETRAIN_RUN)/encoder -c $(FINETUNE_CONFIG) --out $(DEMO_RESULTS) --resume \
+	  --task speechcommands_v1=$(SHARDS)/keywords --task esc50=$(SHARDS)/events
 
 bench: env
 	$(PY) benchmarks/shard_build.py

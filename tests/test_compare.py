@@ -82,6 +82,7 @@ def test_bad_input_is_one_line(setup, tmp_path):
         run_matrix(encoder, [], "finetune_tiny", tmp_path)
     with pytest.raises(MaeastError, match="encoder.safetensors"):
         run_matrix(tmp_path, [TaskData("esc50", str(out / "esc50"))], "finetune_tiny", tmp_path)
-    assert random_twin(make_config("small_frame"))["patch_time"] == 2
+    assert random_twin(make_config("small_frame")) == {"preset": "small", "patch_time": 2, "patch_freq": 128}
+    assert random_twin(make_config("small_frame"), prefer="small_frame")["preset"] == "small_frame"
     with pytest.raises(MaeastError, match="no model preset"):
         random_twin(make_config("tiny", dim=96))

@@ -95,11 +95,12 @@ def encoder_identity(checkpoint: str | Path) -> tuple[dict, ModelConfig]:
     return {"path": str(checkpoint), "sha256": digest.hexdigest(), "step": step}, encoder.cfg
 
 
-def random_twin(cfg: ModelConfig) -> dict:
-    """model-section overrides that give a randomly initialized encoder the architecture of `cfg`."""
+def random_twin(cfg: ModelConfig, prefer: str | None = None) -> dict:
+    """model-section overrides that give a randomly initialized encoder the architecture of `cfg` (the
+    preset `prefer` if it fits, e.g. the fine-tuning config's own)."""
     want = {k: getattr(cfg, k) for k in ARCHITECTURE}
     patch = {"patch_time": cfg.patch_time, "patch_freq": cfg.patch_freq}
-    for name, fields in PRESETS.items():
+    for name, fields in sorted(PRESETS.items(), key=lambda item: item[0] != prefer):
         twin = ModelConfig.from_dict({**fields, **patch})
         if {k: getattr(twin, k) for k in ARCHITECTURE} == want:
             return {"preset": name, **patch}
@@ -129,7 +130,7 @@ def run_matrix(checkpoint: str | Path, tasks: list[TaskData], config: str = "fin
         raise MaeastError("no task to compare on; give at least one --task TASK=SHARDS")
     out = Path(out)
     identity, model_cfg = encoder_identity(checkpoint)
-    twin = random_twin(model_cfg)
+    twin = random_twin(model_cfg, prefer=load_finetune_config(config, task=tasks[0].task).model.preset)
     planned = [(t, s, c) for t in tasks for s, c in configs(config, t, out, str(checkpoint), twin, overrides).items()]
     for _, setting, cfg in planned:  # every stale run is named before anything trains
         check_reusable(cfg, expected_origin(setting, identity, cfg))
@@ -233,20 +234,23 @@ def verdicts(rows: list[Row]) -> dict[str, dict]:
 
 
 def table(rows: list[Row], title: str = "What pretraining buys"):
-    """A rich Table: one line per (task, setting) with the metric, its spread over folds, chance and time."""
+    """A rich Table: one line per (task, setting) with the test metric (mean +- std over folds), chance and
+    time; the task's metric and fold count under its name."""
     from rich.table import Table
-    t = Table(title=title)
-    for name, justify in (("task", "left"), ("setting", "left"), ("metric", "left"), ("test", "right"),
-                          ("std", "right"), ("folds", "right"), ("chance", "right"), ("time", "right")):
-        t.add_column(name, justify=justify)
-    last = None
-    for r in rows:
-        if last is not None and r.task != last:
-            t.add_section()
-        t.add_row(r.task if r.task != last else "", _label(r.setting), r.metric, f"{100 * r.mean:.1f}%",
-                  f"+- {100 * r.std:.1f}", str(len(r.folds)), f"{100 * r.chance:.1f}%",
-                  _duration(r.seconds) + (" (reused)" if r.reused else ""))
-        last = r.task
+    t = Table(title=title, caption="test: mean +- std over folds; chance: the test clips' majority class; "
+              "*: reused run")
+    for name, justify in (("task", "left"), ("setting", "left"), ("test", "right"), ("chance", "right"),
+                          ("time", "right")):
+        t.add_column(name, justify=justify, no_wrap=True)
+    tasks = list(dict.fromkeys(r.task for r in rows))
+    for task in tasks:
+        group = [r for r in rows if r.task == task]
+        folds = group[0].extra.get("folds") or [None]
+        names = [task, f"[dim]{group[0].metric}, {f'{len(folds)} folds' if folds != [None] else 'test split'}[/]"]
+        for i, r in enumerate(group):
+            t.add_row(names[i] if i < len(names) else "", _label(r.setting),
+                      f"{100 * r.mean:.1f} +- {100 * r.std:.1f}%", f"{100 * r.chance:.1f}%",
+                      _duration(r.seconds) + ("*" if r.reused else ""), end_section=i == len(group) - 1)
     return t
 
 
