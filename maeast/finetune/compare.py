@@ -68,7 +68,8 @@ class Row:
     mean: float
     std: float
     folds: list[float]
-    chance: float
+    chance: float | None
+    """Accuracy of the majority class (mAP: mean positive share); None where the test split is not known."""
     seconds: float
     run_dir: str
     reused: bool = False
@@ -197,7 +198,7 @@ def collect(run_dir: Path, task: str, setting: str, reused: bool) -> Row:
                {"folds": [f["fold"] for f in results["folds"]], "clips": sum(p["test"]["clips"] for p in parts)})
 
 
-def chance_of(parts: list[dict], metric: str, run_dir: Path) -> float:
+def chance_of(parts: list[dict], metric: str, run_dir: Path) -> float | None:
     """Majority-class share of each fold's test clips (averaged); for mAP the mean positive share per class."""
     if metric == "accuracy":
         shares = []
@@ -206,10 +207,10 @@ def chance_of(parts: list[dict], metric: str, run_dir: Path) -> float:
             shares.append(max(counts) / sum(counts))
         return sum(shares) / len(shares)
     cfg = build_finetune_config(load_yaml(run_dir / "config.yaml"))
-    task = get_task(cfg.task)
-    split = json.loads((Path(cfg.shards) / "index.json").read_text())["splits"][task.test_split]
-    shares = [n / split["samples"] for n in split["labels"].values() if n > 0]
-    return sum(shares) / len(shares) if shares else math.nan
+    splits = json.loads((Path(cfg.shards) / "index.json").read_text())["splits"]
+    split = splits.get(get_task(cfg.task).test_split or "", {})  # a custom corpus's own test split: not known here
+    shares = [n / split["samples"] for n in split.get("labels", {}).values() if n > 0]
+    return sum(shares) / len(shares) if shares else None
 
 
 # ---- the results: a table, a JSON file, a picture ----------------------------------------------
@@ -249,7 +250,7 @@ def table(rows: list[Row], title: str = "What pretraining buys"):
         names = [task, f"[dim]{group[0].metric}, {f'{len(folds)} folds' if folds != [None] else 'test split'}[/]"]
         for i, r in enumerate(group):
             t.add_row(names[i] if i < len(names) else "", _label(r.setting),
-                      f"{100 * r.mean:.1f} +- {100 * r.std:.1f}%", f"{100 * r.chance:.1f}%",
+                      f"{100 * r.mean:.1f} +- {100 * r.std:.1f}%", "-" if r.chance is None else f"{100 * r.chance:.1f}%",
                       _duration(r.seconds) + ("*" if r.reused else ""), end_section=i == len(group) - 1)
     return t
 
@@ -293,10 +294,10 @@ def write_png(rows: list[Row], path: str | Path, title: str = "What pretraining 
                    label=setting.label if j == 0 else None)
             ax.text(x, 100 * (r.mean + high) + 1, f"{100 * r.mean:.1f}\n{_duration(r.seconds)}", ha="center",
                     va="bottom", fontsize=7)
-    for j, task in enumerate(tasks):
-        chance = next(r.chance for r in rows if r.task == task)
+    chances = [(j, next(r.chance for r in rows if r.task == task)) for j, task in enumerate(tasks)]
+    for n, (j, chance) in enumerate((j, c) for j, c in chances if c is not None):
         ax.hlines(100 * chance, j - 0.45, j + 0.45, colors="black", linestyles="--",
-                  label="chance (majority class)" if j == 0 else None)
+                  label="chance (majority class)" if n == 0 else None)
     metrics = sorted({r.metric for r in rows})
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylabel(f"test {' / '.join(metrics)} (%), mean +- std over folds")
