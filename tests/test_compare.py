@@ -50,6 +50,7 @@ def test_cli_runs_the_matrix_writes_json_and_png_and_a_rerun_reuses_it(setup):
         assert r["metric"] == "accuracy" and all(0.0 <= v <= 1.0 for v in r["folds"])
     assert [len(r["folds"]) for r in rows] == [1, 1, 1, 5, 5, 5]
     assert set(results["verdicts"]) == {"speechcommands_v1", "esc50"}
+    assert results["verdicts"]["esc50"]["folds"] == 5 and 0 <= results["verdicts"]["esc50"]["folds_ahead"] <= 5
     png = out / "cmp" / "results.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "frozen, pretrained" in first.output and "chance" in first.output
