@@ -39,7 +39,7 @@ def build(
     workers: int = typer.Option(1, "--workers", "-j", help="Decoding processes."),
     sample_rate: int = typer.Option(16000, "--sample-rate", help="Sample rate of the packed audio."),
     codec: str = typer.Option("flac", "--codec", help="Audio in the shards: flac (about half the size) or wav "
-                              "(16-bit PCM: no decoding, about 1.5x the streaming loader's clips/s on CPU)."),
+                              "(16-bit PCM: no decoding, 1.3-1.5x the streaming loader's clips/s on CPU)."),
     option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="Recipe option KEY=VALUE (repeatable)."),
 ) -> None:
     """Pack a corpus into shards; run the same command again to resume an interrupted build."""

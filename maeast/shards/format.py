@@ -45,7 +45,7 @@ def shard_name(corpus: str, split: str, number: int) -> str:
 
 CODECS = ("flac", "wav")
 """How a sample's audio is stored, which is also its member's extension. flac (the default) is about
-half the size; wav (16-bit PCM) costs no decoding, which gave the streaming loader about 1.5x
+half the size; wav (16-bit PCM) costs no decoding, which gave the streaming loader 1.3-1.5x
 the clips/s on a 2-core CPU (benchmarks/loader.py)."""
 
 
