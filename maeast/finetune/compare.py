@@ -22,12 +22,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from maeast.configio import load_yaml, to_dict
+from maeast.configio import load_yaml
 from maeast.engine.checkpoint import read_encoder
 from maeast.errors import MaeastError
 from maeast.finetune.config import FinetuneConfig, build_finetune_config, load_finetune_config
 from maeast.finetune.fold import is_finished, part_name
-from maeast.finetune.loop import finetune
+from maeast.finetune.loop import config_changes, finetune
 from maeast.finetune.tasks import get_task
 from maeast.model.config import PRESETS, ModelConfig
 
@@ -154,12 +154,11 @@ def check_reusable(cfg: FinetuneConfig, origin: dict) -> None:
         raise MaeastError(f"{run_dir} was fine-tuned from another encoder ({record.get('encoder')}); delete that folder "
                           f"(or give another --out) to fine-tune this one")
     if (run_dir / "config.yaml").is_file():
-        saved = _flat(to_dict(build_finetune_config(load_yaml(run_dir / "config.yaml"))))
-        now = _flat(to_dict(cfg))
-        changed = [k for k in now if now[k] != saved.get(k) and k not in FREE_KEYS]
+        changed = config_changes(run_dir, cfg, FREE_KEYS)
         if changed:
-            raise MaeastError(f"{run_dir} was fine-tuned with {changed[0]} = {saved.get(changed[0])!r}, now "
-                              f"{now[changed[0]]!r}; delete that folder (or give another --out) to rerun it")
+            key, was, now = changed[0]
+            raise MaeastError(f"{run_dir} was fine-tuned with {key} = {was!r}, now {now!r}; delete that folder (or "
+                              f"give another --out) to rerun it")
 
 
 def run_one(task: TaskData, setting: str, cfg: FinetuneConfig, origin: dict, resume: bool, console) -> Row:
@@ -322,13 +321,6 @@ def _label(setting: str) -> str:
 def _duration(seconds: float) -> str:
     seconds = round(seconds)
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def _read(path: Path) -> dict | None:

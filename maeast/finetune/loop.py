@@ -262,12 +262,11 @@ def prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, folds: list, resume: boo
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise MaeastError(f"nothing to resume in {run_dir}: no config.yaml there; run without --resume")
-        saved = _flat(to_dict(build_finetune_config(load_yaml(run_dir / "config.yaml"))))
-        now = _flat(to_dict(cfg))
-        changed = [k for k in now if now[k] != saved.get(k) and k not in RESUME_FREE]
+        changed = config_changes(run_dir, cfg, RESUME_FREE)
         if changed:
-            raise MaeastError(f"--resume with a different config: {changed[0]} is {now[changed[0]]!r}, the run has "
-                              f"{saved.get(changed[0])!r}; resume with the run's config ({run_dir / 'config.yaml'})")
+            key, was, now = changed[0]
+            raise MaeastError(f"--resume with a different config: {key} is {now!r}, the run has {was!r}; resume with "
+                              f"the run's config ({run_dir / 'config.yaml'})")
     elif started:
         raise MaeastError(f"{run_dir} already holds a fine-tuning run ({started[0]}); pass --resume to continue it "
                           f"or set --run.dir to a new folder")
@@ -277,6 +276,14 @@ def prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, folds: list, resume: boo
         save_finetune_config(cfg, run_dir / "config.yaml")
         (run_dir / "model.json").write_text(json.dumps(model, indent=2) + "\n")
     dist.barrier()
+
+
+def config_changes(run_dir: Path, cfg: FinetuneConfig, free: tuple[str, ...] = ()) -> list[tuple[str, object, object]]:
+    """(key, the run's value, cfg's value) for every key of cfg that differs from run_dir/config.yaml,
+    except the `free` keys; [] when they agree."""
+    saved = _flat(to_dict(build_finetune_config(load_yaml(Path(run_dir) / "config.yaml"))))
+    now = _flat(to_dict(cfg))
+    return [(k, saved.get(k), now[k]) for k in now if now[k] != saved.get(k) and k not in free]
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
