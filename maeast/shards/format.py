@@ -152,24 +152,21 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def iter_tar(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield (key, {extension: bytes}) per sample of one shard, in tar order.
+    """Yield (key, {extension: bytes}) per sample of one shard, in tar order (tar_members below).
 
     A truncated or corrupt tar raises MaeastError naming the shard.
     """
     current, parts = None, {}
     try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                base = member.name.rsplit("/", 1)[-1]
-                key, _, ext = base.partition(".")
+        with open(path, "rb", buffering=1 << 20) as f:
+            for name, data in tar_members(f):
+                key, _, ext = name.rsplit("/", 1)[-1].partition(".")
                 if current is not None and key != current:
                     yield current, parts
                     parts = {}
                 current = key
-                parts[ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, OSError) as e:
+                parts[ext] = data
+    except (TarFormatError, UnicodeDecodeError, OSError) as e:
         raise MaeastError(f"broken shard {path}: {e} (rebuild it with `maeast shard build`)") from None
     if current is not None:
         yield current, parts
