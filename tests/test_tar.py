@@ -58,3 +58,10 @@ def test_a_garbled_header_raises():
     raw[second + 2] ^= 0xFF  # a byte of the name: the stored checksum no longer matches
     with pytest.raises(TarFormatError, match="checksum"):
         list(tar_members(io.BytesIO(bytes(raw))))
+
+
+def test_rejected_members_are_skipped_unread():
+    raw = make_tar(tarfile.GNU_FORMAT)
+    kept = list(tar_members(io.BytesIO(raw), keep=lambda name: name.endswith(".json")))
+    assert kept == [m for m in tar_members(io.BytesIO(raw)) if m[0].endswith(".json")]
+    assert [n for n, _ in kept] == ["a.json", "é-clé.json", "empty.json"]

@@ -23,15 +23,13 @@ uses (key, duration, label_ids; the FLAC members are skipped over, not read).
 
 from __future__ import annotations
 
-import json
 import math
-import tarfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from maeast.errors import MaeastError
 from maeast.finetune.tasks import CUSTOM, Task
-from maeast.shards.format import shard_paths
+from maeast.shards.format import iter_meta, shard_paths
 from maeast.shards.recipes.folder import SPLIT_FOLDERS, seeded_split
 
 PERCENTILE = 90
@@ -98,17 +96,13 @@ def read_clips(folder: Path, split: str, index: dict) -> list[ClipMeta]:
     """Key, duration and label count of every sample of a split, from its JSON members alone."""
     out = []
     for shard in shard_paths(folder, split, index):
-        try:
-            with tarfile.open(shard, "r:") as tar:  # seekable: the FLAC members are stepped over
-                for member in tar:
-                    if member.isfile() and member.name.endswith(".json"):
-                        meta = json.loads(tar.extractfile(member).read())
-                        key = member.name.rsplit("/", 1)[-1].partition(".")[0]
-                        seconds = meta.get("duration") or meta["num_samples"] / meta["sample_rate"]
-                        out.append(ClipMeta(key, float(seconds), len(meta.get("label_ids") or [])))
-        except (tarfile.TarError, EOFError, OSError, ValueError, KeyError) as e:
-            raise MaeastError(f"broken shard {shard}: {type(e).__name__}: {e} (rebuild it with `maeast shard build`)") \
-                from None
+        for key, meta in iter_meta(shard):
+            try:
+                seconds = meta.get("duration") or meta["num_samples"] / meta["sample_rate"]
+            except (KeyError, TypeError, ZeroDivisionError) as e:
+                raise MaeastError(f"broken shard {shard}: sample {key} has no duration ({e}); rebuild it with "
+                                  f"`maeast shard build`") from None
+            out.append(ClipMeta(key, float(seconds), len(meta.get("label_ids") or [])))
     return out
 
 

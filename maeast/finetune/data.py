@@ -14,7 +14,6 @@ place of the folds, and each pass keeps its part's clips.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from maeast.errors import MaeastError
 from maeast.finetune.custom import CustomPlan, SeededSplit, resolve_custom
 from maeast.finetune.tasks import Task
 from maeast.loaders import LoaderConfig, StreamingLoader
-from maeast.shards.format import iter_tar, read_index, shard_paths
+from maeast.shards.format import iter_meta, read_index, shard_paths
 
 
 @dataclass
@@ -108,8 +107,8 @@ def read_folds(folder: Path, split: str) -> dict[str, int]:
     """key -> fold for every sample of a split (a clip without a fold is an error)."""
     out: dict[str, int] = {}
     for shard in shard_paths(folder, split):
-        for key, parts in iter_tar(shard):
-            fold = json.loads(parts["json"]).get("fold") if "json" in parts else None
+        for key, meta in iter_meta(shard):
+            fold = meta.get("fold")
             if fold is None:
                 raise MaeastError(f"{shard}: sample {key} has no fold; cross-validation needs shards built by the "
                                   f"esc50 or iemocap recipe")

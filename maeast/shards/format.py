@@ -14,7 +14,7 @@ import struct
 import tarfile
 from pathlib import Path
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -151,15 +151,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def iter_tar(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield (key, {extension: bytes}) per sample of one shard, in tar order (tar_members below).
+def iter_tar(path: Path, keep: Callable[[str], bool] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield (key, {extension: bytes}) per sample of one shard, in tar order (tar_members below);
+    members whose name keep() rejects are skipped unread.
 
     A truncated or corrupt tar raises MaeastError naming the shard.
     """
     current, parts = None, {}
     try:
         with open(path, "rb", buffering=1 << 20) as f:
-            for name, data in tar_members(f):
+            for name, data in tar_members(f, keep):
                 key, _, ext = name.rsplit("/", 1)[-1].partition(".")
                 if current is not None and key != current:
                     yield current, parts
@@ -172,15 +173,26 @@ def iter_tar(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield current, parts
 
 
+def iter_meta(path: Path) -> Iterator[tuple[str, dict]]:
+    """(key, parsed JSON) per sample of one shard, the audio members seeked over, never read."""
+    for key, parts in iter_tar(path, keep=lambda name: name.endswith(".json")):
+        try:
+            yield key, json.loads(parts["json"])
+        except (KeyError, ValueError) as e:
+            raise MaeastError(f"broken shard {path}: sample {key} has no readable JSON ({e}); rebuild it with "
+                              f"`maeast shard build`") from None
+
+
 class TarFormatError(Exception):
     """A tar header or member that is cut off or garbled (tar_members)."""
 
 
-def tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
+def tar_members(f: BinaryIO, keep: Callable[[str], bool] | None = None) -> Iterator[tuple[str, bytes]]:
     """(name, data) of each regular file of an uncompressed tar, in order: what tarfile writes (GNU
     and POSIX ustar; GNU long names and pax path records included), read with two f.read calls a
     member and no per-member objects; the loaders' hot path. Raises TarFormatError where the tar
-    is cut off or a header's checksum fails, after yielding every whole member before it."""
+    is cut off or a header's checksum fails, after yielding every whole member before it.
+    keep(name) False: the member's data is seeked over, not read (f must be seekable)."""
     long_name = None
     while True:
         header = f.read(512)
@@ -193,12 +205,16 @@ def tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
         if not _checksum_ok(header):
             raise TarFormatError("a header's checksum does not match (garbled tar)")
         size = int.from_bytes(header[125:136], "big") if header[124] & 0x80 else int(header[124:136].strip(b"\0 ") or b"0", 8)
+        kind = header[156:157]
+        if keep is not None and kind in (b"0", b"\0", b"7") and not keep(long_name or _name(header)):
+            f.seek(size + (-size) % 512, 1)
+            long_name = None
+            continue
         data = f.read(size)
         if len(data) < size:
             raise TarFormatError(f"truncated member ({len(data)} of {size} bytes)")
         if size % 512:
             f.read(512 - size % 512)
-        kind = header[156:157]
         if kind == b"L":  # GNU long name: the next member's
             long_name = data.rstrip(b"\0").decode("utf-8")
         elif kind == b"x":  # pax extended header: "LEN path=NAME\n" records
@@ -207,13 +223,17 @@ def tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
                 if key == "path":
                     long_name = value
         elif kind in (b"0", b"\0", b"7"):
-            name = header[:100].rstrip(b"\0").decode("utf-8")
-            if header[257:263] == b"ustar\0" and header[345:500].strip(b"\0"):
-                name = header[345:500].rstrip(b"\0").decode("utf-8") + "/" + name
-            yield long_name or name, data
+            yield long_name or _name(header), data
             long_name = None
         else:
             long_name = None  # directories, links, global pax headers: no data for a sample
+
+
+def _name(header: bytes) -> str:
+    name = header[:100].rstrip(b"\0").decode("utf-8")
+    if header[257:263] == b"ustar\0" and header[345:500].strip(b"\0"):
+        name = header[345:500].rstrip(b"\0").decode("utf-8") + "/" + name
+    return name
 
 
 def _checksum_ok(header: bytes) -> bool:
