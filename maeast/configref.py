@@ -21,10 +21,11 @@ from maeast.errors import MaeastError
 
 @lru_cache(maxsize=None)
 def field_docs(cls: type) -> dict[str, str]:
-    """{field name: the string literal right under its annotation} of one dataclass."""
+    """{field name: the string literal right under its annotation} of a dataclass and the ones it extends."""
+    base = next((b for b in cls.__mro__[1:] if dataclasses.is_dataclass(b)), None)
+    docs = dict(field_docs(base)) if base is not None else {}
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body
-    docs = {}
     for node, after in zip(body, body[1:] + [None]):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr) \
                 and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):

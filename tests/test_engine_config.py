@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from maeast.configio import load_yaml, to_dict
-from maeast.engine.config import TrainConfig, build_config, load_config, save_config, shipped_configs
+from maeast.engine.config import TrainConfig, accumulation, build_config, load_config, save_config, shipped_configs
 from maeast.engine.ds_config import DEFAULT_ZERO, deepspeed_config, read_zero_json
 from maeast.engine.optim import build_optimizer, lr_at
 from maeast.errors import MaeastError
@@ -65,11 +65,11 @@ def test_overrides_apply_on_top_of_preset_and_yaml():
 def test_global_batch_fixes_accumulation_for_any_process_count():
     cfg = load_config("pretrain_patch_random")
     assert cfg.optim.global_batch == 256 and cfg.data.batch_size == 8
-    assert [cfg.accumulation(w) for w in (1, 2, 4, 32)] == [32, 16, 8, 1]
-    assert all(cfg.accumulation(w) * w * cfg.data.batch_size == 256 for w in (1, 2, 4, 8, 16, 32))
+    assert [accumulation(cfg.optim.global_batch, cfg.data.batch_size, w) for w in (1, 2, 4, 32)] == [32, 16, 8, 1]
+    assert all(accumulation(cfg.optim.global_batch, cfg.data.batch_size, w) * w * cfg.data.batch_size == 256 for w in (1, 2, 4, 8, 16, 32))
     assert cfg.global_batch_seconds == 2560.0
     with pytest.raises(MaeastError, match="3 processes"):
-        cfg.accumulation(3)
+        accumulation(cfg.optim.global_batch, cfg.data.batch_size, 3)
     with pytest.raises(MaeastError, match="not a multiple of data.batch_size"):
         load_config("pretrain_tiny", ["optim.global_batch=6"])
 
@@ -79,18 +79,18 @@ def test_launch_jsons_hold_only_zero_knobs_and_batch_comes_from_the_config(stage
     zero = read_zero_json(ROOT / "launch" / f"ds_zero{stage}.json")
     assert set(zero) <= {"zero_optimization", "bf16"}
     cfg = load_config("pretrain_patch_random")
-    ds = deepspeed_config(cfg, 4, zero, cuda=False)
+    ds = deepspeed_config(cfg.optim, cfg.data.batch_size, 4, zero, cuda=False)
     assert ds["zero_optimization"]["stage"] == stage
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (256, 8, 8)
     assert ds["gradient_clipping"] == 10.0
     assert ds["bf16"]["enabled"] is False  # fp32 on CPU
-    assert deepspeed_config(cfg, 4, zero, cuda=True)["bf16"]["enabled"] is True  # bf16 on GPU
+    assert deepspeed_config(cfg.optim, cfg.data.batch_size, 4, zero, cuda=True)["bf16"]["enabled"] is True  # bf16 on GPU
     assert "optimizer" not in ds and "scheduler" not in ds
 
 
 def test_a_json_that_disagrees_with_the_config_is_an_error():
     cfg = load_config("pretrain_patch_random")
-    same = deepspeed_config(cfg, 2, {**DEFAULT_ZERO, "train_batch_size": 256}, cuda=False)
+    same = deepspeed_config(cfg.optim, cfg.data.batch_size, 2, {**DEFAULT_ZERO, "train_batch_size": 256}, cuda=False)
     assert same["train_batch_size"] == 256  # repeating our value is allowed
     for extra, pattern in (({"train_batch_size": 512}, "train_batch_size=512"),
                            ({"gradient_accumulation_steps": 1}, "gradient_accumulation_steps"),
@@ -100,7 +100,7 @@ def test_a_json_that_disagrees_with_the_config_is_an_error():
                            ({"steps_per_prnt": 1}, "steps_per_prnt"),
                            ({"bf16": {"enabled": True}}, "without a CUDA device")):
         with pytest.raises(MaeastError, match=pattern):
-            deepspeed_config(cfg, 2, {**DEFAULT_ZERO, **extra}, cuda=False)
+            deepspeed_config(cfg.optim, cfg.data.batch_size, 2, {**DEFAULT_ZERO, **extra}, cuda=False)
 
 
 def test_schedule_is_linear_warmup_then_polynomial_decay():

@@ -7,13 +7,15 @@
 
 Read top to bottom: config (TrainConfig) -> ds_config (the DeepSpeed config) -> optim (AdamW, schedule) ->
 distributed (process group helpers) -> engine (the only module importing deepspeed) -> checkpoint
-(atomic saves, resume, export) -> evaluate -> logging -> loop (pretrain) -> plots.
+(atomic saves, resume, export) -> evaluate -> logging -> rng (named streams) -> trainer (the one step loop,
+resume guard) -> loop (pretraining's use of it) -> plots.
 """
 
 from maeast.engine.checkpoint import load_model, read_encoder
 from maeast.engine.config import TrainConfig, build_config, load_config, shipped_configs
 from maeast.engine.ds_config import deepspeed_config
-from maeast.engine.loop import NonFiniteLoss, PretrainResult, pretrain
+from maeast.engine.loop import PretrainResult, pretrain
+from maeast.engine.trainer import NonFiniteLoss
 
 __all__ = ["TrainConfig", "build_config", "load_config", "shipped_configs", "deepspeed_config", "pretrain",
            "PretrainResult", "NonFiniteLoss", "read_encoder", "load_model"]

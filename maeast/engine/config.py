@@ -1,7 +1,6 @@
 """TrainConfig: every choice of a pretraining run in typed sections, and the DeepSpeed config made from it.
 
     cfg = load_config("pretrain_patch_random", ["--optim.lr", "3e-4"])  # a shipped name or a YAML path
-    cfg.accumulation(world_size)   # micro-batches per process per step, so optim.global_batch stays fixed
 
 Sections: model (maeast.model.ModelConfig; a YAML may name a `preset` whose fields the rest of the
 section overrides), data (maeast.loaders.LoaderConfig: the training stream; data.batch_size is the
@@ -46,7 +45,7 @@ class OptimConfig:
     close to the official 32 GPUs x 1.4M samples (2800 s)."""
     layer_decay: float = 1.0
     """Layer-wise lr decay: encoder layer l (0 = the token projection, depth = the last block) gets
-    lr x layer_decay ** (depth + 1 - l); 1 is off (pretraining). Fine-tuning sets it from its config."""
+    lr x layer_decay ** (depth + 1 - l); 1 is off (pretraining; SSAST's fine-tuning)."""
     head_lr: float = 1.0
     """lr multiplier of the parameters outside the encoder (a fine-tuning head; in pretraining the decoder)."""
 
@@ -168,17 +167,6 @@ class TrainConfig:
         if self.run.stop_at is not None and self.run.stop_at > self.schedule.steps:
             raise MaeastError(f"run.stop_at {self.run.stop_at} is past schedule.steps {self.schedule.steps}")
 
-    def accumulation(self, world_size: int) -> int:
-        """Micro-batches each process runs per optimizer step."""
-        per_pass = self.data.batch_size * world_size
-        if self.optim.global_batch % per_pass:
-            fits = [w for w in range(1, 257) if self.optim.global_batch % (self.data.batch_size * w) == 0]
-            raise MaeastError(
-                f"optim.global_batch {self.optim.global_batch} is not a multiple of data.batch_size "
-                f"{self.data.batch_size} x {world_size} processes; use a process count in {fits[:8]} or change "
-                f"data.batch_size")
-        return self.optim.global_batch // per_pass
-
     @property
     def global_batch_seconds(self) -> float:
         """Most audio one optimizer step holds (each batch is cropped to its shortest clip, capped)."""
@@ -193,6 +181,16 @@ class TrainConfig:
         return dataclasses.replace(self.data, shards=list(self.eval.shards or self.data.shards), split=self.eval.split,
                                    weights=None if self.eval.shards else self.data.weights, shuffle_buffer=0,
                                    num_workers=0, epoch_batches=self.eval.batches, seed=0)
+
+
+def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
+    """Micro-batches each process runs per optimizer step, so that a step sees global_batch clips."""
+    per_pass = micro_batch * world_size
+    if global_batch % per_pass:
+        fits = [w for w in range(1, 257) if global_batch % (micro_batch * w) == 0]
+        raise MaeastError(f"optim.global_batch {global_batch} is not a multiple of data.batch_size {micro_batch} x "
+                          f"{world_size} processes; use a process count in {fits[:8]} or change data.batch_size")
+    return global_batch // per_pass
 
 
 # ---- loading -----------------------------------------------------------------------------------
@@ -251,17 +249,6 @@ def load_config(name_or_path: str | Path, overrides: list[str] | dict | None = N
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
     save_yaml(cfg, path)
-
-
-def diff_configs(a: TrainConfig, b: TrainConfig, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ."""
-    def flat(d, p=""):
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{p}{k}.") if isinstance(v, dict) else {f"{p}{k}": v})
-        return out
-    fa, fb = flat(to_dict(a)), flat(to_dict(b))
-    return [k for k in fa if fa[k] != fb.get(k)]
 
 
 def _positive(name: str, value) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from maeast.engine.config import TrainConfig
+from maeast.engine.config import accumulation
 from maeast.errors import MaeastError
 
 OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
@@ -46,14 +46,15 @@ def read_zero_json(path: str | Path | None) -> dict:
     return data
 
 
-def deepspeed_config(cfg: TrainConfig, world_size: int, zero: dict, cuda: bool, where: str = "DeepSpeed config"
-                     ) -> dict:
-    """The whole DeepSpeed config: batch and clipping from cfg, ZeRO/precision/offload from `zero`."""
+def deepspeed_config(optim, micro_batch: int, world_size: int, zero: dict, cuda: bool,
+                     where: str = "DeepSpeed config") -> dict:
+    """The whole DeepSpeed config: batch and clipping from optim (an OptimConfig) and the micro batch,
+    ZeRO/precision/offload from `zero`."""
     ours = {
-        "train_batch_size": cfg.optim.global_batch,
-        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
-        "gradient_accumulation_steps": cfg.accumulation(world_size),
-        "gradient_clipping": cfg.optim.clip_grad,
+        "train_batch_size": optim.global_batch,
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": accumulation(optim.global_batch, micro_batch, world_size),
+        "gradient_clipping": optim.clip_grad,
     }
     for key, value in zero.items():
         if key in ("optimizer", "scheduler"):

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from maeast.engine import distributed as dist
-from maeast.engine.config import TrainConfig
+from maeast.engine.config import OptimConfig, ScheduleConfig
 from maeast.engine.ds_config import offloads_optimizer, zero_stage
 from maeast.engine.optim import build_optimizer, build_schedule
 from maeast.errors import MaeastError
@@ -57,26 +57,22 @@ def init_distributed() -> None:
 
 
 class Engine:
-    """A MAEAST module under a DeepSpeed engine built from TrainConfig and the generated DeepSpeed config."""
+    """A plain module (a model that returns its loss, or a classifier) under a DeepSpeed engine, with the
+    optimizer and schedule of `optim` and `schedule` and the generated DeepSpeed config. Precision is
+    decided here and only here: the DeepSpeed config's bf16 (on CUDA) runs every forward under autocast."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, ds_config: dict):
+    def __init__(self, model: nn.Module, optim: OptimConfig, schedule: ScheduleConfig, ds_config: dict):
         self.stage = zero_stage(ds_config)
-        optimizer = self._optimizer(model, cfg, ds_config)
-        peak, schedule = cfg.optim.lr, cfg.schedule
+        optimizer = build_optimizer(model, optim)
+        if offloads_optimizer(ds_config):
+            from deepspeed.ops.adam import DeepSpeedCPUAdam  # offload needs DeepSpeed's CPU Adam (compiled once)
+            optimizer = DeepSpeedCPUAdam(optimizer.param_groups, lr=optim.lr, betas=tuple(optim.betas),
+                                         eps=optim.eps, weight_decay=optim.weight_decay, adamw_mode=True)
         with _quiet():
             self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
                 model=model, optimizer=optimizer, config=ds_config,
-                lr_scheduler=lambda opt: build_schedule(opt, peak, schedule))
+                lr_scheduler=lambda opt: build_schedule(opt, optim.lr, schedule))
         self.bf16 = bool(ds_config.get("bf16", {}).get("enabled", False))
-
-    @staticmethod
-    def _optimizer(model: nn.Module, cfg: TrainConfig, ds_config: dict) -> torch.optim.Optimizer:
-        if not offloads_optimizer(ds_config):
-            return build_optimizer(model, cfg.optim)
-        from deepspeed.ops.adam import DeepSpeedCPUAdam  # offload needs DeepSpeed's CPU Adam (compiled once)
-        torch_adam = build_optimizer(model, cfg.optim)
-        return DeepSpeedCPUAdam(torch_adam.param_groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay, adamw_mode=True)
 
     @property
     def module(self) -> nn.Module:
@@ -96,11 +92,11 @@ class Engine:
     def eval(self) -> None:
         self.ds.eval()
 
-    def forward(self, features: torch.Tensor, padding_mask: torch.Tensor | None, generator: torch.Generator):
-        """The model's output for one micro-batch. With bf16 weights (DeepSpeed bf16, CUDA only) the whole
+    def forward(self, *inputs):
+        """The module's output for one micro-batch. With bf16 weights (DeepSpeed bf16, CUDA only) the whole
         forward runs under bf16 autocast, so the fp32 parts (input norm, losses) meet bf16 weights cleanly."""
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-            return self.ds(features, padding_mask, generator)
+            return self.ds(*inputs)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.ds.backward(loss)
@@ -114,8 +110,9 @@ class Engine:
         return bool(self.ds.is_gradient_accumulation_boundary())
 
     def lr(self) -> float:
-        """The learning rate of the next update (of the first parameter group, lr_scale 1 in pretraining)."""
-        return float(self.ds.get_lr()[0])
+        """The peak-relative learning rate of the next update (the first group's lr over its lr_scale)."""
+        group = self.optimizer.param_groups[0]
+        return float(group["lr"] / group.get("lr_scale", 1.0))
 
     def grad_norm(self) -> float | None:
         norm = self.ds.get_global_grad_norm()

@@ -16,11 +16,8 @@ import math
 import torch
 
 from maeast.engine.config import TrainConfig
-from maeast.loaders.sources import derive_seed
+from maeast.engine import rng
 from maeast.model.losses import normalize_patches
-
-EVAL_STREAM = 0x5EED  # separates the masks of evaluation from those of training
-
 
 def masked_figures(out, norm_targets: bool) -> dict[str, float]:
     """Token-weighted sums of one batch's figures: tokens, mse, infonce, mse_zero, infonce_chance."""
@@ -47,7 +44,7 @@ def evaluate(engine, cfg: TrainConfig, loader_factory) -> dict[str, float]:
         for index, batch in enumerate(loader_factory()):
             if index == cfg.eval.batches:
                 break
-            generator = torch.Generator().manual_seed(derive_seed(cfg.run.seed, EVAL_STREAM, index))
+            generator = rng.generator("eval_masks", cfg.run.seed, index)
             batch = batch.to(engine.device)
             out = engine.forward(batch.features, batch.padding_mask, generator)
             for key, value in masked_figures(out, cfg.model.norm_targets).items():
@@ -60,3 +57,8 @@ def evaluate(engine, cfg: TrainConfig, loader_factory) -> dict[str, float]:
     result["clips"] = clips
     result["mse_ratio"] = result["mse"] / result["mse_zero"] if "mse" in result and result["mse_zero"] else math.nan
     return result
+
+
+def eval_line(record: dict) -> str:
+    return (f"eval step {record['step']}: mse {record['mse']:.4f} (zeros {record['mse_zero']:.4f}), "
+            f"infonce {record.get('infonce', math.nan):.3f} (chance {record['infonce_chance']:.3f})")

@@ -1,16 +1,15 @@
 """What a run reports, on rank 0 only: rich progress, tensorboard scalars and a JSONL log.
 
-RUN/log.jsonl holds one JSON object per line: {"kind": "train", "step", "loss", "mse", "infonce", "lr",
-"grad_norm", "clips_per_s", "audio_s_per_s", "data_wait", "step_s", "eta_s", "time"} every
-run.log_every steps, {"kind": "eval", "step", "mse", "infonce", "mse_zero", "infonce_chance", ...}
-at each evaluation, and {"kind": "event", ...} for starts, resumes, checkpoints and stops. A resumed
-run first cuts the log back to its checkpoint's step, so the file is one continuous curve.
+RUN/log.jsonl holds one JSON object per line: {"kind": "train", "step", ..., "eta_s", "time"} with
+whatever figures the trainer's step gave (loss, its parts, lr, grad_norm, clips_per_s, data_wait, ...)
+every run.log_every steps, {"kind": "eval", "step", ...} at each evaluation, and {"kind": "event", ...}
+for starts, resumes, checkpoints and stops; tensorboard gets every number as train/KEY or eval/KEY.
+A resumed run first cuts the log back to its checkpoint's step, so the file is one continuous curve.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -89,23 +88,22 @@ class RunLogger:
             self.console.print(f"step {step}/{self.last_step} {info} | eta {_duration(record['eta_s'])}",
                                highlight=False, soft_wrap=True)
         if log:
-            self.write({"kind": "train", **record})
-            if self.tb is not None:
-                for key in ("loss", "mse", "infonce", "lr", "grad_norm", "clips_per_s", "audio_s_per_s", "data_wait"):
-                    if record.get(key) is not None:
-                        self.tb.add_scalar(f"train/{key}", record[key], step)
+            self._scalars("train", record)
 
-    def eval(self, record: dict) -> None:
+    def eval(self, record: dict, message: str) -> None:
+        """One evaluation's figures (JSONL, tensorboard) and its line for the console."""
         if not self.enabled:
             return
-        self.write({"kind": "eval", **record})
+        self._scalars("eval", record)
+        self.console.print(message, highlight=False, soft_wrap=True)
+
+    def _scalars(self, kind: str, record: dict) -> None:
+        """The record as a JSONL line, and each of its numbers as a tensorboard scalar kind/key."""
+        self.write({"kind": kind, **record})
         if self.tb is not None:
             for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(f"eval/{key}", value, record["step"])
-        self.console.print(f"eval step {record['step']}: mse {record['mse']:.4f} (zeros {record['mse_zero']:.4f}), "
-                           f"infonce {record.get('infonce', math.nan):.3f} (chance {record['infonce_chance']:.3f})",
-                           highlight=False, soft_wrap=True)
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tb.add_scalar(f"{kind}/{key}", value, record["step"])
 
     def event(self, message: str, **fields) -> None:
         if not self.enabled:

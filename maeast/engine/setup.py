@@ -1,18 +1,13 @@
-"""Small pieces of run setup that the loop uses: stage-specific model changes, buffer sync, audits."""
+"""Small pieces of run setup that the pretraining loop uses: stage-specific model changes, key audits."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from pathlib import Path
 
-import torch
-import torch.nn as nn
-
 from maeast.engine import distributed as dist
 from maeast.engine.config import TrainConfig
-from maeast.errors import MaeastError
 
 
 def layerdrop_for_stage(cfg: TrainConfig, stage: int) -> TrainConfig:
@@ -30,28 +25,6 @@ def layerdrop_for_stage(cfg: TrainConfig, stage: int) -> TrainConfig:
     return dataclasses.replace(cfg, model=model)
 
 
-def sync_buffers(module: nn.Module) -> None:
-    """Average floating-point buffers (the input BatchNorm's running statistics) over all processes,
-    so that every process evaluates and exports the same normalization."""
-    if dist.world_size() == 1:
-        return
-    buffers = [b for b in module.buffers() if b.is_floating_point()]
-    if not buffers:
-        return
-    flat = torch.cat([b.detach().double().reshape(-1) for b in buffers])
-    flat = dist.all_reduce_sum(flat) / dist.world_size()
-    offset = 0
-    for b in buffers:
-        b.copy_(flat[offset:offset + b.numel()].view_as(b).to(b.dtype))
-        offset += b.numel()
-
-
-def check_resumable(state: dict, world_size: int, checkpoint: Path) -> None:
-    if int(state["world_size"]) != world_size:
-        raise MaeastError(f"{checkpoint} was written by {state['world_size']} process(es), this run has {world_size}; "
-                          f"resume with {state['world_size']} (ZeRO partitions and loader positions are per process)")
-
-
 def trace_keys(run_dir: Path, rank: int, step: int):
     """RUN/keys/rank{r}.tsv (step, slot, key per line), cut back to `step` on resume; an open file."""
     path = Path(run_dir) / "keys" / f"rank{rank}.tsv"
@@ -61,9 +34,3 @@ def trace_keys(run_dir: Path, rank: int, step: int):
                 if line.endswith("\n") and int(line.split("\t", 1)[0]) <= step]
         path.write_text("".join(kept))
     return open(path, "a")
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maeast.configio import from_dict, load_yaml, merge, parse_overrides, save_yaml, to_dict
-from maeast.engine.config import resolve_config_path, shipped_configs
+from maeast.engine.config import OptimConfig, resolve_config_path, shipped_configs
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
 from maeast.finetune.custom import SeededSplit
-from maeast.finetune.heads import NORMS
+from maeast.model.heads import NORMS
 from maeast.finetune.tasks import get_task
 from maeast.model.config import PRESETS
 
@@ -158,17 +158,12 @@ class AugmentSection:
 
 
 @dataclass
-class OptimSection:
-    """AdamW, its learning rates and the batch it steps on."""
+class OptimSection(OptimConfig):
+    """Pretraining's AdamW section (maeast.engine.config.OptimConfig) with fine-tuning's defaults, and the
+    head's learning rate on a frozen encoder."""
 
     lr: float = 1e-4
     """Peak learning rate of full fine-tuning."""
-    frozen_lr: float = 1e-3
-    """Peak learning rate of the head when the encoder is frozen."""
-    head_lr: float = 1.0
-    """Full fine-tuning: the head's lr is lr x head_lr (SSAST's head_lr)."""
-    layer_decay: float = 1.0
-    """Full fine-tuning: encoder layer i of depth d trains at lr x layer_decay ** (d + 1 - i); 1: off (SSAST)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW's (beta1, beta2)."""
     eps: float = 1e-8
@@ -179,17 +174,13 @@ class OptimSection:
     """Clip the global gradient norm; 0: off."""
     global_batch: int = 32
     """Clips per optimizer step over all processes."""
+    frozen_lr: float = 1e-3
+    """Peak learning rate of the head when the encoder is frozen (layer_decay and head_lr then do not apply)."""
 
     def __post_init__(self):
-        for name in ("lr", "frozen_lr", "head_lr", "eps"):
-            if not getattr(self, name) > 0:
-                raise MaeastError(f"optim.{name} {getattr(self, name)} must be positive")
-        if not 0.0 < self.layer_decay <= 1.0:
-            raise MaeastError(f"optim.layer_decay {self.layer_decay} must be in (0, 1]")
-        if self.weight_decay < 0 or self.clip_grad < 0:
-            raise MaeastError("optim.weight_decay and optim.clip_grad must be >= 0")
-        if not isinstance(self.global_batch, int) or self.global_batch < 1:
-            raise MaeastError(f"optim.global_batch {self.global_batch!r} must be an integer >= 1")
+        super().__post_init__()
+        if not isinstance(self.frozen_lr, (int, float)) or not self.frozen_lr > 0:
+            raise MaeastError(f"optim.frozen_lr {self.frozen_lr!r} must be a positive number")
 
 
 @dataclass

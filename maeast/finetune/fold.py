@@ -13,16 +13,18 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from maeast.engine import distributed as dist
+from maeast.engine import rng
 from maeast.engine.checkpoint import latest_checkpoint, load_train_state
 from maeast.engine.logging import RunLogger, cut_log
-from maeast.engine.optim import lr_at
-from maeast.engine.setup import sync_buffers
+from maeast.engine.trainer import Micro, Trainer
 from maeast.errors import MaeastError
 from maeast.finetune.augment import mixup, spec_augment
 from maeast.finetune.checkpoint import save_fold_checkpoint
@@ -31,10 +33,7 @@ from maeast.finetune.evaluate import predict
 from maeast.finetune.heads import Classifier, Head, head_layers, pooled_layers
 from maeast.finetune.metrics import score
 from maeast.finetune.sources import CacheSource, LoaderSource
-from maeast.loaders.sources import derive_seed
 from maeast.model import Encoder
-
-HEAD_STREAM, DROPOUT_STREAM, AUGMENT_STREAM, DATA_STREAM = 11, 12, 13, 14
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -63,7 +62,7 @@ def build_model(ctx, fold: int | None) -> tuple[Encoder, Head, torch.nn.Module]:
     cfg = ctx.cfg
     encoder = Encoder(ctx.model_cfg)
     encoder.load_state_dict(ctx.encoder_state)
-    torch.manual_seed(derive_seed(cfg.run.seed, HEAD_STREAM, fold or 0))
+    torch.manual_seed(rng.seed("head_init", cfg.run.seed, fold or 0))
     weighted = cfg.head.layers == "weighted"
     head = Head(head_layers(encoder, weighted), encoder.cfg.dim, len(ctx.corpus.labels), cfg.head_norm)
     if cfg.run.freeze_encoder:
@@ -83,7 +82,7 @@ def sources(ctx, fold: int | None, encoder: Encoder) -> tuple[object, dict[str, 
         def cached(selection):
             return ctx.cached(selection.split).take(selection.rows(ctx.cached(selection.split).keys, corpus))
         train = CacheSource(cached(picks["train"]), ctx.micro, ctx.world, ctx.rank,
-                            derive_seed(cfg.run.seed, DATA_STREAM, fold or 0), ctx.device)
+                            rng.seed("data_order", cfg.run.seed, fold or 0), ctx.device)
         evals = {name: CacheSource(cached(sel), cfg.data.eval_batch_size, 1, 0, 0, ctx.device, shuffle=False)
                  for name, sel in picks.items() if name != "train"}
         return train, evals
@@ -93,7 +92,7 @@ def sources(ctx, fold: int | None, encoder: Encoder) -> tuple[object, dict[str, 
             with torch.no_grad():
                 return pooled_layers(encoder, batch.features, batch.padding_mask, weighted)
     loader = make_loader(corpus, picks["train"], train=True, batch_size=ctx.micro,
-                         seed=derive_seed(cfg.run.seed, DATA_STREAM, fold or 0), shuffle_buffer=cfg.data.shuffle_buffer,
+                         seed=rng.seed("data_order", cfg.run.seed, fold or 0), shuffle_buffer=cfg.data.shuffle_buffer,
                          epoch_batches=cfg.data.epoch_batches, rank=ctx.rank, world_size=ctx.world, **common)
     train = LoaderSource(loader, picks["train"], corpus, ctx.device, encode)
     evals = {}
@@ -118,34 +117,24 @@ def evaluate_sources(engine, evals: dict, metric: str) -> dict[str, dict]:
     return out
 
 
-def optimizer_step(ctx, engine, stream, fold: int | None, step: int) -> dict:
-    """One optimizer step (step = its 1-based number): `accumulation` micro-batches, augmented in full
-    fine-tuning, through the engine; returns the step's figures, summed over the processes."""
-    cfg, loss_fn, classes = ctx.cfg, LOSSES[ctx.task.loss], len(ctx.corpus.labels)
-    t0, wait, sums = time.perf_counter(), 0.0, torch.zeros(2, dtype=torch.float64)  # loss, clips
-    for micro in range(ctx.accum):
-        tw = time.perf_counter()
-        x, pad, labels, keys = stream.take()
-        wait += time.perf_counter() - tw
-        slot = micro * ctx.world + ctx.rank
-        torch.manual_seed(derive_seed(cfg.run.seed, DROPOUT_STREAM, fold or 0, step, slot))
-        generator = torch.Generator().manual_seed(derive_seed(cfg.run.seed, AUGMENT_STREAM, fold or 0, step, slot))
-        targets = targets_of(labels, classes)
-        if not cfg.run.freeze_encoder:
-            x = spec_augment(x, pad, cfg.augment.freq_mask, cfg.augment.time_mask, generator)
-            x, pad, targets = mixup(x, pad, targets, cfg.augment.mixup, cfg.augment.mixup_alpha, generator)
-        loss = loss_fn(engine.forward(x, pad, generator), targets)
-        bad = dist.all_reduce_sum(torch.tensor([0.0 if torch.isfinite(loss.detach()) else 1.0], dtype=torch.float64))
-        if bad.item():  # every process stops before the bad step touches the weights
-            raise MaeastError(f"{part_name(fold)}: non-finite loss at step {step}; lower optim.lr")
-        engine.backward(loss)
-        engine.step()
-        sums += torch.tensor([float(loss.detach()), len(keys)], dtype=torch.float64)
-    sync_buffers(engine.module)  # the input BatchNorm's statistics, equal on every process
-    total = dist.all_reduce_sum(sums)
-    seconds = time.perf_counter() - t0
-    return {"step": step, "loss": total[0].item() / (ctx.accum * ctx.world), "grad_norm": engine.grad_norm(),
-            "clips_per_s": total[1].item() / seconds, "data_wait": wait / seconds, "step_s": seconds}
+@dataclass
+class Classification:
+    """Fine-tuning's use of the trainer: the classifier's logits against the (augmented) targets."""
+
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    classes: int
+    augment: object | None  # the config's augment section in full fine-tuning; None on a frozen encoder
+    dropout_stream: str = "finetune_dropout"
+    draw_stream: str = "augment"
+
+    def __call__(self, engine, item, generator: torch.Generator) -> Micro:
+        x, pad, labels, keys = item
+        targets = targets_of(labels, self.classes)
+        if self.augment is not None:
+            a = self.augment
+            x = spec_augment(x, pad, a.freq_mask, a.time_mask, generator)
+            x, pad, targets = mixup(x, pad, targets, a.mixup, a.mixup_alpha, generator)
+        return Micro(self.loss_fn(engine.forward(x, pad, generator), targets), len(keys), keys)
 
 
 def train_fold(ctx, fold: int | None) -> dict:
@@ -158,7 +147,7 @@ def train_fold(ctx, fold: int | None) -> dict:
     if steps_per_epoch == 0:
         raise MaeastError(f"fold {fold}: {len(train)} micro-batches per epoch is fewer than the {ctx.accum} of one "
                           f"optimizer step; lower optim.global_batch")
-    engine, schedule = ctx.make_engine(module, cfg.epochs * steps_per_epoch)
+    engine = ctx.make_engine(module, cfg.epochs * steps_per_epoch)
     checkpoint = latest_checkpoint(part) if ctx.resume else None
     epoch, step, best, history = 0, 0, None, []
     if checkpoint is not None:
@@ -179,6 +168,9 @@ def train_fold(ctx, fold: int | None) -> dict:
         else "full fine-tuning"
     logger.event(f"{task.name} {part_name(fold)}: {'resumed at' if checkpoint else 'started'} epoch {epoch} of "
                  f"{cfg.epochs}, {steps_per_epoch} steps per epoch, {mode}", step=step, fold=fold)
+    use = Classification(LOSSES[task.loss], len(ctx.corpus.labels), None if cfg.run.freeze_encoder else cfg.augment)
+    trainer = Trainer(engine, use, cfg.run.seed, ctx.world, ctx.rank, ctx.accum, part, logger,
+                      checkpoint=lambda: latest_checkpoint(part))
     try:
         while epoch < cfg.epochs:
             engine.train()
@@ -187,15 +179,15 @@ def train_fold(ctx, fold: int | None) -> dict:
                 if stream.peek() is None:
                     break  # one process skipped empty batches: this epoch ends a step early
                 step += 1
-                record = optimizer_step(ctx, engine, stream, fold, step)
-                record.update(epoch=epoch + 1, lr=lr_at(step - 1, cfg.peak_lr, schedule))
-                logger.train(record, log=step % cfg.run.log_every == 0 or step == last)
+                record = trainer.step(stream.take, number=step, key=(fold or 0, step))
+                logger.train({**record, "epoch": epoch + 1}, log=step % cfg.run.log_every == 0 or step == last)
             stream.close()
             epoch += 1
             if epoch % cfg.run.eval_every == 0 or epoch == cfg.epochs:
                 scores = evaluate_sources(engine, evals, task.metric)
                 history.append({"epoch": epoch, "step": step, **{k: v[task.metric] for k, v in scores.items()}})
-                _log_eval(logger, history[-1], task.metric)
+                logger.eval(history[-1], f"epoch {epoch} (step {step}): " + ", ".join(
+                    f"{k} {task.metric} {100 * history[-1][k]:.2f}%" for k in ("valid", "test") if k in history[-1]))
                 if best is None or "valid" not in scores or scores["valid"][task.metric] > best["valid"][task.metric]:
                     best = {"epoch": epoch, "step": step, **scores}
                     ctx.export(engine, encoder, part / "best", fold, best)
@@ -250,18 +242,6 @@ class _Stream:
             raise MaeastError("the training loader ran out of clips in the middle of an optimizer step")
         self.ahead = None
         return item
-
-
-def _log_eval(logger: RunLogger, record: dict, metric: str) -> None:
-    if not logger.enabled:
-        return
-    logger.write({"kind": "eval", **record})
-    if logger.tb is not None:
-        for key in ("valid", "test"):
-            if key in record:
-                logger.tb.add_scalar(f"{key}/{metric}", record[key], record["step"])
-    parts = ", ".join(f"{k} {metric} {100 * record[k]:.2f}%" for k in ("valid", "test") if k in record)
-    logger.console.print(f"epoch {record['epoch']} (step {record['step']}): {parts}", highlight=False, soft_wrap=True)
 
 
 def is_finished(part: Path) -> dict | None:

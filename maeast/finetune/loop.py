@@ -4,11 +4,9 @@
     cfg = load_finetune_config("finetune_small", task="esc50", checkpoint="runs/pretrain_small/encoder")
     result = finetune(cfg)            # result.summary == {"mean": ..., "std": ...} of the test metric
 
-Every fold runs on the pretraining engine (maeast.engine: the same DeepSpeed setup, ZeRO JSONs,
-checkpoints and logs) with the engine's schedule (linear warmup, then linear decay to
-final_lr_scale x lr over the run's steps). The only addition is the learning-rate scale of each
-parameter group: layer-wise decay over the encoder's layers and head_lr on the head, set on the
-optimizer's groups before DeepSpeed builds the schedule on them.
+Every fold runs on maeast.engine's Engine (the same DeepSpeed setup, ZeRO JSONs, checkpoints and logs)
+and its one Trainer, with the engine's schedule (linear warmup, then linear decay to final_lr_scale x lr
+over the run's steps); layer-wise lr decay and head_lr are the optim section's group scales.
 """
 
 from __future__ import annotations
@@ -22,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from maeast.configio import load_yaml, to_dict
+from maeast.configio import load_yaml
 from maeast.engine import distributed as dist
-from maeast.engine.config import OptimConfig, ScheduleConfig
+from maeast.engine.config import ScheduleConfig, accumulation
 from maeast.engine.ds_config import deepspeed_config, read_zero_json
-from maeast.engine.setup import write_json
+from maeast.engine.trainer import check_resume
 from maeast.errors import MaeastError
+from maeast.shards.format import write_json_atomic
 from maeast.features import get_config as get_fbank
 from maeast.finetune.cache import Pooled, encode
 from maeast.finetune.checkpoint import initial_encoder, with_rates, write_classifier
@@ -40,34 +39,6 @@ from maeast.finetune.tasks import Task, get_task
 from maeast.model import Encoder, ModelConfig
 
 RATES = ("dropout", "attn_dropout", "act_dropout", "layerdrop")
-RESUME_FREE = ("run.eval_every", "run.save_every", "run.keep", "run.log_every", "run.threads", "run.folds")
-
-
-@dataclass
-class MicroBatch:
-    batch_size: int
-
-
-@dataclass
-class EngineSpec:
-    """What maeast.engine reads of a config (the fields TrainConfig has)."""
-
-    optim: OptimConfig
-    schedule: ScheduleConfig
-    data: MicroBatch
-
-    def accumulation(self, world_size: int) -> int:
-        per_pass = self.data.batch_size * world_size
-        if self.optim.global_batch % per_pass:
-            raise MaeastError(f"optim.global_batch {self.optim.global_batch} is not a multiple of data.batch_size "
-                              f"{self.data.batch_size} x {world_size} process(es); set data.batch_size")
-        return self.optim.global_batch // per_pass
-
-
-def engine_class():
-    """maeast.engine's Engine (imports deepspeed); the lr scales are optim.layer_decay and optim.head_lr."""
-    from maeast.engine.engine import Engine
-    return Engine
 
 
 @dataclass
@@ -94,18 +65,17 @@ class RunContext:
     caches: dict[str, Pooled] = field(default_factory=dict)
 
     def make_engine(self, module: torch.nn.Module, total_steps: int):
-        """(the engine over module for a fold of total_steps optimizer steps, its schedule)."""
+        """The engine over module for a fold of total_steps optimizer steps."""
+        from maeast.engine.engine import Engine  # deepspeed
+
         cfg, peak = self.cfg, self.cfg.peak_lr
         frozen = cfg.run.freeze_encoder
-        optim = OptimConfig(lr=peak, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-                            weight_decay=cfg.optim.weight_decay, clip_grad=cfg.optim.clip_grad,
-                            global_batch=cfg.optim.global_batch, layer_decay=1.0 if frozen else cfg.optim.layer_decay,
-                            head_lr=1.0 if frozen else cfg.optim.head_lr)
+        optim = dataclasses.replace(cfg.optim, lr=peak, layer_decay=1.0 if frozen else cfg.optim.layer_decay,
+                                    head_lr=1.0 if frozen else cfg.optim.head_lr)
         schedule = ScheduleConfig(steps=total_steps, warmup_steps=min(cfg.schedule.warmup_steps, total_steps - 1),
                                   power=1.0, end_lr=peak * cfg.schedule.final_lr_scale)
-        spec = EngineSpec(optim, schedule, MicroBatch(self.micro))
-        ds_config = deepspeed_config(spec, self.world, self.zero, self.device.type == "cuda", where="DeepSpeed config")
-        return engine_class()(module, spec, ds_config), schedule
+        ds_config = deepspeed_config(optim, self.micro, self.world, self.zero, self.device.type == "cuda")
+        return Engine(module, optim, schedule, ds_config)
 
     def cached(self, split: str) -> Pooled:
         """The frozen encoder's pooled features of every clip of a split, computed once per run."""
@@ -193,8 +163,7 @@ def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | Non
     fbank = cfg.data.fbank or info.get("features", {}).get("preset") or "mae_ast"
     check_features(clip_seconds, model_cfg, fbank)
     micro = cfg.data.batch_size or max(cfg.optim.global_batch // world, 1)
-    spec = EngineSpec(OptimConfig(global_batch=cfg.optim.global_batch), ScheduleConfig(), MicroBatch(micro))
-    accum = spec.accumulation(world)
+    accum = accumulation(cfg.optim.global_batch, micro, world)
     zero = deepspeed_config_path if isinstance(deepspeed_config_path, dict) else read_zero_json(deepspeed_config_path)
     run_dir = cfg.run_dir
     prepare_run_dir(cfg, run_dir, folds, resume, {"model": model_cfg.to_dict(), "fbank": fbank,
@@ -208,7 +177,7 @@ def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | Non
         results.append(done or train_fold(ctx, fold))
     result = FinetuneResult(run_dir, task.name, task.metric, results, time.perf_counter() - started)
     if dist.is_main():
-        write_json(run_dir / "results.json", {
+        write_json_atomic(run_dir / "results.json", {
             "task": task.name, "metric": task.metric, "frozen": cfg.run.freeze_encoder, "checkpoint": cfg.checkpoint,
             **data_report(cfg, corpus, clip_seconds),
             "folds": [{"fold": r["fold"], task.metric: r["test"][task.metric], "epoch": r["epoch"],
@@ -262,11 +231,7 @@ def prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, folds: list, resume: boo
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise MaeastError(f"nothing to resume in {run_dir}: no config.yaml there; run without --resume")
-        changed = config_changes(run_dir, cfg, RESUME_FREE)
-        if changed:
-            key, was, now = changed[0]
-            raise MaeastError(f"--resume with a different config: {key} is {now!r}, the run has {was!r}; resume with "
-                              f"the run's config ({run_dir / 'config.yaml'})")
+        check_resume(saved_config(run_dir), cfg, run_dir / "config.yaml")
     elif started:
         raise MaeastError(f"{run_dir} already holds a fine-tuning run ({started[0]}); pass --resume to continue it "
                           f"or set --run.dir to a new folder")
@@ -278,16 +243,6 @@ def prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, folds: list, resume: boo
     dist.barrier()
 
 
-def config_changes(run_dir: Path, cfg: FinetuneConfig, free: tuple[str, ...] = ()) -> list[tuple[str, object, object]]:
-    """(key, the run's value, cfg's value) for every key of cfg that differs from run_dir/config.yaml,
-    except the `free` keys; [] when they agree."""
-    saved = _flat(to_dict(build_finetune_config(load_yaml(Path(run_dir) / "config.yaml"))))
-    now = _flat(to_dict(cfg))
-    return [(k, saved.get(k), now[k]) for k in now if now[k] != saved.get(k) and k not in free]
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
+def saved_config(run_dir: Path) -> FinetuneConfig:
+    """The config a fine-tuning run folder was started with."""
+    return build_finetune_config(load_yaml(Path(run_dir) / "config.yaml"))

@@ -1,0 +1,44 @@
+"""Named random streams: every random draw of a run is a function of (run.seed, stream, key ...).
+
+    generator("masks", cfg.run.seed, step, slot)          # an explicit torch.Generator
+    with scoped("dropout", cfg.run.seed, step, slot, device=device): ...   # dropout's global RNG, restored after
+
+Stream ids are fixed forever (changing one changes every run's numbers); the loaders' shuffling and
+crops draw from their own seeds (data.seed), not from these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from maeast.loaders.sources import derive_seed
+
+STREAMS = {
+    "masks": 1,             # pretraining: masks and layerdrop of a micro-batch, by (step, slot)
+    "dropout": 2,           # pretraining: dropout of a micro-batch (the global RNG), by (step, slot)
+    "eval_masks": 0x5EED,   # pretraining: the masks of held-out batch i, the same at every evaluation
+    "head_init": 11,        # fine-tuning: a fold's fresh head, by fold
+    "finetune_dropout": 12,  # fine-tuning: dropout of a micro-batch, by (fold, step, slot)
+    "augment": 13,          # fine-tuning: SpecAugment and mixup of a micro-batch, by (fold, step, slot)
+    "data_order": 14,       # fine-tuning: the order of a fold's training clips, by fold
+}
+
+
+def seed(stream: str, run_seed: int, *key: int) -> int:
+    """The seed of one stream at one key."""
+    return derive_seed(run_seed, STREAMS[stream], *key)
+
+
+def generator(stream: str, run_seed: int, *key: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed(stream, run_seed, *key))
+
+
+@contextlib.contextmanager
+def scoped(stream: str, run_seed: int, *key: int, device: torch.device | None = None):
+    """The global RNG (which dropout draws from) seeded for one stream and key, and restored on exit."""
+    devices = [device] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed(stream, run_seed, *key))
+        yield
