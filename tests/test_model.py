@@ -9,6 +9,7 @@ from maeast.batch import Batch
 from maeast.errors import MaeastError
 from maeast.model import MAEAST, Encoder, ModelConfig, build_model, make_config, param_groups
 from maeast.model.losses import masked_infonce, masked_mse
+from maeast.precision import autocast
 
 NO_DROPOUT = dict(dropout=0.0, attn_dropout=0.0, input_dropout=0.0, layerdrop=0.0)
 
@@ -205,7 +206,8 @@ def test_official_init():
 def test_gpu_bf16_step():
     model = build_model("tiny").cuda()
     x, pm = fbank(2, 160).cuda(), padding([160, 100], 160).cuda()
-    out = model(x, padding_mask=pm, generator=torch.Generator("cuda").manual_seed(0))
+    with autocast(x.device):
+        out = model(x, padding_mask=pm, generator=torch.Generator("cuda").manual_seed(0))
     assert out.recon.dtype == torch.bfloat16 and out.loss.dtype == torch.float32
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

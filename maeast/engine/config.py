@@ -220,6 +220,7 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
 def expand_model(section: dict) -> dict:
     """A model section with an optional `preset` -> plain ModelConfig fields (preset, then the rest)."""
     section = dict(section)
+    section.pop("autocast", None)  # runs before maeast.precision decided precision in one place
     preset = section.pop("preset", None)
     if preset is None:
         return section

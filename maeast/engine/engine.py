@@ -27,6 +27,7 @@ from maeast.engine.config import OptimConfig, ScheduleConfig
 from maeast.engine.ds_config import offloads_optimizer, zero_stage
 from maeast.engine.optim import build_optimizer, build_schedule
 from maeast.errors import MaeastError
+from maeast.precision import autocast
 
 os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 with warnings.catch_warnings():
@@ -95,7 +96,7 @@ class Engine:
     def forward(self, *inputs):
         """The module's output for one micro-batch. With bf16 weights (DeepSpeed bf16, CUDA only) the whole
         forward runs under bf16 autocast, so the fp32 parts (input norm, losses) meet bf16 weights cleanly."""
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+        with autocast(self.device, self.bf16):
             return self.ds(*inputs)
 
     def backward(self, loss: torch.Tensor) -> None:

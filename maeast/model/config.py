@@ -91,8 +91,6 @@ class ModelConfig:
     """'official': normal(0, 0.02) in the transformers (fairseq init_bert_params), PyTorch defaults
     for the token projection and heads, uniform mask token; 'mae': xavier-uniform linears and a
     normal(0, 0.02) mask token (facebookresearch/mae)."""
-    autocast: bool = True
-    """bf16 autocast of the transformers on CUDA (no effect on CPU)."""
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -142,6 +140,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k != "autocast"}  # older exports: precision is maeast.precision's now
         unknown = sorted(set(d) - known)
         if unknown:
             raise MaeastError(f"model config: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")

@@ -8,7 +8,6 @@ Rebuild one from JSON with `Encoder(ModelConfig.from_dict(d))` and load its stat
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass
 
@@ -22,13 +21,6 @@ from maeast.model.norm import INPUT_NORMS
 from maeast.model.positions import sinusoid
 from maeast.model.tokens import grid_shape, pad_freq, patchify, real_rows, token_padding
 from maeast.model.transformer import Transformer
-
-
-def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when enabled; nothing on CPU."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @dataclass
@@ -89,6 +81,5 @@ class Encoder(nn.Module):
         """All tokens, unmasked: features [B, T, F] -> EncoderOutput (x [B, N, D])."""
         tokens = self.tokenize(features, padding_mask)
         pad = token_padding(tokens.rows_real, tokens.grid) if tokens.padded else None  # [B, N]
-        with bf16_autocast(features.device, self.cfg.autocast):
-            x, layers = self.transformer(self.add_positions(tokens.x), pad, generator, layer_results)
+        x, layers = self.transformer(self.add_positions(tokens.x), pad, generator, layer_results)
         return EncoderOutput(x, pad, layers, tokens.grid)

@@ -15,7 +15,7 @@ import torch.nn as nn
 from maeast.batch import Batch
 from maeast.model.config import ModelConfig, make_config
 from maeast.model.decoder import Decoder, gather_tokens
-from maeast.model.encoder import Encoder, bf16_autocast
+from maeast.model.encoder import Encoder
 from maeast.model.losses import mae_loss
 from maeast.model.masking import MASK_OPTIONS, MASKS
 
@@ -51,10 +51,9 @@ class MAEAST(nn.Module):
         tokens = self.encoder.tokenize(features, padding_mask)
         m = self.mask_fn(tokens.rows_real, tokens.grid, generator=generator)
         x = self.encoder.add_positions(self.input_dropout(tokens.x))  # [B, N, D]
-        with bf16_autocast(features.device, self.cfg.autocast):
-            latent, _ = self.encoder.transformer(gather_tokens(x, m.ids_keep), m.keep_pad if tokens.padded else None,
-                                                 generator)  # [B, K, D]
-            recon, classify = self.decoder(latent, m, tokens.padded, generator)  # [B, M, P] each
+        latent, _ = self.encoder.transformer(gather_tokens(x, m.ids_keep), m.keep_pad if tokens.padded else None,
+                                             generator)  # [B, K, D]
+        recon, classify = self.decoder(latent, m, tokens.padded, generator)  # [B, M, P] each
         target = gather_tokens(tokens.patches, m.ids_masked)  # [B, M, P]
         loss, parts = mae_loss(recon, classify, target, ~m.masked_pad, self.cfg.mse_weight,
                                self.cfg.infonce_weight, self.cfg.norm_targets)
