@@ -103,11 +103,11 @@ class EvalConfig:
 
 
 @dataclass
-class RunConfig:
-    """Where the run lives, how often it saves, logs and evaluates."""
+class RunCommon:
+    """What every run has, pretraining or fine-tuning: its folder, seed, checkpoints, log and threads."""
 
-    dir: str = "runs/pretrain"
-    """Run directory: config.yaml, ds_config.json, log.jsonl, tensorboard/, checkpoints/, encoder/."""
+    dir: str | None = None
+    """Run directory."""
     seed: int = 0
     """Seed of the initial weights, the masks, dropout and layerdrop (the loader has data.seed)."""
     save_every: int = 25_000
@@ -116,25 +116,38 @@ class RunConfig:
     """Checkpoints kept (the oldest are deleted once a newer one is complete)."""
     log_every: int = 1
     """Write the JSONL log and tensorboard every this many steps."""
-    stop_at: int | None = None
-    """Stop (with a checkpoint) after this step while the schedule still runs to schedule.steps:
-    splits a run into sessions that `--resume` continues."""
     threads: int | None = None
     """torch threads per process; None: this process's share of the node's cores, less its loader workers'."""
-    trace_keys: bool = False
-    """Write the key of every clip each process trains on to keys/rank{r}.tsv (for audits)."""
 
     def __post_init__(self):
-        if not self.dir:
+        if self.dir == "":
             raise MaeastError("run.dir is empty; give the run directory")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise MaeastError(f"run.seed {self.seed!r} must be a non-negative integer")
         for name in ("save_every", "keep", "log_every"):
             _positive_int(f"run.{name}", getattr(self, name))
-        if self.stop_at is not None:
-            _positive_int("run.stop_at", self.stop_at)
         if self.threads is not None:
             _positive_int("run.threads", self.threads)
+
+
+@dataclass
+class RunConfig(RunCommon):
+    """Where the run lives, how often it saves and logs, where this session stops."""
+
+    dir: str = "runs/pretrain"
+    """Run directory: config.yaml, ds_config.json, log.jsonl, tensorboard/, checkpoints/, encoder/."""
+    stop_at: int | None = None
+    """Stop (with a checkpoint) after this step while the schedule still runs to schedule.steps:
+    splits a run into sessions that `--resume` continues."""
+    trace_keys: bool = False
+    """Write the key of every clip each process trains on to keys/rank{r}.tsv (for audits)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.dir:
+            raise MaeastError("run.dir is empty; give the run directory")
+        if self.stop_at is not None:
+            _positive_int("run.stop_at", self.stop_at)
 
 
 def _default_data() -> LoaderConfig:

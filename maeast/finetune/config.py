@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maeast.configio import from_dict, load_yaml, merge, parse_overrides, save_yaml, to_dict
-from maeast.engine.config import OptimConfig, resolve_config_path, shipped_configs
+from maeast.engine.config import OptimConfig, RunCommon, resolve_config_path, shipped_configs
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
 from maeast.finetune.custom import SeededSplit
@@ -209,7 +209,7 @@ class ScheduleSection:
 
 
 @dataclass
-class RunSection:
+class RunSection(RunCommon):
     """Where the run lives, which folds it runs, how often it evaluates and saves."""
 
     dir: str | None = None
@@ -218,6 +218,12 @@ class RunSection:
     runs/finetune/{task}-{frozen|full}-{random|the checkpoint's run name}."""
     seed: int = 0
     """Seed of the random encoder's weights, the head's, dropout, augmentation and the clip order."""
+    save_every: int = 1
+    """Checkpoint every this many epochs (and after the last)."""
+    keep: int = 1
+    """Checkpoints kept per fold (the newest)."""
+    log_every: int = 10
+    """Write the training log every this many optimizer steps."""
     freeze_encoder: bool = False
     """Train only the head on a frozen encoder (eval mode, no gradients)."""
     cache_features: bool = True
@@ -226,21 +232,11 @@ class RunSection:
     """Cross-validation tasks: the folds to hold out (None: every fold of the shards)."""
     eval_every: int = 1
     """Evaluate every this many epochs (and after the last)."""
-    save_every: int = 1
-    """Checkpoint every this many epochs (and after the last)."""
-    keep: int = 1
-    """Checkpoints kept per fold (the newest)."""
-    log_every: int = 10
-    """Write the training log every this many optimizer steps."""
-    threads: int | None = None
-    """torch threads per process; None: this process's share of the node's cores, less its loader workers'."""
 
     def __post_init__(self):
-        if self.dir == "":
-            raise MaeastError("run.dir is empty; give the run directory (or null for the default)")
-        for name in ("eval_every", "save_every", "keep", "log_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise MaeastError(f"run.{name} {getattr(self, name)!r} must be an integer >= 1")
+        super().__post_init__()
+        if not isinstance(self.eval_every, int) or self.eval_every < 1:
+            raise MaeastError(f"run.eval_every {self.eval_every!r} must be an integer >= 1")
         if self.folds is not None:
             if isinstance(self.folds, int):
                 self.folds = [self.folds]
