@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from maeast.engine.checkpoint import write_encoder, write_model
+from maeast.artifacts import features_record, write_encoder, write_model
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
 from maeast.model import MAEAST, ModelConfig
@@ -355,7 +355,7 @@ def convert_official(checkpoint: str | Path, out: str | Path) -> Converted:
     step = history[-1].get("num_updates") if isinstance(history[-1], dict) else None
     fb = dataclasses.replace(get_fbank("mae_ast"), n_mels=cfg.n_mels)
     max_samples, rate = off.task["max_sample_size"], off.task["sample_rate"]
-    meta = {"model": cfg.to_dict(), "features": {"preset": fb.name, **dataclasses.asdict(fb)},
+    meta = {"model": cfg.to_dict(), "features": features_record(fb),
             "pretraining": {"step": step, "samples": None, "run_dir": None, "shards": [],
                             "max_seconds": max_samples / rate if isinstance(max_samples, int) and max_samples > 0
                             else 10.0,

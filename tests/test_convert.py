@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 import maeast
+from maeast.artifacts import load_model
 from maeast.audio import load_clip
 from maeast.cli.common import new_app
 from maeast.cli.tools import register
-from maeast.engine.checkpoint import load_model
 from maeast.convert import convert_official, convert_state_dict, official_config, read_checkpoint
 from maeast.errors import MaeastError
 from maeast.features import fbank

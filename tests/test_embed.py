@@ -12,10 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 import maeast
+from maeast.artifacts import write_encoder
 from maeast.audio import load_clip
 from maeast.cli.common import new_app
 from maeast.cli.tools import register
-from maeast.engine.checkpoint import write_encoder
 from maeast.errors import MaeastError
 from maeast.features import fbank, get_config
 from maeast.inference import read_embeddings

@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from maeast.engine import NonFiniteLoss, load_config, pretrain, read_encoder
-from maeast.engine.checkpoint import latest_checkpoint
+from maeast.artifacts import latest_checkpoint, read_encoder
+from maeast.engine import NonFiniteLoss, load_config, pretrain
 from maeast.engine.logging import read_log
 from maeast.errors import MaeastError
 from maeast.model import MAEAST

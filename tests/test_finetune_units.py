@@ -12,7 +12,7 @@ from maeast.errors import MaeastError
 from maeast.finetune.augment import mixup, spec_augment
 from maeast.finetune.cache import epoch_rows, unique_rows
 from maeast.finetune.config import load_finetune_config
-from maeast.finetune.heads import Classifier, Head, mean_pool, pooled_layers
+from maeast.model.heads import Classifier, Head, mean_pool, pooled_layers
 from maeast.engine.config import OptimConfig
 from maeast.engine.optim import build_optimizer
 from maeast.finetune.metrics import average_precision, confusion_matrix, mean_average_precision, score, summarize

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from maeast.errors import MaeastError
 from maeast.features import fbank, get_config
-from maeast.features.stats import Moments, config_with_stats, corpus_stats, write_stats
+from maeast.features.stats import Moments, corpus_features, corpus_stats, write_stats
 from maeast.shards.format import (SCHEMA, decode_flac, encode_flac, encode_meta, read_index, sha256_file,
                                   shard_name, tar_member, write_json_atomic)
 from tests.conftest import SENTENCES, pluck, speak
@@ -99,10 +99,31 @@ def test_write_stats_keeps_the_index(shard_dir, tmp_path):
     after = read_index(copy)
     assert set(after["stats"]) == {"ssast", "mae_ast"}
     assert {k: v for k, v in after.items() if k != "stats"} == before
-    config = config_with_stats(after, "ssast")
+    config = corpus_features(copy, "ssast")
     assert (config.norm_mean, config.norm_std, config.window) == (-6.0, 3.5, get_config("ssast").window)
-    with pytest.raises(MaeastError, match="run `maeast shard stats DIR --preset ssast`"):
-        config_with_stats(before, "ssast")
+    assert corpus_features([str(copy)], "mae_ast") == get_config("mae_ast").with_stats(-7.0, 3.0)
+    assert corpus_features(root, "ssast") == get_config("ssast")  # no statistics: the preset as it is
+    with pytest.raises(MaeastError, match="has no ssast statistics .* run `maeast shard stats .* --preset ssast`") as e:
+        corpus_features([copy, root], "ssast")
+    assert str(e.value).startswith(f"{root} has no")
+
+
+def test_corpus_features_pool_folders_by_frames(shard_dir, tmp_path):
+    root, _ = shard_dir
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(-5.0, 3.0, (700, 8)), rng.normal(-2.0, 1.0, (300, 8)), rng.normal(-4.0, 2.0, (5, 8))]
+    folders = []
+    for i, values in enumerate(parts):
+        folders.append(tmp_path / f"c{i}")
+        folders[-1].mkdir()
+        (folders[-1] / "index.json").write_bytes((root / "index.json").read_bytes())
+        write_stats(folders[-1], "ssast", {"mean": values.mean(), "std": values.std(), "clips": 1,
+                                           "frames": len(values), "split": "train"})
+    config = corpus_features(folders, "ssast")
+    whole = np.concatenate(parts)
+    assert math.isclose(config.norm_mean, whole.mean(), rel_tol=1e-12)
+    assert math.isclose(config.norm_std, whole.std(), rel_tol=1e-12)
+    assert corpus_features(folders[2], "ssast").norm_std == parts[2].std()  # one folder: its figures exactly
 
 
 def test_bad_requests(shard_dir):

@@ -63,7 +63,7 @@ def finetune_command(
 @friendly
 def evaluate_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A `maeast finetune` run folder (or one fold's "
-                                    "classifier folder)."),
+                                    "folder or classifier folder)."),
     task: str | None = typer.Option(None, "--task", help=f"Check the run's task ({TASK_HELP})"),
     data: Path | None = typer.Option(None, "--data", help="Shard folder to score on (default: the run's)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Folder for evaluation.json and the confusion "

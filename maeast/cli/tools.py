@@ -17,8 +17,8 @@ from maeast.cli.common import console, err_console, friendly
 def embed_command(
     audio: Path = typer.Argument(..., help="An audio file (any format, rate and channel count maeast reads) or a "
                                  "folder: every audio file below it."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="An exported encoder: RUN/encoder, a checkpoint "
-                                    "folder, or a `maeast convert-official` folder."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="An encoder: RUN/encoder, a run or checkpoint folder, "
+                                    "a `maeast convert-official` folder, or a fine-tuned classifier folder."),
     out: Path = typer.Option(..., "--out", "-o", help="FILE.safetensors (tensors clip/KEY, tokens/KEY) or FILE.npy "
                              "(rows in file order, keys in the sidecar FILE.json)."),
     tokens: bool = typer.Option(False, "--tokens", help="Also write per-token embeddings."),

@@ -17,11 +17,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from maeast.artifacts import features_of, load_model  # noqa: E402
 from maeast.audio import AudioError, load_clip  # noqa: E402
-from maeast.engine.checkpoint import load_model  # noqa: E402
 from maeast.engine.logging import read_log  # noqa: E402
 from maeast.errors import MaeastError  # noqa: E402
-from maeast.features import FbankConfig, fbank  # noqa: E402
+from maeast.features import fbank  # noqa: E402
 from maeast.model import unpatchify  # noqa: E402
 
 
@@ -66,8 +66,7 @@ def _line(ax, records: list[dict], key: str, label: str, **style) -> None:
 def reconstruct(checkpoint: str | Path, audio: str | Path, seed: int = 0, max_seconds: float | None = None) -> dict:
     """One clip through a checkpoint's model: input, mask and reconstruction as [time, mel] images."""
     model, meta = load_model(checkpoint)
-    features = meta["features"]
-    preset = FbankConfig(**{k: v for k, v in features.items() if k != "preset"})
+    preset = features_of(meta)
     try:
         clip = load_clip(Path(audio), 16000)
     except (AudioError, OSError) as e:

@@ -5,6 +5,8 @@ every frame and bin into one mean and one (population) standard deviation, in fl
 `write_stats` records them in the shard folder's index.json under "stats", keyed by preset:
 
     "stats": {"ssast": {"mean": -4.27, "std": 4.57, "clips": 1000, "frames": 998000, "split": "train"}}
+
+`corpus_features(folders, preset)` is the preset normalized with them (pooled over several folders).
 """
 
 from __future__ import annotations
@@ -94,11 +96,20 @@ def write_stats(shard_dir: Path, preset: str | FbankConfig, stats: dict) -> Path
     return path
 
 
-def config_with_stats(index: dict, preset: str | FbankConfig) -> FbankConfig:
-    """The preset normalized with the statistics that `maeast shard stats` recorded in an index."""
+def corpus_features(shard_dirs: list | str | Path, preset: str | FbankConfig) -> FbankConfig:
+    """The preset normalized with the statistics `maeast shard stats` recorded for it in the folders'
+    index.json, pooled over the folders by frame counts; the preset unchanged when no folder has them."""
     config = get_config(preset)
-    found = index.get("stats", {}).get(config.name)
-    if found is None:
-        raise MaeastError(f"no {config.name} statistics in this shard index; run "
-                          f"`maeast shard stats DIR --preset {config.name}` first")
-    return config.with_stats(found["mean"], found["std"])
+    dirs = [shard_dirs] if isinstance(shard_dirs, (str, Path)) else list(shard_dirs)
+    stats = [read_index(d).get("stats", {}).get(config.name) for d in dirs]
+    have = [d for d, s in zip(dirs, stats) if s is not None]
+    if not have:
+        return config
+    if len(have) < len(dirs):
+        missing = next(d for d, s in zip(dirs, stats) if s is None)
+        raise MaeastError(f"{missing} has no {config.name} statistics but {have[0]} has; run `maeast shard stats "
+                          f"{missing} --preset {config.name}` so every folder is normalized alike")
+    weights = [s["frames"] / sum(s["frames"] for s in stats) for s in stats]  # one folder: 1.0, its figures exactly
+    mean = sum(w * s["mean"] for w, s in zip(weights, stats))
+    var = sum(w * (s["std"] ** 2 + (s["mean"] - mean) ** 2) for w, s in zip(weights, stats))
+    return config.with_stats(mean, math.sqrt(var))

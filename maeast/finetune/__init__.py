@@ -6,15 +6,15 @@
     report = evaluate_run(cfg.run.dir)      # re-score the exported classifiers
 
 Read top to bottom: tasks (the six tasks and their recipes) -> config (FinetuneConfig) -> data (shards,
-folds, loaders) -> heads (pooling, layer weights, the classifier) -> augment (SpecAugment, mixup) ->
-cache (a frozen encoder's features) -> sources (what a pass iterates) -> metrics -> checkpoint
-(initial encoder, classifier export, fold checkpoints) -> evaluate -> fold (one fold) -> loop (a run).
+folds, loaders) -> augment (SpecAugment, mixup) -> cache (a frozen encoder's features) -> sources (what
+a pass iterates) -> metrics -> checkpoint (fold checkpoints) -> evaluate -> fold (one fold) -> loop (a run).
+The classifier (Head, Classifier) is maeast.model's; its files are maeast.artifacts'.
 """
 
+from maeast.artifacts import load_classifier
 from maeast.finetune.config import FinetuneConfig, build_finetune_config, load_finetune_config
 from maeast.finetune.evaluate import EvalReport, evaluate_run, report_table, write_report
-from maeast.finetune.checkpoint import load_classifier
-from maeast.finetune.heads import Classifier, Head
+from maeast.model import Classifier, Head
 from maeast.finetune.loop import FinetuneResult, finetune
 from maeast.finetune.tasks import TASKS, Task, get_task
 

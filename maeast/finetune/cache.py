@@ -16,7 +16,7 @@ from typing import Iterable
 import torch
 
 from maeast.batch import Batch
-from maeast.finetune.heads import pooled_layers
+from maeast.model.heads import pooled_layers
 from maeast.model import Encoder
 
 

@@ -22,8 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from maeast.artifacts import read_encoder
 from maeast.configio import load_yaml
-from maeast.engine.checkpoint import read_encoder
 from maeast.errors import MaeastError
 from maeast.finetune.config import FinetuneConfig, build_finetune_config, load_finetune_config
 from maeast.finetune.fold import is_finished, part_name

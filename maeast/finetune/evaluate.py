@@ -20,9 +20,9 @@ from typing import Callable, Iterable
 
 import torch
 
+from maeast.artifacts import classifier_folders, features_of, load_classifier
 from maeast.errors import MaeastError
 from maeast.finetune.cache import unique_rows
-from maeast.finetune.checkpoint import load_classifier
 from maeast.finetune.custom import SeededSplit
 from maeast.finetune.data import make_loader, open_corpus, selected, selections
 from maeast.finetune.metrics import score, summarize
@@ -81,24 +81,12 @@ class EvalReport:
                 **self.summary}
 
 
-def classifier_dirs(run: Path) -> list[Path]:
-    """A run folder's fold*/classifier and main/classifier folders, or the classifier folder itself."""
-    run = Path(run)
-    if (run / "classifier.json").is_file():
-        return [run]
-    found = sorted(p.parent for p in run.glob("*/classifier/classifier.json"))
-    if not found:
-        raise MaeastError(f"{run} holds no fine-tuned classifier (fold*/classifier/ or main/classifier/); "
-                          f"give the run.dir of a finished `maeast finetune`")
-    return found
-
-
 def evaluate_run(run: str | Path, task: str | None = None, data: str | Path | None = None,
                  batch_size: int = 32, workers: int = 1, device: str | torch.device = "cpu") -> EvalReport:
-    """Score every fold's classifier of a run on its test clips (data: the run's shards unless given)."""
-    dirs = classifier_dirs(Path(run))
+    """Score every fold's classifier of a run on its test clips (data: the run's shards unless given), with the
+    features its encoder.json records."""
     report = None
-    for folder in dirs:
+    for folder in classifier_folders(run):
         model, info = load_classifier(folder, device)
         if task is not None and task != info["task"]:
             get_task(task)
@@ -119,7 +107,7 @@ def evaluate_run(run: str | Path, task: str | None = None, data: str | Path | No
             raise MaeastError(f"{corpus.dir} has no fold {fold} (folds {corpus.folds})")
         selection = selections(corpus, fold)["test"]
         loader = make_loader(corpus, selection, train=False, batch_size=batch_size, clip_seconds=info["clip_seconds"],
-                             fbank=info["fbank"], seed=0, workers=workers, shuffle_buffer=0, epoch_batches=None,
+                             fbank=features_of(info), seed=0, workers=workers, shuffle_buffer=0, epoch_batches=None,
                              on_error="skip")
         batches = ((b.features.to(device), _to(b.padding_mask, device), b.labels, b.keys)
                    for b in selected(loader, selection, corpus))

@@ -1,7 +1,7 @@
 """AudioEncoder: an exported encoder with its feature recipe; waveforms or fbanks in, embeddings out.
 
     import maeast
-    enc = maeast.load_encoder("runs/patch/encoder")     # RUN/encoder, a checkpoint folder, or a convert-official DIR
+    enc = maeast.load_encoder("runs/patch/encoder")     # any path maeast.artifacts' path rule reads an encoder from
     out = enc(waveform=wave, sample_rate=44100)         # [N], [B, N], or a list of [N] / [C, N] clips
     out.clip                                            # [B, D]: mean over each clip's real tokens
     out = enc(fbank=feats, tokens=True, layer=6)        # [T, F], [B, T, F] (+ padding_mask [B, T]), or a list
@@ -25,16 +25,16 @@ block N (pre-LN encoders: before the final LayerNorm). The call runs without gra
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from maeast.artifacts import features_of, read_encoder
 from maeast.audio import resample
 from maeast.errors import MaeastError
-from maeast.features import FbankConfig, fbank
+from maeast.features import fbank
 from maeast.model import Encoder
 from maeast.shards.format import SAMPLE_RATE
 
@@ -54,8 +54,7 @@ class AudioEncoder(nn.Module):
         super().__init__()
         self.encoder = encoder.eval()
         self.info = info
-        known = {f.name for f in dataclasses.fields(FbankConfig)}
-        self.features = FbankConfig(**{k: v for k, v in info["features"].items() if k in known})
+        self.features = features_of(info)
         cfg = encoder.cfg
         if self.features.n_mels != cfg.n_mels:
             raise MaeastError(f"encoder.json: features have {self.features.n_mels} mel bins, the model "
@@ -186,8 +185,7 @@ def _rows(x, what: str, ndims: tuple[int, ...]) -> list:
 
 def load_encoder(path, device: str | torch.device = "cpu", chunk_seconds: float | None = None,
                  batch_size: int = 16) -> AudioEncoder:
-    """An exported encoder (encoder.safetensors + encoder.json: RUN/encoder, a checkpoint folder, a
-    `maeast convert-official` folder, or either file) as an AudioEncoder on `device`, in eval mode."""
-    from maeast.engine.checkpoint import read_encoder as load_export
-    encoder, info = load_export(path, device)
+    """The encoder a path names (maeast.artifacts' path rule: RUN/encoder, a run or checkpoint folder, a
+    `maeast convert-official` folder, a classifier, either file) as an AudioEncoder on `device`, in eval mode."""
+    encoder, info = read_encoder(path, device)
     return AudioEncoder(encoder, info, chunk_seconds, batch_size)

@@ -1,0 +1,78 @@
+"""Fine-tuning's classifier on the encoder: mean-pool each layer's tokens, weigh the layers, norm, Linear.
+
+    head = Head(layers=1, dim=768, classes=50)          # on pooled features [B, L, D]
+    model = Classifier(encoder, head, weighted=False)   # fbank [B, T, F] -> logits [B, C]
+
+Mean pooling over real tokens commutes with a weighted sum of layers, so a frozen encoder's pooled
+per-layer features (`pooled_layers`) can be cached once and the head trained on them alone: the
+head's input is the same whether it comes from the cache or from the encoder.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from maeast.model.encoder import Encoder
+
+
+def mean_pool(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """x [B, ..., N, D] tokens, padding_mask [B, N] True = pad -> [B, ..., D], the mean of real tokens."""
+    if padding_mask is None:
+        return x.mean(dim=-2)
+    keep = (~padding_mask).to(x.dtype)  # [B, N]
+    keep = keep.view(keep.shape[0], *([1] * (x.ndim - 3)), keep.shape[1], 1)  # [B, 1.., N, 1]
+    return (x * keep).sum(dim=-2) / keep.sum(dim=-2).clamp(min=1.0)
+
+
+def pooled_layers(encoder: Encoder, features: torch.Tensor, padding_mask: torch.Tensor | None, weighted: bool,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """fbank [B, T, F] -> mean-pooled tokens [B, L, D]: every layer (L = depth) when weighted, else the output."""
+    out = encoder(features, padding_mask, layer_results=weighted, generator=generator)
+    tokens = torch.stack(out.layers, dim=1) if weighted else out.x.unsqueeze(1)  # [B, L, N, D]
+    return mean_pool(tokens.float(), out.padding_mask)
+
+
+NORMS = {
+    "layer": lambda dim: nn.LayerNorm(dim),  # SSAST's mlp_head
+    "batch": lambda dim: nn.BatchNorm1d(dim, affine=False),  # MAE's linear probe: standardize each feature
+    "none": lambda dim: nn.Identity(),
+}
+
+
+class Head(nn.Module):
+    """Pooled layers [B, L, D] -> logits [B, C]: softmax(w) . layers (w learned, zeros at start), norm, Linear."""
+
+    def __init__(self, layers: int, dim: int, classes: int, norm: str = "layer"):
+        super().__init__()
+        self.layer_weights = nn.Parameter(torch.zeros(layers)) if layers > 1 else None
+        self.norm = NORMS[norm](dim)
+        self.linear = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """x [B, L, D]; padding_mask and generator are unused (the engine passes them to every module)."""
+        if self.layer_weights is None:
+            x = x[:, 0]  # [B, D]
+        else:
+            x = torch.einsum("l,bld->bd", self.layer_weights.softmax(dim=0), x)
+        return self.linear(self.norm(x))  # [B, C]
+
+
+class Classifier(nn.Module):
+    """Encoder + Head, trained whole: fbank [B, T, F] (+ padding mask) -> logits [B, C]."""
+
+    def __init__(self, encoder: Encoder, head: Head, weighted: bool):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.weighted = weighted
+
+    def forward(self, features: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.head(pooled_layers(self.encoder, features, padding_mask, self.weighted, generator))
+
+
+def head_layers(encoder: Encoder, weighted: bool) -> int:
+    """How many layers the head weighs: the encoder's depth, or 1."""
+    return encoder.cfg.depth if weighted else 1
