@@ -13,7 +13,9 @@ draw is a function of (seed, step, slot) and the loader restores its position.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +29,6 @@ from maeast.engine.config import TrainConfig, build_config, save_config
 from maeast.engine.ds_config import deepspeed_config, read_zero_json, zero_stage
 from maeast.engine.evaluate import eval_line, evaluate
 from maeast.engine.logging import RunLogger, cut_log
-from maeast.engine.setup import layerdrop_for_stage, trace_keys
 from maeast.engine.trainer import Micro, Trainer, check_resume, check_world
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
@@ -168,3 +169,29 @@ def _endless(loader):
             yield batch
         if not yielded:
             raise MaeastError("the training loader yielded no batch in a whole epoch; check data.shards")
+
+
+def layerdrop_for_stage(cfg: TrainConfig, stage: int) -> TrainConfig:
+    """ZeRO-3 gathers each layer's weights in a module order that must agree on every process, and
+    DeepSpeed stops the run when it does not ("Detected a disagreement on list contents between rank0
+    and rank1"). Layerdrop draws its skipped layers with the micro-batch's generator, which differs
+    per process, so under ZeRO-3 it is turned off, with a warning."""
+    if stage != 3 or (cfg.model.layerdrop == 0 and cfg.model.decoder_layerdrop == 0):
+        return cfg
+    if dist.is_main():
+        warnings.warn(f"ZeRO-3: layerdrop {cfg.model.layerdrop} and decoder_layerdrop {cfg.model.decoder_layerdrop} "
+                      f"turned off (ZeRO-3 needs every process to run the same layers); use ZeRO-1 or -2 to keep it",
+                      stacklevel=2)
+    model = dataclasses.replace(cfg.model, layerdrop=0.0, decoder_layerdrop=0.0)
+    return dataclasses.replace(cfg, model=model)
+
+
+def trace_keys(run_dir: Path, rank: int, step: int):
+    """RUN/keys/rank{r}.tsv (step, slot, key per line), cut back to `step` on resume; an open file."""
+    path = Path(run_dir) / "keys" / f"rank{rank}.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines(keepends=True)
+                if line.endswith("\n") and int(line.split("\t", 1)[0]) <= step]
+        path.write_text("".join(kept))
+    return open(path, "a")
