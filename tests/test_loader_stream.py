@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 
 from maeast.errors import MaeastError
-from maeast.features import fbank
+from maeast.features import fbank, get_config
 from maeast.loaders import LoaderConfig, StreamingLoader, build_loader
 from maeast.shards.build import build_shards
 from maeast.shards.format import decode_flac, iter_tar, shard_paths
@@ -112,6 +112,20 @@ def test_finetune_pads_masks_and_labels(shards):
                 assert t == 298
         keys += batch.keys
     assert sorted(keys) == corpus_keys(shards)  # fine-tuning keeps short clips
+
+
+def test_a_feature_config_replaces_the_preset(shards):
+    # features= reaches the worker processes (a pickled FbankConfig): the fbank normalized, (x - m) / (2 s)
+    kw = dict(mode="finetune", clip_seconds=2.0, random_crop=False, shuffle_buffer=0)
+    m, s = -3.5, 2.5
+    plain = run(StreamingLoader(cfg(shards, **kw)))
+    normalized = run(StreamingLoader(cfg(shards, **kw), features=get_config("mae_ast").with_stats(m, s)))
+    assert [b.keys for b in plain] == [b.keys for b in normalized] and len(plain) > 1
+    for a, b in zip(plain, normalized):
+        assert (a.padding_mask is None) == (b.padding_mask is None)
+        real = ~a.padding_mask if a.padding_mask is not None else torch.ones(a.features.shape[:2], dtype=torch.bool)
+        assert torch.allclose(b.features[real], (a.features[real] - m) / (2 * s), atol=1e-5)
+        assert (b.features[~real] == 0).all()
 
 
 def test_multi_label_is_multi_hot(tmp_path, shards):

@@ -1,4 +1,4 @@
-"""format.tar_members, the loaders' tar reader: the members tarfile reads, and errors where a tar is cut."""
+"""format.tar_members, the shard reader's tar parser: the members tarfile reads, errors where a tar is cut, keys."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from maeast.shards.format import TarFormatError, tar_members
+from maeast.shards.format import TarFormatError, member_key, tar_members
 
 NAMES = ["a.json", "k" * 140 + ".flac", "dir/" + "d" * 120 + "/x.wav", "é-clé.json", "empty.json"]
 
@@ -65,3 +65,10 @@ def test_rejected_members_are_skipped_unread():
     kept = list(tar_members(io.BytesIO(raw), keep=lambda name: name.endswith(".json")))
     assert kept == [m for m in tar_members(io.BytesIO(raw)) if m[0].endswith(".json")]
     assert [n for n, _ in kept] == ["a.json", "é-clé.json", "empty.json"]
+
+
+def test_member_keys_are_webdatasets():
+    from webdataset.tariterators import base_plus_ext
+    for name in ["k.flac", "k.x.json", "d/k.json", "d.x/k.y.wav", "a/.b", "d/b/c.d", "k_-1.json"]:
+        assert member_key(name) == base_plus_ext(name), name
+    assert member_key("README") == ("README", "") and member_key("d.x/k") == ("d.x/k", "")  # webdataset: None

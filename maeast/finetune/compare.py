@@ -30,6 +30,7 @@ from maeast.finetune.fold import is_finished, part_name
 from maeast.finetune.loop import config_changes, finetune
 from maeast.finetune.tasks import get_task
 from maeast.model.config import PRESETS, ModelConfig
+from maeast.shards.format import read_index
 
 ARCHITECTURE = ("n_mels", "patch_time", "patch_freq", "input_norm", "input_scale", "dim", "depth", "heads",
                 "ffn_dim", "pre_norm")
@@ -206,7 +207,7 @@ def chance_of(parts: list[dict], metric: str, run_dir: Path) -> float | None:
             shares.append(max(counts) / sum(counts))
         return sum(shares) / len(shares)
     cfg = build_finetune_config(load_yaml(run_dir / "config.yaml"))
-    splits = json.loads((Path(cfg.shards) / "index.json").read_text())["splits"]
+    splits = read_index(cfg.shards)["splits"]
     split = splits.get(get_task(cfg.task).test_split or "", {})  # a custom corpus's own test split: not known here
     shares = [n / split["samples"] for n in split.get("labels", {}).values() if n > 0]
     return sum(shares) / len(shares) if shares else None

@@ -23,10 +23,11 @@ import torch
 
 from maeast.batch import Batch
 from maeast.errors import MaeastError
+from maeast.features import FbankConfig
 from maeast.finetune.custom import CustomPlan, SeededSplit, resolve_custom
 from maeast.finetune.tasks import Task
 from maeast.loaders import LoaderConfig, StreamingLoader
-from maeast.shards.format import iter_meta, read_index, shard_paths
+from maeast.shards.format import INDEX, iter_meta, read_index, shard_paths
 
 
 @dataclass
@@ -82,7 +83,7 @@ def open_corpus(task: Task, shards: str | Path, train_split: str | None = None,
     """Read and check the task's shard folder (and, for cross-validation, every clip's fold; for the
     custom task, resolve the task on it, carving a missing valid or test split as `seeded` says)."""
     folder = Path(shards)
-    if not (folder / "index.json").is_file():
+    if not (folder / INDEX).is_file():
         raise MaeastError(f"no shards for task {task.name} in {folder}: build them with `{task.build}` "
                           f"or give --data SHARD_DIR")
     index = read_index(folder)
@@ -163,9 +164,10 @@ def selections(corpus: Corpus, fold: int | None) -> dict[str, Selection]:
 
 def make_loader(corpus: Corpus, selection: Selection, *, train: bool, batch_size: int, clip_seconds: float,
                 fbank: str, seed: int, workers: int, shuffle_buffer: int, epoch_batches: int | None, on_error: str,
-                rank: int = 0, world_size: int = 1) -> StreamingLoader:
+                rank: int = 0, world_size: int = 1, features: FbankConfig | None = None) -> StreamingLoader:
     """A finetune-mode loader over a selection's split: random crops and shuffling in training,
-    crops from the start in shard order for evaluation (pass rank 0 of 1 to read all of it)."""
+    crops from the start in shard order for evaluation (pass rank 0 of 1 to read all of it).
+    features: the fbank recipe in place of the `fbank` preset (StreamingLoader's features)."""
     per_rank = corpus.shard_count(selection.split) // world_size
     if per_rank < 1:
         raise MaeastError(f"{corpus.dir} split {selection.split!r} has {corpus.shard_count(selection.split)} shard(s) "
@@ -175,7 +177,7 @@ def make_loader(corpus: Corpus, selection: Selection, *, train: bool, batch_size
                           random_crop=train, batch_size=enlarged, num_workers=min(workers, per_rank),
                           shuffle_buffer=shuffle_buffer if train else 0, seed=seed, fbank=fbank,
                           epoch_batches=epoch_batches if train else None, on_error=on_error)
-    return StreamingLoader(config, rank, world_size)
+    return StreamingLoader(config, rank, world_size, features)
 
 
 def take_rows(batch: Batch, rows: list[int]) -> Batch:

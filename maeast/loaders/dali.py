@@ -13,14 +13,13 @@ This is the only module that imports nvidia.dali, and only when a DaliLoader is 
 
 Differences from the webdataset loader: folders are concatenated (no mixing weights), there is no
 length bucketing, and an undecodable sample stops the run (DALI cannot skip it); a shard whose
-sha256 differs from index.json is left out (or fails) when the loader is made. Resuming replays the
-epoch's pipeline (same seed) up to the batches already taken.
+sha256 differs from index.json is left out (or fails) when the loader is made (stream.check_shard,
+as in the webdataset loader). Resuming replays the epoch's pipeline (same seed) up to the batches already taken.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from typing import Iterator
 
 import torch
@@ -32,8 +31,8 @@ from maeast.loaders.config import LoaderConfig
 from maeast.loaders.loader import dist_rank_world
 from maeast.loaders.sources import check_labels, derive_seed, load_sources
 from maeast.loaders.state import LoaderState, SingleStreamState
-from maeast.loaders.stream import BadDataWarning
-from maeast.shards.format import CODECS, sha256_file
+from maeast.loaders.stream import Errors, check_shard
+from maeast.shards.format import CODECS
 
 
 def _dali():
@@ -67,17 +66,12 @@ class DaliLoader(SingleStreamState):
         self.state = LoaderState.fresh(0, config.seed, self.world_size, 0, self.rank)
 
     def _usable_shards(self) -> list:
-        shards = []
-        for source in self.sources:
-            for shard in source.shards:
-                if not shard.path.with_suffix(".idx").is_file():
-                    raise MaeastError(f"{shard.path} has no DALI index beside it; rebuild the shards with the "
-                                      f"`dali` extra installed (the builder writes .idx files with wds2idx)")
-                if self.config.verify_checksums and sha256_file(shard.path) != shard.sha256:
-                    if self.config.on_error == "fail":
-                        raise MaeastError(f"shard {shard.path}: its sha256 differs from index.json")
-                    warnings.warn(f"left out shard {shard.path}: its sha256 differs from index.json", BadDataWarning)
-                    continue
+        shards, errors = [], Errors(self.config.on_error)
+        for shard in (shard for source in self.sources for shard in source.shards):
+            if not shard.path.with_suffix(".idx").is_file():
+                raise MaeastError(f"{shard.path} has no DALI index beside it; rebuild the shards with the "
+                                  f"`dali` extra installed (the builder writes .idx files with wds2idx)")
+            if check_shard(shard, self.config.verify_checksums, errors):
                 shards.append(shard)
         if len(shards) < self.world_size:
             raise MaeastError(f"{len(shards)} usable shard(s) for {self.world_size} ranks; need at least one per rank")

@@ -18,7 +18,7 @@ import torch
 
 from maeast.batch import Batch
 from maeast.errors import MaeastError
-from maeast.features import fbank, get_config
+from maeast.features import FbankConfig, fbank, get_config
 
 T = TypeVar("T")
 
@@ -89,7 +89,7 @@ def crop(wave: torch.Tensor, lengths: torch.Tensor, size: int, random_offset: bo
     return out, kept
 
 
-def featurize(wave: torch.Tensor, lengths: torch.Tensor, preset: str, sample_rate: int
+def featurize(wave: torch.Tensor, lengths: torch.Tensor, preset: str | FbankConfig, sample_rate: int
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """[B, N] zero-padded clips -> features [B, T, F] and padding_mask [B, T] (None if no clip is short).
 
@@ -129,7 +129,7 @@ def labels_tensor(label_ids: Sequence[Sequence[int]], num_classes: int, multi_la
 
 
 def make_batch(wave: torch.Tensor, kept: torch.Tensor, keys: list[str],
-               label_ids: Sequence[Sequence[int]] | None, *, preset: str, sample_rate: int,
+               label_ids: Sequence[Sequence[int]] | None, *, preset: str | FbankConfig, sample_rate: int,
                num_classes: int, multi_label: bool) -> Batch:
     """Cropped/padded clips [B, N] with their real lengths [B] -> Batch (labels if label_ids given)."""
     features, mask = featurize(wave, kept, preset, sample_rate)
@@ -139,7 +139,7 @@ def make_batch(wave: torch.Tensor, kept: torch.Tensor, keys: list[str],
 
 def collate(wave: torch.Tensor, lengths: torch.Tensor, keys: list[str],
             label_ids: Sequence[Sequence[int]] | None, *, finetune: bool, clip_samples: int,
-            max_samples: int, random_crop: bool, preset: str, sample_rate: int, num_classes: int,
+            max_samples: int, random_crop: bool, preset: str | FbankConfig, sample_rate: int, num_classes: int,
             multi_label: bool, generator: torch.Generator | None) -> Batch:
     """Whole decoded clips, [B, N] zero-padded with their lengths [B] (see `stack`) -> Batch, on the
     clips' device. (The webdataset loader decodes only each clip's window instead: target_size and

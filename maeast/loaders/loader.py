@@ -15,6 +15,7 @@ import torch
 
 from maeast.batch import Batch
 from maeast.errors import MaeastError
+from maeast.features import FbankConfig, get_config
 from maeast.loaders.config import LoaderConfig
 from maeast.loaders.sources import check_labels, check_slots, load_sources, quotas
 from maeast.loaders.state import LoaderState, new_stats
@@ -35,8 +36,11 @@ def dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]
 class StreamingLoader:
     """Batches (maeast.batch.Batch) from webdataset shards on CPU worker processes."""
 
-    def __init__(self, config: LoaderConfig, rank: int | None = None, world_size: int | None = None):
+    def __init__(self, config: LoaderConfig, rank: int | None = None, world_size: int | None = None,
+                 features: FbankConfig | None = None):
+        """features: the fbank recipe, in place of the preset config.fbank names (e.g. with corpus statistics)."""
         self.config = config
+        self.features = get_config(features or config.fbank)
         self.rank, self.world_size = dist_rank_world(rank, world_size)
         self.sources = load_sources(config.shards, config.split, config.weights)
         check_slots(self.sources, self.world_size, config.num_workers)
@@ -88,7 +92,7 @@ class StreamingLoader:
         """The rest of the current epoch; the epoch advances when its last batch is handed out."""
         c, state = self.config, self.state
         plan = Plan(c, self.sources, self.rank, self.world_size, state.epoch, self.quotas(),
-                    list(state.batches), list(state.positions))
+                    list(state.batches), list(state.positions), self.features)
         total, done = sum(plan.quotas), sum(state.batches)
         if done >= total:
             return

@@ -1,8 +1,8 @@
-"""What one worker does: read its shards with webdataset, shuffle, bucket into batches, decode, fbank.
+"""What one worker does: read its shards, shuffle, bucket into batches, decode, fbank.
 
 A worker's batches are planned from sample metadata (key, JSON) before any audio is decoded:
 
-  its shards (sources.slot_shards) -> tar members (format.tar_members) grouped into samples -> clips under
+  its shards (sources.slot_shards) -> samples (format.iter_tar, after check_shard) -> clips under
   min_seconds dropped (pretraining) -> shuffle buffer (webdataset.shuffle, seeded) -> batches
   (lengths.bucket) -> per batch: each clip's window (crop offset, from its JSON length) decoded from
   its FLAC (soundfile, seeking) or
@@ -28,14 +28,14 @@ import numpy as np
 import soundfile as sf
 import torch
 import webdataset as wds
-from webdataset.tariterators import base_plus_ext
 
 from maeast.errors import MaeastError
+from maeast.features import FbankConfig
 from maeast.loaders import lengths
 from maeast.loaders.config import LoaderConfig
 from maeast.loaders.sources import Shard, Source, derive_seed, pass_order, slot_shards
 from maeast.loaders.state import new_stats
-from maeast.shards.format import audio_part, parse_pcm16_wav, sha256_file, tar_members
+from maeast.shards.format import audio_part, iter_tar, parse_pcm16_wav, verify_shard
 
 
 class BadDataWarning(UserWarning):
@@ -82,6 +82,7 @@ class Plan:
     quotas: list[int]  # batches per worker this epoch
     batches: list[int]  # batches per worker the caller already took
     positions: list[int]  # per worker, the plan position to resume from
+    features: FbankConfig  # the fbank recipe (the config's preset unless the loader was given one)
 
     @property
     def workers(self) -> int:
@@ -92,45 +93,37 @@ class Plan:
         return self.sources[0].sample_rate
 
 
+def check_shard(shard: Shard, verify: bool, errors: Errors) -> bool:
+    """False, after errors.bad, when verify is on and the shard's sha256 differs from index.json (both loaders)."""
+    if not verify or verify_shard(shard.path, shard.sha256):
+        return True
+    errors.bad("bad_shards", f"shard {shard.path}", "its sha256 differs from index.json (corrupt or "
+               "changed; check it with `maeast shard inspect --verify`)")
+    return False
+
+
 def read_shard(shard: Shard, verify: bool, errors: Errors) -> Iterator[Sample]:
     """The samples of one shard, in tar order; a bad shard or sample is skipped (or fails).
 
     A truncated tar keeps every whole sample before the cut."""
-    if verify and sha256_file(shard.path) != shard.sha256:
-        errors.bad("bad_shards", f"shard {shard.path}", "its sha256 differs from index.json (corrupt or "
-                   "changed; check it with `maeast shard inspect --verify`)")
+    if not check_shard(shard, verify, errors):
         return
-    current: dict = {}
-    with open(shard.path, "rb", buffering=1 << 20) as f:
-        try:
-            for name, data in tar_members(f):
-                key, ext = base_plus_ext(name)
-                if current and key != current["__key__"]:
-                    sample, current = _parse(current, shard, errors), {}
-                    if sample is not None:
-                        yield sample
-                current.setdefault("__key__", key)
-                current[ext] = data
-        except MaeastError:
-            raise
-        except Exception as e:  # a truncated or garbled tar (TarFormatError), an unreadable name or file
-            errors.bad("bad_shards", f"shard {shard.path}", f"unreadable tar ({type(e).__name__}: {e})")
-            current = current if "json" in current and audio_part(current) else {}  # the sample cut off is lost
-    if current:
-        sample = _parse(current, shard, errors)
+    broken = lambda e: errors.bad("bad_shards", f"shard {shard.path}",  # noqa: E731 (TarFormatError, a bad name...)
+                                  f"unreadable tar ({type(e).__name__}: {e})")
+    for key, parts in iter_tar(shard.path, on_broken=broken):
+        sample = _parse(key, parts, shard, errors)
         if sample is not None:
             yield sample
 
 
-def _parse(raw: dict, shard: Shard, errors: Errors) -> Sample | None:
-    key = raw["__key__"]
-    audio = audio_part(raw)
-    if audio is None or "json" not in raw:
-        parts = sorted(k for k in raw if not k.startswith("__"))
-        errors.bad("bad_samples", f"sample {key} of {shard.path.name}", f"has {parts}, needs json and flac or wav")
+def _parse(key: str, parts: dict[str, bytes], shard: Shard, errors: Errors) -> Sample | None:
+    audio = audio_part(parts)
+    if audio is None or "json" not in parts:
+        errors.bad("bad_samples", f"sample {key} of {shard.path.name}",
+                   f"has {sorted(parts)}, needs json and flac or wav")
         return None
     try:
-        meta = json.loads(raw["json"])
+        meta = json.loads(parts["json"])
         int(meta["num_samples"])
     except (ValueError, KeyError, TypeError) as e:
         errors.bad("bad_samples", f"sample {key} of {shard.path.name}", f"unreadable JSON ({e})")
@@ -269,7 +262,7 @@ def materialize(samples: list[Sample], plan: Plan, worker: int, position: int, e
         wave, kept, samples = wave[rows], kept[rows], [samples[i] for i in rows]
     source = plan.sources[0]
     label_ids = [s.meta.get("label_ids", []) for s in samples] if cfg.finetune else None
-    return lengths.make_batch(wave, kept, [s.key for s in samples], label_ids, preset=cfg.fbank, sample_rate=rate,
+    return lengths.make_batch(wave, kept, [s.key for s in samples], label_ids, preset=plan.features, sample_rate=rate,
                               num_classes=len(source.labels), multi_label=source.multi_label)
 
 

@@ -26,8 +26,9 @@ from typing import Callable, Iterable
 from maeast import __version__
 from maeast.audio import AudioError, load_clip
 from maeast.errors import MaeastError
-from maeast.shards.format import (INDEX, REJECTS, SCHEMA, check_codec, encode_audio, encode_meta, sample_size,
-                                  sha256_file, shard_name, shorter_than, tar_member, write_json_atomic)
+from maeast.shards.format import (INDEX, REJECTS, SCHEMA, check_codec, encode_audio, encode_meta, read_index,
+                                  sample_size, sha256_file, shard_name, shorter_than, tar_member, verify_shard,
+                                  write_json_atomic)
 from maeast.shards.recipes import Item, Scan, run_recipe
 
 RECORDS = ".build"
@@ -205,7 +206,7 @@ def _load_records(out: Path, fingerprint: str) -> dict[str, list[dict]]:
         while len(chain) in numbered:
             record = numbered[len(chain)]
             tar = out / record["name"]
-            if not tar.is_file() or tar.stat().st_size != record["bytes"] or sha256_file(tar) != record["sha256"]:
+            if not tar.is_file() or tar.stat().st_size != record["bytes"] or not verify_shard(tar, record["sha256"]):
                 break
             if not tar.with_suffix(".idx").exists():
                 _write_dali_index(tar)
@@ -259,12 +260,13 @@ def build_shards(recipe: str, root: Path, out: Path, *, options: dict | None = N
     (out / RECORDS).mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(scan, params)
 
-    existing = out / INDEX
-    if existing.is_file():
-        index = json.loads(existing.read_text())
-        if index.get("build", {}).get("fingerprint") == fingerprint and _shards_intact(out, index):
-            return index
-        existing.unlink()  # stale or damaged: rebuilt below, kept shards verified by hash
+    try:
+        index = read_index(out)
+    except MaeastError:  # none yet, or not one of ours
+        index = {}
+    if index.get("build", {}).get("fingerprint") == fingerprint and _shards_intact(out, index):
+        return index
+    (out / INDEX).unlink(missing_ok=True)  # stale or damaged: rebuilt below, kept shards verified by hash
     for partial in out.glob(".*.partial"):
         partial.unlink()
 

@@ -151,26 +151,44 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def iter_tar(path: Path, keep: Callable[[str], bool] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield (key, {extension: bytes}) per sample of one shard, in tar order (tar_members below);
-    members whose name keep() rejects are skipped unread.
+def verify_shard(path: Path, sha256: str) -> bool:
+    """Whether a shard still hashes to the sha256 recorded for it (in index.json, or a build record)."""
+    return sha256_file(path) == sha256
 
-    A truncated or corrupt tar raises MaeastError naming the shard.
+
+def member_key(name: str) -> tuple[str, str]:
+    """(key, extension) of a tar member, webdataset's rule: the name up to the first dot of its last path
+    component ("d/k.x.json" -> "d/k", "x.json"); a name without such a dot is all key."""
+    cut = name.find(".", name.rfind("/") + 1)
+    return (name, "") if cut < 0 else (name[:cut], name[cut + 1:])
+
+
+def iter_tar(path: Path, keep: Callable[[str], bool] | None = None,
+             on_broken: Callable[[Exception], None] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield (key, {extension: bytes}) per sample of one shard, in tar order (tar_members below, keys by
+    member_key): every reader of shards. Members whose name keep() rejects are skipped unread.
+
+    A truncated or corrupt tar raises MaeastError naming the shard; or, given on_broken, calls it with
+    the error and still yields the sample the error cut off if it is whole (json and one audio member).
     """
-    current, parts = None, {}
+    key, parts = None, {}
     try:
         with open(path, "rb", buffering=1 << 20) as f:
             for name, data in tar_members(f, keep):
-                key, _, ext = name.rsplit("/", 1)[-1].partition(".")
-                if current is not None and key != current:
-                    yield current, parts
+                member, ext = member_key(name)
+                if parts and member != key:
+                    yield key, parts
                     parts = {}
-                current = key
+                key = member
                 parts[ext] = data
-    except (TarFormatError, UnicodeDecodeError, OSError) as e:
-        raise MaeastError(f"broken shard {path}: {e} (rebuild it with `maeast shard build`)") from None
-    if current is not None:
-        yield current, parts
+    except (TarFormatError, ValueError, OSError) as e:  # ValueError: undecodable names, garbled size fields
+        if on_broken is None:
+            raise MaeastError(f"broken shard {path}: {e} (rebuild it with `maeast shard build`)") from None
+        on_broken(e)
+        if "json" not in parts or audio_part(parts) is None:
+            return
+    if parts:
+        yield key, parts
 
 
 def iter_meta(path: Path) -> Iterator[tuple[str, dict]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from maeast.errors import MaeastError
-from maeast.shards.format import decode_audio, index_codec, iter_tar, read_index, sha256_file
+from maeast.shards.format import decode_audio, index_codec, iter_tar, read_index, verify_shard
 
 
 @dataclass
@@ -36,7 +36,7 @@ def verify_shards(shard_dir: Path, on_shard: Callable[[str], None] | None = None
             if not path.is_file():
                 report.problems.append(f"{entry['name']}: missing")
                 continue
-            if sha256_file(path) != entry["sha256"]:
+            if not verify_shard(path, entry["sha256"]):
                 report.problems.append(f"{entry['name']}: sha256 differs from the index")
             count = 0
             try:
