@@ -1,21 +1,15 @@
-"""Every saved model is written and read here: the encoder export, the whole model, the classifier.
+"""Every saved model is written and read here, each kind a pair of files in a folder (KINDS):
 
-    encoder.safetensors + encoder.json   the encoder (EXPORT_FORMAT): RUN/encoder, each pretraining
-                                         checkpoint, each classifier folder, a `maeast convert-official` folder
-    model.safetensors + model.json       the whole MAE-AST (MODEL_FORMAT): each checkpoint, convert-official
-    head.safetensors + classifier.json   the head, task and labels (CLASSIFIER_FORMAT), beside the encoder
-                                         files: a fine-tuning run's fold{k}/classifier or main/classifier
-The JSON files record the features as every FbankConfig field (dataset statistics included);
-`features_of(info)` rebuilds them, so every reader computes the features the model was trained on.
+    encoder.safetensors + encoder.json   the encoder: RUN/encoder, checkpoints, classifiers, convert-official
+    model.safetensors + model.json       the whole MAE-AST: pretraining checkpoints, convert-official
+    head.safetensors + classifier.json   beside the encoder files: RUN/fold{k}/classifier, RUN/main/classifier
+The JSON files record every FbankConfig field (dataset statistics included) under "features";
+`features_of(info)` rebuilds the features the model was trained on.
 
-One path rule for every reader: a path names the first of these that holds the files it reads
-    a .safetensors or .json file      its folder
-    a folder                          itself
-    a pretraining run folder          RUN/encoder
-    a fine-tuning fold folder         its classifier/
-    a pretraining run folder          its latest complete checkpoint (RUN/checkpoints/latest)
-    a fine-tuning run folder          its only */classifier/ (with several, name one)
-and anything else is a one-line MaeastError naming the path and what to give.
+One path rule for every reader: a path names the first of these that holds the kind's files: the folder
+of a .safetensors or .json file; the folder itself; RUN/encoder of a pretraining run; a fine-tuning fold's
+classifier/; a pretraining run's latest complete checkpoint; a fine-tuning run's only */classifier/.
+Anything else is a one-line MaeastError naming the path and what to give.
 """
 
 from __future__ import annotations
@@ -32,16 +26,14 @@ from maeast.errors import MaeastError
 from maeast.features import FbankConfig
 from maeast.model import MAEAST, Classifier, Encoder, Head, ModelConfig
 
-EXPORT_FORMAT = "maeast-encoder/1"
-MODEL_FORMAT = "maeast-model/1"
-CLASSIFIER_FORMAT = "maeast-classifier/1"
+EXPORT_FORMAT, MODEL_FORMAT, CLASSIFIER_FORMAT = "maeast-encoder/1", "maeast-model/1", "maeast-classifier/1"
 PREFIX = "step_"  # checkpoint folders: RUN/checkpoints/step_00001000
-KINDS = {  # what a reader needs in a folder, and what to give it
-    "encoder": (("encoder.safetensors", "encoder.json"), "RUN/encoder, the run folder or RUN/checkpoints/step_N "
-                "of a `maeast pretrain` run, or a `maeast convert-official` folder"),
-    "model": (("model.safetensors", "model.json"), "a run folder or RUN/checkpoints/step_N"),
-    "classifier": (("head.safetensors", "classifier.json"), "a `maeast finetune` run folder or its "
-                   "fold*/classifier folder"),
+KINDS = {  # kind: (its tensors, its JSON, their format, what to give a reader)
+    "encoder": ("encoder.safetensors", "encoder.json", EXPORT_FORMAT, "RUN/encoder, the run folder or "
+                "RUN/checkpoints/step_N of a `maeast pretrain` run, or a `maeast convert-official` folder"),
+    "model": ("model.safetensors", "model.json", MODEL_FORMAT, "a run folder or RUN/checkpoints/step_N"),
+    "classifier": ("head.safetensors", "classifier.json", CLASSIFIER_FORMAT, "a `maeast finetune` run folder or "
+                   "its fold*/classifier folder"),
 }
 
 
@@ -80,7 +72,7 @@ def _parts(folder: Path) -> list[Path]:
 def locate(path: str | Path, kind: str) -> Path:
     """The folder holding the files of `kind` ("encoder", "model", "classifier") that a path names."""
     path = Path(path)
-    files, fix = KINDS[kind]
+    *files, _, fix = KINDS[kind]
     if not path.exists():
         raise MaeastError(f"checkpoint {path} not found; give {fix}")
     folder = path.parent if path.suffix in (".safetensors", ".json") else path
@@ -111,31 +103,22 @@ def features_of(info: dict) -> FbankConfig:
 
 def read_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder, dict]:
     """The encoder a path names -> (Encoder in eval mode, its encoder.json)."""
-    folder = locate(path, "encoder")
-    info = _read_json(folder / "encoder.json", EXPORT_FORMAT)
-    encoder = Encoder(ModelConfig.from_dict(info["model"]))
-    encoder.load_state_dict(load_file(str(folder / "encoder.safetensors")))
-    return encoder.to(device).eval(), info
+    return _read(path, "encoder", Encoder, device)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MAEAST, dict]:
     """The whole MAE-AST a path names (a run folder: its latest checkpoint) -> (MAEAST in eval mode, model.json)."""
-    folder = locate(path, "model")
-    meta = _read_json(folder / "model.json", MODEL_FORMAT)
-    model = MAEAST(ModelConfig.from_dict(meta["model"]))
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    return model.to(device).eval(), meta
+    return _read(path, "model", MAEAST, device)
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
     """The classifier a path names -> (Classifier in eval mode, its classifier.json with the encoder's "features")."""
     folder = locate(path, "classifier")
-    info = _read_json(folder / "classifier.json", CLASSIFIER_FORMAT)
+    info = _read_json(folder, "classifier")
     encoder, encoder_info = read_encoder(folder)
-    head_cfg = info["head"]
-    head = Head(head_cfg["layers"], encoder.cfg.dim, len(info["labels"]), head_cfg["norm"])
+    head = Head(info["head"]["layers"], encoder.cfg.dim, len(info["labels"]), info["head"]["norm"])
     head.load_state_dict(load_file(str(folder / "head.safetensors")))
-    model = Classifier(encoder, head, head_cfg["weighted"]).to(device).eval()
+    model = Classifier(encoder, head, info["head"]["weighted"]).to(device).eval()
     return model, {**info, "features": encoder_info["features"]}
 
 
@@ -145,16 +128,25 @@ def initial_encoder(checkpoint: str | Path | None, preset_cfg: ModelConfig,
     weights drawn with `seed` for the preset (the same weights for every fold of a run)."""
     if checkpoint is None:
         torch.manual_seed(seed)
-        encoder = Encoder(preset_cfg)
-        return encoder.state_dict(), preset_cfg, {}
+        return Encoder(preset_cfg).state_dict(), preset_cfg, {}
     encoder, info = read_encoder(checkpoint)
     return encoder.state_dict(), encoder.cfg, info
 
 
-def _read_json(file: Path, expected: str) -> dict:
-    info = json.loads(file.read_text())
+def _read(path: str | Path, kind: str, cls: type, device) -> tuple[torch.nn.Module, dict]:
+    """(cls of the kind's JSON "model" with its tensors, in eval mode on device; its JSON)."""
+    folder = locate(path, kind)
+    info = _read_json(folder, kind)
+    module = cls(ModelConfig.from_dict(info["model"]))
+    module.load_state_dict(load_file(str(folder / KINDS[kind][0])))
+    return module.to(device).eval(), info
+
+
+def _read_json(folder: Path, kind: str) -> dict:
+    _, name, expected, _ = KINDS[kind]
+    info = json.loads((folder / name).read_text())
     if info.get("format") != expected:
-        raise MaeastError(f"{file} is not a {expected} file (format {info.get('format')!r})")
+        raise MaeastError(f"{folder / name} is not a {expected} file (format {info.get('format')!r})")
     return info
 
 

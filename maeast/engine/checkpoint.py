@@ -1,10 +1,9 @@
-"""Checkpoints: atomic saves, the latest good one, exact resume; the model files come from maeast.artifacts.
+"""Checkpoints: atomic saves, the latest good one, exact resume; the model files are maeast.artifacts'.
 
     RUN/checkpoints/step_00001000/     one complete checkpoint, renamed into place only once whole:
         mp_rank_00_model_states.pt, *optim_states.pt   DeepSpeed: weights, optimizer, schedule, step
         state_rank{r}.pt                per process: step, loader position, RNG state
-        model.safetensors, model.json   the whole MAE-AST in fp32 (for `maeast visualize`)
-        encoder.safetensors, encoder.json   the encoder for fine-tuning and `maeast embed`
+        model.*, encoder.*              the whole MAE-AST (`maeast visualize`) and its encoder, in fp32
     RUN/checkpoints/latest             the newest complete tag (written atomically)
     RUN/encoder/                       the final export: encoder.safetensors + encoder.json
 

@@ -5,8 +5,6 @@ every frame and bin into one mean and one (population) standard deviation, in fl
 `write_stats` records them in the shard folder's index.json under "stats", keyed by preset:
 
     "stats": {"ssast": {"mean": -4.27, "std": 4.57, "clips": 1000, "frames": 998000, "split": "train"}}
-
-`corpus_features(folders, preset)` is the preset normalized with them (pooled over several folders).
 """
 
 from __future__ import annotations
@@ -102,14 +100,13 @@ def corpus_features(shard_dirs: list | str | Path, preset: str | FbankConfig) ->
     config = get_config(preset)
     dirs = [shard_dirs] if isinstance(shard_dirs, (str, Path)) else list(shard_dirs)
     stats = [read_index(d).get("stats", {}).get(config.name) for d in dirs]
-    have = [d for d, s in zip(dirs, stats) if s is not None]
-    if not have:
-        return config
-    if len(have) < len(dirs):
-        missing = next(d for d, s in zip(dirs, stats) if s is None)
-        raise MaeastError(f"{missing} has no {config.name} statistics but {have[0]} has; run `maeast shard stats "
-                          f"{missing} --preset {config.name}` so every folder is normalized alike")
-    weights = [s["frames"] / sum(s["frames"] for s in stats) for s in stats]  # one folder: 1.0, its figures exactly
-    mean = sum(w * s["mean"] for w, s in zip(weights, stats))
-    var = sum(w * (s["std"] ** 2 + (s["mean"] - mean) ** 2) for w, s in zip(weights, stats))
-    return config.with_stats(mean, math.sqrt(var))
+    missing = [d for d, s in zip(dirs, stats) if s is None]
+    if missing:
+        if len(missing) == len(dirs):
+            return config
+        raise MaeastError(f"{missing[0]} has no {config.name} statistics, other folders have; run `maeast shard "
+                          f"stats {missing[0]} --preset {config.name}` so every folder is normalized alike")
+    share = [s["frames"] / sum(s["frames"] for s in stats) for s in stats]  # one folder: 1.0, its figures exactly
+    mean = sum(w * s["mean"] for w, s in zip(share, stats))
+    std = math.sqrt(sum(w * (s["std"] ** 2 + (s["mean"] - mean) ** 2) for w, s in zip(share, stats)))
+    return config.with_stats(mean, std)

@@ -1,11 +1,7 @@
-"""Fine-tuning's resumable fold checkpoints; the classifier files are maeast.artifacts'.
+"""A fold's resumable checkpoints: the engine's (maeast.engine.checkpoint) plus best/, the best classifier so far.
 
-    RUN/fold{k}/classifier/          the selected model (best valid epoch, else the last): a classifier folder
-    RUN/fold{k}/checkpoints/step_N/  DeepSpeed state (engine.save), state_rank{r}.pt, best/ (a classifier
-                                     folder of the best epoch so far); renamed into place only once whole.
-
-Checkpoints are the pretraining engine's (maeast.engine.checkpoint: save_checkpoint with an extra
-file hook, load_train_state, tags, `latest`, clearing interrupted saves).
+    RUN/fold{k}/classifier/          the selected model (best valid epoch, else the last): maeast.artifacts' files
+    RUN/fold{k}/checkpoints/step_N/  DeepSpeed state, state_rank{r}.pt, best/; renamed into place only once whole
 """
 
 from __future__ import annotations
