@@ -3,10 +3,12 @@
 Synthesizes real 10 s clips (espeak-ng speech, sox plucked-string chords), then times
 maeast.features.fbank batched and one clip at a time, and torchaudio.compliance.kaldi.fbank (one
 clip at a time: it takes one) where torchaudio imports, with the mae_ast preset's options; on a
-CUDA machine, ours on the GPU too. Also reports the largest difference from torchaudio on these clips.
+CUDA machine, ours on the GPU too. Each implementation gets --warmup untimed calls, then --repeats
+timed ones, the implementations taking turns (benchmarks/harness.py); a figure is the median call's
+clips/s, with min-max beside it. Also reports the largest difference from torchaudio on these clips.
 Prints a table, then one JSON line with the figures.
 
-    python benchmarks/fbank.py [--clips 8] [--torchaudio /tmp/ta]
+    python benchmarks/fbank.py [--clips 8] [--torchaudio /tmp/ta] [--repeats 10] [--warmup 1]
 
 --torchaudio (or $MAEAST_TORCHAUDIO) names a scratch torchaudio install with its .so files set aside,
 as tests/fixtures/make_fbank_fixtures.py describes, for machines where torchaudio does not import.
@@ -15,19 +17,16 @@ as tests/fixtures/make_fbank_fixtures.py describes, for machines where torchaudi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import soundfile as sf
 import soxr
 import torch
-from rich.console import Console
-from rich.table import Table
+from harness import Bench, add_arguments, spread
 
 from maeast.features import fbank, get_config
 
@@ -67,80 +66,59 @@ def import_kaldi(scratch: str | None):
     return kaldi, torchaudio.__version__
 
 
-def clips_per_second(fns: dict, clips: dict, device: str = "cpu", budget: float = 2.0) -> dict[str, float]:
-    """Best rate of each fn (processing clips[name] clips), timed in turns so that load that comes
-    and goes on a shared machine falls on all of them alike."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    best = {name: float("inf") for name in fns}
-    spent, rounds = 0.0, 0
-    for fn in fns.values():  # warm up: caches, tables, lazy initialization
-        fn()
-    sync()
-    while spent < budget or rounds < 3:
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            sync()
-            took = time.perf_counter() - start
-            best[name], spent = min(best[name], took), spent + took
-        rounds += 1
-    return {name: clips[name] / best[name] for name in fns}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--torchaudio", default=os.environ.get("MAEAST_TORCHAUDIO"),
                         help="scratch torchaudio install to import from")
+    add_arguments(parser, repeats=10, warmup=1)
     args = parser.parse_args()
-    console = Console()
-    with tempfile.TemporaryDirectory() as tmp, console.status("synthesizing clips"):
+    bench = Bench("fbank", args.repeats, args.warmup)
+    with tempfile.TemporaryDirectory() as tmp, bench.status("synthesizing clips"):
         batch = make_clips(args.clips, Path(tmp))
     kaldi, ta_version = import_kaldi(args.torchaudio)
     n = args.clips
     call = dict(sample_frequency=16000, use_energy=False, num_mel_bins=get_config("mae_ast").n_mels)
-    rows, figures = [], {"clip_seconds": SECONDS, "clips": n, "torch": torch.__version__,
-                         "torchaudio": ta_version, "cpu_cores": os.cpu_count(),
-                         "load_average_1min": os.getloadavg()[0], "threads": {}}
+    bench.update({"clip_seconds": SECONDS, "clips": n, "torch": torch.__version__, "torchaudio": ta_version})
+    rows = []
     for threads in (1, 2):
         torch.set_num_threads(threads)
         fns = {"ours_batched": lambda: fbank(batch), "ours_one_by_one": lambda: [fbank(row) for row in batch]}
         if kaldi is not None:
             fns["torchaudio_one_by_one"] = lambda: [kaldi.fbank(r[None], **call) for r in batch]
-        rates = clips_per_second(fns, dict.fromkeys(fns, n))
-        figures["threads"][threads] = rates
-        rows += [(f"cpu, {threads} thread{'s' * (threads > 1)}", name, rate) for name, rate in rates.items()]
+        results = bench.measure(fns, label=f"{threads} thread(s)")
+        for name, r in results.items():
+            bench.record(f"threads.{threads}.{name}", r.rate(n), digits=1)
+            rows.append((f"cpu, {threads} thread{'s' * (threads > 1)}", name, r.rate(n)))
     if torch.cuda.is_available():
         gpu = batch.cuda()
         big = gpu.repeat(8, 1)  # 8x the clips in one batch
         fns = {"ours_batched": lambda: fbank(gpu), f"ours_batched_{8 * n}": lambda: fbank(big),
                "ours_one_by_one": lambda: [fbank(row) for row in gpu]}
-        rates = clips_per_second(fns, {**dict.fromkeys(fns, n), f"ours_batched_{8 * n}": 8 * n}, "cuda")
-        figures["cuda"] = {"device": torch.cuda.get_device_name(), **rates}
-        rows += [("cuda", name, rate) for name, rate in rates.items()]
+        results = bench.measure(fns, sync=torch.cuda.synchronize, label="cuda")
+        bench.record("cuda.device", torch.cuda.get_device_name())
+        for name, r in results.items():
+            rate = r.rate(8 * n if name == f"ours_batched_{8 * n}" else n)
+            bench.record(f"cuda.{name}", rate, digits=1)
+            rows.append(("cuda", name, rate))
     if kaldi is not None:
         mae = fbank(batch)
         ssast = fbank(batch, preset="ssast", normalize=False)
-        figures["max_abs_diff"] = {
+        bench.record("max_abs_diff", {
             "mae_ast": max((mae[i] - kaldi.fbank(r[None], **call)).abs().max().item() for i, r in enumerate(batch)),
             "ssast": max((ssast[i] - kaldi.fbank((r - r.mean())[None], htk_compat=True, window_type="hanning",
                                                    dither=0.0, **call)).abs().max().item()
                          for i, r in enumerate(batch)),
-        }
+        })
 
-    table = Table(title=f"fbank (mae_ast preset), {n} clips of {SECONDS:g} s, torch {torch.__version__}, "
-                        f"torchaudio {ta_version or 'not importable'}")
-    for column in ("device", "implementation", "clips/s", "x realtime"):
-        table.add_column(column, justify="left" if column in ("device", "implementation") else "right")
-    for device, name, rate in rows:
-        table.add_row(device, name.replace("_", " "), f"{rate:,.0f}", f"{rate * SECONDS:,.0f}")
-    console.print(table)
-    if figures["load_average_1min"] > 0.5 * os.cpu_count():
-        console.print(f"[yellow]note:[/] load average {figures['load_average_1min']:.1f} on {os.cpu_count()} cores "
-                      f"when this started: other work shares these CPUs, so the figures run low")
-    if "max_abs_diff" in figures:
-        console.print(f"max |ours - torchaudio| on these clips: {figures['max_abs_diff']}", highlight=False)
-    print(json.dumps(figures))
+    bench.table(f"fbank (mae_ast preset), {n} clips of {SECONDS:g} s, torch {torch.__version__}, torchaudio "
+                f"{ta_version or 'not importable'}; median (min-max) of {args.repeats} calls",
+                ["device", "implementation", "clips/s", "x realtime"],
+                [(device, name.replace("_", " "), spread(rate, ",.0f"), f"{rate.median * SECONDS:,.0f}")
+                 for device, name, rate in rows], left=("device", "implementation"))
+    if "max_abs_diff" in bench.figures:
+        bench.note(f"max |ours - torchaudio| on these clips: {bench.figures['max_abs_diff']}")
+    bench.finish(own_load=2.0)
 
 
 if __name__ == "__main__":

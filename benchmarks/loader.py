@@ -12,13 +12,14 @@ padded to --clip-seconds, mae_ast fbank, --workers workers, one torch thread per
   (d) ffcv:      precomputed fbanks from the .beton (its writing time is reported apart)
 
 Each loader is warmed up (two batches), then runs --epochs timed epochs (worker start-up included),
-the loaders taking turns epoch by epoch; the table shows the median epoch's clips/s.
+the loaders taking turns epoch by epoch (benchmarks/harness.py); the table shows the median epoch's
+clips/s, with min-max beside it.
 Then (a) and (b) in pretraining mode (crop to the batch's shortest clip, at most 10 s, clips under
 2 s skipped; the "vs (a)" of those rows is against (a) in pretraining mode), and the streaming loader
 feeding the small and base MAE-AST presets for a few training steps (the model gets the cores the
-workers leave, at least one thread): the time spent waiting for data is a share of the step time.
-The machine's load average before and after goes into the JSON: on a shared machine it moves the
-figures more than anything else.
+workers leave, at least one thread; one untimed step first): the median step time, and the time
+spent waiting for data as a share of the step time. The machine's load average before and after
+goes into the JSON: on a shared machine it moves the figures more than anything else.
 Prints a table, then one JSON line with the figures.
 
     python benchmarks/loader.py [--clips 160] [--copies 4] [--clip-seconds 4] [--epochs 3] [--steps 4]
@@ -27,17 +28,14 @@ Prints a table, then one JSON line with the figures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.table import Table
+from harness import Bench, spread
 
 from maeast.errors import MaeastError
 from maeast.loaders import LoaderConfig, StreamingLoader
@@ -77,12 +75,6 @@ def make_corpus(root: Path, clips: int, seconds: float, copies: int) -> list[Pat
     return files
 
 
-def epoch_rate(loader) -> float:
-    start = time.perf_counter()
-    clips = sum(len(b) for b in loader)
-    return clips / (time.perf_counter() - start)
-
-
 def warm_up(loader) -> None:
     """Two batches (page cache, JIT, first worker start), then back to the start of an epoch."""
     it = iter(loader)
@@ -92,20 +84,14 @@ def warm_up(loader) -> None:
         loader.set_epoch(loader.epoch + 1)
 
 
-def interleaved(loaders: dict, rounds: int) -> dict[str, float]:
-    """Median clips/s per loader over `rounds` epochs, the loaders taking turns epoch by epoch, so
-    that other load on the machine falls on all of them alike."""
-    for loader in loaders.values():
-        warm_up(loader)
-    rates: dict[str, list[float]] = {name: [] for name in loaders}
-    for _ in range(rounds):
-        for name, loader in loaders.items():
-            rates[name].append(epoch_rate(loader))
-    return {name: statistics.median(r) for name, r in rates.items()}
+def epoch(loader) -> int:
+    """One epoch; the clips it yielded."""
+    return sum(len(b) for b in loader)
 
 
-def training(shards: Path, preset: str, steps: int, batch_size: int, workers: int) -> dict:
-    """A few pretraining steps of `preset` fed by the streaming loader: step time and data wait."""
+def training(bench: Bench, shards: Path, preset: str, steps: int, batch_size: int, workers: int) -> dict:
+    """A few pretraining steps of `preset` fed by the streaming loader, after an untimed one: step
+    time (the median), the share of it spent waiting for data, the clips/s the model consumes."""
     from maeast.model import build_model
 
     torch.manual_seed(0)
@@ -113,21 +99,22 @@ def training(shards: Path, preset: str, steps: int, batch_size: int, workers: in
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loader = StreamingLoader(LoaderConfig(shards=[str(shards)], batch_size=batch_size, num_workers=workers,
                                           shuffle_buffer=64, epoch_batches=steps + 1, seed=1))
-    wait = busy = 0.0
-    clips = 0
     it = iter(loader)
-    next(it)  # workers started, first batch ready: not timed
-    for _ in range(steps):
-        t0 = time.perf_counter()
+
+    def step() -> tuple[float, int]:
+        """One step; the seconds it waited for the batch, and the batch's clips."""
+        start = time.perf_counter()
         batch = next(it)
-        t1 = time.perf_counter()
+        wait = time.perf_counter() - start
         loss = model(batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        t2 = time.perf_counter()
-        wait, busy, clips = wait + t1 - t0, busy + t2 - t1, clips + len(batch)
-    return {"step_s": (wait + busy) / steps, "wait_share": wait / (wait + busy), "consumes_clips_per_s": clips / busy}
+        return wait, len(batch)
+
+    r = bench.measure({preset: step}, repeats=steps, warmup=1, label=f"training steps: {preset}")[preset]
+    wait, clips = (sum(v[i] for v in r.values) for i in (0, 1))
+    return {"step_s": r.seconds, "wait_share": wait / sum(r.times), "consumes_clips_per_s": clips / (sum(r.times) - wait)}
 
 
 def main() -> None:
@@ -140,18 +127,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="training steps per model preset (0: skip)")
     args = parser.parse_args()
-    console = Console()
-    figures: dict[str, float] = {"load_avg_before": round(os.getloadavg()[0], 2)}
+    bench = Bench("loader", repeats=args.epochs, warmup=1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        with console.status("synthesizing the corpus"):
+        with bench.status("synthesizing the corpus"):
             files = make_corpus(tmp / "corpus", args.clips, args.clip_seconds, args.copies)
             mb = sum(f.stat().st_size for f in files) / 1e6
             build_shards("folder", tmp / "corpus", tmp / "shards", shard_size_mb=mb / 8 / 2.5, workers=2)
             build_shards("folder", tmp / "corpus", tmp / "shards_wav", shard_size_mb=mb / 8, workers=2, codec="wav")
-            for name in ("shards", "shards_wav"):
-                figures[f"{name}_mb"] = round(sum(p.stat().st_size for p in (tmp / name).glob("*.tar")) / 1e6, 1)
             manifest = write_manifest(tmp / "corpus", files, tmp / "train.tsv")
+        gpu = torch.cuda.is_available()
+        bench.update({"clips": len(files), "distinct_clips": args.clips, "clip_seconds": args.clip_seconds,
+                      "batch_size": args.batch_size, "workers": args.workers, "gpu": gpu})
+        for name in ("shards", "shards_wav"):
+            bench.record(f"{name}_mb", sum(p.stat().st_size for p in (tmp / name).glob("*.tar")) / 1e6, digits=1)
         common = dict(mode="finetune", clip_seconds=args.clip_seconds, random_crop=False, batch_size=args.batch_size,
                       num_workers=args.workers, threads_per_worker=1, shuffle_buffer=64, fbank="mae_ast")
         shards, wav_shards = [str(tmp / "shards")], [str(tmp / "shards_wav")]
@@ -161,7 +150,6 @@ def main() -> None:
         notes = {"(a) map-style": "TSV + a wav file per clip + per-item fbank",
                  "(b) stream": "webdataset shards (FLAC), checksums verified, batched fbank",
                  "(b) stream wav": "the same, shards built with --codec wav"}
-        gpu = torch.cuda.is_available()
         try:
             from maeast.loaders.dali import DaliLoader
             loaders["(c) dali"] = DaliLoader(LoaderConfig(shards=shards, **common))
@@ -171,21 +159,25 @@ def main() -> None:
             notes["(c) dali"] = str(e)
         try:
             from maeast.loaders.ffcv import FFCVLoader, write_beton
-            with console.status("writing the .beton"):
-                start = time.perf_counter()
-                write_beton(tmp / "shards", "train", args.clip_seconds, tmp / "train.beton", "mae_ast", args.workers)
-                figures["ffcv_write_s"] = round(time.perf_counter() - start, 2)
+            write = bench.measure({"beton": lambda: write_beton(tmp / "shards", "train", args.clip_seconds,
+                                                                tmp / "train.beton", "mae_ast", args.workers)},
+                                  repeats=1, warmup=0, label="writing the .beton")["beton"]
+            bench.record("ffcv_write_s", write.seconds, digits=2)
             loaders["(d) ffcv"] = FFCVLoader(LoaderConfig(shards=[str(tmp / "train.beton")], backend="ffcv", **common))
-            notes["(d) ffcv"] = f"precomputed fbanks (writing them took {figures['ffcv_write_s']:.1f} s)"
+            notes["(d) ffcv"] = f"precomputed fbanks (writing them took {write.seconds.median:.1f} s)"
         except MaeastError as e:
             notes["(d) ffcv"] = str(e)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # the main process's share: DALI's fbank runs there; the others only receive
-        with console.status(f"timing {len(loaders)} loaders, {args.epochs} epochs each, taking turns"):
-            rates = interleaved(loaders, args.epochs)
+        results = bench.measure({name: (lambda loader=loader: epoch(loader)) for name, loader in loaders.items()},
+                                warm_up={name: (lambda loader=loader: warm_up(loader)) for name, loader in loaders.items()},
+                                label=f"{len(loaders)} loaders, epochs in turns")
+        rates = {name: r.rate() for name, r in results.items()}
         torch.set_num_threads(threads)
-        rows = [(name, rates.get(name, float("nan")), notes[name]) for name in notes]
-        figures.update({f"{''.join(name.split()[1:]).replace('-', '')}_clips_per_s": round(rate, 1) for name, rate, _ in rows})
+        rows = [(name, rates.get(name), notes[name]) for name in notes]
+        for name, rate, _ in rows:
+            key = f"{''.join(name.split()[1:]).replace('-', '')}_clips_per_s"
+            bench.record(key, rate if rate is not None else float("nan"), digits=1)
 
         pretraining = dict(mode="pretrain", batch_size=args.batch_size, num_workers=args.workers, threads_per_worker=1,
                            shuffle_buffer=64, max_seconds=10.0, min_seconds=2.0)
@@ -193,8 +185,10 @@ def main() -> None:
                "(b) stream, pretraining": StreamingLoader(LoaderConfig(shards=shards, **pretraining)),
                "(b) stream wav, pretraining": StreamingLoader(LoaderConfig(shards=wav_shards, **pretraining))}
         torch.set_num_threads(1)
-        with console.status("timing (a) and (b) in pretraining mode"):
-            pre_rates = interleaved(pre, args.epochs)
+        pre_results = bench.measure({name: (lambda loader=loader: epoch(loader)) for name, loader in pre.items()},
+                                    warm_up={name: (lambda loader=loader: warm_up(loader)) for name, loader in pre.items()},
+                                    label="(a) and (b) in pretraining mode")
+        pre_rates = {name: r.rate() for name, r in pre_results.items()}
         torch.set_num_threads(threads)
         rows.append(("(a) map-style, pretraining", pre_rates["(a) map-style, pretraining"],
                      "whole-clip fbank, then crop to the batch's shortest clip"))
@@ -202,49 +196,43 @@ def main() -> None:
                      "length buckets; decodes and featurizes only the kept window"))
         rows.append(("(b) stream wav, pretraining", pre_rates["(b) stream wav, pretraining"],
                      "the same, shards built with --codec wav"))
-        figures["mapstyle_pretrain_clips_per_s"] = round(pre_rates["(a) map-style, pretraining"], 1)
-        figures["stream_pretrain_clips_per_s"] = round(pre_rates["(b) stream, pretraining"], 1)
-        figures["streamwav_pretrain_clips_per_s"] = round(pre_rates["(b) stream wav, pretraining"], 1)
+        bench.record("mapstyle_pretrain_clips_per_s", pre_rates["(a) map-style, pretraining"], digits=1)
+        bench.record("stream_pretrain_clips_per_s", pre_rates["(b) stream, pretraining"], digits=1)
+        bench.record("streamwav_pretrain_clips_per_s", pre_rates["(b) stream wav, pretraining"], digits=1)
         train_rows = {}
         cores = len(os.sched_getaffinity(0))
         torch.set_num_threads(max(1, cores - args.workers))  # the cores the workers leave to the model
         for preset, steps in (("small", args.steps), ("base", max(1, args.steps // 2))) if args.steps else ():
-            with console.status(f"training steps: {preset}"):
-                try:
-                    train_rows[preset] = training(tmp / "shards", preset, steps, 8, args.workers)
-                except ImportError:
-                    break
+            try:
+                train_rows[preset] = training(bench, tmp / "shards", preset, steps, 8, args.workers)
+            except ImportError:
+                break
         torch.set_num_threads(threads)
-    base = rows[0][1]
-    base_pre = figures["mapstyle_pretrain_clips_per_s"]
-    table = Table(title=f"loaders: {len(files)} clips ({args.clips} distinct) of about {args.clip_seconds:g} s, "
-                        f"batch {args.batch_size}, "
-                        f"{args.workers} workers x 1 thread, mae_ast fbank")
-    for column in ("loader", "clips/s", "vs (a)", "notes"):
-        table.add_column(column, justify="left" if column in ("loader", "notes") else "right")
-    for name, rate, note in rows:
-        table.add_row(name, f"{rate:.1f}", f"{rate / (base_pre if 'pretraining' in name else base):.2f}x", note)
-    console.print(table)
+    base, base_pre = rows[0][1].median, pre_rates["(a) map-style, pretraining"].median
+    bench.table(f"loaders: {len(files)} clips ({args.clips} distinct) of about {args.clip_seconds:g} s, "
+                f"batch {args.batch_size}, {args.workers} workers x 1 thread, mae_ast fbank; median (min-max) "
+                f"of {args.epochs} epochs", ["loader", "clips/s", "vs (a)", "notes"],
+                [(name, spread(rate, ".1f"), f"{rate.median / (base_pre if 'pretraining' in name else base):.2f}x", note)
+                 if rate is not None else (name, "nan", "nanx", note) for name, rate, note in rows],
+                left=("loader", "notes"))
     if train_rows:
-        t = Table(title=f"pretraining on this machine: batch 8 from the streaming loader ({args.workers} workers), "
-                        f"which alone gives {figures['stream_pretrain_clips_per_s']:.1f} clips/s; the model gets "
-                        f"{max(1, len(os.sched_getaffinity(0)) - args.workers)} torch thread(s)")
-        for column in ("model", "step s", "model consumes clips/s", "data wait share"):
-            t.add_column(column, justify="left" if column == "model" else "right")
         for preset, r in train_rows.items():
-            t.add_row(preset, f"{r['step_s']:.2f}", f"{r['consumes_clips_per_s']:.1f}", f"{100 * r['wait_share']:.1f}%")
-            figures.update({f"{preset}_{k}": round(v, 4) for k, v in r.items()})
-        console.print(t)
+            for k, v in r.items():
+                bench.record(f"{preset}_{k}", v, digits=4)
+        bench.table(f"pretraining on this machine: batch 8 from the streaming loader ({args.workers} workers), "
+                    f"which alone gives {bench.figures['stream_pretrain_clips_per_s']:.1f} clips/s; the model gets "
+                    f"{max(1, len(os.sched_getaffinity(0)) - args.workers)} torch thread(s)",
+                    ["model", "step s", "model consumes clips/s", "data wait share"],
+                    [(preset, spread(r["step_s"], ".2f"), f"{r['consumes_clips_per_s']:.1f}",
+                      f"{100 * r['wait_share']:.1f}%") for preset, r in train_rows.items()])
     else:
-        console.print("training steps skipped (--steps 0 or maeast.model missing)")
-    figures["load_avg_after"] = round(os.getloadavg()[0], 2)
-    figures["ratio_stream_vs_mapstyle"] = round(figures["stream_clips_per_s"] / base, 3)
-    figures["ratio_stream_vs_mapstyle_pretrain"] = round(figures["stream_pretrain_clips_per_s"] / base_pre, 3)
-    figures["ratio_streamwav_vs_mapstyle"] = round(figures["streamwav_clips_per_s"] / base, 3)
-    figures["ratio_streamwav_vs_mapstyle_pretrain"] = round(figures["streamwav_pretrain_clips_per_s"] / base_pre, 3)
-    print(json.dumps({"benchmark": "loader", "clips": len(files), "distinct_clips": args.clips,
-                      "clip_seconds": args.clip_seconds,
-                      "batch_size": args.batch_size, "workers": args.workers, "gpu": gpu, **figures}))
+        bench.note("training steps skipped (--steps 0 or maeast.model missing)")
+    f = bench.figures
+    bench.update({"ratio_stream_vs_mapstyle": round(f["stream_clips_per_s"] / base, 3),
+                  "ratio_stream_vs_mapstyle_pretrain": round(f["stream_pretrain_clips_per_s"] / base_pre, 3),
+                  "ratio_streamwav_vs_mapstyle": round(f["streamwav_clips_per_s"] / base, 3),
+                  "ratio_streamwav_vs_mapstyle_pretrain": round(f["streamwav_pretrain_clips_per_s"] / base_pre, 3)})
+    bench.finish(own_load=args.workers + 1)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 Same width, depth, input and losses; MAE-AST runs its encoder on the 25% visible tokens and a
 shallow decoder on all of them, the SSAST-style model runs the encoder on every token (masked ones
 replaced by a mask token) and puts the two heads on its outputs at the masked positions. A step is
-forward, backward and an AdamW step. "step s" is the fastest of the timed steps (the least disturbed
-by other load on the machine), "median s" their median, "CPU s" the least process CPU time of a
-step (less sensitive to a busy machine). Each variant runs in its own subprocess so that its peak
+forward, backward and an AdamW step. The variants take turns step by step after --warmup untimed
+steps each (benchmarks/harness.py times each step from the request to the worker's reply, CUDA
+synchronized); "step s" is the fastest of the timed steps (the least disturbed by other load on the
+machine), "median s" their median (min-max beside it), "CPU s" the least process CPU time of a step
+(less sensitive to a busy machine). Each variant runs in its own subprocess so that its peak
 memory is its own: on CPU the process's peak RSS (ru_maxrss) and its growth over the RSS before the
 first step ("step MB"); on CUDA torch.cuda.max_memory_allocated. The input is the log-mel fbank of
 real synthesized 10 s clips (espeak-ng speech, sox plucked chords). The paper reports 3x faster and
@@ -20,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,16 +34,16 @@ import soundfile as sf
 import soxr
 import torch
 import torch.nn as nn
-from rich.console import Console
-from rich.table import Table
+from harness import Bench, Stats, spread
 
 from maeast.features import fbank
 from maeast.model import MAEAST, make_config, param_groups
 from maeast.model.decoder import gather_tokens
-from maeast.model.encoder import Encoder, bf16_autocast
+from maeast.model.encoder import Encoder
 from maeast.model.init import init_weights
 from maeast.model.losses import mae_loss
 from maeast.model.masking import MASKS
+from maeast.precision import autocast
 
 TOKENS = {"patch": {"patch_time": 16, "patch_freq": 16}, "frame": {"patch_time": 2, "patch_freq": 128}}
 VARIANTS = [("mae", "patch"), ("ssast", "patch"), ("mae", "frame"), ("ssast", "frame")]
@@ -66,11 +66,10 @@ class SSASTStyle(nn.Module):
         tokens = self.encoder.tokenize(features, padding_mask)
         m = MASKS[self.cfg.mask_type](tokens.rows_real, tokens.grid, self.cfg.mask_ratio, generator=generator)
         x = torch.where(m.mask[..., None].bool(), self.mask_token, tokens.x)  # [B, N, D]
-        with bf16_autocast(features.device, self.cfg.autocast):
-            x, _ = self.encoder.transformer(self.encoder.add_positions(x), m.token_pad if tokens.padded else None,
-                                            generator)
-            x = gather_tokens(x, m.ids_masked)  # [B, M, D]
-            recon, classify = self.head_recon(x), self.head_nce(x)
+        x, _ = self.encoder.transformer(self.encoder.add_positions(x), m.token_pad if tokens.padded else None,
+                                        generator)
+        x = gather_tokens(x, m.ids_masked)  # [B, M, D]
+        recon, classify = self.head_recon(x), self.head_nce(x)
         target = gather_tokens(tokens.patches, m.ids_masked)
         loss, _ = mae_loss(recon, classify, target, ~m.masked_pad, self.cfg.mse_weight, self.cfg.infonce_weight)
         return loss
@@ -104,10 +103,12 @@ def rss_bytes() -> int:
 
 
 def worker(spec: dict) -> None:
-    """Set up one variant, then run a step for every "step" line on stdin; "done" prints the figures.
+    """Set up one variant, then run a step for every "step" line on stdin (replying with the step's
+    process CPU time); "done" replies with the variant's sizes and memory figures.
 
     Workers take turns (the parent sends one "step" at a time, round robin), so a busy machine slows
-    every variant alike; a waiting worker is blocked on stdin and uses nothing.
+    every variant alike; a waiting worker is blocked on stdin and uses nothing. CUDA's peak memory
+    counts from the end of the last warm-up step.
     """
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
@@ -118,41 +119,34 @@ def worker(spec: dict) -> None:
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
     gen = torch.Generator(device).manual_seed(0)
     rss_before = rss_bytes()
-    times, cpu_times = [], []
+    steps = 0
     print(json.dumps({"ready": True}), flush=True)
     for command in sys.stdin:
         if command.strip() == "done":
             break
-        if command.strip() == "reset" and device.type == "cuda":  # after the warm-up steps
-            torch.cuda.reset_peak_memory_stats()
-        if command.strip() == "step":
-            start, cpu_start = time.perf_counter(), time.process_time()
+        cpu_start = time.process_time()
+        with autocast(device):  # bf16 on CUDA, as the engine trains; nothing on CPU
             out = model(features, generator=gen)
-            (out.loss if spec["kind"] == "mae" else out).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
-        print(json.dumps({"ok": True}), flush=True)
+        (out.loss if spec["kind"] == "mae" else out).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        cpu = time.process_time() - cpu_start
+        steps += 1
+        if steps == spec["warmup"] and device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        print(json.dumps({"cpu_s": cpu}), flush=True)
     else:
         return  # the parent went away
 
-    times, cpu_times = times[spec["warmup"]:], cpu_times[spec["warmup"]:]
     batch, frames = features.shape[:2]
     n = cfg.tokens_for(frames)
-    seconds = min(times)  # the least disturbed by other load on the machine
-    flops = step_flops(cfg, spec["kind"], batch, n)
-    result = {"step_s": seconds, "median_step_s": statistics.median(times), "tokens_per_s": batch * n / seconds,
-              "cpu_step_s": min(cpu_times), "tokens": n, "batch": batch,
-              "tflops_per_s": flops / seconds / 1e12, "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    result = {"tokens": n, "batch": batch, "flops": step_flops(cfg, spec["kind"], batch, n),
+              "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
     if device.type == "cuda":
         result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        name = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-        result["mfu"] = flops / seconds / peak if peak else None
-        result["device_name"] = name
+        result["device_name"] = torch.cuda.get_device_name()
     else:
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         result["peak_mem_mb"] = peak_rss / 2**20
@@ -160,8 +154,9 @@ def worker(spec: dict) -> None:
     print(json.dumps(result), flush=True)
 
 
-def run_workers(specs: dict[str, dict], warmup: int, steps: int, console: Console) -> dict[str, dict]:
-    """One subprocess per variant, stepped round robin; returns each worker's figures."""
+def run_workers(bench: Bench, specs: dict[str, dict]) -> tuple[dict[str, dict], dict[str, Stats]]:
+    """One subprocess per variant, stepped round robin by the harness; each variant's figures and
+    step times."""
     procs = {name: subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, text=True) for name, spec in specs.items()}
 
@@ -178,13 +173,9 @@ def run_workers(specs: dict[str, dict], warmup: int, steps: int, console: Consol
     try:
         for name in procs:
             ask(name, None)  # ready
-        for i in range(warmup + steps):
-            with console.status(f"step {i + 1} of {warmup + steps} ({warmup} warm-up), round robin"):
-                for name in procs:
-                    if i == warmup:
-                        ask(name, "reset")
-                    ask(name, "step")
-        return {name: ask(name, "done") for name in procs}
+        timed = bench.measure({name: (lambda name=name: ask(name, "step")["cpu_s"]) for name in procs},
+                              label="training steps, round robin")
+        results = {name: ask(name, "done") for name in procs}
     finally:
         for proc in procs.values():
             proc.stdin.close()  # end of input ends a worker that was not told "done"
@@ -193,6 +184,15 @@ def run_workers(specs: dict[str, dict], warmup: int, steps: int, console: Consol
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    for name, r in results.items():
+        seconds, flops = timed[name].seconds, r.pop("flops")
+        r.update(step_s=seconds.min, median_step_s=seconds.median, max_step_s=seconds.max,
+                 tokens_per_s=r["batch"] * r["tokens"] / seconds.min, cpu_step_s=timed[name].stats().min,
+                 tflops_per_s=flops / seconds.min / 1e12)
+        if "device_name" in r:
+            peak = next((v for k, v in PEAK_BF16.items() if k in r["device_name"]), None)
+            r["mfu"] = flops / seconds.min / peak if peak else None
+    return results, {name: t.seconds for name, t in timed.items()}
 
 
 def synth_features(path: Path, batch: int, seconds: float, tmp: Path) -> None:
@@ -229,32 +229,28 @@ def main() -> None:
 
     cuda = args.device.startswith("cuda")
     preset = "base" if args.full else "small"
-    console = Console(width=max(120, Console().width))
+    warmup, steps = args.warmup or (5 if cuda else 1), args.steps or (20 if cuda else 4)
+    bench = Bench("mae_vs_ssast", repeats=steps, warmup=warmup)
+    bench.update({"preset": preset, "device": args.device, "batch": args.batch, "seconds": args.seconds,
+                  "threads": args.threads or torch.get_num_threads()})
     with tempfile.TemporaryDirectory() as tmp:
         features = Path(tmp) / "features.pt"
         synth_features(features, args.batch, args.seconds, Path(tmp))
-        warmup, steps = args.warmup or (5 if cuda else 1), args.steps or (20 if cuda else 4)
         specs = {f"{kind}_{tokens}": {"kind": kind, "tokens": tokens, "preset": preset, "device": args.device,
                                       "features": str(features), "warmup": warmup, "threads": args.threads}
                  for kind, tokens in VARIANTS}
-        load_before = os.getloadavg()[0]
-        results = run_workers(specs, warmup, steps, console)
-        load_after = os.getloadavg()[0]
+        results, times = run_workers(bench, specs)
 
     cfg = make_config(preset)
-    table = Table(title=f"MAE-AST vs SSAST-style, {preset} ({cfg.dim} wide, {cfg.depth} layers; MAE decoder "
-                        f"{cfg.decoder_depth}), {args.batch} x {args.seconds:g} s, {args.device}")
-    for column in ("variant", "tokens", "step s", "median s", "CPU s", "tokens/s", "TFLOP/s", "MFU", "peak MB",
-                   "step MB", "params M"):
-        table.add_column(column, justify="right")
-    for name, r in results.items():
-        mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
-        step_mb = f"{r['step_mem_mb']:.0f}" if "step_mem_mb" in r else "-"
-        table.add_row(name, str(r["tokens"]), f"{r['step_s']:.3f}", f"{r['median_step_s']:.3f}",
-                      f"{r['cpu_step_s']:.3f}",
-                      f"{r['tokens_per_s']:.0f}", f"{r['tflops_per_s']:.3f}", mfu, f"{r['peak_mem_mb']:.0f}", step_mb,
-                      f"{r['params_m']:.1f}")
-    console.print(table)
+    bench.table(f"MAE-AST vs SSAST-style, {preset} ({cfg.dim} wide, {cfg.depth} layers; MAE decoder "
+                f"{cfg.decoder_depth}), {args.batch} x {args.seconds:g} s, {args.device}; {steps} timed steps",
+                ["variant", "tokens", "step s", "median s", "CPU s", "tokens/s", "TFLOP/s", "MFU", "peak MB",
+                 "step MB", "params M"],
+                [(name, r["tokens"], f"{r['step_s']:.3f}", spread(times[name], ".3f"),
+                  f"{r['cpu_step_s']:.3f}", f"{r['tokens_per_s']:.0f}", f"{r['tflops_per_s']:.3f}",
+                  f"{r['mfu']:.1%}" if r.get("mfu") else "-", f"{r['peak_mem_mb']:.0f}",
+                  f"{r['step_mem_mb']:.0f}" if "step_mem_mb" in r else "-", f"{r['params_m']:.1f}")
+                 for name, r in results.items()], left=())
     ratios = {}
     for tokens in ("patch", "frame"):
         mae, ssast = results[f"mae_{tokens}"], results[f"ssast_{tokens}"]
@@ -263,21 +259,18 @@ def main() -> None:
         ratios[f"{tokens}_memory_ratio"] = ssast["peak_mem_mb"] / mae["peak_mem_mb"]
         if "step_mem_mb" in mae:
             ratios[f"{tokens}_step_memory_ratio"] = ssast["step_mem_mb"] / max(mae["step_mem_mb"], 1.0)
-        console.print(f"{tokens}: MAE-AST is {ratios[f'{tokens}_speedup']:.2f}x faster "
-                      f"({ratios[f'{tokens}_cpu_time_ratio']:.2f}x less CPU time), SSAST-style uses "
-                      f"{ratios[f'{tokens}_memory_ratio']:.2f}x the peak memory"
-                      + (f" ({ratios[f'{tokens}_step_memory_ratio']:.2f}x the memory a step adds)"
-                         if f"{tokens}_step_memory_ratio" in ratios else "")
-                      + " (paper: 3x faster, 2x less memory)")
-    if not cuda and max(load_before, load_after) > (os.cpu_count() or 1) + 1:  # ours counts for about 1
-        console.print(f"[yellow]warning[/]: the machine was busy (load average {load_before:.1f} -> {load_after:.1f} "
-                      f"on {os.cpu_count()} cores): times are inflated"
-                      + ("; try --threads 1" if args.threads != 1 else ""))
-    flat = {f"{v}_{k}": (round(x, 4) if isinstance(x, float) else x) for v, r in results.items() for k, x in r.items()}
-    print(json.dumps({"benchmark": "mae_vs_ssast", "preset": preset, "device": args.device, "batch": args.batch,
-                      "seconds": args.seconds, "threads": args.threads or torch.get_num_threads(),
-                      "load_avg": [round(load_before, 2), round(load_after, 2)],
-                      **{k: round(v, 3) for k, v in ratios.items()}, **flat}))
+        bench.note(f"{tokens}: MAE-AST is {ratios[f'{tokens}_speedup']:.2f}x faster "
+                   f"({ratios[f'{tokens}_cpu_time_ratio']:.2f}x less CPU time), SSAST-style uses "
+                   f"{ratios[f'{tokens}_memory_ratio']:.2f}x the peak memory"
+                   + (f" ({ratios[f'{tokens}_step_memory_ratio']:.2f}x the memory a step adds)"
+                      if f"{tokens}_step_memory_ratio" in ratios else "")
+                   + " (paper: 3x faster, 2x less memory)")
+    bench.update({k: round(v, 3) for k, v in ratios.items()})
+    for v, r in results.items():
+        for k, x in r.items():
+            bench.record(f"{v}_{k}", times[v] if k == "median_step_s" else x, digits=4)  # min-max: "spread"
+    bench.finish(own_load=1.0 if cuda else args.threads or torch.get_num_threads(),
+                 hint="try --threads 1" if not cuda and args.threads != 1 else "")
 
 
 if __name__ == "__main__":

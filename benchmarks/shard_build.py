@@ -1,23 +1,24 @@
 """Shard building throughput: files/s and MB/s of input with 1 and 2 workers.
 
 Builds a corpus of real synthesized audio (espeak-ng speech at 22.05 kHz, sox plucked-string chords
-at 44.1 kHz stereo) in a temporary folder, then packs it with the folder recipe. Prints a table,
+at 44.1 kHz stereo) in a temporary folder, then packs it with the folder recipe into a fresh folder
+per run: --warmup untimed builds, then --repeats timed ones, 1 and 2 workers taking turns
+(benchmarks/harness.py). The figures are the median run's, with min-max beside them. Prints a table,
 then one JSON line with the figures.
 
-    python benchmarks/shard_build.py [--clips 120] [--seconds 6]
+    python benchmarks/shard_build.py [--clips 120] [--seconds 6] [--repeats 3] [--warmup 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
+import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+from harness import Bench, add_arguments, spread
 
 from maeast.shards.build import build_shards
 
@@ -43,31 +44,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=120)
     parser.add_argument("--seconds", type=float, default=6.0)
+    add_arguments(parser, repeats=3, warmup=1)
     args = parser.parse_args()
-    console = Console()
+    bench = Bench("shard_build", args.repeats, args.warmup)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "corpus"
-        with console.status("synthesizing the corpus"):
+        with bench.status("synthesizing the corpus"):
             make_corpus(root, args.clips, args.seconds)
         in_mb = sum(p.stat().st_size for p in root.rglob("*.wav")) / 1e6
-        rows = {}
-        for workers in (1, 2):
-            out = Path(tmp) / f"out{workers}"
-            start = time.perf_counter()
+        runs = itertools.count()
+
+        def build(workers: int):
+            out = Path(tmp) / f"out{next(runs)}"
             index = build_shards("folder", root, out, shard_size_mb=16, workers=workers)
-            elapsed = time.perf_counter() - start
-            hours = sum(s["hours"] for s in index["splits"].values())
-            rows[workers] = {"seconds": elapsed, "files_per_s": args.clips / elapsed,
-                             "input_mb_per_s": in_mb / elapsed, "audio_hours_per_s": hours / elapsed}
-    table = Table(title=f"shard build: {args.clips} clips, {in_mb:.1f} MB of wav input")
-    for column in ("workers", "seconds", "files/s", "input MB/s", "audio h/s", "speed-up"):
-        table.add_column(column, justify="right")
-    for workers, r in rows.items():
-        table.add_row(str(workers), f"{r['seconds']:.2f}", f"{r['files_per_s']:.1f}", f"{r['input_mb_per_s']:.1f}",
-                      f"{r['audio_hours_per_s']:.3f}", f"{rows[1]['seconds'] / r['seconds']:.2f}x")
-    console.print(table)
-    print(json.dumps({"benchmark": "shard_build", "clips": args.clips, "input_mb": round(in_mb, 2),
-                      **{f"workers{w}_{k}": round(v, 3) for w, r in rows.items() for k, v in r.items()}}))
+            shutil.rmtree(out)
+            return sum(s["hours"] for s in index["splits"].values())
+
+        results = bench.measure({w: (lambda w=w: build(w)) for w in (1, 2)}, label="building shards")
+    bench.update({"clips": args.clips, "input_mb": round(in_mb, 2)})
+    rows = []
+    for workers, r in results.items():
+        hours = r.values[0]
+        figures = {"seconds": r.seconds, "files_per_s": r.rate(args.clips), "input_mb_per_s": r.rate(in_mb),
+                   "audio_hours_per_s": r.rate(hours)}
+        for key, stats in figures.items():
+            bench.record(f"workers{workers}_{key}", stats)
+        rows.append([workers, spread(r.seconds, ".2f"), spread(figures["files_per_s"], ".1f"),
+                     spread(figures["input_mb_per_s"], ".1f"), spread(figures["audio_hours_per_s"], ".3f"),
+                     f"{results[1].seconds.median / r.seconds.median:.2f}x"])
+    bench.table(f"shard build: {args.clips} clips, {in_mb:.1f} MB of wav input; median (min-max) of "
+                f"{args.repeats} run(s)", ["workers", "seconds", "files/s", "input MB/s", "audio h/s", "speed-up"], rows)
+    bench.finish(own_load=2.0)
 
 
 if __name__ == "__main__":
