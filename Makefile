@@ -1,4 +1,5 @@
-# maeast: `make demo` runs the main job on the demo corpora, `make test` runs the test suite.
+# maeast: `make demo` runs the main job on the demo corpora, `make test` runs the test suite
+# (`make test-fast`: without the tests marked slow).
 # Both bootstrap everything on a fresh machine: Debian packages (as root), then .venv.
 
 PYTHON   ?= python3
@@ -14,7 +15,7 @@ PRETRAIN_CONFIG ?= pretrain_small
 FINETUNE_CONFIG ?= finetune_small
 DEMO_RESULTS ?= runs/demo_results
 
-.PHONY: all env apt test demo demo-data demo-shards demo-pretrain bench clean
+.PHONY: all env apt test test-fast torchaudio-ref demo demo-data demo-shards demo-pretrain bench clean
 
 all: test
 
@@ -42,8 +43,30 @@ $(VENV)/.installed: pyproject.toml | apt
 
 env: $(VENV)/.installed
 
-test: env
-	$(PY) -m pytest -q
+# The direct comparison with torchaudio's Kaldi fbank (tests/test_fbank.py) needs torchaudio, which does not
+# import beside our torch: a scratch install of the reference version, its compiled extension set aside
+# (tests/fixtures/make_fbank_fixtures.py), made once from PyPI and named to pytest by MAEAST_TORCHAUDIO.
+TORCHAUDIO_REF ?= .torchaudio-ref
+TORCHAUDIO_VERSION := 2.11.0
+
+$(TORCHAUDIO_REF)/.installed-$(TORCHAUDIO_VERSION): | env
+	rm -rf $(TORCHAUDIO_REF)
+	$(PY) -m pip install -q --no-deps --no-compile --target $(TORCHAUDIO_REF)/site torchaudio==$(TORCHAUDIO_VERSION) \
+	  2>&1 | grep -v "^WARNING: Location" || true
+	mkdir -p $(TORCHAUDIO_REF)/so-set-aside
+	find $(TORCHAUDIO_REF)/site/torchaudio -name '*.so' -exec mv -t $(TORCHAUDIO_REF)/so-set-aside {} +
+	MAEAST_TORCHAUDIO=$(TORCHAUDIO_REF)/site $(PY) -c "from tests.fixtures.make_fbank_fixtures import import_kaldi; \
+	  assert import_kaldi(), 'the scratch torchaudio does not import'"
+	touch $@
+
+torchaudio-ref: $(TORCHAUDIO_REF)/.installed-$(TORCHAUDIO_VERSION)
+
+# `make test` runs every test; `make test-fast` leaves out those marked slow (over about 5 s each).
+test: env torchaudio-ref
+	MAEAST_TORCHAUDIO=$(abspath $(TORCHAUDIO_REF))/site $(PY) -m pytest -q
+
+test-fast: env torchaudio-ref
+	MAEAST_TORCHAUDIO=$(abspath $(TORCHAUDIO_REF))/site $(PY) -m pytest -q -m "not slow"
 
 # The stamp is written only after a complete run, so an interrupted one is redone from scratch.
 $(DEMO)/.complete-$(DEMO_SIZE): | env
@@ -73,9 +96,10 @@ demo: demo-pretrain
 	$(MAEAST) compare --checkpoint $(PRETRAIN_RUN)/encoder -c $(FINETUNE_CONFIG) --out $(DEMO_RESULTS) --resume \
 	  --task speechcommands_v1=$(SHARDS)/keywords --task esc50=$(SHARDS)/events
 
-bench: env
+# Each prints a table and, last, one JSON line (benchmarks/harness.py); fbank.py compares with torchaudio too.
+bench: env torchaudio-ref
 	$(PY) benchmarks/shard_build.py
-	$(PY) benchmarks/fbank.py
+	MAEAST_TORCHAUDIO=$(abspath $(TORCHAUDIO_REF))/site $(PY) benchmarks/fbank.py
 	$(PY) benchmarks/mae_vs_ssast.py
 	$(PY) benchmarks/loader.py
 

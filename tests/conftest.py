@@ -1,4 +1,8 @@
-"""Shared fixtures: real audio made by real synthesizers (espeak-ng speech, sox plucked strings)."""
+"""Shared fixtures and helpers: real audio made by real synthesizers (espeak-ng speech, sox plucked
+strings), the folder corpus and shards of the loader tests, the tiny demo corpus's shards.
+
+Test modules import helpers from here (or from the tests.official_trees plugin), never from each other.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from maeast.shards.build import build_shards
+from maeast.shards.format import iter_tar, shard_paths
 
 # Tiny trees of the official corpora (fixtures audioset, esc50, sc_v1, sc_v2, voxceleb1, iemocap).
 pytest_plugins = ("tests.official_trees",)
@@ -80,3 +87,43 @@ def mixed_folder(tmp_path_factory) -> Path:
     (root / "music" / "notaudio.ogg").write_bytes(b"this is not an ogg file\n")
     sox("-n", "-r", "16000", root / "music" / "blip.wav", "synth", "0.02", "pluck", "C5")
     return root
+
+
+CORPUS_NOTES = [("C4", "E4"), ("A3",), ("D3", "F#3"), ("G2", "B2"), ("E3",), ("F3", "A3")]
+CORPUS_VOICES = ["en", "en-us+f3", "en-gb+m3", "en+klatt", "en-us+f1", "en+m7"]
+
+
+def make_corpus(root: Path, speech: int = 6, music: int = 6, short: int = 0) -> Path:
+    """A folder corpus of real synthesized audio: espeak-ng sentences (2-3.5 s), sox plucked chords
+    (2.0-3.25 s), and `short` one-word clips (under a second) labelled speech. The loader tests' corpus."""
+    (root / "speech").mkdir(parents=True, exist_ok=True)
+    (root / "music").mkdir(exist_ok=True)
+    for i in range(speech):
+        speak(SENTENCES[i % len(SENTENCES)], root / "speech" / f"s{i}.wav", voice=CORPUS_VOICES[i % 6],
+              speed=150 + 10 * i)
+    for i in range(music):
+        pluck(root / "music" / f"m{i}.wav", CORPUS_NOTES[i % 6], seconds=2.0 + 0.25 * i, rate=16000)
+    for i in range(short):
+        speak(["yes", "no", "stop", "go"][i % 4], root / "speech" / f"w{i}.wav", voice=CORPUS_VOICES[i % 6])
+    return root
+
+
+def build(corpus: Path, out: Path, shard_mb: float = 0.05) -> dict:
+    """A folder corpus packed into small shards."""
+    return build_shards("folder", corpus, out, shard_size_mb=shard_mb)
+
+
+def corpus_keys(shards: Path, split: str = "train") -> list[str]:
+    """Every sample key of a split, sorted."""
+    return sorted(k for p in shard_paths(shards, split) for k, _ in iter_tar(p))
+
+
+def make_demo_shards(root: Path) -> Path:
+    """The tiny demo corpus's unlabelled part (espeak-ng speech, fluidsynth music) packed in small shards;
+    built once per test session under `root`."""
+    from maeast.demo.build import build_demo
+    shards = root / "shards"
+    if not (shards / "index.json").is_file():
+        build_demo(root / "corpus", "tiny", corpora=("librispeech",), progress=False)
+        build_shards("librispeech", root / "corpus" / "librispeech", shards, shard_size_mb=0.4, workers=2)
+    return shards

@@ -21,7 +21,7 @@ from maeast.shards.build import build_shards
 from maeast.shards.format import (encode_audio, iter_tar, parse_pcm16_wav, read_index, shard_paths, sha256_file,
                                   tar_member, write_json_atomic)
 from maeast.shards.inspect import verify_shards
-from tests.test_loader_stream import corpus_keys, make_corpus
+from tests.conftest import corpus_keys, make_corpus
 
 
 @pytest.fixture(scope="module")

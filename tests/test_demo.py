@@ -138,6 +138,7 @@ def _same_bytes(a: Path, b: Path) -> bool:
     return a.read_bytes() == b.read_bytes()
 
 
+@pytest.mark.slow
 def test_deterministic(tiny, tmp_path):
     """Same seed -> byte-identical files (re-rendered here with 1 worker); another seed differs."""
     out, summary, _ = tiny

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from maeast.engine import load_config, pretrain
-from tests.test_engine_run import make_demo_shards
+from tests.conftest import make_demo_shards
 
 
 @pytest.fixture(scope="module")

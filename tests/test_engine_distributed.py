@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from maeast.engine import load_config, pretrain
 from maeast.engine.distributed import free_port
 from maeast.engine.logging import read_log
-from tests.test_engine_run import make_demo_shards
+from tests.conftest import make_demo_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "pretrain.py"
@@ -103,6 +103,7 @@ def step_keys(run_dir: Path) -> dict[int, list[str]]:
     return {step: sorted(keys) for step, keys in out.items()}
 
 
+@pytest.mark.slow
 def test_zero2_two_processes_follow_one_process_and_resume(shards, reference, tmp_path):
     ds = ["--deepspeed_config", str(ROOT / "launch" / "ds_zero2.json"), "--config", "pretrain_tiny"]
     first = launch_deepspeed([*ds, *overrides(shards, tmp_path, "data.num_workers=1", "run.stop_at=2")])
@@ -117,6 +118,7 @@ def test_zero2_two_processes_follow_one_process_and_resume(shards, reference, tm
     assert sorted(step_keys(tmp_path)) == [1, 2, 3]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 3])
 def test_zero1_and_zero3_two_processes_follow_one_process(stage, shards, reference, tmp_path):
     extra = ["model.layerdrop=0.05"] if stage == 3 else []

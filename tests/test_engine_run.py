@@ -20,23 +20,12 @@ from maeast.engine import NonFiniteLoss, load_config, pretrain
 from maeast.engine.logging import read_log
 from maeast.errors import MaeastError
 from maeast.model import MAEAST
+from tests.conftest import make_demo_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 ZERO = {0: None, 1: ROOT / "launch" / "ds_zero1.json", 2: ROOT / "launch" / "ds_zero2.json"}
 SHORT = ["schedule.steps=6", "schedule.warmup_steps=2", "data.batch_size=2", "optim.global_batch=4",
          "eval.every=3", "eval.batches=2", "run.save_every=3", "run.log_every=1", "run.trace_keys=true"]
-
-
-def make_demo_shards(root: Path) -> Path:
-    """The tiny demo corpus's unlabelled part (espeak-ng speech, fluidsynth music) packed in small shards;
-    built once per test session under `root`."""
-    from maeast.demo.build import build_demo
-    from maeast.shards.build import build_shards
-    shards = root / "shards"
-    if not (shards / "index.json").is_file():
-        build_demo(root / "corpus", "tiny", corpora=("librispeech",), progress=False)
-        build_shards("librispeech", root / "corpus" / "librispeech", shards, shard_size_mb=0.4, workers=2)
-    return shards
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ def test_fixtures_record_their_reference():
 def test_matches_torchaudio_directly(ref):
     found = import_kaldi()
     if found is None:
-        pytest.skip("torchaudio does not import here (set MAEAST_TORCHAUDIO to a scratch install)")
+        pytest.skip("torchaudio does not import here: `make test` sets MAEAST_TORCHAUDIO to a scratch install")
     kaldi, _ = found
     for preset in ("mae_ast", "ssast"):
         batch = same_length(ref, 0.5)

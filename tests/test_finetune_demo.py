@@ -34,6 +34,7 @@ def majority_share(shards, split: str) -> float:
     return max(counts.values()) / sum(counts.values())
 
 
+@pytest.mark.slow
 def test_full_fine_tuning_learns_and_the_frozen_random_baseline_does_not_reach_it(keywords, tmp_path):
     chance = majority_share(keywords, "test")
     full = finetune(load_finetune_config("finetune_tiny", task="speechcommands_v1", shards=str(keywords),

@@ -15,7 +15,7 @@ from maeast.loaders import LoaderConfig, StreamingLoader, build_loader
 
 pytest.importorskip("nvidia.dali", reason="the `dali` extra is not installed")
 from maeast.loaders.dali import DaliLoader  # noqa: E402
-from tests.test_loader_stream import build, corpus_keys, make_corpus  # noqa: E402
+from tests.conftest import build, corpus_keys, make_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from maeast.errors import MaeastError
 from maeast.loaders import BadDataWarning, LoaderConfig, StreamingLoader
 from maeast.shards.format import INDEX, iter_tar, sha256_file, shard_paths, tar_member, write_json_atomic
-from tests.test_loader_stream import build, corpus_keys, make_corpus
+from tests.conftest import build, corpus_keys, make_corpus
 
 
 @pytest.fixture(scope="module")

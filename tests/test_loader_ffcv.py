@@ -14,7 +14,7 @@ from maeast.loaders import LoaderConfig, StreamingLoader, build_loader
 pytest.importorskip("ffcv", reason="the `ffcv` extra is not installed")
 import maeast.cli.shard_ffcv  # noqa: E402,F401  (registers `maeast shard ffcv`)
 from maeast.cli import app  # noqa: E402
-from tests.test_loader_stream import build, corpus_keys, make_corpus  # noqa: E402
+from tests.conftest import build, corpus_keys, make_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,7 @@ def test_beton_holds_the_streaming_loaders_features(shards, beton):
     assert sorted(seen) == corpus_keys(shards)
 
 
+@pytest.mark.slow
 def test_ffcv_resume_and_epochs(beton):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -11,7 +11,7 @@ import torch
 
 from maeast.errors import MaeastError
 from maeast.loaders import LoaderConfig, StreamingLoader, merge_states
-from tests.test_loader_stream import build, corpus_keys, make_corpus
+from tests.conftest import build, corpus_keys, make_corpus
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,10 @@ def test_killed_run_resumes_without_repeats_or_gaps(shards, k):
     resumed = StreamingLoader(config(shards))
     resumed.load_state_dict(state)
     assert resumed.epoch == 0
-    seen += batches_of(resumed)
+    rest = batches_of(resumed)
+    unseen = set(corpus_keys(shards)) - {key for keys, _ in seen for key in keys}
+    assert unseen and sorted(key for keys, _ in rest for key in keys) == sorted(unseen)  # exactly the rest
+    seen += rest
     keys = [key for keys, _ in seen for key in keys]
     assert sorted(keys) == corpus_keys(shards)  # every clip of the epoch, each once
     assert sorted(seen) == sorted(reference)  # the same batches, same crops, as an unbroken run
@@ -61,6 +64,8 @@ def test_resume_in_process_and_next_epoch(shards):
     head = [next(it) for _ in range(2)]
     del it
     rest = list(loader)  # the same loader object carries on where the caller stopped
+    unseen = set(corpus_keys(shards)) - {k for b in head for k in b.keys}
+    assert unseen and sorted(k for b in rest for k in b.keys) == sorted(unseen)  # exactly the rest of the epoch
     assert sorted(k for b in head + rest for k in b.keys) == corpus_keys(shards)
     assert loader.epoch == 1 and len(list(loader)) == len(loader)
 
@@ -108,7 +113,11 @@ def test_batch_features_do_not_depend_on_resume_point(shards):
     a = {tuple(b.keys): b.features for b in StreamingLoader(config(shards))}
     loader = StreamingLoader(config(shards))
     it = iter(loader)
-    next(it), next(it)
+    head = [next(it), next(it)]
     del it
+    rest = []
     for b in loader:
         assert torch.equal(a[tuple(b.keys)], b.features)
+        rest += b.keys
+    unseen = set(corpus_keys(shards)) - {k for b in head for k in b.keys}
+    assert unseen and sorted(rest) == sorted(unseen)  # the resumed loop yielded exactly the rest of the epoch

@@ -1,6 +1,7 @@
 """The webdataset loader: batch contract, lengths, labels, ranks, mixing, reproducibility.
 
-The corpus helpers here (make_corpus, build) are shared by the other tests/test_loader_*.py files.
+The corpus helpers (make_corpus, build, corpus_keys) live in tests/conftest.py, shared with the other
+loader tests.
 """
 
 from __future__ import annotations
@@ -18,32 +19,7 @@ from maeast.features import fbank, get_config
 from maeast.loaders import LoaderConfig, StreamingLoader, build_loader
 from maeast.shards.build import build_shards
 from maeast.shards.format import decode_flac, iter_tar, shard_paths
-from tests.conftest import SENTENCES, pluck, speak
-
-NOTES = [("C4", "E4"), ("A3",), ("D3", "F#3"), ("G2", "B2"), ("E3",), ("F3", "A3")]
-VOICES = ["en", "en-us+f3", "en-gb+m3", "en+klatt", "en-us+f1", "en+m7"]
-
-
-def make_corpus(root: Path, speech: int = 6, music: int = 6, short: int = 0) -> Path:
-    """A folder corpus of real synthesized audio: espeak-ng sentences (2-3.5 s), sox plucked chords
-    (2.0-3.25 s), and `short` one-word clips (under a second) labelled speech."""
-    (root / "speech").mkdir(parents=True, exist_ok=True)
-    (root / "music").mkdir(exist_ok=True)
-    for i in range(speech):
-        speak(SENTENCES[i % len(SENTENCES)], root / "speech" / f"s{i}.wav", voice=VOICES[i % 6], speed=150 + 10 * i)
-    for i in range(music):
-        pluck(root / "music" / f"m{i}.wav", NOTES[i % 6], seconds=2.0 + 0.25 * i, rate=16000)
-    for i in range(short):
-        speak(["yes", "no", "stop", "go"][i % 4], root / "speech" / f"w{i}.wav", voice=VOICES[i % 6])
-    return root
-
-
-def build(corpus: Path, out: Path, shard_mb: float = 0.05) -> dict:
-    return build_shards("folder", corpus, out, shard_size_mb=shard_mb)
-
-
-def corpus_keys(shards: Path, split: str = "train") -> list[str]:
-    return sorted(k for p in shard_paths(shards, split) for k, _ in iter_tar(p))
+from tests.conftest import build, corpus_keys, make_corpus, pluck, speak
 
 
 def run(loader) -> list:
