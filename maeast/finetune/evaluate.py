@@ -83,8 +83,7 @@ class EvalReport:
 
 def evaluate_run(run: str | Path, task: str | None = None, data: str | Path | None = None,
                  batch_size: int = 32, workers: int = 1, device: str | torch.device = "cpu") -> EvalReport:
-    """Score every fold's classifier of a run on its test clips (data: the run's shards unless given), with the
-    features its encoder.json records."""
+    """Score every fold's classifier on its test clips, with its recorded features (data: the run's unless given)."""
     report = None
     for folder in classifier_folders(run):
         model, info = load_classifier(folder, device)
