@@ -18,11 +18,10 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from maeast.engine.checkpoint import write_encoder
+from maeast.artifacts import initial_encoder, write_encoder
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
 from maeast.finetune import evaluate_run, finetune, load_finetune_config
-from maeast.finetune.checkpoint import initial_encoder
 from maeast.finetune.data import make_loader, open_corpus, selected, selections
 from maeast.finetune.tasks import get_task
 from maeast.model import MAEAST, make_config

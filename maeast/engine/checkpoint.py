@@ -22,7 +22,6 @@ import torch
 
 from maeast.artifacts import (PREFIX, checkpoints_dir, complete_checkpoints, features_record, write_atomic,
                               write_encoder, write_model)
-from maeast.artifacts import latest_checkpoint  # noqa: F401  (engine.loop and finetune.fold import it from here)
 from maeast.engine import distributed as dist
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank

@@ -23,8 +23,8 @@ import torch
 
 from maeast.configio import load_yaml
 from maeast.engine import distributed as dist
-from maeast.engine.checkpoint import (clear_partial, latest_checkpoint, load_train_state, model_meta,
-                                      publish_encoder, save_checkpoint)
+from maeast.artifacts import latest_checkpoint
+from maeast.engine.checkpoint import clear_partial, load_train_state, model_meta, publish_encoder, save_checkpoint
 from maeast.engine.config import TrainConfig, build_config, save_config
 from maeast.engine.ds_config import deepspeed_config, read_zero_json, zero_stage
 from maeast.engine.evaluate import eval_line, evaluate

@@ -7,7 +7,7 @@
 
 Read top to bottom: tasks (the six tasks and their recipes) -> config (FinetuneConfig) -> data (shards,
 folds, loaders) -> augment (SpecAugment, mixup) -> cache (a frozen encoder's features) -> sources (what
-a pass iterates) -> metrics -> checkpoint (fold checkpoints) -> evaluate -> fold (one fold) -> loop (a run).
+a pass iterates) -> metrics -> evaluate -> fold (one fold, its checkpoints) -> loop (a run).
 The classifier (Head, Classifier) is maeast.model's; its files are maeast.artifacts'.
 """
 

@@ -24,10 +24,11 @@ from pathlib import Path
 
 from maeast.artifacts import read_encoder
 from maeast.configio import load_yaml
+from maeast.engine.trainer import config_changes
 from maeast.errors import MaeastError
 from maeast.finetune.config import FinetuneConfig, build_finetune_config, load_finetune_config
 from maeast.finetune.fold import is_finished, part_name
-from maeast.finetune.loop import config_changes, finetune
+from maeast.finetune.loop import finetune, saved_config
 from maeast.finetune.tasks import get_task
 from maeast.model.config import PRESETS, ModelConfig
 from maeast.shards.format import read_index
@@ -155,7 +156,7 @@ def check_reusable(cfg: FinetuneConfig, origin: dict) -> None:
         raise MaeastError(f"{run_dir} was fine-tuned from another encoder ({record.get('encoder')}); delete that folder "
                           f"(or give another --out) to fine-tune this one")
     if (run_dir / "config.yaml").is_file():
-        changed = config_changes(run_dir, cfg, FREE_KEYS)
+        changed = config_changes(saved_config(run_dir), cfg, FREE_KEYS)
         if changed:
             key, was, now = changed[0]
             raise MaeastError(f"{run_dir} was fine-tuned with {key} = {was!r}, now {now!r}; delete that folder (or "

@@ -20,20 +20,20 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from maeast.artifacts import latest_checkpoint
 from maeast.engine import distributed as dist
 from maeast.engine import rng
-from maeast.engine.checkpoint import latest_checkpoint, load_train_state
+from maeast.engine.checkpoint import load_train_state, save_checkpoint
 from maeast.engine.logging import RunLogger, cut_log
 from maeast.engine.trainer import Micro, Trainer
 from maeast.errors import MaeastError
 from maeast.finetune.augment import mixup, spec_augment
-from maeast.finetune.checkpoint import save_fold_checkpoint
 from maeast.finetune.data import make_loader, selections
 from maeast.finetune.evaluate import predict
-from maeast.finetune.heads import Classifier, Head, head_layers, pooled_layers
 from maeast.finetune.metrics import score
 from maeast.finetune.sources import CacheSource, LoaderSource
 from maeast.model import Encoder
+from maeast.model.heads import Classifier, Head, head_layers, pooled_layers
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -76,8 +76,8 @@ def sources(ctx, fold: int | None, encoder: Encoder) -> tuple[object, dict[str, 
     cfg, corpus = ctx.cfg, ctx.corpus
     picks = selections(corpus, fold)
     weighted = cfg.head.layers == "weighted"
-    common = dict(clip_seconds=ctx.clip_seconds, fbank=ctx.fbank, workers=cfg.data.num_workers,
-                  on_error=cfg.data.on_error)
+    common = dict(clip_seconds=ctx.clip_seconds, fbank=ctx.fbank.name, features=ctx.fbank,
+                  workers=cfg.data.num_workers, on_error=cfg.data.on_error)
     if cfg.run.freeze_encoder and cfg.run.cache_features:
         def cached(selection):
             return ctx.cached(selection.split).take(selection.rows(ctx.cached(selection.split).keys, corpus))
@@ -104,13 +104,19 @@ def sources(ctx, fold: int | None, encoder: Encoder) -> tuple[object, dict[str, 
     return train, evals
 
 
-def evaluate_sources(engine, evals: dict, metric: str) -> dict[str, dict]:
+def logits(engine, x: torch.Tensor, pad: torch.Tensor | None, frozen: bool,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """The engine's module on one micro-batch: the head alone (pooled features) or the whole classifier (fbank)."""
+    return engine.forward(x) if frozen else engine.forward(x, pad, generator)
+
+
+def evaluate_sources(engine, evals: dict, metric: str, frozen: bool) -> dict[str, dict]:
     """Score the engine's model on each evaluation source (every process runs every batch)."""
     engine.eval()
     try:
         out = {}
         for name, source in evals.items():
-            preds = predict(lambda x, pad: engine.forward(x, pad, None), source.epoch(0))
+            preds = predict(lambda x, pad: logits(engine, x, pad, frozen), source.epoch(0))
             out[name] = score(metric, preds.logits, preds.labels)
     finally:
         engine.train()
@@ -123,7 +129,7 @@ class Classification:
 
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     classes: int
-    augment: object | None  # the config's augment section in full fine-tuning; None on a frozen encoder
+    augment: object | None  # the config's augment section in full fine-tuning; None on a frozen encoder (the head)
     dropout_stream: str = "finetune_dropout"
     draw_stream: str = "augment"
 
@@ -134,7 +140,8 @@ class Classification:
             a = self.augment
             x = spec_augment(x, pad, a.freq_mask, a.time_mask, generator)
             x, pad, targets = mixup(x, pad, targets, a.mixup, a.mixup_alpha, generator)
-        return Micro(self.loss_fn(engine.forward(x, pad, generator), targets), len(keys), keys)
+        out = logits(engine, x, pad, self.augment is None, generator)
+        return Micro(self.loss_fn(out, targets), len(keys), keys)
 
 
 def train_fold(ctx, fold: int | None) -> dict:
@@ -184,7 +191,7 @@ def train_fold(ctx, fold: int | None) -> dict:
             stream.close()
             epoch += 1
             if epoch % cfg.run.eval_every == 0 or epoch == cfg.epochs:
-                scores = evaluate_sources(engine, evals, task.metric)
+                scores = evaluate_sources(engine, evals, task.metric, cfg.run.freeze_encoder)
                 history.append({"epoch": epoch, "step": step, **{k: v[task.metric] for k, v in scores.items()}})
                 logger.eval(history[-1], f"epoch {epoch} (step {step}): " + ", ".join(
                     f"{k} {task.metric} {100 * history[-1][k]:.2f}%" for k in ("valid", "test") if k in history[-1]))
@@ -249,3 +256,11 @@ def is_finished(part: Path) -> dict | None:
     file = part / "result.json"
     return json.loads(file.read_text()) if file.is_file() else None
 
+
+def save_fold_checkpoint(engine, part_dir: Path, step: int, state: dict, best_dir: Path | None, keep: int) -> Path:
+    """Every process calls this at the same step: the engine's checkpoint (DeepSpeed state, this
+    process's state) plus best/, a copy of the best classifier so far."""
+    def copy_best(folder: Path) -> None:
+        if best_dir is not None and best_dir.is_dir():
+            shutil.copytree(best_dir, folder / "best")
+    return save_checkpoint(engine, part_dir, step, state, None, keep, extra=copy_best)

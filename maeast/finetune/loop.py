@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from maeast.artifacts import features_of, initial_encoder, write_classifier
 from maeast.configio import load_yaml
 from maeast.engine import distributed as dist
 from maeast.engine.config import ScheduleConfig, accumulation
@@ -27,9 +28,9 @@ from maeast.engine.ds_config import deepspeed_config, read_zero_json
 from maeast.engine.trainer import check_resume
 from maeast.errors import MaeastError
 from maeast.shards.format import write_json_atomic
-from maeast.features import get_config as get_fbank
+from maeast.features import FbankConfig
+from maeast.features.stats import corpus_features
 from maeast.finetune.cache import Pooled, encode
-from maeast.finetune.checkpoint import initial_encoder, with_rates, write_classifier
 from maeast.finetune.config import FinetuneConfig, build_finetune_config, save_finetune_config
 from maeast.finetune.custom import describe
 from maeast.finetune.data import Corpus, Selection, make_loader, open_corpus
@@ -54,7 +55,7 @@ class RunContext:
     model_cfg: object
     encoder_state: dict
     encoder_info: dict
-    fbank: str
+    fbank: FbankConfig
     micro: int
     accum: int
     zero: dict
@@ -85,9 +86,9 @@ class RunContext:
             encoder.requires_grad_(False)
             cfg = self.cfg
             loader = make_loader(self.corpus, Selection(split), train=False, batch_size=cfg.data.eval_batch_size,
-                                 clip_seconds=self.clip_seconds, fbank=self.fbank, seed=0,
+                                 clip_seconds=self.clip_seconds, fbank=self.fbank.name, seed=0,
                                  workers=cfg.data.num_workers, shuffle_buffer=0, epoch_batches=None,
-                                 on_error=cfg.data.on_error)
+                                 on_error=cfg.data.on_error, features=self.fbank)
             started = time.perf_counter()
             self.caches[split] = encode(encoder.to(self.device), loader, cfg.head.layers == "weighted", self.device)
             if dist.is_main() and self.console is not None:
@@ -159,14 +160,19 @@ def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | Non
     rates = {name: getattr(cfg.model, name) for name in RATES}
     state, model_cfg, info = initial_encoder(cfg.checkpoint, ModelConfig.from_dict({**cfg.model.random_init(), **rates}),
                                              cfg.run.seed)
-    model_cfg = with_rates(model_cfg, rates)
-    fbank = cfg.data.fbank or info.get("features", {}).get("preset") or "mae_ast"
+    model_cfg = dataclasses.replace(model_cfg, **rates)
+    if cfg.data.fbank:  # the preset asked for, normalized with the fine-tuning corpus's statistics for it
+        fbank = corpus_features(corpus.dir, cfg.data.fbank)
+    elif cfg.checkpoint is not None:  # the features the checkpoint records (its statistics included)
+        fbank = features_of(info)
+    else:
+        fbank = corpus_features(corpus.dir, "mae_ast")
     check_features(clip_seconds, model_cfg, fbank)
     micro = cfg.data.batch_size or max(cfg.optim.global_batch // world, 1)
     accum = accumulation(cfg.optim.global_batch, micro, world)
     zero = deepspeed_config_path if isinstance(deepspeed_config_path, dict) else read_zero_json(deepspeed_config_path)
     run_dir = cfg.run_dir
-    prepare_run_dir(cfg, run_dir, folds, resume, {"model": model_cfg.to_dict(), "fbank": fbank,
+    prepare_run_dir(cfg, run_dir, folds, resume, {"model": model_cfg.to_dict(), "fbank": fbank.name,
                                                   "checkpoint": cfg.checkpoint, "micro_batch": micro,
                                                   "accumulation": accum, "world_size": world})
     ctx = RunContext(cfg, task, corpus, device, world, rank, model_cfg, state, info, fbank, micro, accum, zero,
@@ -213,10 +219,9 @@ def data_report(cfg: FinetuneConfig, corpus: Corpus, clip_seconds: float) -> dic
     return out
 
 
-def check_features(clip_seconds: float, model_cfg, fbank: str) -> None:
-    features = get_fbank(fbank)
+def check_features(clip_seconds: float, model_cfg, features: FbankConfig) -> None:
     if features.n_mels != model_cfg.n_mels:
-        raise MaeastError(f"data.fbank {fbank!r} gives {features.n_mels} mel bins but the encoder takes "
+        raise MaeastError(f"data.fbank {features.name!r} gives {features.n_mels} mel bins but the encoder takes "
                           f"{model_cfg.n_mels}; use the checkpoint's own preset (leave data.fbank unset)")
     frames = features.num_frames(round(clip_seconds * 16000))
     if frames < model_cfg.patch_time:

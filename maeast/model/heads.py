@@ -49,9 +49,8 @@ class Head(nn.Module):
         self.norm = NORMS[norm](dim)
         self.linear = nn.Linear(dim, classes)
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """x [B, L, D]; padding_mask and generator are unused (the engine passes them to every module)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, L, D] pooled layers -> logits [B, C]."""
         if self.layer_weights is None:
             x = x[:, 0]  # [B, D]
         else:
