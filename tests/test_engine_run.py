@@ -196,3 +196,23 @@ def test_cli_pretrain_plot_and_visualize(shards, tmp_path):
     assert result.exit_code == 2 and "optim.lrr" in result.output
     result = runner.invoke(app, ["plot", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "log.jsonl" in result.output
+
+
+def test_corpus_statistics_reach_the_loader_and_the_export(shards, tmp_path):
+    """After `maeast shard stats`, pretraining normalizes with the corpus's figures and the export records
+    them, so everything that reads the encoder back (fine-tuning, embed) feeds it the same features."""
+    import shutil
+
+    from maeast.artifacts import features_of
+    from maeast.features import get_config
+    from maeast.features.stats import write_stats
+
+    folder = tmp_path / "shards"
+    shutil.copytree(shards, folder)
+    write_stats(folder, "mae_ast", {"mean": -6.5, "std": 3.25, "clips": 1, "frames": 100, "split": "train"})
+    result = pretrain(tiny(folder, tmp_path / "run", "schedule.steps=2", "schedule.warmup_steps=1", "eval.every=0", "run.save_every=2"))
+    _, info = read_encoder(result.encoder)
+    assert features_of(info) == get_config("mae_ast").with_stats(-6.5, 3.25)
+    plain = pretrain(tiny(shards, tmp_path / "plain", "schedule.steps=2", "schedule.warmup_steps=1", "eval.every=0", "run.save_every=2"))
+    assert features_of(read_encoder(plain.encoder)[1]) == get_config("mae_ast")
+    assert result.losses != plain.losses  # the same clips and masks, normalized otherwise

@@ -24,7 +24,6 @@ from maeast.artifacts import (PREFIX, checkpoints_dir, complete_checkpoints, fea
                               write_encoder, write_model)
 from maeast.engine import distributed as dist
 from maeast.errors import MaeastError
-from maeast.features import get_config as get_fbank
 
 
 def tag_of(step: int) -> str:
@@ -108,8 +107,8 @@ def publish_encoder(checkpoint: Path, run_dir: Path) -> Path:
     return out
 
 
-def model_meta(cfg, step: int, samples: int, extra: dict | None = None) -> dict:
-    """What the JSON files record: model config, features, the run's provenance."""
-    return {"model": cfg.model.to_dict(), "features": features_record(get_fbank(cfg.data.fbank)),
+def model_meta(cfg, features, step: int, samples: int, extra: dict | None = None) -> dict:
+    """What the JSON files record: model config, the features the run trained on, the run's provenance."""
+    return {"model": cfg.model.to_dict(), "features": features_record(features),
             "pretraining": {"step": step, "samples": samples, "run_dir": str(cfg.run.dir),
                             "shards": list(cfg.data.shards), "max_seconds": cfg.data.max_seconds, **(extra or {})}}

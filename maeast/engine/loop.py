@@ -32,6 +32,7 @@ from maeast.engine.logging import RunLogger, cut_log
 from maeast.engine.trainer import Micro, Trainer, check_resume, check_world
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
+from maeast.features.stats import corpus_features
 from maeast.loaders import StreamingLoader
 from maeast.model import MAEAST
 from maeast.shards.format import write_json_atomic
@@ -63,8 +64,9 @@ def pretrain(cfg: TrainConfig, deepspeed_config_path: str | Path | dict | None =
     accum = ds_config["gradient_accumulation_steps"]
     cfg = layerdrop_for_stage(cfg, zero_stage(ds_config))
 
-    loader = StreamingLoader(cfg.data, rank, world)  # bad shards are an error before anything is written
-    eval_loader = (lambda: StreamingLoader(cfg.eval_loader_config(), 0, 1)) if cfg.eval.every else None
+    features = corpus_features(cfg.data.shards, cfg.data.fbank)  # normalized when `maeast shard stats` ran
+    loader = StreamingLoader(cfg.data, rank, world, features)  # bad shards are an error before anything is written
+    eval_loader = (lambda: StreamingLoader(cfg.eval_loader_config(), 0, 1, features)) if cfg.eval.every else None
     if eval_loader is not None:
         eval_loader()  # a missing eval split is an error now, not at the first evaluation
     run_dir = Path(cfg.run.dir)
@@ -88,9 +90,11 @@ def pretrain(cfg: TrainConfig, deepspeed_config_path: str | Path | dict | None =
     logger.event(f"{'resumed at' if checkpoint else 'started'} step {step} of {cfg.schedule.steps}: {world} process(es) "
                  f"x {accum} micro-batch(es) of {cfg.data.batch_size} = {cfg.optim.global_batch} clips per step "
                  f"(at most {cfg.global_batch_seconds:.0f} s of audio), ZeRO stage {zero_stage(ds_config)}, "
-                 f"{'bf16' if ds_config['bf16']['enabled'] else 'fp32'} on {device.type}, {threads} thread(s)",
+                 f"{'bf16' if ds_config['bf16']['enabled'] else 'fp32'} on {device.type}, {threads} thread(s)"
+                 + (f", features normalized with the corpus's {features.name} statistics" if features.normalized
+                    and features != get_fbank(cfg.data.fbank) else ""),
                  step=step, world_size=world, accumulation=accum, zero_stage=zero_stage(ds_config))
-    trainer = Trainer(engine, Pretraining(device, get_fbank(cfg.data.fbank).frame_shift_ms / 1000.0), cfg.run.seed,
+    trainer = Trainer(engine, Pretraining(device, features.frame_shift_ms / 1000.0), cfg.run.seed,
                       world, rank, accum, run_dir, logger, trace, checkpoint=lambda: latest_checkpoint(run_dir))
     stream = _endless(loader)
     result = PretrainResult(run_dir, step, checkpoint, None)
@@ -110,7 +114,7 @@ def pretrain(cfg: TrainConfig, deepspeed_config_path: str | Path | dict | None =
                     trace.flush()
                 state = {"step": step, "samples": samples, "world_size": world, "loader": loader.state_dict()}
                 extra = {"loss": record["loss"], **({"eval": result.eval} if result.eval else {})}
-                result.checkpoint = save_checkpoint(engine, run_dir, step, state, model_meta(cfg, step, samples, extra),
+                result.checkpoint = save_checkpoint(engine, run_dir, step, state, model_meta(cfg, features, step, samples, extra),
                                                     cfg.run.keep)
                 logger.event(f"checkpoint {result.checkpoint}", step=step)
             result.step = step
