@@ -163,20 +163,11 @@ class DaliLoader(SingleStreamState):
             generator=generator)
 
     def __iter__(self) -> Iterator[Batch]:
-        state, total = self.state, len(self)
-        done = state.batches[0]
-        if done >= total:
-            return
-        for position, out in enumerate(self._dali_batches(state.epoch)):
-            if position < state.positions[0]:
-                continue
-            batch = self._collate(out, position)
-            if batch is None:
-                continue
-            state.consume(0, position)
-            done += 1
-            if done == total:
-                state.next_epoch()
-            yield batch
-            if done == total:
-                return
+        return self._counted(self._batches())
+
+    def _batches(self) -> Iterator[tuple[int, Batch]]:
+        skip = self.state.positions[0]
+        for position, out in enumerate(self._dali_batches(self.state.epoch)):
+            batch = self._collate(out, position) if position >= skip else None
+            if batch is not None:
+                yield position, batch

@@ -185,10 +185,10 @@ class FFCVLoader(SingleStreamState):
         return loader
 
     def __iter__(self) -> Iterator[Batch]:
-        c, state, total = self.config, self.state, len(self)
-        done = state.batches[0]
-        if done >= total:
-            return
+        return self._counted(self._batches())
+
+    def _batches(self) -> Iterator[tuple[int, Batch]]:
+        c, done = self.config, self.state.batches[0]
         threads = torch.get_num_threads()  # ffcv sets torch's process-wide threads to its own count
         loader = self._ffcv_loader(self._order()[done * c.batch_size:])
         keys = self.meta["keys"]
@@ -199,14 +199,8 @@ class FFCVLoader(SingleStreamState):
                 mask = torch.arange(features.shape[1]).unsqueeze(0) >= frames.unsqueeze(1)  # [B, T]
                 if not self.multi_label:
                     labels = labels.reshape(-1).long()
-                batch = Batch(features.clone(), mask if bool(mask.any()) else None, labels.clone(),
-                              [keys[i] for i in index.reshape(-1).tolist()])
-                state.consume(0, done)
+                yield done, Batch(features.clone(), mask if bool(mask.any()) else None, labels.clone(),
+                                  [keys[i] for i in index.reshape(-1).tolist()])
                 done += 1
-                if done == total:
-                    state.next_epoch()
-                yield batch
-                if done == total:
-                    return
         finally:
             torch.set_num_threads(threads)

@@ -17,6 +17,7 @@ A rank's own state holds only its rank; `merge_states` combines the states of al
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from maeast.errors import MaeastError
 
@@ -124,3 +125,18 @@ class SingleStreamState:
 
     def load_state_dict(self, state: dict) -> None:
         self.state.load(state)
+
+    def _counted(self, batches: Iterator[tuple[int, object]]) -> Iterator:
+        """The epoch's batches from (position, batch) pairs, each recorded as consumed; ends after len(self)."""
+        state, total = self.state, len(self)
+        done = state.batches[0]
+        if done >= total:
+            return
+        for position, batch in batches:
+            state.consume(0, position)
+            done += 1
+            if done == total:
+                state.next_epoch()
+            yield batch
+            if done == total:
+                return
