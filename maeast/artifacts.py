@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from maeast.errors import MaeastError
 from maeast.features import FbankConfig
+from maeast.files import write_json
 from maeast.model import MAEAST, Classifier, Encoder, Head, ModelConfig
 
 EXPORT_FORMAT, MODEL_FORMAT, CLASSIFIER_FORMAT = "maeast-encoder/1", "maeast-model/1", "maeast-classifier/1"
@@ -198,17 +198,3 @@ def write_classifier(folder: Path, encoder_weights: dict[str, torch.Tensor], hea
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in tensors.items()}
-
-
-def write_json(path: Path, data: dict) -> None:
-    write_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write through a hidden file, synced, then renamed over path."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

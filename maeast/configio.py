@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import yaml
 
 from maeast.errors import MaeastError
+from maeast.files import write_text
 
 T = TypeVar("T")
 
@@ -142,6 +143,4 @@ def load_yaml(path: Path) -> dict:
 def save_yaml(cfg, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from maeast.errors import MaeastError
+from maeast.files import write_json
 from maeast.loaders import BadDataWarning, LoaderConfig, StreamingLoader
-from maeast.shards.format import INDEX, iter_tar, sha256_file, shard_paths, tar_member, write_json_atomic
+from maeast.shards.format import INDEX, iter_tar, sha256_file, shard_paths, tar_member
 from tests.conftest import build, corpus_keys, make_corpus
 
 
@@ -59,7 +60,7 @@ def reindex(shards: Path, shard: Path) -> None:
     for entry in index["splits"]["train"]["shards"]:
         if entry["name"] == shard.name:
             entry["sha256"], entry["bytes"] = sha256_file(shard), shard.stat().st_size
-    write_json_atomic(shards / INDEX, index)
+    write_json(shards / INDEX, index, sort_keys=True)
 
 
 def test_broken_checksum_skips_the_shard(shards):

@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 from maeast.errors import MaeastError
 from maeast.features import fbank, get_config
 from maeast.features.stats import Moments, corpus_features, corpus_stats, write_stats
+from maeast.files import write_json
 from maeast.shards.format import (SCHEMA, decode_flac, encode_flac, encode_meta, read_index, sha256_file,
-                                  shard_name, tar_member, write_json_atomic)
+                                  shard_name, tar_member)
 from tests.conftest import SENTENCES, pluck, speak
 
 
@@ -53,9 +54,9 @@ def shard_dir(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
                             "sha256": sha256_file(root / name)})
         splits[split] = {"samples": sum(e["samples"] for e in entries), "hours": 0.0, "labels": {},
                          "shards": entries}
-    write_json_atomic(root / "index.json", {"schema": SCHEMA, "corpus": "tiny", "recipe": "hand",
-                                            "sample_rate": 16000, "labels": [], "multi_label": False,
-                                            "splits": splits, "rejects": {"count": 0}, "report": {}, "build": {}})
+    write_json(root / "index.json", {"schema": SCHEMA, "corpus": "tiny", "recipe": "hand", "sample_rate": 16000,
+                                     "labels": [], "multi_label": False, "splits": splits, "rejects": {"count": 0},
+                                     "report": {}, "build": {}}, sort_keys=True)
     stored = [decode_flac(encode_flac(w))[0] for w in clips[:6]]
     return root, stored  # what the train shards hold: the clips after 16-bit FLAC, in order
 

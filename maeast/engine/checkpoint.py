@@ -20,10 +20,11 @@ from typing import Callable
 
 import torch
 
-from maeast.artifacts import (PREFIX, checkpoints_dir, complete_checkpoints, features_record, write_atomic,
+from maeast.artifacts import (PREFIX, checkpoints_dir, complete_checkpoints, features_record, 
                               write_encoder, write_model)
 from maeast.engine import distributed as dist
 from maeast.errors import MaeastError
+from maeast.files import write_text
 
 
 def tag_of(step: int) -> str:
@@ -73,7 +74,7 @@ def save_checkpoint(engine, run_dir: Path, step: int, train_state: dict, model_m
             shutil.rmtree(aside, ignore_errors=True)
         else:
             tmp.rename(final)
-        write_atomic(root / "latest", tag)
+        write_text(root / "latest", tag)
         for old in complete_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()

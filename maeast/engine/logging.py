@@ -16,6 +16,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from maeast.files import write_text
+
 LOG_NAME = "log.jsonl"
 
 
@@ -38,9 +40,7 @@ def cut_log(run_dir: Path, step: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in read_log(run_dir) if r.get("step", 0) <= step]
-    tmp = path.with_name(f".{LOG_NAME}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    tmp.replace(path)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class RunLogger:

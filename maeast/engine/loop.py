@@ -35,7 +35,7 @@ from maeast.features import get_config as get_fbank
 from maeast.features.stats import corpus_features
 from maeast.loaders import StreamingLoader
 from maeast.model import MAEAST
-from maeast.shards.format import write_json_atomic
+from maeast.files import write_json
 
 
 @dataclass
@@ -160,7 +160,7 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool, ds_config: d
         run_dir.mkdir(parents=True, exist_ok=True)
         clear_partial(run_dir)
         save_config(cfg, run_dir / "config.yaml")
-        write_json_atomic(run_dir / "ds_config.json", ds_config)
+        write_json(run_dir / "ds_config.json", ds_config)
     dist.barrier()
     return checkpoint if resume else None
 

@@ -21,7 +21,8 @@ import torch
 from maeast.errors import MaeastError
 from maeast.features.config import FbankConfig, get_config
 from maeast.features.fbank import fbank
-from maeast.shards.format import INDEX, audio_part, decode_audio, iter_tar, read_index, shard_paths, write_json_atomic
+from maeast.files import write_json
+from maeast.shards.format import INDEX, audio_part, decode_audio, iter_tar, read_index, shard_paths
 
 
 @dataclass
@@ -90,7 +91,7 @@ def write_stats(shard_dir: Path, preset: str | FbankConfig, stats: dict) -> Path
     index = read_index(shard_dir)
     index.setdefault("stats", {})[get_config(preset).name] = stats
     path = Path(shard_dir) / INDEX
-    write_json_atomic(path, index)
+    write_json(path, index, sort_keys=True)
     return path
 
 

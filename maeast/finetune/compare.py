@@ -26,6 +26,7 @@ from maeast.artifacts import read_encoder
 from maeast.configio import load_yaml
 from maeast.engine.trainer import config_changes
 from maeast.errors import MaeastError
+from maeast.files import write_json as write_file
 from maeast.finetune.config import FinetuneConfig, build_finetune_config, load_finetune_config
 from maeast.finetune.fold import is_finished, part_name
 from maeast.finetune.loop import finetune, saved_config
@@ -172,13 +173,13 @@ def run_one(task: TaskData, setting: str, cfg: FinetuneConfig, origin: dict, res
     if console is not None:
         console.rule(f"{task.task}: {next(s.label for s in SETTINGS if s.name == setting)} -> {run_dir}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write(run_dir / "compare.json", record)
+    write_file(run_dir / "compare.json", record)
     started = time.perf_counter()
     try:
         finetune(cfg, resume=resume and (run_dir / "config.yaml").is_file(), console=console)
     finally:
         record["seconds"] += time.perf_counter() - started
-        _write(run_dir / "compare.json", record)
+        write_file(run_dir / "compare.json", record)
     return collect(run_dir, task.task, setting, reused=False)
 
 
@@ -274,7 +275,7 @@ def write_json(rows: list[Row], path: str | Path, meta: dict | None = None) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {**(meta or {}), "settings": {s.name: s.label for s in SETTINGS}, "rows": [asdict(r) for r in rows],
             "verdicts": verdicts(rows), "seconds": sum(r.seconds for r in rows)}
-    _write(path, data)
+    write_file(path, data)
     return path
 
 
@@ -327,9 +328,3 @@ def _duration(seconds: float) -> str:
 
 def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _write(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)

@@ -23,7 +23,7 @@ import torch
 
 from maeast.batch import Batch
 from maeast.errors import MaeastError
-from maeast.features import FbankConfig
+from maeast.features import FbankConfig, get_config
 from maeast.finetune.custom import CustomPlan, SeededSplit, resolve_custom
 from maeast.finetune.tasks import Task
 from maeast.loaders import LoaderConfig, StreamingLoader
@@ -163,11 +163,11 @@ def selections(corpus: Corpus, fold: int | None) -> dict[str, Selection]:
 
 
 def make_loader(corpus: Corpus, selection: Selection, *, train: bool, batch_size: int, clip_seconds: float,
-                fbank: str, seed: int, workers: int, shuffle_buffer: int, epoch_batches: int | None, on_error: str,
-                rank: int = 0, world_size: int = 1, features: FbankConfig | None = None) -> StreamingLoader:
+                fbank: str | FbankConfig, seed: int, workers: int, shuffle_buffer: int, epoch_batches: int | None,
+                on_error: str, rank: int = 0, world_size: int = 1) -> StreamingLoader:
     """A finetune-mode loader over a selection's split: random crops and shuffling in training,
     crops from the start in shard order for evaluation (pass rank 0 of 1 to read all of it).
-    features: the fbank recipe in place of the `fbank` preset (StreamingLoader's features)."""
+    fbank: a preset name or the whole recipe (dataset statistics included)."""
     per_rank = corpus.shard_count(selection.split) // world_size
     if per_rank < 1:
         raise MaeastError(f"{corpus.dir} split {selection.split!r} has {corpus.shard_count(selection.split)} shard(s) "
@@ -175,9 +175,9 @@ def make_loader(corpus: Corpus, selection: Selection, *, train: bool, batch_size
     enlarged = math.ceil(batch_size / selection.share(corpus)) if train else batch_size
     config = LoaderConfig(shards=[str(corpus.dir)], split=selection.split, mode="finetune", clip_seconds=clip_seconds,
                           random_crop=train, batch_size=enlarged, num_workers=min(workers, per_rank),
-                          shuffle_buffer=shuffle_buffer if train else 0, seed=seed, fbank=fbank,
+                          shuffle_buffer=shuffle_buffer if train else 0, seed=seed, fbank=get_config(fbank).name,
                           epoch_batches=epoch_batches if train else None, on_error=on_error)
-    return StreamingLoader(config, rank, world_size, features)
+    return StreamingLoader(config, rank, world_size, get_config(fbank))
 
 
 def take_rows(batch: Batch, rows: list[int]) -> Batch:

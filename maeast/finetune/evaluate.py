@@ -106,8 +106,8 @@ def evaluate_run(run: str | Path, task: str | None = None, data: str | Path | No
             raise MaeastError(f"{corpus.dir} has no fold {fold} (folds {corpus.folds})")
         selection = selections(corpus, fold)["test"]
         loader = make_loader(corpus, selection, train=False, batch_size=batch_size, clip_seconds=info["clip_seconds"],
-                             fbank=info["fbank"], seed=0, workers=workers, shuffle_buffer=0, epoch_batches=None,
-                             on_error="skip", features=features_of(info))
+                             fbank=features_of(info), seed=0, workers=workers, shuffle_buffer=0, epoch_batches=None,
+                             on_error="skip")
         batches = ((b.features.to(device), _to(b.padding_mask, device), b.labels, b.keys)
                    for b in selected(loader, selection, corpus))
         preds = predict(lambda x, pad: model(x, pad), batches)

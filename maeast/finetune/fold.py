@@ -27,6 +27,7 @@ from maeast.engine.checkpoint import load_train_state, save_checkpoint
 from maeast.engine.logging import RunLogger, cut_log
 from maeast.engine.trainer import Micro, Trainer
 from maeast.errors import MaeastError
+from maeast.files import write_json
 from maeast.finetune.augment import mixup, spec_augment
 from maeast.finetune.data import make_loader, selections
 from maeast.finetune.evaluate import predict
@@ -76,8 +77,7 @@ def sources(ctx, fold: int | None, encoder: Encoder) -> tuple[object, dict[str, 
     cfg, corpus = ctx.cfg, ctx.corpus
     picks = selections(corpus, fold)
     weighted = cfg.head.layers == "weighted"
-    common = dict(clip_seconds=ctx.clip_seconds, fbank=ctx.fbank.name, features=ctx.fbank,
-                  workers=cfg.data.num_workers, on_error=cfg.data.on_error)
+    common = dict(clip_seconds=ctx.clip_seconds, fbank=ctx.fbank, workers=cfg.data.num_workers, on_error=cfg.data.on_error)
     if cfg.run.freeze_encoder and cfg.run.cache_features:
         def cached(selection):
             return ctx.cached(selection.split).take(selection.rows(ctx.cached(selection.split).keys, corpus))
@@ -211,9 +211,7 @@ def train_fold(ctx, fold: int | None) -> dict:
     if dist.is_main():
         shutil.rmtree(part / "classifier", ignore_errors=True)
         (part / "best").rename(part / "classifier")
-        tmp = part / ".result.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(part / "result.json")
+        write_json(part / "result.json", result)
     dist.barrier()
     return result
 

@@ -27,7 +27,7 @@ from maeast.engine.config import ScheduleConfig, accumulation
 from maeast.engine.ds_config import deepspeed_config, read_zero_json
 from maeast.engine.trainer import check_resume
 from maeast.errors import MaeastError
-from maeast.shards.format import write_json_atomic
+from maeast.files import write_json
 from maeast.features import FbankConfig
 from maeast.features.stats import corpus_features
 from maeast.finetune.cache import Pooled, encode
@@ -86,9 +86,9 @@ class RunContext:
             encoder.requires_grad_(False)
             cfg = self.cfg
             loader = make_loader(self.corpus, Selection(split), train=False, batch_size=cfg.data.eval_batch_size,
-                                 clip_seconds=self.clip_seconds, fbank=self.fbank.name, seed=0,
+                                 clip_seconds=self.clip_seconds, fbank=self.fbank, seed=0,
                                  workers=cfg.data.num_workers, shuffle_buffer=0, epoch_batches=None,
-                                 on_error=cfg.data.on_error, features=self.fbank)
+                                 on_error=cfg.data.on_error)
             started = time.perf_counter()
             self.caches[split] = encode(encoder.to(self.device), loader, cfg.head.layers == "weighted", self.device)
             if dist.is_main() and self.console is not None:
@@ -183,7 +183,7 @@ def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | Non
         results.append(done or train_fold(ctx, fold))
     result = FinetuneResult(run_dir, task.name, task.metric, results, time.perf_counter() - started)
     if dist.is_main():
-        write_json_atomic(run_dir / "results.json", {
+        write_json(run_dir / "results.json", {
             "task": task.name, "metric": task.metric, "frozen": cfg.run.freeze_encoder, "checkpoint": cfg.checkpoint,
             **data_report(cfg, corpus, clip_seconds),
             "folds": [{"fold": r["fold"], task.metric: r["test"][task.metric], "epoch": r["epoch"],

@@ -22,12 +22,12 @@ import torch
 from maeast.batch import Batch
 from maeast.errors import MaeastError
 from maeast.features import get_config
+from maeast.files import write_json
 from maeast.loaders.config import LoaderConfig
 from maeast.loaders.loader import StreamingLoader, dist_rank_world
 from maeast.loaders.sources import derive_seed, load_sources
 from maeast.loaders.state import LoaderState, SingleStreamState
 from maeast.loaders.stream import Errors, read_shard
-from maeast.shards.format import write_json_atomic
 
 FORMAT = "maeast-ffcv/1"
 
@@ -119,7 +119,7 @@ def write_beton(shard_dir: Path, split: str = "train", clip_seconds: float | Non
               "fbank": fbank, "clip_seconds": clip_seconds, "frames": frames, "n_mels": get_config(fbank).n_mels,
               "sample_rate": source.sample_rate, "labels": list(source.labels), "multi_label": source.multi_label,
               "samples": len(keys), "skipped": loader.stats["bad_samples"] + loader.stats["bad_shards"], "keys": keys}
-    write_json_atomic(Path(f"{out}.json"), record)
+    write_json(Path(f"{out}.json"), record, sort_keys=True)
     return record
 
 

@@ -26,9 +26,9 @@ from typing import Callable, Iterable
 from maeast import __version__
 from maeast.audio import AudioError, load_clip
 from maeast.errors import MaeastError
+from maeast.files import write_json, write_text
 from maeast.shards.format import (INDEX, REJECTS, SCHEMA, check_codec, encode_audio, encode_meta, read_index,
-                                  sample_size, sha256_file, shard_name, shorter_than, tar_member, verify_shard,
-                                  write_json_atomic)
+                                  sample_size, sha256_file, shard_name, shorter_than, tar_member, verify_shard)
 from maeast.shards.recipes import Item, Scan, run_recipe
 
 RECORDS = ".build"
@@ -154,7 +154,7 @@ class SplitWriter:
                   "seconds": shard.seconds, "labels": dict(sorted(shard.labels.items())),
                   "shorter_than": shorter_than(shard.lengths, self.sample_rate),
                   "keys": shard.keys, "rejects": self.pending_rejects, "fingerprint": self.fingerprint}
-        write_json_atomic(self.out / RECORDS / f"{shard.name}.json", record)
+        write_json(self.out / RECORDS / f"{shard.name}.json", record, sort_keys=True)
         self.pending_rejects = []
         self.number += 1
 
@@ -163,7 +163,7 @@ class SplitWriter:
         if self.pending_rejects:  # a split whose last items were all rejected after its last shard
             record = {"name": None, "split": self.split, "number": self.number, "end": end, "samples": 0,
                       "rejects": self.pending_rejects, "fingerprint": self.fingerprint}
-            write_json_atomic(self.out / RECORDS / f"{self.corpus}-{self.split}-tail.json", record)
+            write_json(self.out / RECORDS / f"{self.corpus}-{self.split}-tail.json", record, sort_keys=True)
             self.pending_rejects = []
 
 
@@ -344,10 +344,7 @@ def _write_index(out: Path, scan: Scan, params: BuildParams, fingerprint: str, r
         split["hours"] = round(split.pop("seconds") / 3600, 6)
         split["labels"] = dict(sorted(split["labels"].items()))
     reasons = Counter(reason.split(":")[0] for _, _, reason in rejects)
-    with open(out / f".{REJECTS}.tmp", "w") as f:
-        f.write("key\tsource\treason\n")
-        f.writelines("\t".join(row) + "\n" for row in rejects)
-    (out / f".{REJECTS}.tmp").replace(out / REJECTS)
+    write_text(out / REJECTS, "key\tsource\treason\n" + "".join("\t".join(row) + "\n" for row in rejects))
     index = {
         "schema": SCHEMA, "corpus": scan.corpus, "recipe": recipe, "sample_rate": params.sample_rate,
         "codec": params.codec,
@@ -357,5 +354,5 @@ def _write_index(out: Path, scan: Scan, params: BuildParams, fingerprint: str, r
         "build": {"maeast": __version__, "shard_size_mb": params.shard_size_mb,
                   "min_seconds": params.min_seconds, "items": len(scan.items), "fingerprint": fingerprint},
     }
-    write_json_atomic(out / INDEX, index)
+    write_json(out / INDEX, index, sort_keys=True)
     return index

@@ -281,13 +281,6 @@ def read_index(shard_dir: Path) -> dict:
     return index
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
 def shard_paths(shard_dir: Path, split: str, index: dict | None = None) -> list[Path]:
     """The shard files of one split, in index order."""
     index = index or read_index(shard_dir)
