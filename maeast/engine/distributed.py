@@ -109,20 +109,3 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if initialized() and world_size() > 1:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
-
-
-def all_gather_objects(obj) -> list:
-    """Every process's `obj`, in rank order, on every process."""
-    if not (initialized() and world_size() > 1):
-        return [obj]
-    out = [None] * world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(obj, src: int = 0):
-    if not (initialized() and world_size() > 1):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]

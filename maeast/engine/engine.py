@@ -106,10 +106,6 @@ class Engine:
         """One micro-step: DeepSpeed updates (clip, AdamW, schedule) at the accumulation boundary."""
         self.ds.step()
 
-    def at_boundary(self) -> bool:
-        """Whether the next step() call is the one that updates the weights."""
-        return bool(self.ds.is_gradient_accumulation_boundary())
-
     def lr(self) -> float:
         """The peak-relative learning rate of the next update (the first group's lr over its lr_scale)."""
         group = self.optimizer.param_groups[0]
