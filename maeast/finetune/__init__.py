@@ -1,4 +1,4 @@
-"""Fine-tuning and evaluation on the downstream tasks, frozen or full, on the pretraining engine.
+"""Fine-tuning and evaluation on the downstream tasks, frozen or full, on maeast.engine's one trainer.
 
     from maeast.finetune import load_finetune_config, finetune, evaluate_run
     cfg = load_finetune_config("finetune_patch", task="esc50", checkpoint="runs/pretrain/encoder")
