@@ -104,4 +104,4 @@ bench: env torchaudio-ref
 	$(PY) benchmarks/loader.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(TORCHAUDIO_REF) .pytest_cache
