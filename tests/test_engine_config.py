@@ -160,3 +160,21 @@ def test_resolved_config_is_plain_yaml():
     assert set(data) == {"model", "data", "optim", "schedule", "eval", "run"}
     assert "preset" not in data["model"]  # the preset is expanded into fields
     json.dumps(data)
+
+
+def test_named_random_streams_are_fixed_and_leave_the_global_rng_alone():
+    from maeast.engine import rng
+    from maeast.loaders.sources import derive_seed
+
+    # Changing an id changes every run's numbers (and breaks resuming older runs exactly).
+    assert rng.STREAMS == {"masks": 1, "dropout": 2, "eval_masks": 0x5EED, "head_init": 11, "finetune_dropout": 12,
+                           "augment": 13, "data_order": 14}
+    assert rng.seed("augment", 7, 3, 5, 1) == derive_seed(7, 13, 3, 5, 1)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    with rng.scoped("dropout", 7, 4, 0):
+        scoped = torch.nn.functional.dropout(torch.ones(64), 0.5)
+    assert torch.equal(torch.get_rng_state(), before)  # dropout's draws did not move the global stream
+    torch.manual_seed(rng.seed("dropout", 7, 4, 0))
+    assert torch.equal(scoped, torch.nn.functional.dropout(torch.ones(64), 0.5))
+    assert rng.generator("masks", 7, 4, 0).initial_seed() == rng.seed("masks", 7, 4, 0)
