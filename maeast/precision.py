@@ -1,8 +1,8 @@
 """Precision, decided here only: bf16 autocast on CUDA when asked, fp32 everywhere else.
 
 Training asks with the DeepSpeed config's bf16 flag ("auto": on CUDA; its weights are bf16 then, with an
-fp32 master copy), inference (maeast.load_encoder) with its own `bf16` flag. The model itself never
-chooses: it runs in whatever precision its caller set.
+fp32 master copy); inference (maeast.load_encoder, maeast embed) asks for bf16 whenever it runs on CUDA.
+The model itself never chooses: it runs in whatever precision its caller set.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ import torch.nn as nn
 from maeast.artifacts import features_of, read_encoder
 from maeast.audio import resample
 from maeast.errors import MaeastError
+from maeast.precision import autocast
 from maeast.features import fbank
 from maeast.model import Encoder
 from maeast.shards.format import SAMPLE_RATE
@@ -142,7 +143,8 @@ class AudioEncoder(nn.Module):
             for row, j in enumerate(group):
                 clip, start, n = pieces[j]
                 x[row, :n], pad[row, :n] = feats[clip][start:start + n], False
-            out = self.encoder(x, pad if bool(pad.any()) else None, layer_results=layer is not None)
+            with autocast(x.device):  # bf16 on CUDA, as in training
+                out = self.encoder(x, pad if bool(pad.any()) else None, layer_results=layer is not None)
             h = (out.x if layer is None else out.layers[layer]).float()  # [b, N, D]
             for row, j in enumerate(group):
                 outputs[j] = h[row, : (pieces[j][2] // cfg.patch_time) * out.grid[1]].cpu()
