@@ -6,6 +6,7 @@ Test modules import helpers from here (or from the tests.official_trees plugin),
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,6 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from maeast.artifacts import write_encoder
+from maeast.audio import load_clip
+from maeast.features import fbank, get_config
+from maeast.model import build_model
 from maeast.shards.build import build_shards
 from maeast.shards.format import iter_tar, shard_paths
 
@@ -127,3 +132,24 @@ def make_demo_shards(root: Path) -> Path:
         build_demo(root / "corpus", "tiny", corpora=("librispeech",), progress=False)
         build_shards("librispeech", root / "corpus" / "librispeech", shards, shard_size_mb=0.4, workers=2)
     return shards
+
+
+CHUNK_SECONDS = 1.0  # the export says it was pretrained on 1 s clips: 2-3 s files are chunked
+
+
+def make_export(folder, preset: str = "tiny", seed: int = 0, **overrides):
+    """A tiny model exported as the engine exports it, with input statistics measured on real speech."""
+    torch.manual_seed(seed)
+    model = build_model(preset, **overrides)
+    wave = torch.from_numpy(load_clip(speak("pack my box with five dozen liquor jugs", folder / "stats.wav"),
+                                      16000).waveform)
+    feats = fbank(wave, 16000, "mae_ast")
+    model.encoder.input_norm.running_mean.fill_(float(feats.mean()))
+    model.encoder.input_norm.running_var.fill_(float(feats.var()))
+    fb = get_config("mae_ast")
+    meta = {"model": model.cfg.to_dict(), "features": {"preset": fb.name, **dataclasses.asdict(fb)},
+            "pretraining": {"step": 0, "samples": 0, "run_dir": None, "shards": [], "max_seconds": CHUNK_SECONDS}}
+    out = folder / "export"
+    out.mkdir()
+    write_encoder(model.state_dict(), meta, out)
+    return out

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -12,36 +11,13 @@ import torch
 from typer.testing import CliRunner
 
 import maeast
-from maeast.artifacts import write_encoder
 from maeast.audio import load_clip
 from maeast.cli.common import new_app
 from maeast.cli.tools import register
 from maeast.errors import MaeastError
 from maeast.features import fbank, get_config
 from maeast.inference import read_embeddings
-from maeast.model import build_model
-from tests.conftest import pluck, sox, speak
-
-CHUNK_SECONDS = 1.0  # the export says it was pretrained on 1 s clips: 2-3 s files are chunked
-
-
-def make_export(folder, preset: str = "tiny", seed: int = 0, **overrides):
-    """A tiny model exported as the engine exports it, with input statistics measured on real speech."""
-    torch.manual_seed(seed)
-    model = build_model(preset, **overrides)
-    wave = torch.from_numpy(load_clip(speak("pack my box with five dozen liquor jugs", folder / "stats.wav"),
-                                      16000).waveform)
-    feats = fbank(wave, 16000, "mae_ast")
-    model.encoder.input_norm.running_mean.fill_(float(feats.mean()))
-    model.encoder.input_norm.running_var.fill_(float(feats.var()))
-    fb = get_config("mae_ast")
-    meta = {"model": model.cfg.to_dict(), "features": {"preset": fb.name, **dataclasses.asdict(fb)},
-            "pretraining": {"step": 0, "samples": 0, "run_dir": None, "shards": [], "max_seconds": CHUNK_SECONDS}}
-    out = folder / "export"
-    out.mkdir()
-    write_encoder(model.state_dict(), meta, out)
-    return out
-
+from tests.conftest import make_export, pluck, sox, speak
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):

@@ -1,4 +1,5 @@
-"""`maeast embed` and `maeast convert-official`: thin commands over maeast.inference and maeast.convert.
+"""`maeast embed`, `maeast convert-official` and `maeast export onnx`: thin commands over maeast.inference and
+maeast.convert.
 
 Registered as top-level commands by `register(app)` (maeast/cli/__init__.py).
 """
@@ -10,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from maeast.cli.common import console, err_console, friendly
+from maeast.cli.common import console, err_console, friendly, new_app
 
 
 @friendly
@@ -70,7 +71,26 @@ def convert_official_command(
                   highlight=False, soft_wrap=True)
 
 
+@friendly
+def export_onnx_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="An encoder (RUN/encoder, a run or checkpoint folder, a "
+                                    "`maeast convert-official` folder) or, with --classifier, a fine-tuned classifier."),
+    out: Path = typer.Option(..., "--out", "-o", help="The ONNX file to write."),
+    classifier: bool = typer.Option(False, "--classifier", help="Export the fine-tuned classifier (fbank -> logits) "
+                                    "instead of the encoder (fbank -> tokens, clip embedding)."),
+) -> None:
+    """An ONNX graph of a saved model, fbank frames [B, T, F] in, for onnxruntime and other runtimes."""
+    from maeast.inference.onnx import export_onnx
+    meta = export_onnx(checkpoint, out, classifier)
+    console.print(f"wrote {out}: fbank [batch, frames, {meta['features']['n_mels']}] -> {', '.join(meta['outputs'])}; "
+                  f"the fbank recipe and {'labels' if classifier else 'token geometry'} are in its metadata (\"maeast\")",
+                  highlight=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
-    """Add embed and convert-official as top-level commands of the `maeast` app."""
+    """Add embed and convert-official as top-level commands of the `maeast` app, and `maeast export onnx`."""
     app.command("embed")(embed_command)
     app.command("convert-official")(convert_official_command)
+    export = new_app("Export a saved model for other runtimes.")
+    export.command("onnx")(export_onnx_command)
+    app.add_typer(export, name="export")
