@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from maeast.artifacts import write_encoder
+from maeast.artifacts import features_of, read_encoder, write_classifier, write_encoder
 from maeast.audio import load_clip
 from maeast.features import fbank, get_config
-from maeast.model import build_model
+from maeast.model import Head, build_model
 from maeast.shards.build import build_shards
 from maeast.shards.format import iter_tar, shard_paths
 
@@ -153,3 +153,17 @@ def make_export(folder, preset: str = "tiny", seed: int = 0, **overrides):
     out.mkdir()
     write_encoder(model.state_dict(), meta, out)
     return out
+
+
+def make_classifier(folder, labels=("dog", "piano", "rain"), clip_seconds: float = 1.0):
+    """(a tiny encoder export, a classifier folder on it with a seeded random head), as fine-tuning writes them."""
+    export = make_export(folder)
+    encoder, info = read_encoder(export)
+    torch.manual_seed(1)
+    head = Head(1, encoder.cfg.dim, len(labels), "layer")
+    classifier = folder / "classifier"
+    write_classifier(classifier, encoder.state_dict(), head.state_dict(), encoder.cfg, features_of(info),
+                     info["pretraining"], {"task": "custom", "labels": list(labels), "multi_label": False,
+                                           "clip_seconds": clip_seconds,
+                                           "head": {"layers": 1, "norm": "layer", "weighted": False}})
+    return export, classifier

@@ -12,26 +12,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from maeast.artifacts import features_of, load_classifier, read_encoder, write_classifier
+from maeast.artifacts import features_of, load_classifier, read_encoder
 from maeast.audio import load_clip
 from maeast.cli import app
 from maeast.features import fbank
-from maeast.model import Head
-from tests.conftest import make_export, pluck, speak
+from tests.conftest import make_classifier, pluck, speak
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """(encoder export, a classifier folder on it with a seeded random head, real clips as fbank [1, T, F])."""
     root = tmp_path_factory.mktemp("onnx")
-    export = make_export(root)
-    encoder, info = read_encoder(export)
-    torch.manual_seed(1)
-    head = Head(1, encoder.cfg.dim, 3, "layer")
-    classifier = root / "classifier"
-    write_classifier(classifier, encoder.state_dict(), head.state_dict(), encoder.cfg, features_of(info),
-                     info["pretraining"], {"task": "custom", "labels": ["dog", "piano", "rain"], "multi_label": False,
-                                           "head": {"layers": 1, "norm": "layer", "weighted": False}})
+    export, classifier = make_classifier(root)
+    info = read_encoder(export)[1]
     clips = [speak("a quick brown fox jumps over the lazy dog", root / "fox.wav"),
              pluck(root / "chord.wav", ("A3", "C4", "E4"), seconds=1.3, rate=22050)]
     feats = [fbank(torch.from_numpy(load_clip(c, 16000).waveform), 16000, features_of(info))[None] for c in clips]

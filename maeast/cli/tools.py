@@ -1,5 +1,5 @@
-"""`maeast embed`, `maeast convert-official` and `maeast export onnx`: thin commands over maeast.inference and
-maeast.convert.
+"""`maeast embed`, `maeast predict`, `maeast convert-official` and `maeast export onnx`: thin commands over
+maeast.inference and maeast.convert.
 
 Registered as top-level commands by `register(app)` (maeast/cli/__init__.py).
 """
@@ -87,10 +87,45 @@ def export_onnx_command(
                   highlight=False, soft_wrap=True)
 
 
+@friendly
+def predict_command(
+    audio: Path = typer.Argument(..., help="An audio file (any format maeast reads) or a folder: every audio file below it."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A fine-tuned classifier: RUN/fold{k}/classifier, "
+                                    "RUN/main/classifier, or a run folder with one classifier."),
+    top: int = typer.Option(5, "--top", "-k", help="Labels shown per file and window."),
+    hop_seconds: float | None = typer.Option(None, "--hop-seconds", help="Between window starts (default: half "
+                                             "the classifier's clip length)."),
+    out: Path | None = typer.Option(None, "--json", help="Also write every file's and window's top labels here."),
+    windows: bool = typer.Option(False, "--windows", help="Show every window's top label too."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+) -> None:
+    """Top labels of a fine-tuned classifier for audio files of any length (sliding windows, then their mean)."""
+    from maeast.files import write_json
+    from maeast.inference.predict import predict_files
+    result = predict_files(checkpoint, audio, hop_seconds, device=device)
+    table = Table(title=f"{'sigmoid' if result.multi_label else 'softmax'} scores, mean over windows of "
+                        f"{result.window_seconds:g} s every {result.hop_seconds:g} s")
+    for column in ("file", "seconds", f"top {top}"):
+        table.add_column(column)
+    for f in result.files:
+        table.add_row(f.key, f"{f.seconds:.2f}", ", ".join(f"{label} {score:.2f}" for label, score in
+                                                          result.top(f.scores, top)))
+        for start, end, scores in f.windows if windows else ():
+            label, score = result.top(scores, 1)[0]
+            table.add_row("", f"{start:.2f}-{end:.2f}", f"{label} {score:.2f}")
+    console.print(table)
+    for key, reason in result.skipped:
+        err_console.print(f"[yellow]skipped[/] {key}: {reason}", highlight=False, soft_wrap=True)
+    if out is not None:
+        write_json(out, result.to_dict(top))
+        console.print(f"wrote {out}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add embed and convert-official as top-level commands of the `maeast` app, and `maeast export onnx`."""
     app.command("embed")(embed_command)
     app.command("convert-official")(convert_official_command)
+    app.command("predict")(predict_command)
     export = new_app("Export a saved model for other runtimes.")
     export.command("onnx")(export_onnx_command)
     app.add_typer(export, name="export")
