@@ -138,6 +138,25 @@ def test_layers(export, audio):
             enc(waveform=wave, sample_rate=16000, layer=bad)
 
 
+def test_every_layer_stacked(export, audio, tmp_path):
+    """--layers all: each block's clip and token embeddings, block by block as --layer N gives them."""
+    enc = maeast.load_encoder(export)
+    wave = torch.from_numpy(load_clip(audio / "speech/fox_16k.flac", 16000).waveform)
+    every = enc(waveform=wave, sample_rate=16000, layer="all", tokens=True)
+    assert every.clip.shape == (1, 2, enc.dim) and every.tokens[0].shape[0] == 2
+    for block in (1, 2):
+        one = enc(waveform=wave, sample_rate=16000, layer=block, tokens=True)
+        torch.testing.assert_close(every.clip[:, block - 1], one.clip)
+        torch.testing.assert_close(every.tokens[0][block - 1], one.tokens[0])
+    assert cli("embed", audio / "speech", "--checkpoint", export, "--out", tmp_path / "e.npy", "--tokens",
+               "--layers", "all").exit_code == 0
+    meta, clip, tokens = read_embeddings(tmp_path / "e.npy")
+    assert clip.shape == (len(meta["keys"]), 2, enc.dim) and all(t.shape[0] == 2 for t in tokens)
+    assert meta["row_seconds"] == enc.encoder.cfg.patch_time * 0.01
+    result = cli("embed", audio / "speech", "--checkpoint", export, "--out", tmp_path / "x.npy", "--layers", "every")
+    assert result.exit_code != 0 and "--layers" in result.output
+
+
 def test_bad_input_is_one_line(export, audio, tmp_path):
     enc = maeast.load_encoder(export)
     with pytest.raises(MaeastError, match="sample_rate"):

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from maeast.cli.common import console, err_console, friendly, new_app
+from maeast.errors import MaeastError
 
 
 @friendly
@@ -25,6 +26,8 @@ def embed_command(
     tokens: bool = typer.Option(False, "--tokens", help="Also write per-token embeddings."),
     layer: int | None = typer.Option(None, "--layer", help="Transformer block 1..depth (or -1 for the last block); "
                                      "default: the encoder output."),
+    layers: str | None = typer.Option(None, "--layers", help="all: every block's embeddings, stacked [L, ...] "
+                                      "(the inputs of a SUPERB-style weighted sum of layers)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Chunks encoded together."),
     chunk_seconds: float | None = typer.Option(None, "--chunk-seconds", help="Longest piece encoded at once "
                                                "(default: the clip length the encoder was pretrained on)."),
@@ -32,7 +35,9 @@ def embed_command(
 ) -> None:
     """Clip embeddings (the mean over real tokens) and, with --tokens, token embeddings of audio files."""
     from maeast.inference import embed_files, save_embeddings
-    result = embed_files(checkpoint, audio, tokens=tokens, layer=layer, batch_size=batch_size,
+    if layers is not None and (layers != "all" or layer is not None):
+        raise MaeastError(f"--layers {layers!r}: give --layers all (every block's embeddings) or --layer N, not both")
+    result = embed_files(checkpoint, audio, tokens=tokens, layer=layers or layer, batch_size=batch_size,
                          chunk_seconds=chunk_seconds, device=device)
     written = save_embeddings(result, out)
     for key, reason in result.skipped:

@@ -44,8 +44,8 @@ DEFAULT_CHUNK_SECONDS = 10.0
 
 @dataclass
 class Embeddings:
-    clip: torch.Tensor  # [B, D] float32 on the CPU: mean over each clip's real tokens
-    tokens: list[torch.Tensor] | None  # per clip [N_i, D] float32 on the CPU, when asked
+    clip: torch.Tensor  # [B, D] float32 on the CPU: mean over each clip's real tokens ([B, L, D]: layer "all")
+    tokens: list[torch.Tensor] | None  # per clip [N_i, D] ([L, N_i, D]: layer "all") float32 on the CPU, when asked
     cols: int  # tokens per time row: token n covers frames [(n // cols) * patch_time, ... + patch_time)
     frames: list[int]  # fbank frames per clip (frames past the last whole token row are not encoded)
 
@@ -118,7 +118,8 @@ class AudioEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, waveform=None, sample_rate: int | None = None, *, fbank=None,
-                padding_mask: torch.Tensor | None = None, tokens: bool = False, layer: int | None = None) -> Embeddings:
+                padding_mask: torch.Tensor | None = None, tokens: bool = False,
+                layer: int | str | None = None) -> Embeddings:
         """Embed waveforms (with sample_rate) or fbanks (see the module docstring) -> Embeddings."""
         if (waveform is None) == (fbank is None):
             raise MaeastError("give either waveform=... (with sample_rate=...) or fbank=..., not both")
@@ -126,8 +127,8 @@ class AudioEncoder(nn.Module):
                  else self.fbanks_of_features(fbank, padding_mask))
         return self.embed_fbanks(feats, tokens=tokens, layer=layer)
 
-    def embed_fbanks(self, feats: list[torch.Tensor], tokens: bool = False, layer: int | None = None) -> Embeddings:
-        """Per clip [T_i, F] fbanks -> Embeddings (chunked, batched)."""
+    def embed_fbanks(self, feats: list[torch.Tensor], tokens: bool = False, layer: int | str | None = None) -> Embeddings:
+        """Per clip [T_i, F] fbanks -> Embeddings (chunked, batched); layer "all": every block's, stacked [L, ...]."""
         cfg = self.encoder.cfg
         layer = self._layer_index(layer)
         if not feats:
@@ -145,14 +146,14 @@ class AudioEncoder(nn.Module):
                 x[row, :n], pad[row, :n] = feats[clip][start:start + n], False
             with autocast(x.device):  # bf16 on CUDA, as in training
                 out = self.encoder(x, pad if bool(pad.any()) else None, layer_results=layer is not None)
-            h = (out.x if layer is None else out.layers[layer]).float()  # [b, N, D]
-            for row, j in enumerate(group):
-                outputs[j] = h[row, : (pieces[j][2] // cfg.patch_time) * out.grid[1]].cpu()
+            h = out.x if layer is None else torch.stack(out.layers, 1) if layer == "all" else out.layers[layer]
+            for row, j in enumerate(group):  # h [b, N, D] or [b, L, N, D]
+                outputs[j] = h[row, ..., : (pieces[j][2] // cfg.patch_time) * out.grid[1], :].float().cpu()
         per_clip: list[list[torch.Tensor]] = [[] for _ in feats]
         for j, (clip, _, _) in enumerate(pieces):  # pieces are in clip and time order
             per_clip[clip].append(outputs[j])
-        token_lists = [torch.cat(parts) for parts in per_clip]  # [N_i, D]
-        clip_emb = torch.stack([t.double().mean(0).float() for t in token_lists])  # [B, D]
+        token_lists = [torch.cat(parts, dim=-2) for parts in per_clip]  # [N_i, D] or [L, N_i, D]
+        clip_emb = torch.stack([t.double().mean(-2).float() for t in token_lists])  # [B, D] or [B, L, D]
         return Embeddings(clip_emb, token_lists if tokens else None, cfg.freq_cols, [f.shape[0] for f in feats])
 
     def _chunks(self, feats: list[torch.Tensor]) -> list[tuple[int, int, int]]:
@@ -168,13 +169,13 @@ class AudioEncoder(nn.Module):
             pieces += [(i, s, min(self.chunk_frames, usable - s)) for s in range(0, usable, self.chunk_frames)]
         return pieces
 
-    def _layer_index(self, layer: int | None) -> int | None:
+    def _layer_index(self, layer: int | str | None) -> int | str | None:
         depth = self.encoder.cfg.depth
-        if layer is None:
-            return None
+        if layer is None or layer == "all":
+            return layer
         if not (isinstance(layer, (int, np.integer)) and (1 <= layer <= depth or -depth <= layer <= -1)):
             raise MaeastError(f"layer {layer!r}: this encoder has {depth} layers; give 1..{depth} "
-                              f"(or -{depth}..-1), or none for the encoder output")
+                              f"(or -{depth}..-1), \"all\", or none for the encoder output")
         return int(layer) - 1 if layer > 0 else depth + int(layer)
 
 

@@ -11,8 +11,13 @@ token, are skipped and listed. The output is chosen by the --out extension:
                 below); with tokens also OUT.tokens.npy [sum N_i, D], file i's tokens at rows
                 token_offsets[i]:token_offsets[i + 1]
 
+With --layers all every transformer block's embeddings are kept, stacked before the token axis: clip
+[L, D] per file, tokens [L, N, D] (.npy: [files, L, D] and [L, sum N_i, D]); the inputs of SUPERB's
+weighted sum of layers.
+
 JSON: format, keys, files, dim, layer, cols (tokens per time row), patch_time, frame_shift_ms,
-chunk_seconds, checkpoint, seconds (audio per file), token_offsets (with tokens), skipped [{key, reason}].
+row_seconds (token n of a file starts at (n // cols) x row_seconds), chunk_seconds, checkpoint, seconds
+(audio per file), token_offsets (with tokens), skipped [{key, reason}].
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ def find_audio(path: Path) -> list[tuple[str, Path]]:
     raise MaeastError(f"{path}: no such file or folder")
 
 
-def embed_files(checkpoint: str | Path, audio: str | Path, *, tokens: bool = False, layer: int | None = None,
+def embed_files(checkpoint: str | Path, audio: str | Path, *, tokens: bool = False, layer: int | str | None = None,
                 batch_size: int = 16, chunk_seconds: float | None = None, device: str = "cpu",
                 progress: Callable[[int, int], None] | None = None) -> FileEmbeddings:
     """Embed one audio file or every audio file below a folder with an exported encoder."""
@@ -97,6 +102,7 @@ def embed_files(checkpoint: str | Path, audio: str | Path, *, tokens: bool = Fal
                           f"(first: {skipped[0][0]}: {skipped[0][1]})")
     info = {"dim": enc.dim, "layer": layer, "cols": enc.encoder.cfg.freq_cols,
             "patch_time": enc.encoder.cfg.patch_time, "frame_shift_ms": enc.features.frame_shift_ms,
+            "row_seconds": enc.encoder.cfg.patch_time * enc.features.frame_shift_ms / 1000,
             "chunk_seconds": enc.chunk_frames * enc.features.frame_shift_ms / 1000, "checkpoint": str(checkpoint)}
     return FileEmbeddings(keys, files, np.concatenate(clips), token_lists if tokens else None, seconds, skipped,
                           info, time.perf_counter() - start)
@@ -126,7 +132,7 @@ def save_embeddings(result: FileEmbeddings, out: str | Path) -> list[Path]:
             "seconds": [round(s, 4) for s in result.seconds],
             "skipped": [{"key": k, "reason": r} for k, r in result.skipped]}
     if result.tokens is not None:
-        meta["token_offsets"] = np.concatenate([[0], np.cumsum([len(t) for t in result.tokens])]).tolist()
+        meta["token_offsets"] = np.concatenate([[0], np.cumsum([t.shape[-2] for t in result.tokens])]).tolist()
     if out.suffix == ".safetensors":
         tensors = {f"clip/{k}": torch.from_numpy(result.clip[i]).contiguous() for i, k in enumerate(result.keys)}
         if result.tokens is not None:
@@ -137,7 +143,7 @@ def save_embeddings(result: FileEmbeddings, out: str | Path) -> list[Path]:
     np.save(out, result.clip)
     if result.tokens is not None:
         tokens_file = out.with_suffix(".tokens.npy")
-        np.save(tokens_file, np.concatenate(result.tokens))
+        np.save(tokens_file, np.concatenate(result.tokens, axis=-2))
         written.insert(1, tokens_file)
     written[-1].write_text(json.dumps(meta, indent=1) + "\n")
     return written
@@ -158,4 +164,4 @@ def read_embeddings(path: str | Path) -> tuple[dict, np.ndarray, list[np.ndarray
     if "token_offsets" not in meta:
         return meta, clip, None
     flat, o = np.load(path.with_suffix(".tokens.npy")), meta["token_offsets"]
-    return meta, clip, [flat[o[i]:o[i + 1]] for i in range(len(meta["keys"]))]
+    return meta, clip, [flat[..., o[i]:o[i + 1], :] for i in range(len(meta["keys"]))]
