@@ -15,7 +15,7 @@ PRETRAIN_CONFIG ?= pretrain_small
 FINETUNE_CONFIG ?= finetune_small
 DEMO_RESULTS ?= runs/demo_results
 
-.PHONY: all env apt test test-fast torchaudio-ref demo demo-data demo-shards demo-pretrain bench clean
+.PHONY: all env apt test test-fast torchaudio-ref demo demo-data demo-shards demo-pretrain bench hear-check clean
 
 all: test
 
@@ -104,5 +104,19 @@ bench: env torchaudio-ref
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/onnx_runtime.py
 
+# HEAR's own validator on an encoder (default: the demo's). hearvalidator imports tensorflow, so both go
+# into a folder of their own (about 1.5 GB), appended after .venv's packages so ours win.
+HEAR_MODEL ?= $(PRETRAIN_RUN)/encoder
+HEAR_REF   ?= .hear-validator
+$(HEAR_REF)/.installed: | env
+	$(PY) -m pip install -q --target $(HEAR_REF)/site tensorflow-cpu 2>&1 | grep -v "^WARNING: Location\|dependency resolver\|requires packaging" || true
+	$(PY) -m pip install -q --no-deps --target $(HEAR_REF)/site hearvalidator==2021.0.2 2>&1 | grep -v "^WARNING: Location" || true
+	touch $@
+
+hear-check: $(HEAR_REF)/.installed
+	$(PY) -c "import sys; sys.path.append('$(abspath $(HEAR_REF))/site'); \
+	  sys.argv = ['hear-validator', 'maeast.hear', '-m', '$(HEAR_MODEL)', '-d', 'cpu']; \
+	  from hearvalidator.validate import main; main()" 2>&1 | grep -v "^W0000\|oneDNN\|cpu_feature_guard\|rebuild TensorFlow"
+
 clean:
-	rm -rf $(VENV) $(TORCHAUDIO_REF) .pytest_cache
+	rm -rf $(VENV) $(TORCHAUDIO_REF) $(HEAR_REF) .pytest_cache
