@@ -115,7 +115,7 @@ $(HEAR_REF)/.installed: | env
 
 hear-check: $(HEAR_REF)/.installed
 	TF_CPP_MIN_LOG_LEVEL=3 TF_ENABLE_ONEDNN_OPTS=0 $(PY) -c "import sys; sys.path.append('$(abspath $(HEAR_REF))/site'); \
-	  sys.argv = ['hear-validator', 'maeast.hear', '-m', '$(HEAR_MODEL)', '-d', 'cpu']; \
+	  sys.argv = ['hear-validator', 'maeast.inference.hear', '-m', '$(HEAR_MODEL)', '-d', 'cpu']; \
 	  from hearvalidator.validate import main; main()"
 
 clean:

@@ -1,4 +1,4 @@
-"""maeast.hear: the HEAR 2021 API on a tiny frame model and a tiny 16x16 patch model, with real audio
+"""maeast.inference.hear: the HEAR 2021 API on a tiny frame model and a tiny 16x16 patch model, with real audio
 (espeak-ng speech): sizes, timestamps in ms at a hop of at most 50 ms, long sounds, and agreement with
 maeast.load_encoder."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import maeast
-import maeast.hear as hear
+import maeast.inference.hear as hear
 from maeast.audio import load_clip
 from tests.conftest import make_export, speak
 

@@ -129,18 +129,19 @@ class Classification:
 
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     classes: int
-    augment: object | None  # the config's augment section in full fine-tuning; None on a frozen encoder (the head)
+    frozen: bool  # the engine trains the head alone, on pooled features (no augmentation)
+    augment: object  # the config's augment section
     dropout_stream: str = "finetune_dropout"
     draw_stream: str = "augment"
 
     def __call__(self, engine, item, generator: torch.Generator) -> Micro:
         x, pad, labels, keys = item
         targets = targets_of(labels, self.classes)
-        if self.augment is not None:
+        if not self.frozen:
             a = self.augment
             x = spec_augment(x, pad, a.freq_mask, a.time_mask, generator)
             x, pad, targets = mixup(x, pad, targets, a.mixup, a.mixup_alpha, generator)
-        out = logits(engine, x, pad, self.augment is None, generator)
+        out = logits(engine, x, pad, self.frozen, generator)
         return Micro(self.loss_fn(out, targets), len(keys), keys)
 
 
@@ -175,7 +176,7 @@ def train_fold(ctx, fold: int | None) -> dict:
         else "full fine-tuning"
     logger.event(f"{task.name} {part_name(fold)}: {'resumed at' if checkpoint else 'started'} epoch {epoch} of "
                  f"{cfg.epochs}, {steps_per_epoch} steps per epoch, {mode}", step=step, fold=fold)
-    use = Classification(LOSSES[task.loss], len(ctx.corpus.labels), None if cfg.run.freeze_encoder else cfg.augment)
+    use = Classification(LOSSES[task.loss], len(ctx.corpus.labels), cfg.run.freeze_encoder, cfg.augment)
     trainer = Trainer(engine, use, cfg.run.seed, ctx.world, ctx.rank, ctx.accum, part, logger,
                       checkpoint=lambda: latest_checkpoint(part))
     try:

@@ -34,9 +34,9 @@ import torch.nn as nn
 from maeast.artifacts import features_of, read_encoder
 from maeast.audio import resample
 from maeast.errors import MaeastError
-from maeast.precision import autocast
 from maeast.features import fbank
 from maeast.model import Encoder
+from maeast.precision import autocast
 from maeast.shards.format import SAMPLE_RATE
 
 DEFAULT_CHUNK_SECONDS = 10.0

@@ -26,15 +26,17 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from itertools import islice
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from maeast.audio import AudioError, load_clip
+from maeast.audio import AudioError, Clip, load_clip
 from maeast.errors import MaeastError
-from maeast.inference.encoder import AudioEncoder, load_encoder
+from maeast.features import FbankConfig
+from maeast.inference.encoder import load_encoder
 from maeast.shards.format import SAMPLE_RATE
 from maeast.shards.recipes.base import audio_files
 
@@ -75,19 +77,17 @@ def embed_files(checkpoint: str | Path, audio: str | Path, *, tokens: bool = Fal
     enc = load_encoder(checkpoint, device, chunk_seconds, batch_size)
     enc._layer_index(layer)  # a bad --layer fails before any decoding
     found = find_audio(Path(audio))
-    single = Path(audio).is_file()
+    readable = read_found(found, Path(audio).is_file(), enc.features, enc.encoder.cfg.patch_time)
     start = time.perf_counter()
     keys, files, clips, token_lists, seconds, skipped = [], [], [], [], [], []
     for first in range(0, len(found), FILES_PER_CALL):
         waves, names = [], []
-        for key, path in found[first:first + FILES_PER_CALL]:
-            reason = _read(path, enc, waves)
-            if reason is None:
-                names.append((key, path))
-            elif single:
-                raise MaeastError(f"{path}: {reason}")
-            else:
+        for key, path, clip, reason in islice(readable, FILES_PER_CALL):
+            if clip is None:
                 skipped.append((key, reason))
+            else:
+                waves.append(torch.from_numpy(clip.waveform))
+                names.append((key, path))
         if waves:
             out = enc(waveform=waves, sample_rate=SAMPLE_RATE, tokens=tokens, layer=layer)
             clips.append(out.clip.numpy())
@@ -97,9 +97,7 @@ def embed_files(checkpoint: str | Path, audio: str | Path, *, tokens: bool = Fal
             seconds += [len(w) / SAMPLE_RATE for w in waves]
         if progress is not None:
             progress(min(first + FILES_PER_CALL, len(found)), len(found))
-    if not keys:
-        raise MaeastError(f"{audio}: none of its {len(found)} audio files could be embedded "
-                          f"(first: {skipped[0][0]}: {skipped[0][1]})")
+    check_some(audio, len(found), keys, skipped, "embedded")
     info = {"dim": enc.dim, "layer": layer, "cols": enc.encoder.cfg.freq_cols,
             "patch_time": enc.encoder.cfg.patch_time, "frame_shift_ms": enc.features.frame_shift_ms,
             "row_seconds": enc.encoder.cfg.patch_time * enc.features.frame_shift_ms / 1000,
@@ -108,18 +106,31 @@ def embed_files(checkpoint: str | Path, audio: str | Path, *, tokens: bool = Fal
                           info, time.perf_counter() - start)
 
 
-def _read(path: Path, enc: AudioEncoder, waves: list) -> str | None:
-    """Append the file's 16 kHz mono waveform to `waves`; or return why it cannot be embedded."""
-    try:
-        clip = load_clip(path, SAMPLE_RATE)
-    except (AudioError, OSError) as e:
-        return f"cannot read it as audio ({e})"
-    frames = enc.features.num_frames(len(clip.waveform))
-    if frames < enc.encoder.cfg.patch_time:
-        return (f"too short: {clip.duration:.3f} s gives {frames} fbank frames, one token needs "
-                f"{enc.encoder.cfg.patch_time}")
-    waves.append(torch.from_numpy(clip.waveform))
-    return None
+def read_found(found: list[tuple[str, Path]], single: bool, features: FbankConfig, patch_time: int
+               ) -> Iterator[tuple[str, Path, Clip | None, str | None]]:
+    """(key, path, the file as 16 kHz mono, None) per file of find_audio, or (key, path, None, why not) where a
+    file cannot be read or gives less than one token (patch_time fbank frames); with single, that is an error."""
+    for key, path in found:
+        clip, reason = None, None
+        try:
+            clip = load_clip(path, SAMPLE_RATE)
+        except (AudioError, OSError) as e:
+            reason = f"cannot read it as audio ({e})"
+        else:
+            frames = features.num_frames(len(clip.waveform))
+            if frames < patch_time:
+                clip, reason = None, (f"too short: {clip.duration:.3f} s gives {frames} fbank frames, one token "
+                                      f"needs {patch_time}")
+        if reason is not None and single:
+            raise MaeastError(f"{path}: {reason}")
+        yield key, path, clip, reason
+
+
+def check_some(audio, files: int, kept: list, skipped: list[tuple[str, str]], done: str) -> None:
+    """The one-line error when none of a folder's files could be used."""
+    if not kept:
+        raise MaeastError(f"{audio}: none of its {files} audio files could be {done} "
+                          f"(first: {skipped[0][0]}: {skipped[0][1]})")
 
 
 def save_embeddings(result: FileEmbeddings, out: str | Path) -> list[Path]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from maeast.artifacts import KINDS, features_of, features_record, load_classifier, locate, read_encoder
+from maeast.artifacts import KINDS, features_of, features_record, load_classifier, read_encoder
 from maeast.errors import MaeastError
 
 
@@ -47,7 +47,6 @@ def export_onnx(checkpoint: str | Path, out: str | Path, classifier: bool = Fals
     except ImportError:
         raise MaeastError("ONNX export needs the onnx and onnxscript packages: pip install 'maeast[onnx]'") from None
     kind = "classifier" if classifier else "encoder"
-    locate(checkpoint, kind)  # a one-line error naming the path before anything is traced
     if classifier:
         graph, info = load_classifier(checkpoint)
         cfg, outputs = graph.encoder.cfg, ["logits"]

@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 
 from maeast.artifacts import features_of, load_classifier
-from maeast.audio import AudioError, load_clip
 from maeast.errors import MaeastError
 from maeast.features import fbank
-from maeast.inference.files import find_audio
+from maeast.inference.files import check_some, find_audio, read_found
 from maeast.shards.format import SAMPLE_RATE
 
 
@@ -64,20 +63,11 @@ def predict_files(checkpoint: str | Path, audio: str | Path, hop_seconds: float 
         raise MaeastError(f"--hop-seconds {hop_seconds} is under one fbank frame ({shift * 1000:g} ms)")
     out = Predictions(info["labels"], info["multi_label"], window * shift, hop * shift)
     found = find_audio(Path(audio))
-    for key, path in found:
-        try:
-            clip = load_clip(path, SAMPLE_RATE)
-        except (AudioError, OSError) as e:
-            reason = f"cannot read it as audio ({e})"
-        else:
-            x = fbank(torch.from_numpy(clip.waveform).to(device), SAMPLE_RATE, features)  # [T, F]
-            reason = None if len(x) >= model.encoder.cfg.patch_time else \
-                f"too short: {clip.duration:.3f} s, one token needs {model.encoder.cfg.patch_time} fbank frames"
-        if reason is not None:
-            if len(found) == 1:
-                raise MaeastError(f"{path}: {reason}")
+    for key, path, clip, reason in read_found(found, Path(audio).is_file(), features, model.encoder.cfg.patch_time):
+        if clip is None:
             out.skipped.append((key, reason))
             continue
+        x = fbank(torch.from_numpy(clip.waveform).to(device), SAMPLE_RATE, features)  # [T, F]
         starts = window_starts(len(x), window, hop)
         size = min(window, len(x))
         scores = []
@@ -89,9 +79,7 @@ def predict_files(checkpoint: str | Path, audio: str | Path, hop_seconds: float 
         scores = torch.cat(scores).cpu()  # [windows, C]
         out.files.append(FilePrediction(key, clip.duration, scores.mean(dim=0),
                                         [(s * shift, (s + size) * shift, row) for s, row in zip(starts, scores)]))
-    if not out.files:
-        raise MaeastError(f"{audio}: none of its {len(found)} audio files could be scored "
-                          f"(first: {out.skipped[0][0]}: {out.skipped[0][1]})")
+    check_some(audio, len(found), out.files, out.skipped, "scored")
     return out
 
 

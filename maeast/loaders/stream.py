@@ -108,8 +108,9 @@ def read_shard(shard: Shard, verify: bool, errors: Errors) -> Iterator[Sample]:
     A truncated tar keeps every whole sample before the cut."""
     if not check_shard(shard, verify, errors):
         return
-    broken = lambda e: errors.bad("bad_shards", f"shard {shard.path}",  # noqa: E731 (TarFormatError, a bad name...)
-                                  f"unreadable tar ({type(e).__name__}: {e})")
+    def broken(e: Exception) -> None:  # a truncated or garbled tar (TarFormatError), an unreadable name or file
+        errors.bad("bad_shards", f"shard {shard.path}", f"unreadable tar ({type(e).__name__}: {e})")
+
     for key, parts in iter_tar(shard.path, on_broken=broken):
         sample = _parse(key, parts, shard, errors)
         if sample is not None:

@@ -1,6 +1,6 @@
 """The HEAR 2021 API (Holistic Evaluation of Audio Representations) over a maeast encoder.
 
-    import maeast.hear as hear
+    import maeast.inference.hear as hear
     model = hear.load_model("runs/demo_pretrain/encoder")        # any path maeast.load_encoder takes
     scene = hear.get_scene_embeddings(audio, model)              # audio [n_sounds, n_samples] at 16 kHz
     emb, ms = hear.get_timestamp_embeddings(audio, model)        # [n_sounds, n_timestamps, D], [n_sounds, n_timestamps]
@@ -44,7 +44,7 @@ class HearModel(nn.Module):
 def load_model(model_file_path: str = "", device: str = "cpu", **kwargs) -> HearModel:
     """HEAR's load_model: the encoder a path names (RUN/encoder, a run folder, a convert-official folder)."""
     if not model_file_path:
-        raise ValueError("maeast.hear.load_model needs model_file_path: a maeast encoder folder (e.g. RUN/encoder)")
+        raise ValueError("maeast.inference.hear.load_model needs model_file_path: a maeast encoder folder (e.g. RUN/encoder)")
     return HearModel(load_encoder(Path(model_file_path), device, **kwargs)).eval()
 
 
