@@ -20,8 +20,7 @@ from typing import Callable
 
 import torch
 
-from maeast.artifacts import (PREFIX, checkpoints_dir, complete_checkpoints, features_record, 
-                              write_encoder, write_model)
+from maeast.artifacts import PREFIX, checkpoints_dir, complete_checkpoints, features_record, write_encoder, write_model
 from maeast.engine import distributed as dist
 from maeast.errors import MaeastError
 from maeast.files import write_text
