@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import pytest
 
 from maeast.errors import MaeastError
 from maeast.shards.build import build_shards
-from maeast.shards.format import decode_flac, iter_tar, read_index, shard_paths
+from maeast.shards.format import FORMAT, decode_flac, iter_tar, read_index, shard_paths
 from maeast.shards.inspect import verify_shards
 from tests.conftest import pluck, speak
 
@@ -34,9 +35,21 @@ def test_folder_recipe_packs_labels_and_rejects(mixed_folder, tmp_path):
         meta = json.loads(parts["json"])
         wav, sr = decode_flac(parts["flac"])
         assert meta["key"] == key and sr == 16000 and len(wav) == meta["num_samples"]
+        assert meta["sha256"] == {"flac": hashlib.sha256(parts["flac"]).hexdigest()}
         assert meta["label_ids"] == [index["labels"].index(meta["labels"][0])]
         assert meta["source"].startswith(meta["labels"][0] + "/")
     assert verify_shards(tmp_path / "out").ok
+
+
+def test_format_2_checksums_every_member(mixed_folder, tmp_path):
+    index = build_shards("folder", mixed_folder, tmp_path / "out", shard_size_mb=0.1, codec="wav")
+    assert index["format"] == FORMAT == 2
+    samples = [s for p in shard_paths(tmp_path / "out", "train") for s in iter_tar(p)]
+    assert len(samples) == index["splits"]["train"]["samples"] == 10
+    for key, parts in samples:
+        recorded = json.loads(parts["json"])["sha256"]
+        assert set(recorded) == set(parts) - {"json"} == {"wav"}, key
+        assert recorded["wav"] == hashlib.sha256(parts["wav"]).hexdigest(), key
 
 
 def test_same_input_same_bytes_whatever_the_workers(mixed_folder, tmp_path):

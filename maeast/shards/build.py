@@ -27,8 +27,9 @@ from maeast import __version__
 from maeast.audio import AudioError, load_clip
 from maeast.errors import MaeastError
 from maeast.files import write_json, write_text
-from maeast.shards.format import (INDEX, REJECTS, SCHEMA, check_codec, encode_audio, encode_meta, read_index,
-                                  sample_size, sha256_file, shard_name, shorter_than, tar_member, verify_shard)
+from maeast.shards.format import (FORMAT, INDEX, REJECTS, SCHEMA, check_codec, encode_audio, encode_meta,
+                                  read_index, sample_size, sha256_file, shard_name, shorter_than, tar_member,
+                                  verify_shard)
 from maeast.shards.recipes import Item, Scan, run_recipe
 
 RECORDS = ".build"
@@ -81,7 +82,8 @@ def _pack(task: tuple[int, Item, str, dict[str, int], BuildParams, Path]) -> Pac
     if item.start is not None or item.end is not None:
         meta["segment"] = [item.start, item.end]
     meta = {**item.extra, **meta}  # a recipe's extras never overwrite the core fields
-    return Packed(index, item.key, encode_audio(clip.waveform, clip.sample_rate, params.codec), encode_meta(meta),
+    audio = encode_audio(clip.waveform, clip.sample_rate, params.codec)
+    return Packed(index, item.key, audio, encode_meta(meta, {params.codec: audio}),
                   clip.duration, len(clip.waveform), item.labels, source=meta["source"])
 
 
@@ -183,7 +185,7 @@ def _write_dali_index(tar_path: Path) -> None:
 def _fingerprint(scan: Scan, params: BuildParams) -> str:
     h = hashlib.sha256()
     fields = {k: v for k, v in params.__dict__.items() if (k, v) != ("codec", "flac")}  # as before codecs existed
-    h.update(json.dumps([scan.corpus, scan.labels, scan.multi_label, fields], sort_keys=True).encode())
+    h.update(json.dumps([scan.corpus, scan.labels, scan.multi_label, fields, FORMAT], sort_keys=True).encode())
     for item in scan.items:
         h.update(f"{item.key}\t{item.path}\t{item.split}\t{item.labels}\t{item.fold}\t{item.start}\t"
                  f"{item.end}\t{item.speaker}\t{json.dumps(item.extra, sort_keys=True)}\n".encode())
@@ -346,8 +348,8 @@ def _write_index(out: Path, scan: Scan, params: BuildParams, fingerprint: str, r
     reasons = Counter(reason.split(":")[0] for _, _, reason in rejects)
     write_text(out / REJECTS, "key\tsource\treason\n" + "".join("\t".join(row) + "\n" for row in rejects))
     index = {
-        "schema": SCHEMA, "corpus": scan.corpus, "recipe": recipe, "sample_rate": params.sample_rate,
-        "codec": params.codec,
+        "schema": SCHEMA, "format": FORMAT, "corpus": scan.corpus, "recipe": recipe,
+        "sample_rate": params.sample_rate, "codec": params.codec,
         "labels": scan.labels, "multi_label": scan.multi_label, "splits": splits,
         "rejects": {"count": len(rejects), "reasons": dict(sorted(reasons.items())), "file": REJECTS},
         "report": scan.report,

@@ -22,6 +22,10 @@ import soundfile as sf
 from maeast.errors import MaeastError
 
 SCHEMA = "maeast-shards/1"
+FORMAT = 2
+"""index.json's "format": 2 for folders whose samples' JSON records "sha256" ({extension: hex digest}),
+the sha256 of every other member of the sample, written by encode_meta; folders without "format" are
+format 1 and are checked by each shard's whole-file sha256 in index.json instead."""
 INDEX = "index.json"
 REJECTS = "rejects.tsv"
 SAMPLE_RATE = 16000
@@ -122,7 +126,16 @@ def parse_pcm16_wav(data: bytes | memoryview) -> PCM16 | None:
     return None
 
 
-def encode_meta(meta: dict) -> bytes:
+def member_checksums(members: dict[str, bytes]) -> dict[str, str]:
+    """{extension: sha256 hex digest} of a sample's members other than its JSON (format 2's "sha256")."""
+    return {ext: hashlib.sha256(data).hexdigest() for ext, data in sorted(members.items()) if ext != "json"}
+
+
+def encode_meta(meta: dict, members: dict[str, bytes] | None = None) -> bytes:
+    """A sample's JSON member; given the sample's other members ({extension: bytes}), with their
+    checksums in "sha256" (format 2)."""
+    if members is not None:
+        meta = {**meta, "sha256": member_checksums(members)}
     return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
