@@ -126,6 +126,34 @@ def test_long_clip_chunks_are_the_clip_token_rows(export, audio):
     assert not torch.allclose(longer(fbank=feats).clip, enc(fbank=feats).clip, atol=1e-4)
 
 
+def test_overlapping_windows_give_each_row_once_with_context(export, audio):
+    """2 s windows (8 rows of 16 frames) with 1 row of context a side: cores of 6 rows tile the clip, each
+    row's token comes from a window that holds its neighbours, and the windows are full-length."""
+    enc = maeast.inference.load_encoder(export, chunk_seconds=2.0, context_seconds=0.16)
+    assert (enc.chunk_frames, enc.context_frames) == (192, 16)
+    feats = fbank(torch.from_numpy(load_clip(audio / "chord_44k.flac", 16000).waveform), 16000, enc.features)
+    usable = feats.shape[0] // 16 * 16
+    pieces = enc._chunks([feats])
+    cores = [(core, core + n) for _, _, _, core, n in pieces]
+    assert cores[0][0] == 0 and cores[-1][1] == usable and all(a[1] == b[0] for a, b in zip(cores, cores[1:]))
+    for _, start, n, core, size in pieces:
+        assert n == 192 and start <= core and core + size <= start + n  # the core lies inside its full window
+        assert core == 0 or core - start >= 16  # context before, except at the clip's start
+        assert core + size == usable or start + n - (core + size) >= 16  # and after, except at its end
+    tokens = enc(fbank=feats, tokens=True).tokens[0]
+    assert tokens.shape[0] == usable // 16 * 8  # every whole row once
+    for _, start, n, core, size in pieces:  # each core's tokens are those of its window encoded alone
+        part = enc(fbank=feats[start:start + n], tokens=True).tokens[0]
+        first = (core - start) // 16 * 8
+        torch.testing.assert_close(tokens[core // 16 * 8:(core + size) // 16 * 8], part[first:first + size // 16 * 8],
+                                   atol=1e-6, rtol=0)
+    side_by_side = maeast.inference.load_encoder(export, chunk_seconds=2.0, context_seconds=0)
+    assert side_by_side.context_frames == 0 and not torch.allclose(side_by_side(fbank=feats).clip,
+                                                                   enc(fbank=feats).clip, atol=1e-5)
+    with pytest.raises(MaeastError, match="context_seconds"):
+        maeast.inference.load_encoder(export, chunk_seconds=2.0, context_seconds=1.0)
+
+
 def test_layers(export, audio):
     enc = maeast.load_encoder(export)
     wave = torch.from_numpy(load_clip(audio / "speech/fox_16k.flac", 16000).waveform)

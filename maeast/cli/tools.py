@@ -31,6 +31,9 @@ def embed_command(
     batch_size: int = typer.Option(16, "--batch-size", help="Chunks encoded together."),
     chunk_seconds: float | None = typer.Option(None, "--chunk-seconds", help="Longest piece encoded at once "
                                                "(default: the clip length the encoder was pretrained on)."),
+    context_seconds: float | None = typer.Option(None, "--context-seconds", help="Overlap of consecutive pieces: "
+                                                 "the context each sees on either side of the tokens it gives "
+                                                 "(default: a tenth of a piece; 0: none)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
 ) -> None:
     """Clip embeddings (the mean over real tokens) and, with --tokens, token embeddings of audio files."""
@@ -38,7 +41,7 @@ def embed_command(
     if layers is not None and (layers != "all" or layer is not None):
         raise MaeastError(f"--layers {layers!r}: give --layers all (every block's embeddings) or --layer N, not both")
     result = embed_files(checkpoint, audio, tokens=tokens, layer=layers or layer, batch_size=batch_size,
-                         chunk_seconds=chunk_seconds, device=device)
+                         chunk_seconds=chunk_seconds, context_seconds=context_seconds, device=device)
     written = save_embeddings(result, out)
     for key, reason in result.skipped:
         err_console.print(f"[yellow]skipped[/] {key}: {reason}", highlight=False, soft_wrap=True)

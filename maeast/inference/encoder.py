@@ -13,12 +13,19 @@ Waveforms are float audio in [-1, 1] at any rate: they are resampled to 16 kHz (
 BatchNorm statistics) is in its weights. fbank input must be that recipe's output:
 `maeast.features.fbank(wave_16k, 16000, enc.features)`.
 
-Long clips are cut into chunks of at most `chunk_seconds` (default: the clip length the encoder was
-pretrained on, encoder.json pretraining.max_seconds, else 10 s), each a whole number of token rows, so
-the chunks' tokens are the clip's token rows in order; each chunk is encoded on its own (positions
-restart). The clip embedding averages every real token of every chunk. Chunks are encoded
-`batch_size` at a time, longest first, zero-padded with a padding mask: padding never reaches a real
-token, so results do not depend on batching. Trailing frames short of a token row are dropped.
+Long clips are encoded in windows of at most `chunk_seconds` (default: the clip length the encoder was
+pretrained on, encoder.json pretraining.max_seconds, else 10 s), each a whole number of token rows and
+encoded on its own (positions restart). Consecutive windows overlap: each contributes only the token
+rows of its core and sees at least `context_seconds` (default a tenth of a window; 0: windows side by
+side) of audio on either side of it as context, except at the clip's ends, so tokens near a window
+edge still see their neighbourhood. The cores tile the clip: the tokens returned are the clip's token
+rows, in order, each once, and the clip embedding averages them. Windows are encoded `batch_size` at a
+time, longest first, zero-padded with a padding mask: padding never reaches a real token, so results do
+not depend on batching. Trailing frames short of a token row are dropped.
+
+Memory: the encoder holds at most `batch_size` windows at a time, whatever the clip's length; what
+grows with length is the waveform, its fbank and the returned tokens (for one sound, about 4 MB per
+minute of 16 kHz audio, 3 MB per minute of fbank, and tokens x D x 4 bytes of output).
 `layer`: None for the encoder output, N in 1..depth (or -depth..-1) for the output of transformer
 block N (pre-LN encoders: before the final LayerNorm). The call runs without gradients.
 """
@@ -51,7 +58,8 @@ class Embeddings:
 
 
 class AudioEncoder(nn.Module):
-    def __init__(self, encoder: Encoder, info: dict, chunk_seconds: float | None = None, batch_size: int = 16):
+    def __init__(self, encoder: Encoder, info: dict, chunk_seconds: float | None = None, batch_size: int = 16,
+                 context_seconds: float | None = None):
         super().__init__()
         self.encoder = encoder.eval()
         self.info = info
@@ -65,8 +73,14 @@ class AudioEncoder(nn.Module):
             raise MaeastError(f"chunk_seconds {seconds} must be positive")
         if batch_size < 1:
             raise MaeastError(f"batch_size {batch_size} must be at least 1")
+        row_ms = cfg.patch_time * self.features.frame_shift_ms
         rows = max(1, int(seconds * 1000 / self.features.frame_shift_ms) // cfg.patch_time)
+        context = rows // 10 if context_seconds is None else int(context_seconds * 1000 / row_ms + 1e-9)
+        if context < 0 or (context and 2 * context >= rows):
+            raise MaeastError(f"context_seconds {context_seconds} must be at least 0 and under half of a window "
+                              f"({rows * row_ms / 2000:g} s with chunk_seconds {seconds:g})")
         self.chunk_frames = rows * cfg.patch_time
+        self.context_frames = context * cfg.patch_time
         self.batch_size = batch_size
 
     @property
@@ -133,8 +147,8 @@ class AudioEncoder(nn.Module):
         layer = self._layer_index(layer)
         if not feats:
             raise MaeastError("no clips to embed: give at least one waveform or fbank")
-        pieces = self._chunks(feats)  # (clip, start frame, frames)
-        outputs: dict[int, torch.Tensor] = {}  # piece index -> [n_tokens, D]
+        pieces = self._chunks(feats)  # (clip, window start, window frames, core start, core frames)
+        outputs: dict[int, torch.Tensor] = {}  # piece index -> [n_tokens, D] of its core
         order = sorted(range(len(pieces)), key=lambda j: -pieces[j][2])
         for b in range(0, len(order), self.batch_size):
             group = order[b:b + self.batch_size]
@@ -142,23 +156,28 @@ class AudioEncoder(nn.Module):
             x = feats[0].new_zeros(len(group), longest, cfg.n_mels)  # [b, T, F]
             pad = torch.ones(len(group), longest, dtype=torch.bool, device=x.device)  # [b, T] True = pad
             for row, j in enumerate(group):
-                clip, start, n = pieces[j]
+                clip, start, n = pieces[j][:3]
                 x[row, :n], pad[row, :n] = feats[clip][start:start + n], False
             with autocast(x.device):  # bf16 on CUDA, as in training
                 out = self.encoder(x, pad if bool(pad.any()) else None, layer_results=layer is not None)
             h = out.x if layer is None else torch.stack(out.layers, 1) if layer == "all" else out.layers[layer]
             for row, j in enumerate(group):  # h [b, N, D] or [b, L, N, D]
-                outputs[j] = h[row, ..., : (pieces[j][2] // cfg.patch_time) * out.grid[1], :].float().cpu()
+                _, start, _, core, n = pieces[j]
+                first, count = (core - start) // cfg.patch_time * out.grid[1], n // cfg.patch_time * out.grid[1]
+                outputs[j] = h[row, ..., first:first + count, :].float().cpu()
         per_clip: list[list[torch.Tensor]] = [[] for _ in feats]
-        for j, (clip, _, _) in enumerate(pieces):  # pieces are in clip and time order
+        for j, (clip, *_) in enumerate(pieces):  # pieces are in clip and time order
             per_clip[clip].append(outputs[j])
         token_lists = [torch.cat(parts, dim=-2) for parts in per_clip]  # [N_i, D] or [L, N_i, D]
         clip_emb = torch.stack([t.double().mean(-2).float() for t in token_lists])  # [B, D] or [B, L, D]
         return Embeddings(clip_emb, token_lists if tokens else None, cfg.freq_cols, [f.shape[0] for f in feats])
 
-    def _chunks(self, feats: list[torch.Tensor]) -> list[tuple[int, int, int]]:
-        """(clip, start, frames) pieces: whole token rows, at most chunk_frames each."""
-        pt = self.encoder.cfg.patch_time
+    def _chunks(self, feats: list[torch.Tensor]) -> list[tuple[int, int, int, int, int]]:
+        """(clip, window start, window frames, core start, core frames) pieces, in whole token rows: the cores
+        tile each clip; a window is at most chunk_frames, its core plus context_frames on either side where
+        the clip has them (more on one side at the clip's ends, so every window but a short clip's is full)."""
+        pt, window, context = self.encoder.cfg.patch_time, self.chunk_frames, self.context_frames
+        stride = window - 2 * context
         pieces = []
         for i, f in enumerate(feats):
             usable = f.shape[0] // pt * pt
@@ -166,7 +185,12 @@ class AudioEncoder(nn.Module):
                 ms = pt * self.features.frame_shift_ms + self.features.frame_length_ms - self.features.frame_shift_ms
                 raise MaeastError(f"clip {i} has {f.shape[0]} fbank frames, fewer than one token ({pt} frames, "
                                   f"{ms:g} ms of audio); give longer audio")
-            pieces += [(i, s, min(self.chunk_frames, usable - s)) for s in range(0, usable, self.chunk_frames)]
+            if usable <= window:
+                pieces.append((i, 0, usable, 0, usable))
+                continue
+            for core in range(0, usable, stride):
+                start = min(max(0, core - context), usable - window)
+                pieces.append((i, start, window, core, min(stride, usable - core)))
         return pieces
 
     def _layer_index(self, layer: int | str | None) -> int | str | None:
@@ -187,8 +211,8 @@ def _rows(x, what: str, ndims: tuple[int, ...]) -> list:
 
 
 def load_encoder(path, device: str | torch.device = "cpu", chunk_seconds: float | None = None,
-                 batch_size: int = 16) -> AudioEncoder:
+                 batch_size: int = 16, context_seconds: float | None = None) -> AudioEncoder:
     """The encoder a path names (maeast.artifacts' path rule: RUN/encoder, a run or checkpoint folder, a
     `maeast convert-official` folder, a classifier, either file) as an AudioEncoder on `device`, in eval mode."""
     encoder, info = read_encoder(path, device)
-    return AudioEncoder(encoder, info, chunk_seconds, batch_size)
+    return AudioEncoder(encoder, info, chunk_seconds, batch_size, context_seconds)

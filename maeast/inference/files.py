@@ -1,7 +1,7 @@
 """`maeast embed`: audio files (one file, or every audio file below a folder) -> embedding files.
 
 Each file is decoded, downmixed and resampled to 16 kHz mono (maeast.audio.load_clip), then embedded by
-AudioEncoder (chunked at the export's clip length, batched). Keys are paths relative to the folder
+AudioEncoder (in overlapping windows of the export's clip length, batched). Keys are paths relative to the folder
 (the file name for a single file), in sorted order. Files that cannot be read, or are shorter than one
 token, are skipped and listed. The output is chosen by the --out extension:
 
@@ -16,7 +16,7 @@ With --layers all every transformer block's embeddings are kept, stacked before 
 weighted sum of layers.
 
 JSON: format, keys, files, dim, layer, cols (tokens per time row), patch_time, frame_shift_ms,
-row_seconds (token n of a file starts at (n // cols) x row_seconds), chunk_seconds, checkpoint, seconds
+row_seconds (token n of a file starts at (n // cols) x row_seconds), chunk_seconds, context_seconds, checkpoint, seconds
 (audio per file), token_offsets (with tokens), skipped [{key, reason}].
 """
 
@@ -71,10 +71,10 @@ def find_audio(path: Path) -> list[tuple[str, Path]]:
 
 
 def embed_files(checkpoint: str | Path, audio: str | Path, *, tokens: bool = False, layer: int | str | None = None,
-                batch_size: int = 16, chunk_seconds: float | None = None, device: str = "cpu",
-                progress: Callable[[int, int], None] | None = None) -> FileEmbeddings:
+                batch_size: int = 16, chunk_seconds: float | None = None, context_seconds: float | None = None,
+                device: str = "cpu", progress: Callable[[int, int], None] | None = None) -> FileEmbeddings:
     """Embed one audio file or every audio file below a folder with an exported encoder."""
-    enc = load_encoder(checkpoint, device, chunk_seconds, batch_size)
+    enc = load_encoder(checkpoint, device, chunk_seconds, batch_size, context_seconds)
     enc._layer_index(layer)  # a bad --layer fails before any decoding
     found = find_audio(Path(audio))
     readable = read_found(found, Path(audio).is_file(), enc.features, enc.encoder.cfg.patch_time)
@@ -101,7 +101,8 @@ def embed_files(checkpoint: str | Path, audio: str | Path, *, tokens: bool = Fal
     info = {"dim": enc.dim, "layer": layer, "cols": enc.encoder.cfg.freq_cols,
             "patch_time": enc.encoder.cfg.patch_time, "frame_shift_ms": enc.features.frame_shift_ms,
             "row_seconds": enc.encoder.cfg.patch_time * enc.features.frame_shift_ms / 1000,
-            "chunk_seconds": enc.chunk_frames * enc.features.frame_shift_ms / 1000, "checkpoint": str(checkpoint)}
+            "chunk_seconds": enc.chunk_frames * enc.features.frame_shift_ms / 1000,
+            "context_seconds": enc.context_frames * enc.features.frame_shift_ms / 1000, "checkpoint": str(checkpoint)}
     return FileEmbeddings(keys, files, np.concatenate(clips), token_lists if tokens else None, seconds, skipped,
                           info, time.perf_counter() - start)
 
