@@ -36,8 +36,8 @@ $(VENV)/.installed: pyproject.toml | apt
 	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	# torch first and pinned, so nothing can pull a CUDA build in its place.
 	$(PY) -m pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -m pip install -q -e ".[dev,dali,ffmpeg,ffcv,onnx,hub]" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import torch, deepspeed, webdataset, soundfile, soxr, nvidia.dali, torchcodec, ffcv, onnxruntime, onnxscript, huggingface_hub" >/dev/null 2>&1 \
+	$(PY) -m pip install -q -e ".[dev,dali,ffmpeg,ffcv,onnx,hub,s3]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import torch, deepspeed, webdataset, soundfile, soxr, nvidia.dali, torchcodec, ffcv, onnxruntime, onnxscript, huggingface_hub, s3fs, moto" >/dev/null 2>&1 \
 	  || { echo "environment incomplete: see the pip output above" >&2; exit 1; }
 	touch $@
 

@@ -21,8 +21,9 @@ from maeast.model import Head, build_model
 from maeast.shards.build import build_shards
 from maeast.shards.format import iter_tar, shard_paths
 
-# Tiny trees of the official corpora (fixtures audioset, esc50, sc_v1, sc_v2, voxceleb1, iemocap).
-pytest_plugins = ("tests.official_trees",)
+# Tiny trees of the official corpora (fixtures audioset, esc50, sc_v1, sc_v2, voxceleb1, iemocap);
+# servers on 127.0.0.1 for object storage (fixtures s3, http_server, faulty).
+pytest_plugins = ("tests.official_trees", "tests.servers")
 
 SENTENCES = [
     "the quick brown fox jumps over the lazy dog",
