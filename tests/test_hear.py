@@ -4,6 +4,9 @@ maeast.load_encoder."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -53,3 +56,38 @@ def test_long_sound(sounds):
     emb, ms = hear.get_timestamp_embeddings(long, model)
     rows = long.shape[1] / 16000 * 1000 / 20
     assert rows - 2 <= emb.shape[1] == ms.shape[1] <= rows and float(ms[0].diff().max()) == 20.0
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+import numpy as np, torch
+import maeast.inference.hear as hear
+from maeast.audio import load_clip
+export, speech, minutes = sys.argv[1], sys.argv[2], float(sys.argv[3])
+model = hear.load_model(export)
+audio = torch.from_numpy(np.resize(load_clip(speech, 16000).waveform, int(minutes * 60 * 16000)))[None]
+hear.get_timestamp_embeddings(audio[:, :32000], model)  # warm up: the model, its workspace, the allocator
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+emb, ms = hear.get_timestamp_embeddings(audio, model)
+scene = hear.get_scene_embeddings(audio, model)
+grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(emb.shape[1], float(ms[0, -1]), grew / 1024)
+"""
+
+
+@pytest.mark.slow
+def test_twenty_minutes_within_the_memory_bound(sounds):
+    """A 20-minute sound (speech, repeated) through both HEAR calls: timestamps cover it at 20 ms and the peak
+    memory grows by less than the bound the module docstring states for the inputs (12 MB a minute) plus
+    the outputs, with 1 s windows (1200 of them) encoded 16 at a time."""
+    root, _ = sounds
+    (root / "twenty").mkdir()
+    export = make_export(root / "twenty", patch_time=2, patch_freq=128)
+    speech = speak("the quick brown fox jumps over the lazy dog", root / "twenty" / "fox.wav")
+    done = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(export), str(speech), "20"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows, last_ms, grew_mb = done.stdout.split()
+    assert 59990 <= int(rows) <= 60000 and float(last_ms) > 20 * 60_000 - 100
+    outputs_mb = int(rows) * 64 * 4 / 2**20  # [1, rows, D] float32
+    assert float(grew_mb) < 20 * 12 + outputs_mb, f"peak memory grew by {float(grew_mb):.0f} MB"

@@ -9,8 +9,15 @@ Scene embeddings are the clip embeddings (the mean of every token). Timestamp em
 each the mean over its frequency columns, stamped at the centre of the audio its frames cover. A row spans
 patch_time fbank frames: 20 ms for frame models, 160 ms for 16x16 patches. HEAR asks for a hop of at most
 50 ms, so a patch model is run again on the fbank shifted by whole frames (every 40 ms for 16-frame rows:
-4 passes) and the rows of all passes are merged in time order. Long sounds are encoded in chunks of the
-clip length the encoder was pretrained on (maeast.load_encoder), so memory stays that of one chunk batch.
+4 passes) and the rows of all passes are merged in time order.
+
+Sounds of any length (HEAR's go up to 20 minutes) are encoded in overlapping windows of the clip length the
+encoder was pretrained on, each giving the rows of its core with context on either side
+(maeast.load_encoder; `load_model(path, context_seconds=...)`), at most 16 windows at a time. Memory
+bound: the model and one batch of windows, plus, per sound, what grows with its length: at most 12 MB
+a minute for the waveform, its fbank and the fbank's workspace, and the embeddings returned
+(rows x D x 4 bytes: 3000 rows, 9 MB a minute for D = 768). tests/test_hear.py checks a 20-minute sound
+against it (measured: about 170 MB of growth for 20 minutes with a 64-wide model, within its 255 MB).
 """
 
 from __future__ import annotations
