@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
+import json
 import random
 import re
 import socket
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +113,23 @@ def s3(moto_endpoint, monkeypatch):
     client.create_bucket(Bucket=bucket)
     yield S3(moto_endpoint, bucket, client)
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+@contextlib.contextmanager
+def credentials_checked(endpoint: str):
+    """Within the block the moto server checks every request's credentials against its IAM, where the
+    dummy keys are unknown, so every request is refused (403 InvalidAccessKeyId): a store that denies us."""
+    def reset(count: float) -> float:
+        request = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=str(count).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return float(json.load(response)["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"])
+
+    previous = reset(0)
+    try:
+        yield
+    finally:
+        reset(previous)
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):

@@ -15,6 +15,7 @@ from maeast.shards.build import Packed, build_shards
 from maeast.shards.format import read_index
 from maeast.shards.inspect import verify_shards
 from maeast.shards.recipes import RECIPES
+from maeast.shards.storage import redact
 
 app = new_app("Pack corpora into webdataset shards (FLAC + JSON) and inspect them.")
 
@@ -34,7 +35,9 @@ def parse_options(pairs: list[str] | None) -> dict[str, str]:
 def build(
     recipe: str = typer.Argument(..., help=f"Corpus layout: {', '.join(sorted(RECIPES))}."),
     root: Path = typer.Option(..., "--root", help="The corpus as distributed (its top folder)."),
-    out: Path = typer.Option(Path("shards"), "--out", help="Output folder for shards and index.json."),
+    out: str = typer.Option("shards", "--out", help="Output folder for shards and index.json, or a URL: "
+                            "s3://bucket/prefix (endpoint and credentials from the AWS variables), gs://..., "
+                            "file://..."),
     shard_size: float = typer.Option(256.0, "--shard-size", help="Target shard size in MB."),
     workers: int = typer.Option(1, "--workers", "-j", help="Decoding processes."),
     sample_rate: int = typer.Option(16000, "--sample-rate", help="Sample rate of the packed audio."),
@@ -48,22 +51,31 @@ def build(
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:>7.1f} files/s"), TextColumn("{task.fields[hours]:.3f} h packed"),
                TextColumn("{task.fields[rejects]} rejected"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(f"packing {recipe}", total=None, rate=0.0, hours=0.0, rejects=0)
-        rejects = 0
+    progress = Progress(*columns, console=console, transient=False)
+    task = progress.add_task(f"packing {recipe}", total=None, start=False, rate=0.0, hours=0.0, rejects=0)
+    rejects = 0
 
-        def advance(packed: Packed) -> None:
-            nonlocal hours, rejects
-            hours += packed.seconds / 3600
-            rejects += packed.reject is not None
-            elapsed = progress.tasks[task].elapsed or 1e-9
-            progress.update(task, advance=1, hours=hours, rejects=rejects,
-                            rate=progress.tasks[task].completed / elapsed)
+    def begin(total: int) -> None:
+        """Show the bar once the output is writable and the recipe has listed its items, so that an
+        error before that is the only line printed."""
+        progress.update(task, total=total)
+        progress.start_task(task)
+        progress.start()
 
+    def advance(packed: Packed) -> None:
+        nonlocal hours, rejects
+        hours += packed.seconds / 3600
+        rejects += packed.reject is not None
+        elapsed = progress.tasks[task].elapsed or 1e-9
+        progress.update(task, advance=1, hours=hours, rejects=rejects,
+                        rate=progress.tasks[task].completed / elapsed)
+
+    try:
         index = build_shards(recipe, root, out, options=options, shard_size_mb=shard_size, workers=workers,
-                             sample_rate=sample_rate, codec=codec, progress=advance,
-                             on_start=lambda total: progress.update(task, total=total))
-    print_index(index, out)
+                             sample_rate=sample_rate, codec=codec, progress=advance, on_start=begin)
+    finally:
+        progress.stop()
+    print_index(index, redact(out))
 
 
 @app.command("inspect")

@@ -4,10 +4,11 @@ Determinism: items are packed in the recipe's order, split by split; workers dec
 results are written in item order, and every tar member has fixed metadata, so the same input gives
 the same bytes whichever worker finishes first.
 
-Atomicity and resume: a shard is written as a hidden partial file and renamed when complete; then a
-small record (its hash, samples, label counts, and the rejects met while it was open) goes to
-`.build/`. Running the same command again keeps every shard whose record and hash agree and carries
-on after the last of them; index.json is written last, so a folder with an index is a finished build.
+Atomicity and resume: a shard is written as a hidden partial file and published when complete (renamed
+in place, or uploaded and read back when the output is a bucket: maeast.shards.sink); then a small record
+(its hash, samples, label counts, and the rejects met while it was open) goes to `.build/`. Running the
+same command again keeps every shard whose record and hash agree and carries on after the last of them;
+index.json is written last, so a folder with an index is a finished build.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
-import os
-import shutil
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,11 +25,10 @@ from typing import Callable, Iterable
 from maeast import __version__
 from maeast.audio import AudioError, load_clip
 from maeast.errors import MaeastError
-from maeast.files import write_json, write_text
 from maeast.shards.format import (FORMAT, INDEX, REJECTS, SCHEMA, check_codec, encode_audio, encode_meta,
-                                  read_index, sample_size, sha256_file, shard_name, shorter_than, tar_member,
-                                  verify_shard)
+                                  sample_size, sha256_file, shard_name, shorter_than, tar_member)
 from maeast.shards.recipes import Item, Scan, run_recipe
+from maeast.shards.sink import Sink
 
 RECORDS = ".build"
 
@@ -110,9 +108,9 @@ class _OpenShard:
 class SplitWriter:
     """Writes one split's shards in order, closing each when the next sample would overflow it."""
 
-    def __init__(self, out: Path, corpus: str, split: str, limit: int, fingerprint: str, first: int = 0,
+    def __init__(self, sink: Sink, corpus: str, split: str, limit: int, fingerprint: str, first: int = 0,
                  codec: str = "flac", sample_rate: int = 16000):
-        self.out, self.corpus, self.split, self.limit, self.codec = out, corpus, split, limit, codec
+        self.sink, self.corpus, self.split, self.limit, self.codec = sink, corpus, split, limit, codec
         self.sample_rate = sample_rate
         self.fingerprint = fingerprint
         self.number = first
@@ -128,7 +126,7 @@ class SplitWriter:
             self.close(end=packed.index)
         if self.current is None:
             name = shard_name(self.corpus, self.split, self.number)
-            partial = self.out / f".{name}.partial"
+            partial = self.sink.partial(name)
             self.current = _OpenShard(name, partial, tarfile.open(partial, "w", format=tarfile.GNU_FORMAT))
         shard = self.current
         tar_member(shard.tar, f"{packed.key}.{self.codec}", packed.audio)
@@ -146,17 +144,17 @@ class SplitWriter:
         if shard is None:
             return
         shard.tar.close()
-        with open(shard.partial, "rb+") as f:
-            os.fsync(f.fileno())
-        final = self.out / shard.name
-        shard.partial.replace(final)
-        _write_dali_index(final)
+        size, digest = shard.partial.stat().st_size, sha256_file(shard.partial)
+        idx = _dali_index(self.sink, shard.partial, shard.name)
+        self.sink.publish(shard.partial, shard.name, size, digest)
+        if idx is not None:
+            self.sink.publish(idx, _idx_name(shard.name))
         record = {"name": shard.name, "split": self.split, "number": self.number, "end": end,
-                  "samples": shard.samples, "bytes": final.stat().st_size, "sha256": sha256_file(final),
+                  "samples": shard.samples, "bytes": size, "sha256": digest,
                   "seconds": shard.seconds, "labels": dict(sorted(shard.labels.items())),
                   "shorter_than": shorter_than(shard.lengths, self.sample_rate),
                   "keys": shard.keys, "rejects": self.pending_rejects, "fingerprint": self.fingerprint}
-        write_json(self.out / RECORDS / f"{shard.name}.json", record, sort_keys=True)
+        self.sink.write_json(f"{RECORDS}/{shard.name}.json", record)
         self.pending_rejects = []
         self.number += 1
 
@@ -165,21 +163,25 @@ class SplitWriter:
         if self.pending_rejects:  # a split whose last items were all rejected after its last shard
             record = {"name": None, "split": self.split, "number": self.number, "end": end, "samples": 0,
                       "rejects": self.pending_rejects, "fingerprint": self.fingerprint}
-            write_json(self.out / RECORDS / f"{self.corpus}-{self.split}-tail.json", record, sort_keys=True)
+            self.sink.write_json(f"{RECORDS}/{self.corpus}-{self.split}-tail.json", record)
             self.pending_rejects = []
 
 
-def _write_dali_index(tar_path: Path) -> None:
-    """DALI's webdataset reader needs an index per tar; write it with DALI's own tool when installed."""
+def _dali_index(sink: Sink, tar: Path, name: str) -> Path | None:
+    """DALI's webdataset reader needs an index per tar: written (to a local partial file, returned) with
+    DALI's own tool when it is installed; None without it."""
     try:
         from wds2idx import IndexCreator
     except ImportError:
-        return
-    idx = tar_path.with_suffix(".idx")
-    partial = idx.with_name(f".{idx.name}.partial")
-    with IndexCreator(str(tar_path), str(partial), verbose=False) as creator:
+        return None
+    partial = sink.partial(_idx_name(name))
+    with IndexCreator(str(tar), str(partial), verbose=False) as creator:
         creator.create_index()
-    partial.replace(idx)
+    return partial
+
+
+def _idx_name(name: str) -> str:
+    return name.removesuffix(".tar") + ".idx"
 
 
 def _fingerprint(scan: Scan, params: BuildParams) -> str:
@@ -194,11 +196,11 @@ def _fingerprint(scan: Scan, params: BuildParams) -> str:
     return h.hexdigest()
 
 
-def _load_records(out: Path, fingerprint: str) -> dict[str, list[dict]]:
+def _load_records(sink: Sink, fingerprint: str) -> dict[str, list[dict]]:
     """Per split, the finished shards' records that still match their files, in order."""
     by_split: dict[str, dict[int, dict]] = {}
-    for path in sorted((out / RECORDS).glob("*.json")):
-        record = json.loads(path.read_text())
+    for path in sink.list(f"{RECORDS}/*.json"):
+        record = sink.read_json(path) or {}
         if record.get("fingerprint") != fingerprint or record.get("name") is None:
             continue
         by_split.setdefault(record["split"], {})[record["number"]] = record
@@ -207,11 +209,12 @@ def _load_records(out: Path, fingerprint: str) -> dict[str, list[dict]]:
         chain = []
         while len(chain) in numbered:
             record = numbered[len(chain)]
-            tar = out / record["name"]
-            if not tar.is_file() or tar.stat().st_size != record["bytes"] or not verify_shard(tar, record["sha256"]):
+            if not sink.intact(record["name"], record["bytes"], record["sha256"]):
                 break
-            if not tar.with_suffix(".idx").exists():
-                _write_dali_index(tar)
+            if sink.size(_idx_name(record["name"])) is None:
+                idx = _dali_index(sink, sink.fetch(record["name"]), record["name"])
+                if idx is not None:
+                    sink.publish(idx, _idx_name(record["name"]))
             chain.append(record)
         kept[split] = chain
     return kept
@@ -241,11 +244,12 @@ def _check_scan(scan: Scan) -> dict[str, int]:
     return label_ids
 
 
-def build_shards(recipe: str, root: Path, out: Path, *, options: dict | None = None,
+def build_shards(recipe: str, root: Path, out: str | Path, *, options: dict | None = None,
                  shard_size_mb: float = 256.0, workers: int = 1, sample_rate: int = 16000,
                  min_seconds: float = 0.1, codec: str = "flac", progress: Callable[[Packed], None] | None = None,
                  on_start: Callable[[int], None] | None = None) -> dict:
-    """Pack a corpus into shards under `out` and return the index written to out/index.json.
+    """Pack a corpus into shards under `out` (a folder, or a URL such as s3://bucket/prefix: see
+    maeast.shards.sink) and return the index written to out/index.json.
 
     `on_start` gets the number of items once the recipe has listed them; `progress` is then called
     once per item as it is written (in order).
@@ -253,34 +257,35 @@ def build_shards(recipe: str, root: Path, out: Path, *, options: dict | None = N
     params = BuildParams(shard_size_mb, sample_rate, min_seconds, codec)
     if workers < 1:
         raise MaeastError(f"--workers must be at least 1, got {workers}")
-    root = Path(root).resolve()
-    scan = run_recipe(recipe, root, options)
-    label_ids = _check_scan(scan)
-    if on_start:
-        on_start(len(scan.items))
-    out = Path(out)
-    (out / RECORDS).mkdir(parents=True, exist_ok=True)
+    with Sink(out) as sink:
+        sink.check(RECORDS)  # a bucket that is missing or may not be written stops us before the recipe's scan
+        root = Path(root).resolve()
+        scan = run_recipe(recipe, root, options)
+        label_ids = _check_scan(scan)
+        if on_start:
+            on_start(len(scan.items))
+        sink.prepare(RECORDS)
+        return _build(sink, scan, label_ids, params, recipe, root, workers, progress)
+
+
+def _build(sink: Sink, scan: Scan, label_ids: dict[str, int], params: BuildParams, recipe: str, root: Path,
+           workers: int, progress: Callable[[Packed], None] | None) -> dict:
     fingerprint = _fingerprint(scan, params)
-
-    try:
-        index = read_index(out)
-    except MaeastError:  # none yet, or not one of ours
-        index = {}
-    if index.get("build", {}).get("fingerprint") == fingerprint and _shards_intact(out, index):
+    index = sink.read_json(INDEX) or {}
+    if (index.get("schema") == SCHEMA and index.get("build", {}).get("fingerprint") == fingerprint
+            and _shards_intact(sink, index)):
         return index
-    (out / INDEX).unlink(missing_ok=True)  # stale or damaged: rebuilt below, kept shards verified by hash
-    for partial in out.glob(".*.partial"):
-        partial.unlink()
+    sink.remove(INDEX)  # stale or damaged: rebuilt below, kept shards verified by hash
 
-    records = _load_records(out, fingerprint)
+    records = _load_records(sink, fingerprint)
     splits = _splits_in_order(scan.items)
-    limit = int(shard_size_mb * 1024 * 1024)
+    limit = int(params.shard_size_mb * 1024 * 1024)
     tasks, writers, ends = [], {}, {}
     for split, entries in splits.items():
         chain = records.get(split, [])
         start = chain[-1]["end"] if chain else entries[0][0]
-        writers[split] = SplitWriter(out, scan.corpus, split, limit, fingerprint, first=len(chain), codec=codec,
-                                     sample_rate=sample_rate)
+        writers[split] = SplitWriter(sink, scan.corpus, split, limit, fingerprint, first=len(chain),
+                                     codec=params.codec, sample_rate=params.sample_rate)
         ends[split] = entries[-1][0] + 1
         for i, item in entries:
             if i >= start:
@@ -288,10 +293,10 @@ def build_shards(recipe: str, root: Path, out: Path, *, options: dict | None = N
             elif progress:
                 progress(Packed(i, item.key))
     for split, chain in records.items():  # shards beyond the kept chain are stale
-        for stale in sorted(out.glob(f"{scan.corpus}-{split}-*.tar"))[len(chain):]:
-            stale.unlink()
-            stale.with_suffix(".idx").unlink(missing_ok=True)
-    _clear_unkept_records(out, records)
+        for stale in sink.list(f"{scan.corpus}-{split}-*.tar")[len(chain):]:
+            sink.remove(stale)
+            sink.remove(_idx_name(stale))
+    _clear_unkept_records(sink, records)
 
     def write(packed_items: Iterable[Packed]):
         for packed, (_, item, *_rest) in zip(packed_items, tasks):
@@ -309,25 +314,24 @@ def build_shards(recipe: str, root: Path, out: Path, *, options: dict | None = N
     for split, writer in writers.items():  # splits with nothing left to do
         writer.finish(ends[split])
 
-    index = _write_index(out, scan, params, fingerprint, recipe)
-    shutil.rmtree(out / RECORDS, ignore_errors=True)
+    index = _write_index(sink, scan, params, fingerprint, recipe)
+    sink.remove_folder(RECORDS)
     return index
 
 
-def _clear_unkept_records(out: Path, kept: dict[str, list[dict]]) -> None:
+def _clear_unkept_records(sink: Sink, kept: dict[str, list[dict]]) -> None:
     keep = {r["name"] for chain in kept.values() for r in chain}
-    for path in (out / RECORDS).glob("*.json"):
-        if path.name[:-5] not in keep:
-            path.unlink()
+    for path in sink.list(f"{RECORDS}/*.json"):
+        if Path(path).name[:-5] not in keep:
+            sink.remove(path)
 
 
-def _shards_intact(out: Path, index: dict) -> bool:
-    return all((out / s["name"]).is_file() and (out / s["name"]).stat().st_size == s["bytes"]
-               for split in index["splits"].values() for s in split["shards"])
+def _shards_intact(sink: Sink, index: dict) -> bool:
+    return all(sink.size(s["name"]) == s["bytes"] for split in index["splits"].values() for s in split["shards"])
 
 
-def _write_index(out: Path, scan: Scan, params: BuildParams, fingerprint: str, recipe: str) -> dict:
-    records = [json.loads(p.read_text()) for p in (out / RECORDS).glob("*.json")]
+def _write_index(sink: Sink, scan: Scan, params: BuildParams, fingerprint: str, recipe: str) -> dict:
+    records = [sink.read_json(path) for path in sink.list(f"{RECORDS}/*.json")]
     records.sort(key=lambda r: (r["split"], r["number"], r["name"] is None))
     splits: dict[str, dict] = {}
     rejects: list[list[str]] = []
@@ -346,7 +350,7 @@ def _write_index(out: Path, scan: Scan, params: BuildParams, fingerprint: str, r
         split["hours"] = round(split.pop("seconds") / 3600, 6)
         split["labels"] = dict(sorted(split["labels"].items()))
     reasons = Counter(reason.split(":")[0] for _, _, reason in rejects)
-    write_text(out / REJECTS, "key\tsource\treason\n" + "".join("\t".join(row) + "\n" for row in rejects))
+    sink.write_text(REJECTS, "key\tsource\treason\n" + "".join("\t".join(row) + "\n" for row in rejects))
     index = {
         "schema": SCHEMA, "format": FORMAT, "corpus": scan.corpus, "recipe": recipe,
         "sample_rate": params.sample_rate, "codec": params.codec,
@@ -356,5 +360,5 @@ def _write_index(out: Path, scan: Scan, params: BuildParams, fingerprint: str, r
         "build": {"maeast": __version__, "shard_size_mb": params.shard_size_mb,
                   "min_seconds": params.min_seconds, "items": len(scan.items), "fingerprint": fingerprint},
     }
-    write_json(out / INDEX, index, sort_keys=True)
+    sink.write_json(INDEX, index)
     return index
