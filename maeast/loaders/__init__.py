@@ -17,7 +17,6 @@ from __future__ import annotations
 from maeast.loaders.config import LoaderConfig
 from maeast.loaders.loader import StreamingLoader
 from maeast.loaders.state import merge_states
-from maeast.loaders.stream import BadDataWarning
 
 
 def build_loader(config: LoaderConfig, rank: int | None = None, world_size: int | None = None):
@@ -32,4 +31,4 @@ def build_loader(config: LoaderConfig, rank: int | None = None, world_size: int 
     return StreamingLoader(config, rank, world_size)
 
 
-__all__ = ["LoaderConfig", "StreamingLoader", "build_loader", "merge_states", "BadDataWarning"]
+__all__ = ["LoaderConfig", "StreamingLoader", "build_loader", "merge_states"]

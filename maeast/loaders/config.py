@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from maeast.errors import MaeastError
+from maeast.shards.storage import is_url, redact
 
 MODES = ("pretrain", "finetune")
 BACKENDS = ("stream", "dali", "ffcv")
@@ -20,8 +21,10 @@ class LoaderConfig:
     """How to stream batches out of one or more shard folders."""
 
     shards: list[str] = field(default_factory=list)
-    """Shard folders written by `maeast shard build` (each with an index.json); for backend "ffcv",
-    one .beton file written by `maeast shard ffcv`."""
+    """Shard folders written by `maeast shard build` (each with an index.json): local paths or URLs
+    (s3://bucket/prefix, gs://..., http(s)://..., file://..., pipe:COMMAND with {} for the file name;
+    see maeast.shards.storage), streamed front to back; for backend "ffcv", one local .beton file
+    written by `maeast shard ffcv`."""
     weights: list[float] | None = None
     """Mixing weight per shard folder (the chance that the next clip comes from it); None mixes in
     proportion to the folders' sample counts, i.e. plain concatenation."""
@@ -54,6 +57,12 @@ class LoaderConfig:
     """Fine-tuning: every clip is cropped or padded to this length (required in finetune mode)."""
     random_crop: bool = True
     """Fine-tuning: crop clips longer than clip_seconds at a random offset (False: from the start)."""
+    pad_to_longest: bool = False
+    """Fine-tuning: pad a batch only to its longest clip (clip_seconds then caps it) instead of clip_seconds."""
+    class_weights: list[float] | None = None
+    """Fine-tuning (stream backend): draw clips class-balanced: a clip of class c is yielded k ~ Poisson(
+    class_weights[c]) times per pass, before the shuffle buffer (maeast.finetune.data.class_weights gives
+    torch's WeightedRandomSampler's expected draws); None: every clip once."""
     fbank: str = "mae_ast"
     """Fbank preset of maeast.features (the same for every backend)."""
     epoch_batches: int | None = None
@@ -63,10 +72,19 @@ class LoaderConfig:
     drop_last: bool = False
     """Drop the short last batch of each worker's pass (default: yield it smaller)."""
     on_error: str = "skip"
-    """Bad data (a shard whose sha256 differs from index.json, a truncated tar, an undecodable
-    sample): "skip" warns and counts it in stats, "fail" raises a MaeastError naming it."""
+    """Bad data (a sample whose member differs from its checksum, a truncated tar, an undecodable
+    sample, a remote shard unreachable after retries): "skip" logs one line naming shard and key and
+    counts it in stats, "fail" raises a MaeastError naming it."""
     verify_checksums: bool = True
-    """Hash every shard against index.json before reading it (one extra read, from page cache)."""
+    """Check the data against its checksums: in format-2 folders each sample's members as they are read
+    (no extra read); in format-1 folders (built before per-member checksums) the whole shard against
+    index.json before reading it (one extra read)."""
+    cache_dir: str | None = None
+    """A local folder keeping copies of remote shards, so later epochs read local disk (None: no cache).
+    Entries are written atomically, checked on use (a corrupt one is fetched again), and evicted least
+    recently used first beyond cache_gb. Safe to share between ranks and runs on one machine."""
+    cache_gb: float = 100.0
+    """The most the cache_dir may hold, in GB (1e9 bytes)."""
     prefetch: int = 2
     """Batches each worker prepares ahead (DataLoader's prefetch_factor)."""
     pin_memory: bool = False
@@ -94,6 +112,10 @@ class LoaderConfig:
         _at_least("shuffle_buffer", self.shuffle_buffer, 0)
         _at_least("bucket_batches", self.bucket_batches, 1)
         _at_least("prefetch", self.prefetch, 1)
+        if self.cache_dir is not None:
+            self.cache_dir = str(self.cache_dir)
+        if not self.cache_gb > 0:
+            raise MaeastError(f"loader: cache_gb {self.cache_gb} must be positive")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise MaeastError(f"loader: seed {self.seed!r} must be a non-negative integer")
         if not self.max_seconds > 0:
@@ -107,6 +129,12 @@ class LoaderConfig:
                 raise MaeastError(f"loader: clip_seconds {self.clip_seconds} must hold at least one 25 ms frame")
         if self.epoch_batches is not None:
             _at_least("epoch_batches", self.epoch_batches, 1)
+        if self.class_weights is not None and (not self.finetune or any(not w >= 0 for w in self.class_weights)):
+            raise MaeastError("loader: class_weights are per-class draws of a fine-tuning loader, each >= 0")
+        remote = [s for s in self.shards if is_url(s)]
+        if remote and self.backend != "stream":
+            raise MaeastError(f"loader: backend {self.backend} reads local files only, not {redact(remote[0])}; use "
+                              f"backend stream for URLs (or copy the shards to local disk)")
         if self.backend == "ffcv" and len(self.shards) != 1:
             raise MaeastError("loader: backend ffcv reads exactly one .beton file (loader.shards: [file.beton])")
         from maeast.features import get_config

@@ -14,17 +14,23 @@ from pathlib import Path
 import numpy as np
 
 from maeast.errors import MaeastError
-from maeast.shards.format import SHORT_STEP_SECONDS, read_index, shard_paths
+from maeast.shards.format import SHORT_STEP_SECONDS, index_format, read_index, shard_paths
+from maeast.shards.storage import Location, is_url, list_names, redact
 
 
 @dataclass(frozen=True)
 class Shard:
-    path: Path
+    path: Location
+    """A local Path, or a URL (maeast.shards.storage)."""
     samples: int
     sha256: str
     bytes: int
     shorter_than: tuple[int, ...] = ()
     """index.json's count of clips under 0.5, 1.0, ... 10 s (format.shorter_than); () in older folders."""
+    name: str = ""
+    """The shard's file name in index.json (what log lines name)."""
+    format: int = 1
+    """The folder's format.index_format: 2 checks every sample's members as it is read, 1 the whole shard."""
 
     def usable(self, min_seconds: float) -> int:
         """Clips of at least min_seconds: exact when min_seconds is a multiple of 0.5 s up to 10 s and
@@ -37,7 +43,7 @@ class Shard:
 class Source:
     """One corpus split: its shards and its label vocabulary."""
 
-    dir: Path
+    dir: Location
     corpus: str
     split: str
     shards: tuple[Shard, ...]
@@ -52,18 +58,20 @@ class Source:
 
 
 def load_sources(dirs: list[str], split: str, weights: list[float] | None = None) -> list[Source]:
-    """Read each folder's index.json; weights default to the folders' sample counts."""
+    """Read each folder's index.json (a local folder or a URL); weights default to the folders' sample
+    counts. A shard missing from its folder, an unreachable bucket or refused access fails here, at start."""
     sources = []
     for i, folder in enumerate(dirs):
-        folder = Path(folder)
+        folder = folder if is_url(folder) else Path(folder)
         index = read_index(folder)
         paths = shard_paths(folder, split, index)
         entries = index["splits"][split]["shards"]
-        shards = tuple(Shard(p, int(e["samples"]), e["sha256"], int(e["bytes"]), tuple(e.get("shorter_than", ())))
-                       for p, e in zip(paths, entries))
-        missing = [s.path.name for s in shards if not s.path.is_file()]
+        shards = tuple(Shard(p, int(e["samples"]), e["sha256"], int(e["bytes"]), tuple(e.get("shorter_than", ())),
+                             e["name"], index_format(index)) for p, e in zip(paths, entries))
+        present = list_names(folder)  # one listing; None where a folder cannot be listed (http, pipe:)
+        missing = [s.name for s in shards if present is not None and s.name not in present]
         if missing:
-            raise MaeastError(f"{folder}: {len(missing)} shard(s) listed in index.json are missing "
+            raise MaeastError(f"{redact(folder)}: {len(missing)} shard(s) listed in index.json are missing "
                               f"(first: {missing[0]}); rebuild with `maeast shard build`")
         if not shards or not sum(s.samples for s in shards):
             raise MaeastError(f"{folder}: split {split!r} has no samples")

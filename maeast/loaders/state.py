@@ -22,7 +22,7 @@ from typing import Iterator
 from maeast.errors import MaeastError
 
 FORMAT = "maeast-loader/1"
-STATS = ("bad_samples", "bad_shards", "short", "wrapped_passes")
+STATS = ("bad_samples", "bad_shards", "short", "wrapped_passes", "cache_refetched")
 
 
 def new_stats() -> dict[str, int]:

@@ -2,7 +2,8 @@
 
 A worker's batches are planned from sample metadata (key, JSON) before any audio is decoded:
 
-  its shards (sources.slot_shards) -> samples (format.iter_tar, after check_shard) -> clips under
+  its shards (sources.slot_shards) -> samples (format.iter_tar through storage, each checked against
+  its JSON's sha256s in format 2, or after check_shard in format 1) -> clips under
   min_seconds dropped (pretraining) -> shuffle buffer (webdataset.shuffle, seeded) -> batches
   (lengths.bucket) -> per batch: each clip's window (crop offset, from its JSON length) decoded from
   its FLAC (soundfile, seeking) or
@@ -16,11 +17,13 @@ keeps mixing (several sources); its quota decides how many batches of it make th
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
+import logging
 import random
-import warnings
+import sys
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -32,14 +35,29 @@ import webdataset as wds
 from maeast.errors import MaeastError
 from maeast.features import FbankConfig
 from maeast.loaders import lengths
+from maeast.loaders.cache import ShardCache
 from maeast.loaders.config import LoaderConfig
 from maeast.loaders.sources import Shard, Source, derive_seed, pass_order, slot_shards
 from maeast.loaders.state import new_stats
-from maeast.shards.format import audio_part, iter_tar, parse_pcm16_wav, verify_shard
+from maeast.shards.format import audio_part, check_members, iter_tar, parse_pcm16_wav, verify_shard
+from maeast.shards.storage import open_stream
+
+log = logging.getLogger("maeast.data")
+"""Bad-data reports, one line each on stderr ("maeast: skipped sample K of SHARD: why")."""
 
 
-class BadDataWarning(UserWarning):
-    """A shard or sample was skipped (loader.on_error = "skip")."""
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a line is logged (test captures included)."""
+
+    stream = property(lambda self: sys.stderr, lambda self, value: None)
+
+
+if not log.handlers:
+    _handler = _Stderr()
+    _handler.setFormatter(logging.Formatter("maeast: %(message)s"))
+    log.addHandler(_handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 @dataclass
@@ -48,6 +66,11 @@ class Sample:
     audio: bytes
     meta: dict
     codec: str = "flac"  # format.CODECS: the audio member's extension
+    shard: str = ""  # the shard's name, for reports
+
+    @property
+    def what(self) -> str:
+        return f"sample {self.key} of shard {self.shard}"
 
 
 @dataclass
@@ -63,7 +86,7 @@ class Errors:
             raise MaeastError(f"{what}: {why} (set loader.on_error: skip to skip bad data)")
         if self.live:
             self.stats[kind] += 1
-            warnings.warn(f"skipped {what}: {why}", BadDataWarning, stacklevel=2)
+            log.warning("skipped %s: %s", what, " ".join(why.split()))
 
     def count(self, kind: str) -> None:
         if self.live:
@@ -94,42 +117,60 @@ class Plan:
 
 
 def check_shard(shard: Shard, verify: bool, errors: Errors) -> bool:
-    """False, after errors.bad, when verify is on and the shard's sha256 differs from index.json (both loaders)."""
+    """False, after errors.bad, when verify is on and the whole shard's sha256 differs from index.json:
+    a read of its own (format 1 folders; the DALI loader, which cannot check samples one by one)."""
     if not verify or verify_shard(shard.path, shard.sha256):
         return True
-    errors.bad("bad_shards", f"shard {shard.path}", "its sha256 differs from index.json (corrupt or "
+    errors.bad("bad_shards", f"shard {shard.name}", "its sha256 differs from index.json (corrupt or "
                "changed; check it with `maeast shard inspect --verify`)")
     return False
 
 
-def read_shard(shard: Shard, verify: bool, errors: Errors) -> Iterator[Sample]:
-    """The samples of one shard, in tar order; a bad shard or sample is skipped (or fails).
+def read_shard(shard: Shard, verify: bool, errors: Errors, cache: ShardCache | None = None) -> Iterator[Sample]:
+    """The samples of one shard (a file or a URL, streamed front to back; through the cache if given), in
+    tar order; a bad shard or sample is skipped (or fails). With verify, a format-2 shard's samples are
+    each checked against their JSON's sha256s as they are read; a format-1 shard is hashed whole first.
 
-    A truncated tar keeps every whole sample before the cut."""
-    if not check_shard(shard, verify, errors):
+    A truncated tar keeps every whole sample before the cut; a garbled header loses only the members
+    up to the next valid one; a remote shard that stays unreachable after storage.RETRY is skipped."""
+    per_sample = verify and shard.format >= 2
+    if not per_sample and not check_shard(shard, verify, errors):
         return
-    def broken(e: Exception) -> None:  # a truncated or garbled tar (TarFormatError), an unreadable name or file
-        errors.bad("bad_shards", f"shard {shard.path}", f"unreadable tar ({type(e).__name__}: {e})")
+    def broken(e: Exception) -> None:  # a truncated tar, an unreadable name, an unreachable shard (StorageError)
+        errors.bad("bad_shards", f"shard {shard.name}", f"unreadable ({type(e).__name__}: {e})")
 
-    for key, parts in iter_tar(shard.path, on_broken=broken):
-        sample = _parse(key, parts, shard, errors)
+    def garbled(where: str) -> None:
+        errors.bad("bad_samples", f"{where} of shard {shard.name}", "the members there are lost")
+
+    def refetched() -> None:
+        errors.count("cache_refetched")
+        if errors.live:
+            log.warning("cache entry of shard %s was corrupt: deleted, streaming it again", shard.name)
+
+    opener = open_stream if cache is None else functools.partial(cache.open, sha256=shard.sha256, on_corrupt=refetched)
+    for key, parts in iter_tar(shard.path, on_broken=broken, on_garbled=garbled, size=shard.bytes, opener=opener):
+        sample = _parse(key, parts, shard, errors, per_sample)
         if sample is not None:
             yield sample
 
 
-def _parse(key: str, parts: dict[str, bytes], shard: Shard, errors: Errors) -> Sample | None:
+def _parse(key: str, parts: dict[str, bytes], shard: Shard, errors: Errors, per_sample: bool) -> Sample | None:
     audio = audio_part(parts)
     if audio is None or "json" not in parts:
-        errors.bad("bad_samples", f"sample {key} of {shard.path.name}",
+        errors.bad("bad_samples", f"sample {key} of shard {shard.name}",
                    f"has {sorted(parts)}, needs json and flac or wav")
         return None
     try:
         meta = json.loads(parts["json"])
         int(meta["num_samples"])
     except (ValueError, KeyError, TypeError) as e:
-        errors.bad("bad_samples", f"sample {key} of {shard.path.name}", f"unreadable JSON ({e})")
+        errors.bad("bad_samples", f"sample {key} of shard {shard.name}", f"unreadable JSON ({e})")
         return None
-    return Sample(key, audio[1], meta, audio[0])
+    problem = check_members(parts, meta) if per_sample else None
+    if problem:
+        errors.bad("bad_samples", f"sample {key} of shard {shard.name}", problem)
+        return None
+    return Sample(key, audio[1], meta, audio[0], shard.name)
 
 
 def _source_stream(plan: Plan, source_id: int, slot: int, errors: Errors) -> Iterator[Iterator[Sample]]:
@@ -137,9 +178,10 @@ def _source_stream(plan: Plan, source_id: int, slot: int, errors: Errors) -> Ite
     cfg = plan.config
     source = plan.sources[source_id]
     mine = slot_shards(source, source_id, cfg.seed, plan.epoch, slot, plan.world_size * plan.workers)
+    cache = ShardCache(cfg.cache_dir, cfg.cache_gb) if cfg.cache_dir else None
     for pass_no in itertools.count():
         order = pass_order(mine, cfg.seed, plan.epoch, source_id, slot, pass_no)
-        yield itertools.chain.from_iterable(read_shard(s, cfg.verify_checksums, errors) for s in order)
+        yield itertools.chain.from_iterable(read_shard(s, cfg.verify_checksums, errors, cache) for s in order)
 
 
 def _mixed(plan: Plan, slot: int, errors: Errors) -> Iterator[Sample]:
@@ -178,6 +220,8 @@ def planned_batches(plan: Plan, worker: int, errors: Errors) -> Iterator[list[Sa
         samples = iter(segment)
         if not cfg.finetune:
             samples = (s for s in samples if _long_enough(s, min_samples, errors))
+        if cfg.class_weights is not None:
+            samples = _repeated(samples, cfg.class_weights, derive_seed(cfg.seed, plan.epoch, slot, segment_no, 8))
         if cfg.shuffle_buffer:
             rng = random.Random(derive_seed(cfg.seed, plan.epoch, slot, segment_no, 4))
             samples = wds.shuffle(cfg.shuffle_buffer, cfg.shuffle_buffer, rng=rng)(samples)
@@ -190,6 +234,15 @@ def planned_batches(plan: Plan, worker: int, errors: Errors) -> Iterator[list[Sa
         if not made:
             raise MaeastError(f"worker {worker} of rank {plan.rank} found no usable batch in a whole pass over its "
                               f"shards of {plan.sources[0].dir} (all clips bad or under min_seconds?)")
+
+
+def _repeated(samples: Iterator[Sample], weights: list[float], seed: int) -> Iterator[Sample]:
+    """Each sample k ~ Poisson(weights[its class]) times in a row (the shuffle buffer then spreads them)."""
+    generator = torch.Generator().manual_seed(seed)
+    rates = torch.tensor(weights, dtype=torch.float64)
+    for sample in samples:
+        rate = rates[int(sample.meta["label_ids"][0])].reshape(1)  # [1]
+        yield from itertools.repeat(sample, int(torch.poisson(rate, generator=generator)))
 
 
 def _long_enough(sample: Sample, min_samples: int, errors: Errors) -> bool:
@@ -220,10 +273,10 @@ def decode_window(sample: Sample, start: int, size: int, sample_rate: int, error
     except MaeastError:
         raise
     except Exception as e:  # soundfile raises its own error types for corrupt streams
-        errors.bad("bad_samples", f"sample {sample.key}", f"undecodable {sample.codec} ({type(e).__name__}: {e})")
+        errors.bad("bad_samples", sample.what, f"undecodable {sample.codec} ({type(e).__name__}: {e})")
         return None
     if len(wav) != size or not (pcm16 or np.isfinite(wav).all()):
-        errors.bad("bad_samples", f"sample {sample.key}", f"decoded {len(wav)} of samples {start}-{start + size} "
+        errors.bad("bad_samples", sample.what, f"decoded {len(wav)} of samples {start}-{start + size} "
                    f"(truncated {sample.codec})")
         return None
     return torch.from_numpy(wav).float().mul_(1 / 32768) if pcm16 else torch.from_numpy(wav)
@@ -233,7 +286,7 @@ def _matches(sample: Sample, rate: int, frames: int, channels: int, sample_rate:
     expected = int(sample.meta["num_samples"])
     if rate == sample_rate and frames == expected and channels == 1:
         return True
-    errors.bad("bad_samples", f"sample {sample.key}", f"{sample.codec} holds {frames} samples x {channels} "
+    errors.bad("bad_samples", sample.what, f"{sample.codec} holds {frames} samples x {channels} "
                f"at {rate} Hz, its JSON says {expected} x 1 at {sample_rate} Hz")
     return False
 
@@ -246,6 +299,8 @@ def materialize(samples: list[Sample], plan: Plan, worker: int, position: int, e
     cfg, rate = plan.config, plan.sample_rate
     lens = torch.tensor([int(s.meta["num_samples"]) for s in samples])  # [B]
     size = lengths.target_size(lens, cfg.finetune, round((cfg.clip_seconds or 0) * rate), round(cfg.max_seconds * rate))
+    if cfg.finetune and cfg.pad_to_longest:
+        size = min(size, int(lens.max()))
     slot = plan.rank * plan.workers + worker  # like the shard deal: the stream is a function of the slot
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, plan.epoch, slot, position, 3))
     starts = lengths.offsets(lens, size, cfg.random_crop or not cfg.finetune, generator).tolist()

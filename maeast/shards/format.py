@@ -20,6 +20,7 @@ import numpy as np
 import soundfile as sf
 
 from maeast.errors import MaeastError
+from maeast.shards.storage import Location, is_url, join, open_stream, read_bytes
 
 SCHEMA = "maeast-shards/1"
 FORMAT = 2
@@ -164,9 +165,35 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def verify_shard(path: Path, sha256: str) -> bool:
-    """Whether a shard still hashes to the sha256 recorded for it (in index.json, or a build record)."""
-    return sha256_file(path) == sha256
+def verify_shard(path: Location, sha256: str) -> bool:
+    """Whether a shard (a local file or a URL) still hashes to the sha256 recorded for it (in index.json,
+    or a build record)."""
+    if not is_url(path):
+        return sha256_file(path) == sha256
+    h = hashlib.sha256()
+    with open_stream(path) as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest() == sha256
+
+
+def index_format(index: dict) -> int:
+    """An index's format: 2 when every clip's JSON holds the sha256 of its other members (checked per
+    sample as it is read, check_members), 1 (no "format" key) when only whole shards have a sha256."""
+    return int(index.get("format", 1))
+
+
+def check_members(parts: dict[str, bytes], meta: dict) -> str | None:
+    """Format 2: None when every member but the JSON hashes to what its JSON's "sha256" records
+    (member_checksums), else which members differ."""
+    recorded = meta.get("sha256")
+    if not isinstance(recorded, dict):
+        return "its JSON records no sha256 of its members (format 2 needs them)"
+    actual = member_checksums(parts)
+    if actual == recorded:
+        return None
+    differ = sorted(ext for ext in actual.keys() | recorded.keys() if actual.get(ext) != recorded.get(ext))
+    return f"the sha256 of its {' and '.join(differ)} member{'s' * (len(differ) > 1)} differs from its JSON"
 
 
 def member_key(name: str) -> tuple[str, str]:
@@ -176,18 +203,22 @@ def member_key(name: str) -> tuple[str, str]:
     return (name, "") if cut < 0 else (name[:cut], name[cut + 1:])
 
 
-def iter_tar(path: Path, keep: Callable[[str], bool] | None = None,
-             on_broken: Callable[[Exception], None] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield (key, {extension: bytes}) per sample of one shard, in tar order (tar_members below, keys by
-    member_key): every reader of shards. Members whose name keep() rejects are skipped unread.
+def iter_tar(path: Location, keep: Callable[[str], bool] | None = None,
+             on_broken: Callable[[Exception], None] | None = None, on_garbled: Callable[[str], None] | None = None,
+             size: int | None = None, opener: Callable[[Location, int | None], BinaryIO] = open_stream,
+             ) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield (key, {extension: bytes}) per sample of one shard (a local file or a URL, read front to back
+    through storage.open_stream, or opener), in tar order (tar_members below, keys by member_key): every
+    reader of shards. Members whose name keep() rejects are skipped unread. size: the shard's bytes if known.
 
     A truncated or corrupt tar raises MaeastError naming the shard; or, given on_broken, calls it with
     the error and still yields the sample the error cut off if it is whole (json and one audio member).
+    Given on_garbled, a garbled header is skipped instead (tar_members), on_garbled told where.
     """
     key, parts = None, {}
     try:
-        with open(path, "rb", buffering=1 << 20) as f:
-            for name, data in tar_members(f, keep):
+        with opener(path, size) as f:
+            for name, data in tar_members(f, keep, on_garbled):
                 member, ext = member_key(name)
                 if parts and member != key:
                     yield key, parts
@@ -204,7 +235,7 @@ def iter_tar(path: Path, keep: Callable[[str], bool] | None = None,
         yield key, parts
 
 
-def iter_meta(path: Path) -> Iterator[tuple[str, dict]]:
+def iter_meta(path: Location) -> Iterator[tuple[str, dict]]:
     """(key, parsed JSON) per sample of one shard, the audio members seeked over, never read."""
     for key, parts in iter_tar(path, keep=lambda name: name.endswith(".json")):
         try:
@@ -218,13 +249,16 @@ class TarFormatError(Exception):
     """A tar header or member that is cut off or garbled (tar_members)."""
 
 
-def tar_members(f: BinaryIO, keep: Callable[[str], bool] | None = None) -> Iterator[tuple[str, bytes]]:
+def tar_members(f: BinaryIO, keep: Callable[[str], bool] | None = None,
+                on_garbled: Callable[[str], None] | None = None) -> Iterator[tuple[str, bytes]]:
     """(name, data) of each regular file of an uncompressed tar, in order: what tarfile writes (GNU
     and POSIX ustar; GNU long names and pax path records included), read with two f.read calls a
     member and no per-member objects; the loaders' hot path. Raises TarFormatError where the tar
-    is cut off or a header's checksum fails, after yielding every whole member before it.
-    keep(name) False: the member's data is seeked over, not read (f must be seekable)."""
-    long_name = None
+    is cut off or a header's checksum fails, after yielding every whole member before it; given
+    on_garbled, a header whose checksum fails is instead skipped, block by block, to the next valid
+    header, and on_garbled(what) told which bytes went.
+    keep(name) False: the member's data is skipped unread (seeked over where f can seek)."""
+    long_name, at = None, 0
     while True:
         header = f.read(512)
         if not header:
@@ -234,11 +268,25 @@ def tar_members(f: BinaryIO, keep: Callable[[str], bool] | None = None) -> Itera
         if not any(header):
             return  # the end-of-archive block
         if not _checksum_ok(header):
-            raise TarFormatError("a header's checksum does not match (garbled tar)")
+            if on_garbled is None:
+                raise TarFormatError("a header's checksum does not match (garbled tar)")
+            start = at
+            while len(header) == 512 and not (_checksum_ok(header) and header[257:262] == b"ustar"):
+                at += 512
+                header = f.read(512)
+            on_garbled(f"bytes {start}-{at} (a garbled tar header; skipped to the next valid one)")
+            if len(header) < 512:
+                return
+        at += 512
         size = int.from_bytes(header[125:136], "big") if header[124] & 0x80 else int(header[124:136].strip(b"\0 ") or b"0", 8)
         kind = header[156:157]
+        padded = size + (-size) % 512
+        at += padded
         if keep is not None and kind in (b"0", b"\0", b"7") and not keep(long_name or _name(header)):
-            f.seek(size + (-size) % 512, 1)
+            if f.seekable():
+                f.seek(padded, 1)
+            else:
+                _skip(f, padded)
             long_name = None
             continue
         data = f.read(size)
@@ -258,6 +306,14 @@ def tar_members(f: BinaryIO, keep: Callable[[str], bool] | None = None) -> Itera
             long_name = None
         else:
             long_name = None  # directories, links, global pax headers: no data for a sample
+
+
+def _skip(f: BinaryIO, n: int) -> None:
+    while n > 0:
+        got = len(f.read(min(n, 1 << 20)))
+        if not got:
+            raise TarFormatError("truncated member (the stream ended inside it)")
+        n -= got
 
 
 def _name(header: bytes) -> str:
@@ -280,13 +336,13 @@ def _checksum_ok(header: bytes) -> bool:
     return int(stored, 8) == signed
 
 
-def read_index(shard_dir: Path) -> dict:
-    """Load and check a shard folder's index.json."""
-    path = Path(shard_dir) / INDEX
-    if not path.is_file():
+def read_index(shard_dir: Location) -> dict:
+    """Load and check a shard folder's index.json (a local folder or a URL: storage.read_bytes)."""
+    path = join(shard_dir, INDEX)
+    if not is_url(path) and not Path(path).is_file():
         raise MaeastError(f"no {INDEX} in {shard_dir} (build shards with `maeast shard build`)")
     try:
-        index = json.loads(path.read_text())
+        index = json.loads(read_bytes(path))
     except json.JSONDecodeError as e:
         raise MaeastError(f"{path} is not valid JSON ({e}); rebuild the shards") from None
     if index.get("schema") != SCHEMA:
@@ -294,10 +350,10 @@ def read_index(shard_dir: Path) -> dict:
     return index
 
 
-def shard_paths(shard_dir: Path, split: str, index: dict | None = None) -> list[Path]:
-    """The shard files of one split, in index order."""
+def shard_paths(shard_dir: Location, split: str, index: dict | None = None) -> list[Location]:
+    """The shard files of one split, in index order (Paths in a local folder, URLs in a remote one)."""
     index = index or read_index(shard_dir)
     splits = index["splits"]
     if split not in splits:
         raise MaeastError(f"split {split!r} not in {shard_dir}; it has: {', '.join(sorted(splits))}")
-    return [Path(shard_dir) / s["name"] for s in splits[split]["shards"]]
+    return [join(shard_dir, s["name"]) for s in splits[split]["shards"]]
