@@ -53,7 +53,7 @@ def remote_files(s3, prefix: str) -> dict[str, bytes]:
 
 def test_build_to_s3_gives_the_local_bytes(corpus, local, s3):
     assert sum(name.endswith(".tar") for name in local) >= 4
-    index = build_shards("folder", corpus, s3.url("corpus/shards"), shard_size_mb=SIZE_MB)
+    index = build_shards("folder", corpus, s3.url("corpus/shards"), shard_size_mb=SIZE_MB, workers=2)
     assert remote_files(s3, "corpus/shards") == local  # every shard, its DALI index, rejects.tsv, index.json
     assert index["format"] == 2
     uploads = count_uploads(s3)
