@@ -2,7 +2,8 @@
 
 - s3: moto in server mode (`moto[server]`), a subprocess on a free port, reached through s3fs exactly
   as users reach AWS (dummy credentials and MAEAST_S3_ENDPOINT_URL in the environment); each test
-  gets a fresh bucket. `s3.upload(folder, "prefix")` copies a local shard folder and returns its URL.
+  gets a fresh bucket. `s3.upload(folder, "prefix")` copies a local shard folder and returns its URL;
+  inside `credentials_checked(endpoint)` every key is refused.
 - http_server: Python's http.server over a folder (with Range requests, as object stores answer them).
 - faulty: a proxy in front of either that, seeded, resets connections mid-body, answers 503 and cuts
   bodies short at random offsets, on a chosen fraction of requests.
@@ -11,8 +12,10 @@
 from __future__ import annotations
 
 import contextlib
+import contextlib
 import http.client
 import http.server
+import json
 import json
 import random
 import re
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -130,6 +134,23 @@ def credentials_checked(endpoint: str):
         yield
     finally:
         reset(previous)
+
+
+@contextlib.contextmanager
+def credentials_checked(endpoint: str):
+    """Inside: the moto server checks every request's credentials against its (empty) IAM, so any key is
+    refused (403 InvalidAccessKeyId), as AWS refuses a wrong or revoked one."""
+    def reset_auth(count: str) -> str:
+        request = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=count.encode(), method="POST",
+                                         headers={"Content-Type": "text/plain"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return str(json.loads(response.read())["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"])
+
+    previous = reset_auth("0")
+    try:
+        yield
+    finally:
+        reset_auth(previous)
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
