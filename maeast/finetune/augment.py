@@ -10,6 +10,11 @@ cell takes its clip's mean over real frames instead, which is 0 for normalized f
 Mixup as SSAST: with probability p a clip is mixed with another clip of the batch, weight
 lam ~ Beta(alpha, alpha) (alpha 10), targets mixed alike. SSAST mixes waveforms before the fbank;
 we mix fbank frames (log-mel), the usual choice when features come precomputed from the loader.
+
+Noise and roll as SSAST's --noise (src/dataloader.py, the last step of __getitem__, on the fbank
+normalized to (x - mean) / (2 * std)): uniform noise of a random amplitude, then a circular shift in time.
+
+The order is SSAST's: mixup, then SpecAugment, then noise and roll.
 """
 
 from __future__ import annotations
@@ -70,3 +75,40 @@ def mixup(features: torch.Tensor, padding_mask: torch.Tensor | None, targets: to
         partner = torch.where(chosen.to(padding_mask.device).unsqueeze(1), padding_mask[perm], padding_mask)
         padding_mask = padding_mask & partner
     return mixed, padding_mask, mixed_targets
+
+
+MAX_SHIFT = 10
+"""SSAST rolls by np.random.randint(-10, 10): -10..9 frames."""
+
+
+def noise_roll(features: torch.Tensor, padding_mask: torch.Tensor | None, unit: float | None,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """features [B, T, F] -> (noisy, rolled copy, its padding mask rolled alike). Per clip, SSAST's
+
+        fbank = fbank + torch.rand(fbank.shape[0], fbank.shape[1]) * np.random.rand() / 10
+        fbank = torch.roll(fbank, np.random.randint(-10, 10), 0)
+
+    drawn from `generator` in this order: the noise [B, T, F] (torch.rand), the amplitudes [B] (torch.rand)
+    and the shifts [B] (torch.randint(-10, 10)). `unit` is one unit of SSAST's normalized features in ours:
+    1.0 for features normalized with dataset statistics (an fbank preset with norm_mean/norm_std); None for
+    raw log-mel: twice each clip's standard deviation over its real frames (SSAST divides by 2 x std)."""
+    B, T, F = features.shape
+    noise = torch.rand(B, T, F, generator=generator)  # [B, T, F]
+    amplitude = torch.rand(B, generator=generator) / 10  # [B]
+    shift = torch.randint(-MAX_SHIFT, MAX_SHIFT, (B,), generator=generator)  # [B]
+    scale = amplitude.to(features.device)  # [B]
+    if unit is None:
+        real = (torch.ones(B, T, dtype=torch.bool, device=features.device) if padding_mask is None
+                else ~padding_mask).unsqueeze(2).to(torch.float32)  # [B, T, 1]
+        count = (real.sum(dim=(1, 2)) * F).clamp(min=2)  # [B]
+        x = features.float()
+        mean = (x * real).sum(dim=(1, 2)) / count
+        std = (((x - mean.view(B, 1, 1)) ** 2 * real).sum(dim=(1, 2)) / count).sqrt()
+        scale = scale * 2 * std
+    else:
+        scale = scale * unit
+    noisy = features + (noise.to(features.device) * scale.view(B, 1, 1)).to(features.dtype)
+    source = (torch.arange(T).unsqueeze(0) - shift.unsqueeze(1)) % T  # [B, T]: torch.roll's out[t] = x[t - k]
+    source = source.to(features.device)
+    rolled = noisy.gather(1, source.unsqueeze(2).expand(B, T, F))
+    return rolled, None if padding_mask is None else padding_mask.gather(1, source)

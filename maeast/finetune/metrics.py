@@ -73,3 +73,20 @@ def summarize(values: list[float]) -> dict[str, float]:
     mean = sum(values) / len(values)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
     return {"mean": mean, "std": std}
+
+
+def best_epoch_over_folds(per_fold: list[dict[int, float]]) -> tuple[int, float]:
+    """Per fold {epoch: test metric} -> (the epoch whose mean over the folds is best, that mean).
+
+    SSAST's get_esc_result.py: the folds' result.csv rows (one per epoch) are averaged and the best row
+    taken, `best_epoch = np.argmax(result[:, 0])`, "the best epoch based on AVERAGED accuracy across 5 folds,
+    not the best epoch for each fold (which leads to over-optimistic results)". Only epochs that every fold
+    evaluated count; a tie goes to the earliest epoch, as np.argmax."""
+    if not per_fold:
+        raise ValueError("no fold to select an epoch over")
+    common = sorted(set.intersection(*(set(f) for f in per_fold)))
+    if not common:
+        raise ValueError("the folds share no evaluated epoch")
+    means = {e: sum(f[e] for f in per_fold) / len(per_fold) for e in common}
+    best = max(common, key=lambda e: (means[e], -e))
+    return best, means[best]
