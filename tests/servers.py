@@ -222,6 +222,7 @@ class Faults:
     seed: int
     only: str = ".tar"
     counts: dict[str, int] = field(default_factory=lambda: {"reset": 0, "503": 0, "cut": 0, "short": 0, "ok": 0})
+    paths: list[str] = field(default_factory=list)  # every GET, in order
     rng: random.Random = field(init=False)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -231,6 +232,7 @@ class Faults:
     def draw(self, path: str) -> tuple[str, float]:
         """(fault kind or "ok", where in the body it strikes as a fraction)."""
         with self.lock:
+            self.paths.append(path)
             if self.only not in path or self.rng.random() >= self.rate:
                 kind = "ok"
             else:
@@ -270,12 +272,13 @@ def proxy_handler(upstream: str, faults: Faults):
             cut = int(len(data) * where) if kind != "ok" else len(data)
             self.send_response(response.status)
             for k, v in response.getheaders():
-                if k.lower() not in ("connection", "content-length", "transfer-encoding"):
+                if k.lower() not in ("connection", "content-length", "transfer-encoding") or not body:
                     self.send_header(k, v)
+            if not body:  # HEAD: the upstream's headers, Content-Length included
+                self.end_headers()
+                return
             self.send_header("Content-Length", str(cut if kind == "short" else len(data)))
             self.end_headers()
-            if not body:
-                return
             self.wfile.write(data[:cut])
             self.wfile.flush()
             if kind in ("reset", "cut"):

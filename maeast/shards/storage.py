@@ -188,9 +188,12 @@ def read_bytes(location: Location) -> bytes:
     """A small object whole (index.json, a build record); a failure is a one-line MaeastError."""
     if not is_url(location):
         return local_path(location).read_bytes()
-    try:
+    if str(location).startswith("pipe:"):
         with open_stream(location) as f:
             return f.read()
+    fs, path = filesystem(location)
+    try:
+        return retried(location, lambda: fs.cat_file(path))
     except StorageError as e:
         raise MaeastError(str(e)) from None
 
@@ -238,10 +241,13 @@ def open_stream(location: Location, size: int | None = None) -> BinaryIO:
 class RangeReader(io.RawIOBase):
     """An fsspec object read in CHUNK-sized ranges front to back, the next range fetched while this one is read."""
 
-    def __init__(self, location: str, size: int | None = None, chunk: int = CHUNK):
-        self.location, self.chunk = location, chunk
+    def __init__(self, location: str, size: int | None = None, chunk: int | None = None):
+        self.location, self.chunk = location, chunk or CHUNK
         self.fs, self.path = filesystem(location)
         self.size = size if size is not None else retried(location, lambda: self.fs.size(self.path))
+        if self.size is None:
+            raise StorageError(f"{redact(location)}: the server does not say the object's size; serve it with a "
+                               f"Content-Length (or use s3:// or gs://)")
         self.data, self.at, self.next_start = memoryview(b""), 0, 0
         self.pool = ThreadPoolExecutor(1)
         self.ahead: Future | None = self._fetch_next()
