@@ -22,14 +22,22 @@ config, then mapped (ours <- official):
     decoder.mask_token                    <- decoder_mask_emb
     decoder.transformer.*                 <- decoder.*  (as the encoder stack)
     decoder.head_recon.*, decoder.head_nce.* <- final_proj_reconstruction.*, final_proj_classification.*
+    encoder.positions.table, decoder.positions.table <- {enc,dec}_sine_pos_embed.pe[0, :POSITIONS_KEPT]
+                                          only when they differ from exact sinusoids (below)
 Checked, then left out (no effect on any output of the official model):
-    enc_sine_pos_embed.pe, dec_sine_pos_embed.pe   equal to our sinusoid (rows < POSITIONS_CHECKED),
-                                                   which the model recomputes for any length
+    enc_sine_pos_embed.pe, dec_sine_pos_embed.pe   when both equal our float32 sinusoid to PE_EXACT
+                                                   (rows < POSITIONS_KEPT): the model recomputes them
     layer_norm.*                                   LayerNorm(feature_dim) that forward never calls
     encoder_mask_emb                               masked tokens are removed before the encoder
 Anything else, and configs our model cannot represent (convolutional positions, no sinusoidal
 positions, overlapping patches, non-GELU activations, waveform-normalized or delta features), is
 refused with a message naming the tensor or the config field. Half-precision weights become float32.
+
+Positions: fairseq's fp16 training (common.fp16, as the official config) saved the sinusoid tables
+rounded to float16, up to 2.4e-4 off, and the released models were trained with those numbers. A
+table further than PE_EXACT from our sinusoid (but within PE_ATOL: still the official layout) is kept:
+the converted model gets ModelConfig.stored_positions = its rows and adds the checkpoint's own
+numbers, which reproduces the official forward to float32 noise (tests/test_convert.py, layer by layer).
 """
 
 from __future__ import annotations
@@ -49,8 +57,9 @@ from maeast.features import get_config as get_fbank
 from maeast.model import MAEAST, ModelConfig
 from maeast.model.positions import sinusoid
 
-POSITIONS_CHECKED = 4096  # pe rows compared: 65 s of patch tokens, 82 s of frame tokens
-PE_ATOL = 1e-3  # float32 pe differs from ours by a few ulps of the angle (exp rounding); a wrong layout by ~1
+POSITIONS_KEPT = 8192  # pe rows compared, and kept when they differ: 131 s of patch tokens, 164 s of frame tokens
+PE_ATOL = 1e-3  # the official layout: float16 rounding is within 2.4e-4 of ours, a wrong layout ~1 off
+PE_EXACT = 1e-5  # our float32 sinusoid: within a few ulps of the sine (the same float32 angles)
 
 # The official defaults (MAE_AST_Config, MAE_AST_Pretraining_Config, MAE_AST_Criterion_Config),
 # used for any field a checkpoint's config leaves out.
@@ -60,15 +69,17 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "encoder_attention_heads": 12, "activation_fn": "gelu", "layer_norm_first": False, "use_post_enc_proj": False,
     "decoder_embed_dim": 768, "decoder_layers": 2, "decoder_layerdrop": 0.0, "dropout": 0.1,
     "attention_dropout": 0.1, "activation_dropout": 0.0, "encoder_layerdrop": 0.0, "dropout_input": 0.0,
-    "random_mask_prob": 0.75, "max_token_length": 48000, "enc_sine_pos": False, "dec_sine_pos": False,
+    "random_mask_prob": 0.75, "mask_length": 10, "max_token_length": 48000, "enc_sine_pos": False, "dec_sine_pos": False,
     "enc_conv_pos": False, "dec_conv_pos": False}
 TASK_DEFAULTS: dict[str, Any] = {
     "sample_rate": 16000, "feature_type": "wav", "feature_rate": 100, "feature_dim": 100, "deltas": True,
     "normalize": False, "mask_type": "random_mask", "max_sample_size": None}
 CRITERION_DEFAULTS: dict[str, Any] = {"reconstruction_weight": 10.0, "classification_weight": 1.0}
-MASK_TYPES = {"random_mask": "random", "random_mask_batched": "random", "chunk_mask": "chunk"}
-DROPPED = {"enc_sine_pos_embed.pe": "equal to our sinusoid positions, recomputed at run time",
-           "dec_sine_pos_embed.pe": "equal to our sinusoid positions, recomputed at run time",
+MASK_TYPES = {"random_mask": "random", "random_mask_batched": "random", "chunk_mask": "chunk_official",
+              "retain_spans": "retain_spans"}
+POSITION_TABLES = {"encoder.positions.table": "enc_sine_pos_embed.pe", "decoder.positions.table": "dec_sine_pos_embed.pe"}
+DROPPED = {"enc_sine_pos_embed.pe": "equal to our sinusoid positions, recomputed at run time (else kept)",
+           "dec_sine_pos_embed.pe": "equal to our sinusoid positions, recomputed at run time (else kept)",
            "layer_norm.weight": "LayerNorm(feature_dim) never called by the official forward",
            "layer_norm.bias": "LayerNorm(feature_dim) never called by the official forward",
            "encoder_mask_emb": "masked tokens are removed before the encoder: never reaches an output"}
@@ -205,7 +216,8 @@ def model_config(off: Official) -> ModelConfig:
          f"task.feature_dim {t['feature_dim']} not a multiple of model.ast_kernel_size_chan "
          f"{m['ast_kernel_size_chan']} (the official Unfold drops the last bins)")
     mask = MASK_TYPES.get(str(t["mask_type"]), "random")  # masking only matters to continued pretraining
-    ratio = float(m["random_mask_prob"]) if 0 < float(m["random_mask_prob"]) < 1 else 0.75
+    spans = mask == "retain_spans"  # random_mask_prob is its span probability (1.45 in the README)
+    ratio = float(m["random_mask_prob"]) if 0 < float(m["random_mask_prob"]) < 1 and not spans else 0.75
     return ModelConfig(
         n_mels=int(t["feature_dim"]), patch_time=int(m["ast_kernel_size_time"]),
         patch_freq=int(m["ast_kernel_size_chan"]), input_norm="batchnorm", input_scale=0.5,
@@ -218,6 +230,7 @@ def model_config(off: Official) -> ModelConfig:
         decoder_dim=int(m["decoder_embed_dim"]), decoder_depth=int(m["decoder_layers"]),
         decoder_heads=int(m["encoder_attention_heads"]), decoder_ffn_dim=int(m["encoder_ffn_embed_dim"]),
         decoder_layerdrop=float(m["decoder_layerdrop"]), mask_type=mask, mask_ratio=ratio,
+        span_length=int(m["mask_length"]), span_prob=float(m["random_mask_prob"]) if spans else 1.45,
         mse_weight=float(c["reconstruction_weight"]), infonce_weight=float(c["classification_weight"]),
         init="official")
 
@@ -306,27 +319,33 @@ def convert_state_dict(state: dict[str, torch.Tensor], off: Official) -> tuple[M
     pairs = key_map(cfg)
     used = {k for keys in pairs.values() for k in keys}
     assert used | set(DROPPED) >= set(expected), sorted(set(expected) - used - set(DROPPED))
-    for key in ("enc_sine_pos_embed.pe", "dec_sine_pos_embed.pe"):
-        check_positions(key, state[key])
+    if any(not check_positions(key, state[key]) for key in POSITION_TABLES.values()):
+        rows = min(state["enc_sine_pos_embed.pe"].shape[1], POSITIONS_KEPT)
+        cfg = dataclasses.replace(cfg, stored_positions=rows)
+        pairs |= {ours: (theirs,) for ours, theirs in POSITION_TABLES.items()}
     out = {}
     for ours, theirs in pairs.items():
         parts = [state[k] for k in theirs]
         t = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+        if ours in POSITION_TABLES:
+            t = t[0, :cfg.stored_positions]  # [1, L, D] -> [rows, D]
         out[ours] = t.float() if t.is_floating_point() else t
     return cfg, out
 
 
-def check_positions(key: str, pe: torch.Tensor) -> None:
-    """The official pe table [1, L, D] must be the sinusoid our model adds (on its first rows)."""
+def check_positions(key: str, pe: torch.Tensor) -> bool:
+    """Whether the official pe table [1, L, D] is our float32 sinusoid (on its first rows); a table that
+    is not the official layout at all is refused."""
     if pe.is_meta:
-        return
-    rows = min(pe.shape[1], POSITIONS_CHECKED)
+        return True
+    rows = min(pe.shape[1], POSITIONS_KEPT)
     ours = sinusoid(rows, pe.shape[2])  # [rows, D]
     error = float((pe[0, :rows].float() - ours).abs().max())
     tolerance = PE_ATOL + 2 * torch.finfo(pe.dtype).eps if pe.is_floating_point() else 0.0
     if not error <= tolerance:
         raise MaeastError(f"cannot convert {key}: it differs from maeast's sinusoid positions by {error:.3g} "
                           f"(tolerance {tolerance:.3g}); these are not the official MAE-AST positions")
+    return error <= PE_EXACT
 
 
 # ---- the command ------------------------------------------------------------------------------------
@@ -366,5 +385,6 @@ def convert_official(checkpoint: str | Path, out: str | Path) -> Converted:
     write_encoder(weights, meta, out)
     write_model(weights, meta, out)
     dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()})
-    return Converted(out, cfg, len(state) - len(DROPPED.keys() & state.keys()), sorted(DROPPED.keys() & state.keys()),
-                     "/".join(dtypes), step if isinstance(step, int) else None)
+    dropped = sorted(DROPPED.keys() & state.keys() - ({*POSITION_TABLES.values()} if cfg.stored_positions else set()))
+    return Converted(out, cfg, len(state) - len(dropped), dropped, "/".join(dtypes),
+                     step if isinstance(step, int) else None)

@@ -9,6 +9,7 @@ MultiheadAttention with separate q/k/v projections, BatchNorm * 0.5, nn.Unfold p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import enum
 import math
 import sys
@@ -29,6 +30,7 @@ from maeast.convert import convert_official, convert_state_dict, official_config
 from maeast.errors import MaeastError
 from maeast.features import fbank
 from maeast.model import MAEAST, Encoder, make_config
+from maeast.model.positions import sinusoid
 from tests.conftest import speak
 
 # The README's pretraining commands over config/pretrain/mae_ast.yaml.
@@ -122,21 +124,17 @@ def small(kernel: dict, **over) -> dict:
     return {**YAML_MODEL, **kernel, **SMALL, **over}
 
 
-def official_encoder_forward(s: dict, m: dict, feats: torch.Tensor) -> torch.Tensor:
-    """The official forward (mask=False, features_only=True, eval) in plain torch: [B, T, F] -> [B, N, D]."""
-    pt, pf, D, heads = m["ast_kernel_size_time"], m["ast_kernel_size_chan"], m["encoder_embed_dim"], \
-        m["encoder_attention_heads"]
-    x = feats.unsqueeze(1)  # [B, 1, T, F]
-    x = (x - s["batch_norm.running_mean"]) / torch.sqrt(s["batch_norm.running_var"] + 1e-5) * 0.5
-    x = F.unfold(x, kernel_size=(pt, pf), stride=(pt, pf)).transpose(-1, -2)  # [B, N, pt * pf]
-    x = F.linear(x, s["post_extract_proj.weight"], s["post_extract_proj.bias"])
-    x = x + s["enc_sine_pos_embed.pe"][:, : x.shape[1]]
+def official_stack(s: dict, prefix: str, x: torch.Tensor, m: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """fairseq-style TransformerEncoder of MAE-AST (eval, no padding): x [B, N, D] -> (x, hidden_states)."""
+    layers = m["encoder_layers"] if prefix == "encoder" else m["decoder_layers"]
+    D, heads = x.shape[-1], m["encoder_attention_heads"]  # the decoder takes the encoder's heads and FFN
     ln = lambda y, k: F.layer_norm(y, (D,), s[k + ".weight"], s[k + ".bias"], 1e-5)  # noqa: E731
     first = m["layer_norm_first"]
     if not first:
-        x = ln(x, "encoder.layer_norm")
-    for i in range(m["encoder_layers"]):
-        p = f"encoder.layers.{i}."
+        x = ln(x, f"{prefix}.layer_norm")
+    hidden_states = []
+    for i in range(layers):
+        p = f"{prefix}.layers.{i}."
 
         def attn(y):
             B, N, _ = y.shape
@@ -159,7 +157,48 @@ def official_encoder_forward(s: dict, m: dict, feats: torch.Tensor) -> torch.Ten
         else:
             x = ln(x + attn(x), p + "self_attn_layer_norm")
             x = ln(x + ffn(x), p + "final_layer_norm")
-    return ln(x, "encoder.layer_norm") if first else x
+        hidden_states.append(x)
+    return (ln(x, f"{prefix}.layer_norm") if first else x), hidden_states
+
+
+def official_tokens(s: dict, m: dict, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm (eval) x 0.5, nn.Unfold patches, post_extract_proj: [B, T, F] -> (patches, features)."""
+    pt, pf = m["ast_kernel_size_time"], m["ast_kernel_size_chan"]
+    x = feats.unsqueeze(1)  # [B, 1, T, F]
+    x = (x - s["batch_norm.running_mean"]) / torch.sqrt(s["batch_norm.running_var"] + 1e-5) * 0.5
+    patches = F.unfold(x, kernel_size=(pt, pf), stride=(pt, pf)).transpose(-1, -2)  # [B, N, pt * pf]
+    return patches, F.linear(patches, s["post_extract_proj.weight"], s["post_extract_proj.bias"])
+
+
+def official_encoder_forward(s: dict, m: dict, feats: torch.Tensor, hidden: bool = False):
+    """The official forward (mask=False, features_only=True, eval) in plain torch: [B, T, F] -> [B, N, D]
+    (with hidden=True: (x, the hidden_states of every layer))."""
+    _, x = official_tokens(s, m, feats)
+    x = x + s["enc_sine_pos_embed.pe"][:, : x.shape[1]]
+    x, hidden_states = official_stack(s, "encoder", x, m)
+    return (x, hidden_states) if hidden else x
+
+
+def official_masked_forward(s: dict, m: dict, feats: torch.Tensor, retained: list[int], masked: list[int]):
+    """The official forward with one mask for the batch (eval): -> (logit_m_list_recon, logit_m_list_class,
+    target_m_list), the masked tokens in index order."""
+    patches, features = official_tokens(s, m, feats)
+    B, T, C = features.shape
+    features = features + s["enc_sine_pos_embed.pe"][:, :T]
+    x, _ = official_stack(s, "encoder", features[:, retained], m)
+    if m["use_post_enc_proj"]:
+        x = F.linear(x, s["post_enc_proj.weight"], s["post_enc_proj.bias"])
+    full_x = torch.empty((B, T, x.shape[-1]), dtype=x.dtype)
+    full_x[:, retained] = x
+    full_x[:, masked] = s["decoder_mask_emb"]
+    full_x = full_x + s["dec_sine_pos_embed.pe"][:, :T]
+    x, _ = official_stack(s, "decoder", full_x, m)
+    mask_indices = torch.zeros(B, T, dtype=torch.bool)
+    mask_indices[:, masked] = True
+    x = x[mask_indices].view(B, len(masked), -1)
+    return (F.linear(x, s["final_proj_reconstruction.weight"], s["final_proj_reconstruction.bias"]),
+            F.linear(x, s["final_proj_classification.weight"], s["final_proj_classification.bias"]),
+            patches[mask_indices].view(B, len(masked), -1))
 
 
 def hand_copied_encoder(s: dict, m: dict) -> Encoder:
@@ -216,7 +255,8 @@ def test_converted_encoder_matches_hand_copy_and_official_forward(kernel, over, 
     assert set(done.dropped) == {"enc_sine_pos_embed.pe", "dec_sine_pos_embed.pe", "layer_norm.weight",
                                  "layer_norm.bias", "encoder_mask_emb"}
     converted = maeast.load_encoder(tmp_path / "out").encoder
-    assert converted.cfg.mask_type == "chunk" and converted.cfg.decoder_dim == m["decoder_embed_dim"]
+    assert converted.cfg.mask_type == "chunk_official" and converted.cfg.decoder_dim == m["decoder_embed_dim"]
+    assert converted.cfg.stored_positions == 0 and "positions.table" not in converted.state_dict()
     ours = converted(speech).x  # [B, N, D]
     by_hand = hand_copied_encoder(state, m)(speech).x
     reference = official_encoder_forward(state, m, speech)
@@ -233,19 +273,75 @@ def test_converted_encoder_matches_hand_copy_and_official_forward(kernel, over, 
         assert torch.equal(model.decoder.proj.weight, state["post_enc_proj.weight"])
 
 
-def test_half_precision_weights_become_float32(speech, tmp_path):
-    m = small(PATCH)
+def fp16_checkpoint(m: dict, path, mask_type: str = "chunk_mask") -> OrderedDict:
+    """A checkpoint as fairseq's fp16 training saves it: every float tensor, pe tables included, in float16."""
     state = OrderedDict((k, v.half() if v.is_floating_point() else v) for k, v in official_state(m).items())
-    torch.save(fairseq_checkpoint(state, m, YAML_TASK), tmp_path / "fp16.pt")
+    torch.save(fairseq_checkpoint(state, m, {**YAML_TASK, "mask_type": mask_type}), path)
+    return OrderedDict((k, v.float() if v.is_floating_point() else v) for k, v in state.items())  # its numbers
+
+
+@pytest.mark.parametrize("kernel,over", [(PATCH, {}), (FRAME, {"layer_norm_first": True})], ids=["patch", "frame-preLN"])
+def test_fp16_checkpoint_keeps_its_positions_and_matches_the_official_layer_by_layer(kernel, over, speech, tmp_path):
+    m = small(kernel, **over)
+    upcast = fp16_checkpoint(m, tmp_path / "fp16.pt")
     done = convert_official(tmp_path / "fp16.pt", tmp_path / "out")
     assert done.source_dtype == "float16"
+    assert "enc_sine_pos_embed.pe" not in done.dropped and "dec_sine_pos_embed.pe" not in done.dropped
     enc = maeast.load_encoder(tmp_path / "out").encoder
-    assert enc.proj.weight.dtype == torch.float32
-    upcast = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    # the stored float16 pe is within 5e-4 of the float32 sinusoid our model recomputes
-    torch.testing.assert_close(enc(speech).x, official_encoder_forward(upcast, m, speech), atol=2e-3, rtol=0)
-    upcast["enc_sine_pos_embed.pe"] = official_pe(m["max_token_length"], m["encoder_embed_dim"])
-    torch.testing.assert_close(enc(speech).x, official_encoder_forward(upcast, m, speech), atol=1e-4, rtol=0)
+    assert enc.proj.weight.dtype == torch.float32 and enc.cfg.stored_positions == m["max_token_length"]
+    pe = upcast["enc_sine_pos_embed.pe"][0]
+    assert torch.equal(enc.positions.table, pe)
+    assert 1e-4 < float((pe - official_pe(m["max_token_length"], 32)[0]).abs().max()) < 2.5e-4  # fp16 rounding
+
+    ours = enc(speech, layer_results=True)
+    reference, hidden = official_encoder_forward(upcast, m, speech, hidden=True)
+    assert len(ours.layers) == len(hidden) == m["encoder_layers"]
+    for mine, theirs in zip(ours.layers + [ours.x], hidden + [reference]):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)  # float32 noise (measured ~1e-6), every layer
+
+    # The same weights with exact sinusoids (what conversion did before) are measurably further off.
+    exact = Encoder(dataclasses.replace(enc.cfg, stored_positions=0)).eval()
+    exact.load_state_dict({k: v for k, v in enc.state_dict().items() if k != "positions.table"})
+    with torch.no_grad():
+        assert float((exact(speech).x - reference).abs().max()) > 1e-4  # measured 3-4.5e-4 at every layer
+
+    # The whole model: the decoder adds the stored table too, and the heads match the official ones.
+    model, info = load_model(tmp_path / "out")
+    assert torch.equal(model.decoder.positions.table, upcast["dec_sine_pos_embed.pe"][0])
+    assert info["model"]["stored_positions"] == m["max_token_length"]
+    out = model(speech, generator=torch.Generator().manual_seed(0))  # chunk_official: one mask for the batch
+    masked = out.ids_masked[0].tolist()
+    assert all(out.ids_masked[b].tolist() == masked for b in range(speech.shape[0]))
+    retained = sorted(set(range(out.mask.shape[1])) - set(masked))
+    recon, classify, target = official_masked_forward(upcast, m, speech, retained, masked)
+    torch.testing.assert_close(out.target, target, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.recon, recon, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.classify, classify, atol=1e-5, rtol=0)
+
+
+def test_float32_checkpoint_recomputes_its_positions(speech, tmp_path):
+    m = small(FRAME, random_mask_prob=1.45, mask_length=10)  # the README's retain_spans command
+    state = official_state(m)
+    torch.save(fairseq_checkpoint(state, m, {**YAML_TASK, "mask_type": "retain_spans"}), tmp_path / "fp32.pt")
+    done = convert_official(tmp_path / "fp32.pt", tmp_path / "out")
+    assert {"enc_sine_pos_embed.pe", "dec_sine_pos_embed.pe"} <= set(done.dropped)
+    enc = maeast.load_encoder(tmp_path / "out").encoder
+    assert enc.cfg.stored_positions == 0 and enc.positions.table is None
+    assert (enc.cfg.mask_type, enc.cfg.span_prob, enc.cfg.span_length, enc.cfg.mask_ratio) == ("retain_spans", 1.45,
+                                                                                                10, 0.75)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(speech).x, official_encoder_forward(state, m, speech), atol=1e-5, rtol=0)
+
+
+def test_stored_positions_past_the_table_are_exact_sinusoids():
+    cfg = make_config("tiny", stored_positions=4)
+    enc = Encoder(cfg)
+    with torch.no_grad():
+        enc.positions.table.copy_(torch.full((4, cfg.dim), 0.5))
+    rows = enc.positions(10, torch.device("cpu"), torch.float32)
+    assert torch.equal(rows[:4], torch.full((4, cfg.dim), 0.5))
+    assert torch.equal(rows[4:], sinusoid(10, cfg.dim)[4:])
+    assert "positions.table" in enc.state_dict() and "positions.table" not in Encoder(make_config("tiny")).state_dict()
 
 
 def fake_module(name: str, **classes) -> types.ModuleType:
@@ -311,7 +407,7 @@ def test_full_size_key_listing(kernel, mask, preset):
     state = {k: torch.empty(shape, device="meta") for k, shape in listing.items()}
     off = official_config(fairseq_checkpoint(state, m, {**YAML_TASK, "mask_type": mask}))
     cfg, weights = convert_state_dict(state, off)
-    assert cfg == make_config(preset, mask_type="chunk" if mask == "chunk_mask" else "random")
+    assert cfg == make_config(preset, mask_type="chunk_official" if mask == "chunk_mask" else "random")
     with torch.device("meta"):
         ours = MAEAST(cfg).state_dict()
     assert {k: tuple(v.shape) for k, v in weights.items()} == {k: tuple(v.shape) for k, v in ours.items()}

@@ -56,6 +56,12 @@ class ModelConfig:
     layerdrop: float = 0.05
     """Probability of skipping each encoder layer in training."""
 
+    stored_positions: int = 0
+    """Rows of a stored position table in the encoder and decoder (buffers `positions.table`): 0, every
+    model maeast trains, adds exact sinusoids for any length; convert-official sets it when a
+    checkpoint's own tables differ from them (fairseq fp16 training rounded them), so that the converted
+    model adds the numbers the official one was trained with. Tokens past the table get exact sinusoids."""
+
     # Decoder
     decoder_dim: int = 768
     """Decoder width; a width other than dim adds a linear projection after the encoder."""
@@ -70,13 +76,23 @@ class ModelConfig:
 
     # Masking
     mask_type: str = "random"
-    """A name in maeast.model.masking.MASKS: 'random', 'chunk' or 'tf'."""
+    """A name in maeast.model.masking.MASKS. Ours: 'random' (the official random_mask), 'chunk' (a mask
+    per clip of square blocks; spans on frames), 'tf' (time and frequency lines). The official
+    variants by name: 'chunk_official' (one chunk side and one mask per batch, blocks in token-index
+    space) and 'retain_spans' (wav2vec 2.0 spans, which are the tokens kept)."""
     mask_ratio: float = 0.75
-    """Fraction of each clip's real tokens that are masked."""
+    """Fraction of each clip's real tokens that are masked; visible = max(1, floor((1 - ratio) * n)),
+    as the official int(). Not used by retain_spans (span_prob sets its coverage)."""
     chunk_min: int = 3
     """Smallest chunk side in tokens (square blocks on patches, spans on frames)."""
     chunk_max: int = 5
     """Largest chunk side in tokens."""
+    span_length: int = 10
+    """retain_spans: tokens per span (the official mask_length)."""
+    span_prob: float = 1.45
+    """retain_spans: expected span starts per token x span_length (fairseq's mask_prob; the official
+    random_mask_prob 1.45 of the README's retain_spans command). Spans overlap and are the tokens
+    *kept*: 1.45 keeps about 74% of each clip, 0.29 about 23%."""
 
     # Losses
     mse_weight: float = 10.0
@@ -99,7 +115,7 @@ class ModelConfig:
 
         for name in ("n_mels", "patch_time", "patch_freq", "dim", "depth", "heads", "ffn_dim",
                      "decoder_dim", "decoder_depth", "decoder_heads", "decoder_ffn_dim",
-                     "chunk_min", "chunk_max"):
+                     "chunk_min", "chunk_max", "span_length"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
                  f"{name} must be a positive integer, got {getattr(self, name)!r}")
         need(self.patch_freq <= self.n_mels, f"patch_freq {self.patch_freq} is larger than n_mels "
@@ -109,6 +125,10 @@ class ModelConfig:
         need(self.decoder_dim % self.decoder_heads == 0,
              f"decoder_dim {self.decoder_dim} must be a multiple of decoder_heads {self.decoder_heads}")
         need(0.0 < self.mask_ratio < 1.0, f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        need(isinstance(self.stored_positions, int) and self.stored_positions >= 0,
+             f"stored_positions must be an integer >= 0, got {self.stored_positions!r}")
+        need(isinstance(self.span_prob, (int, float)) and self.span_prob > 0,
+             f"span_prob must be a positive number, got {self.span_prob!r}")
         need(self.chunk_min <= self.chunk_max,
              f"chunk_min {self.chunk_min} is larger than chunk_max {self.chunk_max}")
         for name in ("dropout", "attn_dropout", "act_dropout", "input_dropout", "layerdrop",

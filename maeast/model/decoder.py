@@ -12,7 +12,7 @@ import torch.nn as nn
 from maeast.model.config import ModelConfig
 from maeast.model.init import init_weights
 from maeast.model.masking import Masking
-from maeast.model.positions import sinusoid
+from maeast.model.positions import Positions
 from maeast.model.transformer import Transformer
 
 
@@ -26,6 +26,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.proj = nn.Identity() if cfg.decoder_dim == cfg.dim else nn.Linear(cfg.dim, cfg.decoder_dim)
         self.mask_token = nn.Parameter(torch.empty(cfg.decoder_dim))
+        self.positions = Positions(cfg.decoder_dim, cfg.stored_positions)
         self.transformer = Transformer(cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.decoder_ffn_dim,
                                        cfg.dropout, cfg.attn_dropout, cfg.act_dropout, cfg.decoder_layerdrop,
                                        cfg.pre_norm)
@@ -43,7 +44,7 @@ class Decoder(nn.Module):
         visible = torch.arange(N, device=x.device)[None, :] < m.n_keep[:, None]  # [B, N]
         slots = torch.where(visible[..., None], slots, self.mask_token.to(slots.dtype))
         x = gather_tokens(slots, m.ids_restore)  # [B, N, Dd] in grid order
-        x = x + sinusoid(N, D, x.device, x.dtype)
+        x = x + self.positions(N, x.device, x.dtype)
         x, _ = self.transformer(x, m.token_pad if padded else None, generator)
         x = gather_tokens(x, m.ids_masked)  # [B, M, Dd]
         return self.head_recon(x), self.head_nce(x)

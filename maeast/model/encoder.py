@@ -18,7 +18,7 @@ from maeast.errors import MaeastError
 from maeast.model.config import ModelConfig
 from maeast.model.init import init_weights
 from maeast.model.norm import INPUT_NORMS
-from maeast.model.positions import sinusoid
+from maeast.model.positions import Positions
 from maeast.model.tokens import grid_shape, pad_freq, patchify, real_rows, token_padding
 from maeast.model.transformer import Transformer
 
@@ -49,6 +49,7 @@ class Encoder(nn.Module):
                           f"axis is zero-padded to {cfg.freq_cols * cfg.patch_freq} bins", stacklevel=2)
         self.input_norm = INPUT_NORMS[cfg.input_norm](cfg)
         self.proj = nn.Linear(cfg.patch_dim, cfg.dim)
+        self.positions = Positions(cfg.dim, cfg.stored_positions)
         self.transformer = Transformer(cfg.dim, cfg.depth, cfg.heads, cfg.ffn_dim, cfg.dropout, cfg.attn_dropout,
                                        cfg.act_dropout, cfg.layerdrop, cfg.pre_norm)
         init_weights(self, cfg.init)
@@ -73,8 +74,8 @@ class Encoder(nn.Module):
         return Tokens(self.proj(patches), patches, rows_real, grid, padding_mask is not None)
 
     def add_positions(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, N, D] tokens in grid order -> plus the fixed sinusoid of each token index."""
-        return x + sinusoid(x.shape[1], x.shape[2], x.device, x.dtype)
+        """[B, N, D] tokens in grid order -> plus the fixed position of each token index."""
+        return x + self.positions(x.shape[1], x.device, x.dtype)
 
     def forward(self, features: torch.Tensor, padding_mask: torch.Tensor | None = None,
                 layer_results: bool = False, generator: torch.Generator | None = None) -> EncoderOutput:
