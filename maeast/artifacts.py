@@ -177,7 +177,7 @@ def write_encoder(weights: dict[str, torch.Tensor], meta: dict, folder: Path) ->
             "tokens": {"patch_time": cfg.patch_time, "patch_freq": cfg.patch_freq, "dim": cfg.dim,
                        "frame_shift_ms": features["frame_shift_ms"]},
             "parameters": int(sum(v.numel() for k, v in encoder.items() if v.is_floating_point()
-                                  and not k.startswith("input_norm."))),
+                                  and not k.startswith(("input_norm.", "positions.")))),
             "pretraining": meta["pretraining"]}
     save_file(_contiguous(encoder), str(Path(folder) / "encoder.safetensors"), metadata={"format": EXPORT_FORMAT})
     write_json(Path(folder) / "encoder.json", info)
