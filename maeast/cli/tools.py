@@ -72,6 +72,8 @@ def convert_official_command(
                         ("decoder", f"{cfg.decoder_depth} x {cfg.decoder_dim}"),
                         ("tensors mapped", str(done.tensors)),
                         ("checked, left out", ", ".join(done.dropped) or "-"),
+                        ("positions", f"the checkpoint's own tables, first {cfg.stored_positions} rows (they differ "
+                                      f"from exact sinusoids)" if cfg.stored_positions else "exact sinusoids"),
                         ("source dtype", done.source_dtype), ("updates", str(done.step))):
         table.add_row(name, value)
     console.print(table)
