@@ -1,6 +1,6 @@
 """DeepSpeed entry point for MAE-AST pretraining, on one or many processes and nodes.
 
-    deepspeed launch/pretrain.py --deepspeed_config launch/ds_zero2.json --config pretrain_patch_random \
+    deepspeed launch/pretrain.py --deepspeed_config launch/ds_zero2.json --config pretrain_patch_chunk \
         [--resume] [--optim.lr 2e-4 --run.dir runs/mine ...]
     deepspeed --num_gpus 8 launch/pretrain.py ...            # one node, 8 GPUs
     deepspeed --hostfile launch/hostfile launch/pretrain.py ...   # many nodes (launch/hostfile.example)

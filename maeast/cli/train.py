@@ -17,9 +17,10 @@ EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 @friendly
 def pretrain_command(
     ctx: typer.Context,
-    config: str = typer.Option(..., "--config", "-c", help="A shipped config name (pretrain_patch_random, "
-                               "pretrain_patch_chunk, pretrain_frame_random, pretrain_frame_chunk, pretrain_small, "
-                               "pretrain_tiny) or a YAML file."),
+    config: str = typer.Option(..., "--config", "-c", help="A shipped config name (pretrain_patch_chunk: the "
+                               "paper's main patch model; pretrain_frame_random: its frame model; "
+                               "pretrain_patch_random, pretrain_frame_chunk, pretrain_small, pretrain_tiny) or a "
+                               "YAML file; docs/recipes.md compares each with the official recipe."),
     deepspeed_config: Path | None = typer.Option(None, "--deepspeed-config", "--deepspeed_config",
                                                  help="ZeRO/precision/offload JSON (launch/ds_zero*.json); "
                                                  "default: ZeRO stage 0, bf16 on CUDA, fp32 on CPU."),
