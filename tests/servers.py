@@ -214,6 +214,9 @@ def http_server(tmp_path):
     server.server_close()
 
 
+KINDS = ("reset", "503", "cut", "short")
+
+
 @dataclass
 class Faults:
     """What the proxy did: counts per kind of fault, and the requests it passed whole."""
@@ -236,7 +239,7 @@ class Faults:
             if self.only not in path or self.rng.random() >= self.rate:
                 kind = "ok"
             else:
-                kind = self.rng.choice(["reset", "503", "cut", "short"])
+                kind = KINDS[sum(self.counts[k] for k in KINDS) % len(KINDS)]  # each kind in turn
             self.counts[kind] += 1
             return kind, self.rng.random()
 
