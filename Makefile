@@ -126,3 +126,54 @@ hear-check: $(HEAR_REF)/.installed
 
 clean:
 	rm -rf $(VENV) $(TORCHAUDIO_REF) $(HEAR_REF) .pytest_cache
+
+# The GPU path in one command (launch/gpu_check.py): the gpu-marked tests, then one table and one JSON line
+# (base-model step with SDPA flash and math, with and without torch.compile, peak memory, MFU, CUDA vs CPU
+# fbank, MAE-AST vs SSAST-style, a DeepSpeed ZeRO-2 step), each row under its own time cap, < 10 minutes.
+# Without CUDA it is the dry mode (tiny sizes on CPU, the rest "needs CUDA"). It runs on a bare GPU
+# machine's python3 (torch preinstalled; no .venv, no maeast install): what that lacks comes from
+# $(GPU_WHEELS), made here by `make gpu-wheels`, installed without an index and without touching torch.
+GPU_WHEELS ?= .gpu-wheels
+GPU_PY     ?= $(shell test -x $(PY) && echo $(PY) || echo python3)
+# What a GPU image with torch may lack, at the versions tested here (.venv), and what those need.
+GPU_NEEDS     := webdataset deepspeed soundfile soxr pyyaml typer rich safetensors
+GPU_WHEEL_PKGS := webdataset braceexpand soundfile cffi pycparser soxr hjson pydantic pydantic-core annotated-types \
+                  typing-inspection typing-extensions pyyaml typer click shellingham annotated-doc rich markdown-it-py \
+                  mdurl pygments safetensors einops msgpack ninja psutil py-cpuinfo tqdm packaging
+# Python 3.11 and 3.12 (the GPU image was seen with 3.12.3; typer, pycparser and annotated-doc at our versions
+# need 3.11 or newer).
+GPU_PYTHONS   := 3.11 3.12
+GPU_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+                 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any
+
+.PHONY: gpu-check gpu-wheels
+
+gpu-check:
+	@if [ -d $(GPU_WHEELS) ] && ! $(GPU_PY) -c "import deepspeed, webdataset, soundfile, soxr" >/dev/null 2>&1; then \
+	  echo "installing from $(GPU_WHEELS) (no index; torch untouched)"; \
+	  $(GPU_PY) -m pip install -q --no-index --find-links $(GPU_WHEELS) -r $(GPU_WHEELS)/requirements.txt; fi
+	PYTHONPATH=$(CURDIR) $(GPU_PY) launch/gpu_check.py
+
+# Wheels for every Python of $(GPU_PYTHONS) on manylinux x86_64 (pure-Python ones once); DeepSpeed publishes
+# only an sdist, built here into a pure-Python wheel (its ops compile at first use, as everywhere).
+gpu-wheels: | env
+	mkdir -p $(GPU_WHEELS)
+	@for p in $(GPU_WHEEL_PKGS); do \
+	  v=$$($(PY) -c "import importlib.metadata as m; print(m.version('$$p'))") || exit 1; \
+	  for py in $(GPU_PYTHONS); do \
+	    $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version $$py --implementation cp \
+	      $(GPU_PLATFORMS) -d $(GPU_WHEELS) "$$p==$$v" >/dev/null 2>&1 || echo "no wheel of $$p==$$v for Python $$py"; \
+	  done; \
+	done
+	@ls $(GPU_WHEELS)/deepspeed-*.whl >/dev/null 2>&1 || { \
+	  v=$$($(PY) -c "import importlib.metadata as m; print(m.version('deepspeed'))"); \
+	  $(PY) -m pip download -q --no-deps --no-binary=:all: -d $(GPU_WHEELS)/sdist "deepspeed==$$v" 2>&1 | grep -v "^WARNING: Location" || true; \
+	  $(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(GPU_WHEELS) $(GPU_WHEELS)/sdist/deepspeed-*.tar.gz \
+	    2>&1 | grep -v "^WARNING: Location" || true; rm -rf $(GPU_WHEELS)/sdist; }
+	@for p in $(GPU_NEEDS); do \
+	  case $$p in webdataset|deepspeed) echo "$$p==$$($(PY) -c "import importlib.metadata as m; print(m.version('$$p'))")";; \
+	  *) echo $$p;; esac; done > $(GPU_WHEELS)/requirements.txt
+	@echo "skipped: nvidia-dali (its wheel is about 200 MB, over what a device call carries): the dali backend stays CPU-tested only"
+	@echo "skipped: numpy, matplotlib, tensorboard (large; the GPU image has them)"
+	@echo "$(GPU_WHEELS): $$(ls $(GPU_WHEELS)/*.whl | wc -l) wheels, $$(du -sh $(GPU_WHEELS) | cut -f1); on the GPU machine: make gpu-check"
+	@echo "(or by hand: python3 -m pip install --no-index --find-links $(GPU_WHEELS) -r $(GPU_WHEELS)/requirements.txt)"
