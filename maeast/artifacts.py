@@ -24,7 +24,8 @@ from safetensors.torch import load_file, save_file
 from maeast.errors import MaeastError
 from maeast.features import FbankConfig
 from maeast.files import write_json
-from maeast.model import MAEAST, Classifier, Encoder, Head, ModelConfig
+from maeast.model import MAEAST, Classifier, Encoder, ModelConfig
+from maeast.model.heads import head_from_record
 
 EXPORT_FORMAT, MODEL_FORMAT, CLASSIFIER_FORMAT = "maeast-encoder/1", "maeast-model/1", "maeast-classifier/1"
 PREFIX = "step_"  # checkpoint folders: RUN/checkpoints/step_00001000
@@ -116,7 +117,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     folder = locate(path, "classifier")
     info = _read_json(folder, "classifier")
     encoder, encoder_info = read_encoder(folder)
-    head = Head(info["head"]["layers"], encoder.cfg.dim, len(info["labels"]), info["head"]["norm"])
+    head = head_from_record(info["head"], encoder.cfg.dim, len(info["labels"]))
     head.load_state_dict(load_file(str(folder / "head.safetensors")))
     model = Classifier(encoder, head, info["head"]["weighted"]).to(device).eval()
     return model, {**info, "features": encoder_info["features"]}

@@ -12,7 +12,7 @@ from maeast.errors import MaeastError
 from maeast.finetune.augment import mixup, spec_augment
 from maeast.finetune.cache import epoch_rows, unique_rows
 from maeast.finetune.config import load_finetune_config
-from maeast.model.heads import Classifier, Head, mean_pool, pooled_layers
+from maeast.model.heads import FROZEN_PROTOCOLS, Classifier, Head, HeadSpec, mean_pool, pooled_layers
 from maeast.engine.config import OptimConfig
 from maeast.engine.optim import build_optimizer
 from maeast.finetune.metrics import average_precision, confusion_matrix, mean_average_precision, score, summarize
@@ -173,13 +173,14 @@ def test_every_shipped_finetune_config_loads_for_every_task(name):
 
 def test_recipes_and_overrides():
     esc = load_finetune_config("finetune_patch", task="esc50")
-    assert (esc.optim.lr, esc.optim.head_lr, esc.schedule.epochs, esc.optim.global_batch) == (1e-4, 10.0, 50, 48)
+    assert (esc.optim.lr, esc.optim.head_lr, esc.schedule.epochs, esc.optim.global_batch) == (1e-4, 1.0, 50, 48)
     assert (esc.augment.freq_mask, esc.augment.time_mask, esc.augment.mixup) == (24, 96, 0.0)
     audioset = load_finetune_config("finetune_patch", task="audioset", overrides=["--optim.lr", "1e-5"])
     assert audioset.optim.lr == 1e-5 and audioset.augment.mixup == 0.5 and TASKS["audioset"].loss == "bce"
     frozen = load_finetune_config("finetune_patch", task="voxceleb", freeze_encoder=True, folds=None)
-    assert frozen.run.freeze_encoder and frozen.head_norm == "batch" and frozen.peak_lr == frozen.optim.frozen_lr
-    assert load_finetune_config("finetune_patch", task="iemocap").head_norm == "layer"
+    assert frozen.run.freeze_encoder and frozen.head_spec == FROZEN_PROTOCOLS["superb"] and frozen.protocol == "superb"
+    assert frozen.peak_lr == frozen.optim.frozen_lr
+    assert load_finetune_config("finetune_patch", task="esc50").head_spec == HeadSpec(False, "layer", 0)
     with pytest.raises(MaeastError, match="unknown config key 'optim.lrr'"):
         load_finetune_config("finetune_patch", task="esc50", overrides=["--optim.lrr", "1"])
     with pytest.raises(MaeastError, match="shipped: finetune_frame, finetune_patch, finetune_small, finetune_tiny"):

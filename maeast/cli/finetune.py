@@ -26,7 +26,10 @@ def finetune_command(
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Pretrained encoder: RUN/encoder, a pretraining "
                                            "run folder or RUN/checkpoints/step_N; none: random weights (the baseline)."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", "--freeze_encoder",
-                                        help="Train only a linear head on the frozen encoder (features cached)."),
+                                        help="Train only the head on the frozen encoder (features cached), by "
+                                        "the SUPERB protocol: every layer weighted (equal at start), Linear(D->256), "
+                                        "mean pool, Linear; --head.frozen linear_probe: MAE's linear probe (last "
+                                        "layer, mean pool, BatchNorm, Linear)."),
     config: str = typer.Option("finetune_patch", "--config", "-c", help="A shipped config (finetune_patch, "
                                "finetune_frame, finetune_small, finetune_tiny) or a YAML file."),
     fold: int | None = typer.Option(None, "--fold", help="Cross-validation tasks: run only this fold (default: all)."),
@@ -46,7 +49,7 @@ def finetune_command(
                                shards=str(data) if data else None, folds=[fold] if fold is not None else None)
     result = finetune(cfg, deepspeed_config_path=deepspeed_config, resume=resume, console=console)
     from rich.table import Table
-    table = Table(title=f"{result.task} ({'frozen' if cfg.run.freeze_encoder else 'full'}, "
+    table = Table(title=f"{result.task} ({'frozen, ' + cfg.protocol if cfg.run.freeze_encoder else 'full'}, "
                         f"{cfg.checkpoint or 'random init'}): test {result.metric}")
     for column in ("fold", result.metric, "epoch", "selected by"):
         table.add_column(column, justify="left" if column == "fold" else "right")

@@ -9,7 +9,14 @@ about data.batch_size clips.
 
 A custom corpus without its own valid or test split (maeast.finetune.custom) has them carved out of
 its train split the same way: `part_of` (key -> "train", "valid" or "test", by key hash) takes the
-place of the folds, and each pass keeps its part's clips.
+place of the folds, and each pass keeps its part's clips. A cross-validation task with a dev share
+(Task.dev_fraction, SUPERB ER) carves its dev clips out of the training folds by the same key hash:
+a fold's training pass keeps the other folds' "train" part, its valid pass their "valid" part, so
+the dev clips are never trained on and never come from the tested fold.
+
+What the passes need of every clip (its fold, length and class) is read once from the samples' JSON
+(`scan`), and only when the run needs it: folds, a dev share, whole clips in training (the longest
+clip sets the padding cap) or class-balanced sampling (the class counts set the weights).
 """
 
 from __future__ import annotations
@@ -42,21 +49,29 @@ class Corpus:
     """Cross-validation tasks: key -> fold of every clip of the train split."""
     plan: CustomPlan | None = None
     """Custom task: its splits, seeded parts and clip length."""
+    dev_of: dict[str, str] = field(default_factory=dict)
+    """Task with a dev share: key -> "train" or "valid" of every clip of the train split."""
+    label_of: dict[str, int] = field(default_factory=dict)
+    """Opened for class-balanced training (data.balanced): key -> class id of every clip of the train split."""
+    longest: float | None = None
+    """Task without a crop (clip_seconds None): the longest clip of the train split, in seconds."""
 
     @property
     def part_of(self) -> dict[str, str]:
-        """Custom task with a carved valid or test: key -> part of every clip of the train split, else {}."""
-        return self.plan.part_of if self.plan else {}
+        """A carved valid or test (custom task, dev share): key -> part of every clip of the train split, else {}."""
+        return self.plan.part_of if self.plan else self.dev_of
 
     @property
     def carved(self) -> tuple[str, ...]:
-        """The roles ("valid", "test") carved out of the train split (custom task), else ()."""
-        return self.plan.carved if self.plan else ()
+        """The roles ("valid", "test") carved out of the train split (custom task, dev share), else ()."""
+        return self.plan.carved if self.plan else (("valid",) if self.dev_of else ())
 
     @property
     def clip_rule(self) -> str:
         """How the task's clip length was chosen."""
-        return self.plan.clip_rule if self.plan else f"task {self.task.name}'s recipe"
+        if self.plan:
+            return self.plan.clip_rule
+        return f"task {self.task.name}'s recipe" + (": no crop, the longest clip" if self.longest else "")
 
     @property
     def labels(self) -> list[str]:
@@ -79,17 +94,24 @@ class Corpus:
 
 
 def open_corpus(task: Task, shards: str | Path, train_split: str | None = None,
-                seeded: SeededSplit | None = None) -> Corpus:
+                seeded: SeededSplit | None = None, balanced: bool = False) -> Corpus:
     """Read and check the task's shard folder (and, for cross-validation, every clip's fold; for the
-    custom task, resolve the task on it, carving a missing valid or test split as `seeded` says)."""
+    custom task, resolve the task on it, carving a missing valid or test split as `seeded` says;
+    balanced: every train clip's class, for class_weights)."""
     folder = Path(shards)
     if not (folder / INDEX).is_file():
         raise MaeastError(f"no shards for task {task.name} in {folder}: build them with `{task.build}` "
                           f"or give --data SHARD_DIR")
     index = read_index(folder)
+    if balanced and index["multi_label"]:
+        raise MaeastError(f"{folder} is multi-label; data.balanced draws single-label clips by their class: "
+                          f"set --data.balanced false")
     if task.from_corpus:
         resolved, plan = resolve_custom(folder, index, train_split, seeded or SeededSplit())
-        return Corpus(folder, resolved, index, resolved.train_split, plan=plan)
+        corpus = Corpus(folder, resolved, index, resolved.train_split, plan=plan)
+        if balanced:
+            corpus.label_of = {key: int(meta["label_ids"][0]) for key, meta in scan(folder, corpus.train_split).items()}
+        return corpus
     if index["corpus"] not in task.corpora:
         raise MaeastError(f"{folder} holds corpus {index['corpus']!r}; task {task.name} reads "
                           f"{' or '.join(task.corpora)} shards: build them with `{task.build}`")
@@ -99,22 +121,43 @@ def open_corpus(task: Task, shards: str | Path, train_split: str | None = None,
             raise MaeastError(f"{folder} has no split {needed!r} (it has {', '.join(sorted(index['splits']))}), "
                               f"which task {task.name} needs")
     corpus = Corpus(folder, task, index, split)
-    if task.cross_validation:
-        corpus.fold_of = read_folds(folder, split)
+    if task.cross_validation or task.dev_fraction or balanced or task.clip_seconds is None:
+        clips = scan(folder, split)
+        if task.cross_validation:
+            corpus.fold_of = folds_of(clips, folder)
+        if task.dev_fraction:
+            corpus.dev_of = SeededSplit(task.dev_fraction, 0.0).parts(list(clips), ("valid",))
+        if balanced:
+            corpus.label_of = {key: int(meta["label_ids"][0]) for key, meta in clips.items()}
+        if task.clip_seconds is None:
+            corpus.longest = max(int(m["num_samples"]) / int(index["sample_rate"]) for m in clips.values())
     return corpus
 
 
-def read_folds(folder: Path, split: str) -> dict[str, int]:
-    """key -> fold for every sample of a split (a clip without a fold is an error)."""
-    out: dict[str, int] = {}
-    for shard in shard_paths(folder, split):
-        for key, meta in iter_meta(shard):
-            fold = meta.get("fold")
-            if fold is None:
-                raise MaeastError(f"{shard}: sample {key} has no fold; cross-validation needs shards built by the "
-                                  f"esc50 or iemocap recipe")
-            out[key] = int(fold)
-    return out
+def scan(folder: Path, split: str) -> dict[str, dict]:
+    """key -> JSON of every sample of a split (the audio members are seeked over, never read)."""
+    return {key: meta for shard in shard_paths(folder, split) for key, meta in iter_meta(shard)}
+
+
+def folds_of(clips: dict[str, dict], folder: Path) -> dict[str, int]:
+    """key -> fold of every clip (a clip without a fold is an error)."""
+    bare = next((key for key, meta in clips.items() if meta.get("fold") is None), None)
+    if bare is not None:
+        raise MaeastError(f"{folder}: sample {bare} has no fold; cross-validation needs shards built by the esc50 "
+                          f"or iemocap recipe")
+    return {key: int(meta["fold"]) for key, meta in clips.items()}
+
+
+def class_weights(corpus: Corpus, selection: "Selection") -> list[float]:
+    """Per class, the expected draws per pass of each of its clips under s3prl's class-balanced sampler:
+    torch's WeightedRandomSampler with weight N / n_c draws N clips a pass, each of class c with
+    probability 1 / (C n_c), so a clip of class c is drawn N / (C n_c) times (C: classes present)."""
+    keys = list(corpus.label_of)
+    labels = [corpus.label_of[keys[i]] for i in selection.rows(keys, corpus)]
+    counts = torch.bincount(torch.tensor(labels), minlength=len(corpus.labels)).double()
+    present = int((counts > 0).sum())
+    weights = len(labels) / (present * counts.clamp(min=1))
+    return torch.where(counts > 0, weights, torch.zeros_like(weights)).tolist()
 
 
 @dataclass(frozen=True)
@@ -126,22 +169,22 @@ class Selection:
     folds: frozenset[int] | None = None  # None: every clip of the split (or of its part)
     part: str | None = None  # None: every clip of the split (or of its folds)
 
+    def keeps(self, key: str, corpus: Corpus) -> bool:
+        return ((self.folds is None or corpus.fold_of[key] in self.folds)
+                and (self.part is None or corpus.part_of.get(key) == self.part))
+
     def rows(self, keys: list[str], corpus: Corpus) -> list[int]:
         """Indices of the batch rows this pass keeps."""
-        if self.part is not None:
-            return [i for i, k in enumerate(keys) if corpus.part_of.get(k) == self.part]
-        if self.folds is None:
+        if self.folds is None and self.part is None:
             return list(range(len(keys)))
-        return [i for i, k in enumerate(keys) if corpus.fold_of[k] in self.folds]
+        return [i for i, k in enumerate(keys) if self.keeps(k, corpus)]
 
     def share(self, corpus: Corpus) -> float:
         """Fraction of the split's clips kept."""
-        if self.part is not None:
-            return sum(p == self.part for p in corpus.part_of.values()) / max(len(corpus.part_of), 1)
-        if self.folds is None:
+        if self.folds is None and self.part is None:
             return 1.0
-        kept = sum(f in self.folds for f in corpus.fold_of.values())
-        return kept / max(len(corpus.fold_of), 1)
+        every = corpus.part_of if self.part is not None else corpus.fold_of
+        return sum(self.keeps(k, corpus) for k in every) / max(len(every), 1)
 
 
 def selections(corpus: Corpus, fold: int | None) -> dict[str, Selection]:
@@ -156,18 +199,23 @@ def selections(corpus: Corpus, fold: int | None) -> dict[str, Selection]:
                "test": pick("test", task.test_split)}
     else:
         rest = frozenset(f for f in corpus.folds if f != fold)
-        out = {"train": Selection(corpus.train_split, rest), "test": Selection(corpus.train_split, frozenset([fold]))}
-    if task.valid_split:
+        out = {"train": Selection(corpus.train_split, rest, "train" if corpus.carved else None),
+               "test": Selection(corpus.train_split, frozenset([fold]))}
+        if corpus.carved:  # the dev share of the training folds (Task.dev_fraction)
+            out["valid"] = Selection(corpus.train_split, rest, "valid")
+    if task.valid_split and "valid" not in out:
         out["valid"] = pick("valid", task.valid_split)
     return out
 
 
 def make_loader(corpus: Corpus, selection: Selection, *, train: bool, batch_size: int, clip_seconds: float,
                 fbank: str | FbankConfig, seed: int, workers: int, shuffle_buffer: int, epoch_batches: int | None,
-                on_error: str, rank: int = 0, world_size: int = 1) -> StreamingLoader:
+                on_error: str, rank: int = 0, world_size: int = 1, balanced: bool = False) -> StreamingLoader:
     """A finetune-mode loader over a selection's split: random crops and shuffling in training,
     crops from the start in shard order for evaluation (pass rank 0 of 1 to read all of it).
-    fbank: a preset name or the whole recipe (dataset statistics included)."""
+    fbank: a preset name or the whole recipe (dataset statistics included). A task without a crop
+    pads each batch to its longest clip only; balanced training draws its clips by class_weights
+    (the corpus opened with balanced=True)."""
     per_rank = corpus.shard_count(selection.split) // world_size
     if per_rank < 1:
         raise MaeastError(f"{corpus.dir} split {selection.split!r} has {corpus.shard_count(selection.split)} shard(s) "
@@ -176,7 +224,9 @@ def make_loader(corpus: Corpus, selection: Selection, *, train: bool, batch_size
     config = LoaderConfig(shards=[str(corpus.dir)], split=selection.split, mode="finetune", clip_seconds=clip_seconds,
                           random_crop=train, batch_size=enlarged, num_workers=min(workers, per_rank),
                           shuffle_buffer=shuffle_buffer if train else 0, seed=seed, fbank=get_config(fbank).name,
-                          epoch_batches=epoch_batches if train else None, on_error=on_error)
+                          epoch_batches=epoch_batches if train else None, on_error=on_error,
+                          pad_to_longest=corpus.task.clip_seconds is None,
+                          class_weights=class_weights(corpus, selection) if train and balanced else None)
     return StreamingLoader(config, rank, world_size, get_config(fbank))
 
 

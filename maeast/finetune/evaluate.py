@@ -4,7 +4,8 @@
     write_report(report, out_dir)                      # evaluation.json, confusion_fold{k}.png
 
 Each fold's classifier is scored on exactly the clips that fold's fine-tuning reported: the held-out
-fold of the train split (cross-validation) or the task's test split, cropped from each clip's start.
+fold of the train split (cross-validation) or the task's test split, cropped from each clip's start,
+or whole where the task scores whole clips (Task.eval_whole, maeast.finetune.utterances).
 A custom run's test clips are found again the way the run found them: its own test split, or the part
 of its train split that the seeded split recorded in classifier.json carves out.
 `predict` is shared with the fine-tuning loop, so a re-evaluation reproduces the run's figures.
@@ -24,9 +25,10 @@ from maeast.artifacts import classifier_folders, features_of, load_classifier
 from maeast.errors import MaeastError
 from maeast.finetune.cache import unique_rows
 from maeast.finetune.custom import SeededSplit
-from maeast.finetune.data import make_loader, open_corpus, selected, selections
+from maeast.finetune.data import open_corpus, selected, selections
 from maeast.finetune.metrics import score, summarize
 from maeast.finetune.tasks import get_task
+from maeast.finetune.utterances import evaluation_loader, whole_clips
 
 
 @dataclass
@@ -82,8 +84,10 @@ class EvalReport:
 
 
 def evaluate_run(run: str | Path, task: str | None = None, data: str | Path | None = None,
-                 batch_size: int = 32, workers: int = 1, device: str | torch.device = "cpu") -> EvalReport:
-    """Score every fold's classifier on its test clips, with its recorded features (data: the run's unless given)."""
+                 batch_size: int = 32, workers: int = 1, device: str | torch.device = "cpu",
+                 max_seconds: float = 320.0) -> EvalReport:
+    """Score every fold's classifier on its test clips, with its recorded features (data: the run's unless given);
+    a Task.eval_whole task's clips whole, in batches of at most max_seconds of padded audio."""
     report = None
     for folder in classifier_folders(run):
         model, info = load_classifier(folder, device)
@@ -105,9 +109,9 @@ def evaluate_run(run: str | Path, task: str | None = None, data: str | Path | No
         if fold is not None and fold not in corpus.folds:
             raise MaeastError(f"{corpus.dir} has no fold {fold} (folds {corpus.folds})")
         selection = selections(corpus, fold)["test"]
-        loader = make_loader(corpus, selection, train=False, batch_size=batch_size, clip_seconds=info["clip_seconds"],
-                             fbank=features_of(info), seed=0, workers=workers, shuffle_buffer=0, epoch_batches=None,
-                             on_error="skip")
+        loader = evaluation_loader(corpus, selection, whole=whole_clips(corpus, selection.split, evaluation=True),
+                                   batch_size=batch_size, max_seconds=max_seconds, clip_seconds=info["clip_seconds"],
+                                   fbank=features_of(info), workers=workers, on_error="skip")
         batches = ((b.features.to(device), _to(b.padding_mask, device), b.labels, b.keys)
                    for b in selected(loader, selection, corpus))
         preds = predict(lambda x, pad: model(x, pad), batches)

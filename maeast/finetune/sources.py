@@ -2,7 +2,9 @@
 
     LoaderSource: shards -> loader -> the selection's rows -> fbank [B, T, F] (full fine-tuning), or
                   the frozen encoder's pooled features [B, L, D] computed on the fly (no cache);
-    CacheSource:  cached pooled features [N, L, D] of a frozen encoder, in a fresh order every epoch.
+    CacheSource:  cached pooled features [N, L, D] of a frozen encoder, in a fresh order every epoch
+                  (class-balanced draws with replacement when given weights; a fixed number of
+                  micro-batches per epoch when given batches, the draws running on across epochs).
 
 Both have len() (micro-batches per epoch and process) and epoch(e) (that epoch's micro-batches).
 """
@@ -44,20 +46,38 @@ class LoaderSource:
 
 
 class CacheSource:
-    """Cached pooled features: each epoch a permutation (seeded by seed and epoch) cut into micro-batches."""
+    """Cached pooled features: each epoch a permutation (seeded by seed and epoch) cut into micro-batches;
+    with `weights` (per clip) or `batches` (micro-batches per epoch and process), an endless sequence of
+    passes instead (pass p: a permutation, or len(pooled) draws with replacement by weight, seeded by
+    seed and p), of which epoch e takes the next len(self) x micro x world draws."""
 
     def __init__(self, pooled: Pooled, micro: int, world: int, rank: int, seed: int, device: torch.device,
-                 shuffle: bool = True):
+                 shuffle: bool = True, weights: torch.Tensor | None = None, batches: int | None = None):
         self.pooled, self.micro, self.world, self.rank, self.seed = pooled, micro, world, rank, seed
-        self.device, self.shuffle = device, shuffle
+        self.device, self.shuffle, self.weights, self.batches = device, shuffle, weights, batches
 
     def __len__(self) -> int:
-        return -(-len(self.pooled) // (self.micro * self.world)) if self.shuffle else -(-len(self.pooled) // self.micro)
+        if not self.shuffle:
+            return -(-len(self.pooled) // self.micro)
+        return self.batches or -(-len(self.pooled) // (self.micro * self.world))
+
+    def draws(self, start: int, count: int) -> torch.Tensor:
+        """Rows [start, start + count) of the endless sequence of passes."""
+        n, out = len(self.pooled), []
+        for p in range(start // n, (start + count - 1) // n + 1):
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, p, 9))
+            out.append(torch.randperm(n, generator=generator) if self.weights is None
+                       else torch.multinomial(self.weights, n, replacement=True, generator=generator))
+        return torch.cat(out)[start - (start // n) * n:][:count]
 
     def epoch(self, epoch: int) -> Iterator[MicroBatch]:
-        if self.shuffle:
+        if self.shuffle and self.weights is None and self.batches is None:
             generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 7))
             batches = epoch_rows(len(self.pooled), self.micro, self.world, self.rank, generator)
+        elif self.shuffle:
+            step = self.micro * self.world
+            rows = self.draws(epoch * len(self) * step, len(self) * step)  # [len x micro x world]
+            batches = [rows[(b * self.world + self.rank) * self.micro:][:self.micro] for b in range(len(self))]
         else:  # evaluation: every clip once, in order, on every process
             batches = list(torch.arange(len(self.pooled)).split(self.micro))
         for rows in batches:

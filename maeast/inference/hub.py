@@ -22,7 +22,8 @@ from huggingface_hub import PyTorchModelHubMixin
 
 from maeast.artifacts import features_of, load_classifier, read_encoder
 from maeast.errors import MaeastError
-from maeast.model import Classifier, Encoder, Head, ModelConfig
+from maeast.model import Classifier, Encoder, ModelConfig
+from maeast.model.heads import head_from_record
 
 HUB = dict(library_name="maeast", tags=["audio", "mae-ast", "maeast"], license="mit")
 
@@ -57,7 +58,7 @@ class PretrainedClassifier(nn.Module, PyTorchModelHubMixin, **HUB):
                  task: str | None = None):
         super().__init__()
         encoder = Encoder(ModelConfig.from_dict(model))
-        self.classifier = Classifier(encoder, Head(head["layers"], encoder.cfg.dim, len(labels), head["norm"]),
+        self.classifier = Classifier(encoder, head_from_record(head, encoder.cfg.dim, len(labels)),
                                      head["weighted"])
         self.features = features_of({"features": features})
         self.labels, self.multi_label, self.task = list(labels), multi_label, task

@@ -1,14 +1,22 @@
-"""Fine-tuning's classifier on the encoder: mean-pool each layer's tokens, weigh the layers, norm, Linear.
+"""Fine-tuning's classifier on the encoder: mean-pool each layer's tokens, weigh the layers, norm,
+(projector), Linear.
 
-    head = Head(layers=1, dim=768, classes=50)          # on pooled features [B, L, D]
-    model = Classifier(encoder, head, weighted=False)   # fbank [B, T, F] -> logits [B, C]
+    head = make_head(FROZEN_PROTOCOLS["superb"], encoder, classes=50)  # on pooled features [B, L, D]
+    model = Classifier(encoder, head, weighted=True)                   # fbank [B, T, F] -> logits [B, C]
 
-Mean pooling over real tokens commutes with a weighted sum of layers, so a frozen encoder's pooled
-per-layer features (`pooled_layers`) can be cached once and the head trained on them alone: the
-head's input is the same whether it comes from the cache or from the encoder.
+Mean pooling over real tokens commutes with a weighted sum of layers and with any affine map, so a
+frozen encoder's pooled per-layer features (`pooled_layers`) can be cached once and the head trained
+on them alone: the head's input is the same whether it comes from the cache or from the encoder.
+SUPERB's head (s3prl downstream/*/expert.py: projector = Linear(D -> 256) on every frame, then
+downstream/model.py UtteranceLevel: MeanPooling over the real frames, Linear(256 -> C)) is therefore
+exactly Linear(256 -> C)(Linear(D -> 256)(mean of the weighted layers)), which is what Head computes
+with projector=256 and norm "none"; its layer weights (s3prl upstream/interfaces.py Featurizer) start
+at zero, i.e. equal after the softmax.
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -40,14 +48,35 @@ NORMS = {
 }
 
 
-class Head(nn.Module):
-    """Pooled layers [B, L, D] -> logits [B, C]: softmax(w) . layers (w learned, zeros at start), norm, Linear."""
+@dataclass(frozen=True)
+class HeadSpec:
+    """What a classifier head is: which layers it reads, its norm, its projector."""
 
-    def __init__(self, layers: int, dim: int, classes: int, norm: str = "layer"):
+    weighted: bool
+    """True: a learned softmax-weighted sum of every layer (SUPERB's featurizer); False: the last layer."""
+    norm: str
+    """A key of NORMS, before the linear layers."""
+    projector: int = 0
+    """Width of a Linear(D -> projector) before the classifier (SUPERB's projector_dim); 0: none."""
+
+
+FROZEN_PROTOCOLS = {
+    "superb": HeadSpec(weighted=True, norm="none", projector=256),  # the SUPERB benchmark's frozen upstream
+    "linear_probe": HeadSpec(weighted=False, norm="batch", projector=0),  # MAE's linear probe
+}
+"""The heads of a frozen encoder, by protocol name (FinetuneConfig.head.frozen)."""
+
+
+class Head(nn.Module):
+    """Pooled layers [B, L, D] -> logits [B, C]: softmax(w) . layers (w learned, zeros at start), norm,
+    projector (if any), Linear."""
+
+    def __init__(self, layers: int, dim: int, classes: int, norm: str = "layer", projector: int = 0):
         super().__init__()
         self.layer_weights = nn.Parameter(torch.zeros(layers)) if layers > 1 else None
         self.norm = NORMS[norm](dim)
-        self.linear = nn.Linear(dim, classes)
+        self.projector = nn.Linear(dim, projector) if projector else None
+        self.linear = nn.Linear(projector or dim, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, L, D] pooled layers -> logits [B, C]."""
@@ -55,7 +84,10 @@ class Head(nn.Module):
             x = x[:, 0]  # [B, D]
         else:
             x = torch.einsum("l,bld->bd", self.layer_weights.softmax(dim=0), x)
-        return self.linear(self.norm(x))  # [B, C]
+        x = self.norm(x)
+        if self.projector is not None:
+            x = self.projector(x)  # [B, P]
+        return self.linear(x)  # [B, C]
 
 
 class Classifier(nn.Module):
@@ -75,3 +107,18 @@ class Classifier(nn.Module):
 def head_layers(encoder: Encoder, weighted: bool) -> int:
     """How many layers the head weighs: the encoder's depth, or 1."""
     return encoder.cfg.depth if weighted else 1
+
+
+def make_head(spec: HeadSpec, encoder: Encoder, classes: int) -> Head:
+    """A fresh head of `spec` on the encoder's layers."""
+    return Head(head_layers(encoder, spec.weighted), encoder.cfg.dim, classes, spec.norm, spec.projector)
+
+
+def head_record(spec: HeadSpec, encoder: Encoder, protocol: str) -> dict:
+    """The "head" entry of classifier.json: enough to rebuild the head (head_from_record)."""
+    return {"layers": head_layers(encoder, spec.weighted), **asdict(spec), "protocol": protocol}
+
+
+def head_from_record(record: dict, dim: int, classes: int) -> Head:
+    """The head a classifier.json "head" entry describes (entries written before the projector: none)."""
+    return Head(record["layers"], dim, classes, record["norm"], record.get("projector", 0))
