@@ -187,3 +187,27 @@ def test_pipe_folder_reads_through_a_command(shards):
     assert batches(StreamingLoader(config(url))) == batches(StreamingLoader(config(shards)))
     with pytest.raises(MaeastError, match="needs {} where the object's name goes"):
         StreamingLoader(config(f"pipe:cat {shards}/index.json"))
+
+
+def test_shard_inspect_and_stats_read_a_bucket(shards, s3, tmp_path):
+    from typer.testing import CliRunner
+
+    from maeast.cli import app
+    from maeast.features.stats import corpus_stats
+
+    url = s3.upload(shards, "cli")
+    result = CliRunner().invoke(app, ["shard", "inspect", url, "--verify"])
+    assert result.exit_code == 0 and "verified" in result.output and SECRET not in result.output, result.output
+    name = sorted(shards.glob("*.tar"))[1].name
+    data = bytearray((shards / name).read_bytes())
+    with tarfile.open(shards / name) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".flac"))
+    data[member.offset_data + 64:member.offset_data + 74] = bytes(10)
+    s3.put(f"cli/{name}", bytes(data))
+    result = CliRunner().invoke(app, ["shard", "inspect", url, "--verify"])
+    assert result.exit_code == 1 and f"{name}: {member.name.rsplit('.', 1)[0]}: the sha256 of its flac" in result.output
+    assert f"{name}: sha256 differs from the index" in result.output
+    result = CliRunner().invoke(app, ["shard", "stats", url, "--preset", "ssast", "--max-clips", "3"])
+    assert result.exit_code == 0, result.output
+    written = json.loads(s3.get("cli/index.json"))["stats"]["ssast"]
+    assert written == json.loads(json.dumps(corpus_stats(shards, "ssast", max_clips=3)))

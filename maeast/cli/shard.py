@@ -81,7 +81,8 @@ def build(
 @app.command("inspect")
 @friendly
 def inspect(
-    shard_dir: Path = typer.Argument(..., help="A folder written by `maeast shard build`."),
+    shard_dir: str = typer.Argument(..., help="A folder written by `maeast shard build`, or its URL (s3://, gs://, "
+                                    "http(s)://, file://, pipe:)."),
     verify: bool = typer.Option(False, "--verify", help="Re-hash every shard and decode every sample."),
 ) -> None:
     """Summarize a shard folder's index; with --verify, check every byte (exit 1 on any mismatch)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -17,7 +16,7 @@ from maeast.shards.format import read_index, shard_paths
 @app.command("stats")
 @friendly
 def stats(
-    shard_dir: Path = typer.Argument(..., help="A folder written by `maeast shard build`."),
+    shard_dir: str = typer.Argument(..., help="A folder written by `maeast shard build`, or its URL (s3://, gs://)."),
     preset: str = typer.Option("ssast", "--preset", help="Fbank preset: mae_ast or ssast (maeast.features)."),
     split: str = typer.Option("train", "--split", help="Split to measure (statistics come from training data)."),
     max_clips: Optional[int] = typer.Option(None, "--max-clips", help="Measure only the first N clips."),

@@ -21,8 +21,9 @@ import torch
 from maeast.errors import MaeastError
 from maeast.features.config import FbankConfig, get_config
 from maeast.features.fbank import fbank
-from maeast.files import write_json
 from maeast.shards.format import INDEX, audio_part, decode_audio, iter_tar, read_index, shard_paths
+from maeast.shards.sink import Sink
+from maeast.shards.storage import join
 
 
 @dataclass
@@ -86,13 +87,14 @@ def _clips(shard_dir: Path, split: str) -> Iterator[tuple[np.ndarray, int]]:
             yield decode_audio(audio[1])
 
 
-def write_stats(shard_dir: Path, preset: str | FbankConfig, stats: dict) -> Path:
-    """Record stats under index.json's "stats"[preset name], keeping everything else; returns the path."""
+def write_stats(shard_dir: str | Path, preset: str | FbankConfig, stats: dict) -> str | Path:
+    """Record stats under index.json's "stats"[preset name], keeping everything else (a folder or a URL:
+    shards.sink); returns where."""
     index = read_index(shard_dir)
     index.setdefault("stats", {})[get_config(preset).name] = stats
-    path = Path(shard_dir) / INDEX
-    write_json(path, index, sort_keys=True)
-    return path
+    with Sink(shard_dir) as sink:
+        sink.write_json(INDEX, index)
+    return join(shard_dir, INDEX)
 
 
 def corpus_features(shard_dirs: list | str | Path, preset: str | FbankConfig) -> FbankConfig:

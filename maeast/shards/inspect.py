@@ -1,14 +1,17 @@
-"""Reading an index back: a summary per split, and a full verification of every shard."""
+"""Reading an index back: a summary per split, and a full verification of every shard (local or remote),
+each shard read once: hashed as it is parsed."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from maeast.errors import MaeastError
-from maeast.shards.format import decode_audio, index_codec, iter_tar, read_index, verify_shard
+from maeast.shards.format import check_members, decode_audio, index_codec, index_format, iter_tar, read_index
+from maeast.shards.storage import Location, join, list_names, open_stream
 
 
 @dataclass
@@ -22,35 +25,64 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_shards(shard_dir: Path, on_shard: Callable[[str], None] | None = None) -> VerifyReport:
-    """Re-hash every shard against the index and decode every sample; collect every mismatch."""
-    shard_dir = Path(shard_dir)
+def verify_shards(shard_dir: Location, on_shard: Callable[[str], None] | None = None) -> VerifyReport:
+    """Hash every shard against the index, decode every sample and, in format 2, check every member
+    against its JSON's sha256; collect every mismatch. A folder or URL; each shard is read once."""
     index = read_index(shard_dir)
+    present = list_names(shard_dir)  # None where a folder cannot be listed (http, pipe:)
     report = VerifyReport()
     for split_name, split in index["splits"].items():
         for entry in split["shards"]:
             report.shards += 1
-            path = shard_dir / entry["name"]
             if on_shard:
                 on_shard(entry["name"])
-            if not path.is_file():
+            if present is not None and entry["name"] not in present:
                 report.problems.append(f"{entry['name']}: missing")
                 continue
-            if not verify_shard(path, entry["sha256"]):
-                report.problems.append(f"{entry['name']}: sha256 differs from the index")
-            count = 0
+            count, hashed = 0, []
             try:
-                for key, parts in iter_tar(path):
+                opener = lambda where, size: io.BufferedReader(_Hashing(open_stream(where, size), hashed))  # noqa: E731
+                for key, parts in iter_tar(join(shard_dir, entry["name"]), size=entry["bytes"], opener=opener):
                     count += 1
                     problem = _check_sample(key, parts, split_name, index["sample_rate"], index_codec(index))
+                    if problem is None and index_format(index) >= 2:
+                        problem = check_members(parts, json.loads(parts["json"]))
                     if problem:
                         report.problems.append(f"{entry['name']}: {key}: {problem}")
             except MaeastError as e:
                 report.problems.append(str(e))
+            if hashed and hashed[0] != entry["sha256"]:
+                report.problems.append(f"{entry['name']}: sha256 differs from the index")
             if count != entry["samples"]:
                 report.problems.append(f"{entry['name']}: {count} samples, index says {entry['samples']}")
             report.samples += count
     return report
+
+
+class _Hashing(io.RawIOBase):
+    """A stream's bytes, hashed on the way; closing reads the rest (the tar's end padding) and appends the
+    sha256 hex digest to `out`."""
+
+    def __init__(self, source: BinaryIO, out: list[str]):
+        self.source, self.out, self.hash = source, out, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.source.readinto(buffer)
+        self.hash.update(memoryview(buffer)[:n])
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                while block := self.source.read(1 << 20):
+                    self.hash.update(block)
+                self.out.append(self.hash.hexdigest())
+            finally:
+                self.source.close()
+        super().close()
 
 
 def _check_sample(key: str, parts: dict[str, bytes], split: str, sample_rate: int, codec: str) -> str | None:
