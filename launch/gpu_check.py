@@ -281,7 +281,7 @@ def check(dry: bool, budget_s: float = BUDGET_S, rows: list[Row] = ROWS, in_proc
     bench.record("dry", dry)
     bench.record("torch", torch.__version__)
     bench.record("seconds", round(time.perf_counter() - started, 1))
-    bench.record("rows", {name: {"status": r["status"], "seconds": round(r["seconds"], 1), **r["figures"]}
+    bench.record("rows", {name: {"status": r["status"], "row_s": round(r["seconds"], 1), **r["figures"]}
                           for name, r in results.items()})
     if not dry and write:
         RESULTS.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,151 @@
+"""How many CPU cores feed one H100: CPU time per clip of the data path, for FLAC and wav shards.
+
+A GPU run's data path: shards -> samples (tar, per-sample sha256) -> each clip's window decoded ->
+a waveform batch in pinned memory -> (on the GPU) fbank, SpecAugment, masking. Its CPU share is
+everything up to the pinned batch. Measured here, in CPU seconds (time.process_time, one torch
+thread, so a figure is one core's time) of one process reading real audio:
+
+  GPU route  maeast's StreamingLoader in pretraining mode (num_workers=0: every step in this process)
+             with its featurize step (maeast.loaders.lengths.featurize: fbank and padding mask) patched
+             to hand the waveform batch through, plus copying each batch into a staging buffer (pinned
+             on CUDA): the loader's CPU work when the fbank runs on the accelerator
+  CPU route  the same loader as it is: fbank in the loader (today's stream loader, in its workers)
+
+over shards built by `maeast shard build` (the folder recipe) with --codec flac and --codec wav, from
+real audio: espeak-ng sentences and sox plucked chords of about 10 s (benchmarks/loader.py's corpus),
+with per-sample checksums on (the default) and off; the loaders take turns epoch by epoch. Cores per H100 = clips/s one H100 trains x CPU seconds per clip. The clips/s come from
+the last GPU run recorded by `make gpu-check` (benchmarks/results/gpu-check-*.json, its "step flash"
+row, base model, 10 s clips) when there is one, else from the analytic FLOPs of a base-model step
+(benchmarks/mfu.py) at 50% of the H100's dense bf16 peak (989 TFLOP/s), said so in the output.
+
+    python benchmarks/cores_per_gpu.py [--clips 32] [--seconds 10] [--batch 8] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from harness import Bench, spread
+from loader import make_corpus
+from mfu import real_waves, step_flops
+
+from maeast.features import fbank, get_config
+from maeast.loaders import LoaderConfig, StreamingLoader, lengths
+from maeast.model import make_config
+from maeast.shards.build import build_shards
+
+H100_BF16_DENSE = 989e12  # FLOP/s, NVIDIA's H100 SXM datasheet (dense, without sparsity)
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET_CORES = 8
+
+
+def h100_clips_per_s(seconds: float) -> tuple[float, str]:
+    """Base-model clips/s one H100 trains at `seconds` clips, and where the figure comes from."""
+    for path in sorted(RESULTS.glob("gpu-check-*.json"), reverse=True):
+        report = json.loads(path.read_text())
+        row = report.get("rows", {}).get("step flash", {})
+        if "H100" in report.get("device", "") and row.get("status") == "ok" and row.get("seconds") == seconds:
+            return row["clips_per_s"], f"measured by make gpu-check ({path.name}: MFU {row['mfu']:.1%})"
+    frames = get_config("mae_ast").num_frames(round(seconds * 16000))
+    flops = step_flops(make_config("base"), 1, frames)
+    return (0.5 * H100_BF16_DENSE / flops,
+            f"analytic: {flops / 1e9:.0f} GFLOP per clip at 50% MFU of 989 TFLOP/s; no GPU run recorded")
+
+
+def cpu_seconds(fn):
+    """fn -> a call returning (CPU seconds of this process during fn(), what fn returned)."""
+    def run():
+        start = time.process_time()
+        value = fn()
+        return time.process_time() - start, value
+    return run
+
+
+def waveforms_through(wave, kept, preset, sample_rate):
+    """featurize's stand-in on the GPU route: the waveform batch [B, N] as it is, no padding mask."""
+    return wave, None
+
+
+def loader_epoch(shards: Path, batch: int, seconds: float, verify: bool, gpu_route: bool):
+    """One epoch of the stream loader -> its clips; on the GPU route without the fbank, each waveform
+    batch copied into a staging buffer (pinned where CUDA is) as the step before the device."""
+    config = LoaderConfig(shards=[str(shards)], batch_size=batch, num_workers=0, shuffle_buffer=0, bucket_batches=1,
+                          max_seconds=seconds, min_seconds=2.0, verify_checksums=verify)
+    loader = StreamingLoader(config)
+    staging = {}
+
+    def run() -> int:
+        clips = 0
+        with patched(lengths, "featurize", waveforms_through if gpu_route else lengths.featurize):
+            for b in loader:
+                if gpu_route:
+                    if b.features.shape not in staging:
+                        staging[b.features.shape] = torch.empty(b.features.shape, pin_memory=torch.cuda.is_available())
+                    staging[b.features.shape].copy_(b.features)
+                clips += len(b)
+        return clips
+    return run
+
+
+@contextlib.contextmanager
+def patched(module, name: str, value):
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=32, help="clips in the corpus (half speech, half music)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="clip length (10 s: the official crops)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # CPU seconds of one core; a GPU run's workers get one thread each
+    bench = Bench("cores_per_gpu", repeats=args.repeats, warmup=1)
+    clips_per_s, source = h100_clips_per_s(args.seconds)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        with bench.status("synthesizing the corpus (espeak-ng, sox) and building shards"):
+            make_corpus(tmp / "corpus", args.clips, args.seconds + 1.0, 1)  # a little longer than the crop
+            for codec in ("flac", "wav"):
+                build_shards("folder", tmp / "corpus", tmp / codec, shard_size_mb=2.0, codec=codec)
+        cases = {(codec, verify, route): loader_epoch(tmp / codec, args.batch, args.seconds, verify, route == "GPU")
+                 for codec in ("flac", "wav") for verify in (True, False) for route in ("GPU", "CPU")}
+        timed = bench.measure({f"{c} {v} {r}": cpu_seconds(fn) for (c, v, r), fn in cases.items()},
+                              label=f"{len(cases)} loaders, epochs in turns")
+    fbank_s = bench.measure({"fbank": cpu_seconds(lambda: fbank(real_waves(args.batch, args.seconds)))},
+                            label="fbank")["fbank"].stats(lambda v: v[0]).median / args.batch
+
+    rows = []
+    for (codec, verify, route), _ in cases.items():
+        us = timed[f"{codec} {verify} {route}"].stats(lambda v: v[0] / v[1] * 1e6)  # CPU µs per clip
+        cores = clips_per_s * us.median / 1e6
+        rows.append((codec, "on" if verify else "off", f"{route} route", spread(us, ",.0f"), f"{cores:.1f}",
+                     "yes" if cores <= TARGET_CORES else "no"))
+        key = f"{codec}.checksums_{'on' if verify else 'off'}.{route.lower()}_route"
+        bench.record(f"{key}.cpu_us_per_clip", us, digits=1)
+        bench.record(f"{key}.cores_per_h100", round(cores, 2))
+    bench.table(f"CPU time per {args.seconds:g} s clip (one thread; median (min-max) of {args.repeats} epochs of "
+                f"{args.clips} clips, batch {args.batch}), and CPU cores one H100 needs at {clips_per_s:,.0f} clips/s "
+                f"({source})", ["shards", "checksums", "route", "CPU µs/clip", "cores per H100", f"<= {TARGET_CORES}"],
+                rows, left=("shards", "checksums", "route"))
+    bench.note(f"fbank alone on this CPU: {fbank_s * 1e6:,.0f} µs per {args.seconds:g} s clip (one thread)")
+    bench.update({"h100_clips_per_s": round(clips_per_s, 1), "clips_per_s_source": source,
+                  "fbank_cpu_us_per_clip": round(fbank_s * 1e6, 1), "seconds": args.seconds, "batch": args.batch,
+                  "clips": args.clips})
+    bench.finish(own_load=1.0)
+
+
+if __name__ == "__main__":
+    main()
