@@ -38,3 +38,21 @@ def test_pretraining_from_s3_resumes_exactly_and_keeps_no_secret(shards, s3, tmp
     for path in files:  # config, logs, tensorboard events, checkpoints, exports
         data = path.read_bytes()
         assert SECRET.encode() not in data and ACCESS_KEY.encode() not in data, path
+
+
+@pytest.mark.slow
+def test_finetuning_from_s3_matches_local_disk(s3, tmp_path):
+    from maeast.finetune import finetune, load_finetune_config
+    from tests.conftest import build, make_corpus
+
+    build(make_corpus(tmp_path / "corpus", speech=6, music=6), tmp_path / "shards")
+    url = s3.upload(tmp_path / "shards", "labelled/shards")
+    runs = {}
+    for name, shards in (("local", tmp_path / "shards"), ("remote", url)):
+        cfg = load_finetune_config("finetune_tiny", task="custom", shards=str(shards), run_dir=str(tmp_path / name),
+                                   overrides=["schedule.epochs=1"])
+        runs[name] = finetune(cfg)
+    scores = {name: [{k: v for k, v in fold.items() if k not in ("seconds", "classifier")} for fold in run.folds]
+              for name, run in runs.items()}
+    assert scores["remote"] == scores["local"] and scores["local"][0]["history"]  # the same clips, steps and scores
+    assert url in (tmp_path / "remote" / "config.yaml").read_text()

@@ -21,8 +21,8 @@ TASK_HELP = ("audioset, esc50, speechcommands_v1, speechcommands_v2, voxceleb, i
 def finetune_command(
     ctx: typer.Context,
     task: str = typer.Option(..., "--task", help=f"The downstream task: {TASK_HELP}"),
-    data: Path | None = typer.Option(None, "--data", help="Shard folder of the task's corpus (default shards/CORPUS; "
-                                     "required for custom)."),
+    data: str | None = typer.Option(None, "--data", help="Shard folder of the task's corpus, or its URL (s3://, "
+                                    "gs://, http(s)://; default shards/CORPUS; required for custom)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Pretrained encoder: RUN/encoder, a pretraining "
                                            "run folder or RUN/checkpoints/step_N; none: random weights (the baseline)."),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", "--freeze_encoder",
@@ -68,7 +68,7 @@ def evaluate_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A `maeast finetune` run folder (or one fold's "
                                     "folder or classifier folder)."),
     task: str | None = typer.Option(None, "--task", help=f"Check the run's task ({TASK_HELP})"),
-    data: Path | None = typer.Option(None, "--data", help="Shard folder to score on (default: the run's)."),
+    data: str | None = typer.Option(None, "--data", help="Shard folder (or URL) to score on (default: the run's)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Folder for evaluation.json and the confusion "
                                     "PNGs (default CHECKPOINT/evaluation)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Clips per batch."),

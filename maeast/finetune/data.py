@@ -35,6 +35,7 @@ from maeast.finetune.custom import CustomPlan, SeededSplit, resolve_custom
 from maeast.finetune.tasks import Task
 from maeast.loaders import LoaderConfig, StreamingLoader
 from maeast.shards.format import INDEX, iter_meta, read_index, shard_paths
+from maeast.shards.storage import exists, is_url, join, redact
 
 
 @dataclass
@@ -98,10 +99,10 @@ def open_corpus(task: Task, shards: str | Path, train_split: str | None = None,
     """Read and check the task's shard folder (and, for cross-validation, every clip's fold; for the
     custom task, resolve the task on it, carving a missing valid or test split as `seeded` says;
     balanced: every train clip's class, for class_weights)."""
-    folder = Path(shards)
-    if not (folder / INDEX).is_file():
-        raise MaeastError(f"no shards for task {task.name} in {folder}: build them with `{task.build}` "
-                          f"or give --data SHARD_DIR")
+    folder = shards if is_url(shards) else Path(shards)
+    if not exists(join(folder, INDEX)):
+        raise MaeastError(f"no shards for task {task.name} in {redact(folder)}: build them with `{task.build}` "
+                          f"or give --data SHARD_DIR (a folder or URL)")
     index = read_index(folder)
     if balanced and index["multi_label"]:
         raise MaeastError(f"{folder} is multi-label; data.balanced draws single-label clips by their class: "
