@@ -458,3 +458,22 @@ def test_cli_converts_and_refuses_in_one_line(speech, tmp_path):
         r = CliRunner().invoke(app, ["convert-official", str(tmp_path / bad), "--out", str(tmp_path / "x")])
         assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
     assert "not a fairseq MAE-AST checkpoint" in r.output or "no such file" in r.output
+
+
+def test_onnx_export_of_stored_positions_takes_any_length(speech, tmp_path):
+    """The table is added without a branch on the length: an ONNX graph runs below and past its rows."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from maeast.inference.onnx import export_onnx
+    m = small(FRAME, max_token_length=80)  # 80 rows: 1.6 s of frame tokens
+    fp16_checkpoint(m, tmp_path / "fp16.pt")
+    convert_official(tmp_path / "fp16.pt", tmp_path / "out")
+    export_onnx(tmp_path / "out", tmp_path / "e.onnx")
+    enc = maeast.load_encoder(tmp_path / "out").encoder
+    session = onnxruntime.InferenceSession(str(tmp_path / "e.onnx"))
+    assert speech.shape[1] // 2 > 80
+    for frames in (120, speech.shape[1]):  # 60 tokens, and past the table
+        x = speech[:1, :frames]
+        tokens, _ = session.run(None, {"fbank": x.numpy()})
+        with torch.no_grad():
+            ref = enc(x).x
+        assert tokens.shape == tuple(ref.shape) and float(abs(tokens - ref.numpy()).max()) < 1e-4

@@ -37,9 +37,8 @@ class Positions(nn.Module):
         self.register_buffer("table", sinusoid(stored, dim) if stored else None)
 
     def forward(self, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        exact = sinusoid(n, self.dim, device, dtype)  # [n, dim]
         if self.table is None:
-            return sinusoid(n, self.dim, device, dtype)
-        rows = self.table[:n].to(device=device, dtype=dtype)  # [min(n, stored), dim]
-        if n > rows.shape[0]:
-            rows = torch.cat([rows, sinusoid(n, self.dim, device, dtype)[rows.shape[0]:]])
-        return rows
+            return exact
+        table = self.table.to(device=device, dtype=dtype)  # no branch on n: an ONNX graph takes any length
+        return torch.cat([table, exact[table.shape[0]:]])[:n]  # [n, dim]
