@@ -294,6 +294,13 @@ def test_chunk_official_equals_the_official_on_the_same_draws(recorded, grid, n_
     assert [index_sets(m, b) for b in range(B)] == [(set(k), set(x)) for k, x in zip(kept, masked)]
 
 
+def test_chunk_official_is_one_mask_per_batch_and_follows_the_generator():
+    rows_real = torch.full((4,), 62)
+    a, b, c = (chunk_official_mask(rows_real, PATCH_GRID, 0.75, gen(s)) for s in (1, 1, 2))
+    assert torch.equal(a.mask, b.mask) and not torch.equal(a.mask, c.mask)
+    assert all(torch.equal(a.mask[0], a.mask[i]) for i in range(4))
+
+
 def test_chunk_official_blocks_wrap_in_token_index_space():
     """A block starting at the last mel column goes on in the next time row (the official indexing)."""
     covered = chunk_official_cover(40, 8, 3, torch.tensor([7]), n_masked=5)
