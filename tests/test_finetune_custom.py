@@ -200,13 +200,14 @@ def test_multi_label_tsv_corpus_trains_with_bce_and_map(sounds, tmp_path):
 
 
 def test_on_a_corpus_with_its_own_splits_custom_is_that_corpus_task(sc_v1, tmp_path):
-    """Speech Commands v1 shards (train / valid / test): custom with the recipe's two differing knobs set
+    """Speech Commands v1 shards (train / valid / test): custom with the recipe's differing knobs set
     runs exactly the speechcommands_v1 task: the same clips, loss, metric and weights at every epoch."""
     root, test_root = sc_v1
     shards = tmp_path / "sc1"
     build_shards("speechcommands", root, shards, options={"version": "1", "test_root": str(test_root)})
     same = ["--data.clip_seconds", "1", "--schedule.epochs", "2", "--optim.clip_grad", "1",
-            "--schedule.final_lr_scale", "1"]
+            "--schedule.final_lr_scale", "1", "--head.norm", "none", "--head.projector", "256",
+            "--data.balanced", "true"]
     cfgs = {task: load_finetune_config("finetune_tiny", task=task, shards=str(shards), run_dir=str(tmp_path / task),
                                        overrides=same) for task in ("speechcommands_v1", "custom")}
     a, b = ({**to_dict(c), "task": None, "run": {**to_dict(c.run), "dir": None}} for c in cfgs.values())
