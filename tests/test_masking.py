@@ -1,4 +1,5 @@
-"""Mask invariants: exact counts, inverse permutation, per-clip draws, chunk blocks, determinism."""
+"""Mask invariants: exact counts, inverse permutation, per-clip draws, chunk blocks, determinism; the
+official masks equal a transcription of the official code on the same random draws."""
 
 import math
 

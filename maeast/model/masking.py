@@ -11,17 +11,19 @@ any score into the index sets, so every mask shares the same invariants:
   M = N - K slots, N = rows * cols tokens of the padded batch. Both depend on the batch's shape only
   (no host sync, static for torch.compile); a clip with fewer real tokens fills its spare slots with
   filler flagged in keep_pad / masked_pad (the encoder gets them as key padding, the losses skip them).
-  Without padding every slot is real;
+  Without padding every slot is real. The one exception: retain_spans sets its own visible count,
+  the same for every clip, so its K depends on the draw (a host sync);
 - ids_restore is the inverse of the permutation ids_shuffle = [visible, masked, padding], with the
   visible and the masked tokens each in token (time-major) order.
 
 The official code (MAE-AST-Public mae_ast/models/mae_ast.py, forward_mask) drew the chunk mask once
 per batch because its Python loop was slow; `chunk` gives every clip its own mask of true 2-D squares
 at the cost of a scatter. The official variants are here by name, equal to the official index sets on
-the same random draws (tests/test_masking.py transcribes the official code): `chunk_official` (one
-chunk size and one mask per batch, blocks in token-index space) and `retain_spans` (wav2vec 2.0 span
-sampling, whose spans are the tokens *kept*); the tokens they pick are computed from explicit draws
-by pure functions (`chunk_official_cover`, `span_keep`), which the tests call with the reference's draws.
+the same random draws (tests/test_masking.py records the draws made here and replays them into a
+transcription of the official code): `chunk_official` (one chunk size and one mask per batch, blocks
+in token-index space) and `retain_spans` (wav2vec 2.0 span sampling, whose spans are the tokens
+*kept*). Each picks its tokens from explicit draws in a pure function (`chunk_official_cover`,
+`span_keep`); they loop only to draw again in the rare case the official loop would.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Callable
 
 import torch
 
+from maeast.errors import MaeastError
 from maeast.model.tokens import token_padding
 
 
@@ -174,7 +177,8 @@ MIN_SPANS = 2
 """Fewest spans per clip in retain_spans (MAE-AST's compute_mask_indices(..., min_masks=2))."""
 
 
-def chunk_official_cover(n_tokens: int, cols: int, side: int, starts: torch.Tensor, n_masked: int) -> torch.Tensor | None:
+def chunk_official_cover(n_tokens: int, cols: int, side: int, starts: torch.Tensor,
+                         n_masked: int) -> torch.Tensor | None:
     """The official chunk mask from its draws: [n_tokens] bool, True for the n_masked masked tokens.
 
     Block j covers tokens starts[j] + a + cols * b (a, b < side) below n_tokens: a square in
@@ -272,7 +276,8 @@ def retain_spans_mask(rows_real: torch.Tensor, grid: tuple[int, int], ratio: flo
         K = int(keep[0].sum())
         if K > 0:
             return masking_from_counts(keep.double(), rows_real, grid, torch.full_like(n_real, K), K)
-    raise ValueError(f"retain_spans kept no token in 100 draws (clips of {int(n_real.min())} tokens)")
+    raise MaeastError(f"retain_spans kept no token in 100 draws: a clip has {int(n_real.min())} tokens; drop clips "
+                      f"shorter than model.span_length ({span_length}) tokens")
 
 
 MASKS: dict[str, MaskFn] = {"random": random_mask, "chunk": chunk_mask, "tf": tf_mask,
