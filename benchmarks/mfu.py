@@ -10,8 +10,9 @@ losses' elementwise work and the optimizer are left out. A training step counts 
 gradient, which autograd skips, is counted all the same). Layerdrop is off here, so every step runs
 every layer.
 
-Peak (`matmul_peak`): the FLOP/s of a large square matmul, timed the same way as the step: fp32 on
-CPU (what the step runs in there), bf16 on CUDA (the step runs under bf16 autocast there).
+Peak: the FLOP/s of a large square matmul (2048 on CPU, 8192 on CUDA), timed in turns with the steps
+(so that load from elsewhere falls on both alike): fp32 on CPU (what the step runs in there), bf16 on
+CUDA (the step runs under bf16 autocast there).
 
 The input is the log-mel fbank of real audio: the committed fixture clips (espeak-ng speech and a
 fluidsynth chord, tests/fixtures/fbank/reference.npz), looped to the clip length, each row shifted,
@@ -97,8 +98,8 @@ def sync(device: torch.device):
     return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
 
 
-def matmul_peak(bench: Bench, device: torch.device, size: int, repeats: int = 5) -> float:
-    """FLOP/s of a size x size matmul on `device`: bf16 on CUDA, fp32 on CPU (median of the repeats)."""
+def matmul_case(device: torch.device, size: int):
+    """A size x size matmul on `device` (bf16 on CUDA, fp32 on CPU) -> (a call, the FLOPs of one call)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     gen = torch.Generator(device).manual_seed(0)
     a, b = (torch.randn(size, size, generator=gen, device=device, dtype=dtype) for _ in range(2))
@@ -108,8 +109,18 @@ def matmul_peak(bench: Bench, device: torch.device, size: int, repeats: int = 5)
         for _ in range(calls):
             torch.mm(a, b)
 
+    return run, 2 * size**3 * calls
+
+
+def peak_size(device: torch.device) -> int:
+    return 8192 if device.type == "cuda" else 2048
+
+
+def matmul_peak(bench: Bench, device: torch.device, size: int, repeats: int = 5) -> float:
+    """FLOP/s of a size x size matmul on `device`: bf16 on CUDA, fp32 on CPU (median of the repeats)."""
+    run, flops = matmul_case(device, size)
     result = bench.measure({"matmul": run}, repeats=repeats, warmup=1, sync=sync(device), label="matmul peak")
-    return result["matmul"].rate(2 * size**3 * calls).median
+    return result["matmul"].rate(flops).median
 
 
 class Step:
@@ -155,11 +166,14 @@ def measure(bench: Bench, preset: str, batch: int, seconds: float, device: torch
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    seconds_per_step = bench.measure({"step": step}, repeats=steps, warmup=warmup, sync=sync(device),
-                                     label=f"{preset} steps, {attention} attention{', compiled' if compiled else ''}")
-    step_s = seconds_per_step["step"].seconds
+    cases = {"step": step}
+    if peak is None:  # the matmul takes turns with the steps, so that other load falls on both alike
+        cases["matmul"], matmul_flops = matmul_case(device, peak_size(device))
+    timed = bench.measure(cases, repeats=steps, warmup=warmup, sync=sync(device),
+                          label=f"{preset} steps, {attention} attention{', compiled' if compiled else ''}")
+    step_s = timed["step"].seconds
     flops = step_flops(cfg, batch, features.shape[1]) if flops is None else flops
-    peak = matmul_peak(bench, device, 8192 if device.type == "cuda" else 2048) if peak is None else peak
+    peak = timed["matmul"].rate(matmul_flops).median if peak is None else peak
     return {"preset": preset, "batch": batch, "seconds": seconds, "device": str(device), "attention": attention,
             "compiled": compiled, "tokens": cfg.tokens_for(features.shape[1]), "step_s": step_s,
             "first_step_s": first_s, "clips_per_s": batch / step_s.median, "flops": flops,

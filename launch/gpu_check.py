@@ -43,7 +43,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
 from harness import Bench  # noqa: E402
-from mfu import features_for, matmul_peak, measure, real_waves  # noqa: E402
+from mfu import features_for, matmul_peak, measure, peak_size, real_waves  # noqa: E402
 
 BUDGET_S = 540  # the whole check, so that it ends inside 10 minutes with start-up and the table
 RESULTS = ROOT / "benchmarks" / "results"
@@ -117,7 +117,7 @@ def mae_vs_ssast_row(dry: bool) -> dict:
     s, device = Sizes.of(dry), device_of(dry)
     batch = s.batch if dry else 16
     bench = quiet_bench()
-    peak = matmul_peak(bench, device, 2048 if dry else 8192)
+    peak = matmul_peak(bench, device, peak_size(device))
     results = {}
     for kind, model_fn in (("mae", None), ("ssast", SSASTStyle)):
         from maeast.model import make_config
