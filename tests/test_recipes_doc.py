@@ -80,6 +80,18 @@ def parse(text: str) -> list[Section]:
 SECTIONS = parse(DOC.read_text())
 
 
+FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def scalar(cell: str):
+    """An "ours" cell as YAML reads it; 1e-5 is a float here too (PyYAML's YAML 1.1 wants 1.0e-5)."""
+    def fix(v):
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return float(v) if isinstance(v, str) and FLOAT.fullmatch(v) else v
+    return fix(yaml.safe_load(cell)) if cell else None
+
+
 def lookup(tree: dict, key: str, where: str):
     node = tree
     for part in key.split("."):
@@ -140,7 +152,7 @@ def test_ours_matches_resolved(sec):
         if row.key == "-":
             continue
         where = f"recipes.md:{row.line}"
-        ours = yaml.safe_load(row.ours) if row.ours else None
+        ours = scalar(row.ours)
         actual = get(row.key, where)
         assert same(ours, actual), f"{where}: {sec.kind} {sec.name} `{row.key}`: the doc says {ours!r}, maeast " \
                                    f"resolves {actual!r}"
@@ -150,9 +162,10 @@ def test_parser_catches_drift():
     """A wrong cell, an unknown key and a malformed heading all fail (the checks above can fail)."""
     sec = Section("pretrain", "pretrain_tiny", 1)
     get = resolver(sec)
-    assert same(yaml.safe_load("64"), get("model.dim", "x")) and not same(yaml.safe_load("65"), get("model.dim", "x"))
-    assert same(yaml.safe_load("[0.9, 0.98]"), get("optim.betas", "x"))
-    assert not same(yaml.safe_load("true"), 1) and not same(yaml.safe_load("1"), True)
+    assert same(scalar("64"), get("model.dim", "x")) and not same(scalar("65"), get("model.dim", "x"))
+    assert same(scalar("[0.9, 0.98]"), get("optim.betas", "x"))
+    assert not same(scalar("true"), 1) and not same(scalar("1"), True)
+    assert scalar("1e-5") == 1e-5 and scalar("[1e-6, 2]") == [1e-6, 2] and scalar("step") == "step"
     with pytest.raises(AssertionError, match="not a resolved config key"):
         get("model.no_such_field", "x")
     with pytest.raises(AssertionError, match="level-2 heading"):
