@@ -127,9 +127,13 @@ def test_permanent_errors_fail_at_start_in_one_line(shards, s3, http_server):
     with credentials_checked(s3.endpoint):
         message = one_line_error(lambda: StreamingLoader(config(s3.url("ok"))))
     assert message.startswith(f"{s3.url('ok')}/index.json: access denied: check the credentials")
-    _, base = http_server
+    root, base = http_server
     assert one_line_error(lambda: StreamingLoader(config(f"{base}/missing"))).startswith(
         f"{base}/missing/index.json: no such object")
+    shutil.copytree(shards, root / "shards")
+    (root / "shards" / name).unlink()  # a folder over http cannot be listed: each shard is asked for
+    assert one_line_error(lambda: StreamingLoader(config(f"{base}/shards"))) == (
+        f"{base}/shards: 1 shard(s) listed in index.json are missing (first: {name}); rebuild with `maeast shard build`")
 
 
 def test_resume_from_s3_continues_the_same_sequence(shards, s3):
@@ -211,3 +215,10 @@ def test_shard_inspect_and_stats_read_a_bucket(shards, s3, tmp_path):
     assert result.exit_code == 0, result.output
     written = json.loads(s3.get("cli/index.json"))["stats"]["ssast"]
     assert written == json.loads(json.dumps(corpus_stats(shards, "ssast", max_clips=3)))
+
+
+def test_a_url_with_credentials_in_it_is_refused():
+    for url in ("https://user:hunter2@example.com/shards", "https://example.com/shards?X-Amz-Signature=hunter2"):
+        with pytest.raises(MaeastError, match="carries credentials") as e:
+            config(url)
+        assert "hunter2" not in str(e.value)

@@ -132,6 +132,11 @@ class LoaderConfig:
         if self.class_weights is not None and (not self.finetune or any(not w >= 0 for w in self.class_weights)):
             raise MaeastError("loader: class_weights are per-class draws of a fine-tuning loader, each >= 0")
         remote = [s for s in self.shards if is_url(s)]
+        secret = [s for s in remote if redact(s) != s]
+        if secret:
+            raise MaeastError(f"loader: shard URL {redact(secret[0])} carries credentials (user:password@ or a query "
+                              f"string), which would be saved with the run; give them in the environment "
+                              f"(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS)")
         if remote and self.backend != "stream":
             raise MaeastError(f"loader: backend {self.backend} reads local files only, not {redact(remote[0])}; use "
                               f"backend stream for URLs (or copy the shards to local disk)")

@@ -8,6 +8,7 @@ disjoint set of shards and, in a pass, every shard is read exactly once by exact
 from __future__ import annotations
 
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from maeast.errors import MaeastError
 from maeast.shards.format import SHORT_STEP_SECONDS, index_format, read_index, shard_paths
-from maeast.shards.storage import Location, is_url, list_names, redact
+from maeast.shards.storage import Location, exists, is_url, list_names, redact
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,7 @@ def load_sources(dirs: list[str], split: str, weights: list[float] | None = None
         entries = index["splits"][split]["shards"]
         shards = tuple(Shard(p, int(e["samples"]), e["sha256"], int(e["bytes"]), tuple(e.get("shorter_than", ())),
                              e["name"], index_format(index)) for p, e in zip(paths, entries))
-        present = list_names(folder)  # one listing; None where a folder cannot be listed (http, pipe:)
-        missing = [s.name for s in shards if present is not None and s.name not in present]
+        missing = _missing(folder, shards)
         if missing:
             raise MaeastError(f"{redact(folder)}: {len(missing)} shard(s) listed in index.json are missing "
                               f"(first: {missing[0]}); rebuild with `maeast shard build`")
@@ -82,6 +82,19 @@ def load_sources(dirs: list[str], split: str, weights: list[float] | None = None
     if len(rates) > 1:
         raise MaeastError(f"shard folders have different sample rates {sorted(rates)}; rebuild them at one rate")
     return sources
+
+
+def _missing(folder: Location, shards: tuple[Shard, ...]) -> list[str]:
+    """Names of the shards not in their folder: one listing, or where a folder cannot be listed (http) a
+    HEAD request per shard, 16 at a time; pipe: commands can only be tried."""
+    present = list_names(folder)
+    if present is not None:
+        return [s.name for s in shards if s.name not in present]
+    if str(folder).startswith("pipe:"):
+        return []
+    with ThreadPoolExecutor(16) as pool:
+        found = list(pool.map(lambda s: exists(s.path), shards))
+    return [s.name for s, ok in zip(shards, found) if not ok]
 
 
 def check_labels(sources: list[Source]) -> None:

@@ -205,8 +205,14 @@ def exists(location: Location) -> bool:
     if str(location).startswith("pipe:"):
         return True  # a command's output can only be tried
     fs, path = filesystem(location)
+
+    def probe() -> bool:  # info: a HEAD request (isfile over http would GET the whole body)
+        try:
+            return fs.info(path).get("type", "file") == "file"
+        except FileNotFoundError:
+            return False
     try:
-        return retried(location, lambda: fs.isfile(path))
+        return retried(location, probe)
     except StorageError as e:
         raise MaeastError(str(e)) from None
 
