@@ -30,4 +30,8 @@ def demo(
     for name, c in summary["corpora"].items():
         table.add_row(name, str(c["files"]), f"{c['hours']:.3f}", f"{c['seconds']:.1f}", c["path"])
     console.print(table)
+    if "recordings" in summary:
+        found = ", ".join(f"{name} {hours:.3f} h" for name, hours in summary["recordings"].items()) or "none"
+        console.print(f"real recordings in librispeech/: {found}" + "".join(
+            f"; {name} not installed (apt-get install {package})" for name, package in summary["recordings_missing"].items()))
     console.print(f"done in {summary['seconds']:.1f} s with {workers} worker(s)")

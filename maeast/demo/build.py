@@ -18,7 +18,7 @@ from typing import Callable
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from maeast.demo import events, keywords, unlabelled
+from maeast.demo import events, keywords, recordings, unlabelled
 from maeast.demo.noise import make_noise
 from maeast.demo.synth import check_tools
 from maeast.errors import MaeastError
@@ -133,6 +133,9 @@ def build_demo(out: Path, size: str = "small", seed: int = 0, workers: int = 2,
         ls_root = out / "librispeech"
         chapters = unlabelled.plan(ls_root, size, corpus_rng("librispeech", seed))
         jobs = [("librispeech", unlabelled.perform, t) for t in chapters] + jobs
+        found, missing = recordings.installed()
+        recorded = recordings.plan(ls_root, size, corpus_rng("recordings", seed), found)
+        jobs = [("librispeech", recordings.perform, t) for t in recorded] + jobs
 
     totals = {c: sum(_planned_files(t) for c2, _, t in noise_jobs + jobs if c2 == c)
               for c in corpora}
@@ -155,6 +158,8 @@ def build_demo(out: Path, size: str = "small", seed: int = 0, workers: int = 2,
             if corpus == "librispeech":
                 per_speaker[task.speaker] = per_speaker.get(task.speaker, 0.0) + sum(s for _, s in files)
         unlabelled.write_speakers(ls_root, chapters, per_speaker)
+        with open(ls_root / "SPEAKERS.TXT", "a") as f:
+            f.writelines(recordings.speaker_rows(recorded, per_speaker))
     summary = {"size": size, "seed": seed, "workers": workers,
                "seconds": round(time.perf_counter() - start, 2),
                "corpora": {c: {"path": str(out / c), "files": s["files"],
@@ -162,6 +167,11 @@ def build_demo(out: Path, size: str = "small", seed: int = 0, workers: int = 2,
                                "seconds": round(s["seconds"], 2),
                                "work_seconds": round(s["work_seconds"], 2)}
                            for c, s in runner.stats.items()}}
+    if "librispeech" in corpora:
+        summary["recordings"] = {src.name: round(sum(sec for c, t, files in runner.results if c == "librispeech"
+                                                     and getattr(t, "source", None) == src.name
+                                                     for _, sec in files) / 3600, 4) for src in found}
+        summary["recordings_missing"] = {src.name: src.package for src in missing}
     (out / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -174,4 +184,6 @@ def _planned_files(task) -> int:
         return len(task.clips)
     if isinstance(task, unlabelled.ChapterTask):
         return len(task.seconds)
+    if isinstance(task, recordings.RecordingTask):
+        return 0  # utterances are known once its recordings are read
     return 1  # a background-noise recording
