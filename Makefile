@@ -6,7 +6,8 @@ PYTHON   ?= python3
 VENV     := .venv
 PY       := $(VENV)/bin/python
 MAEAST   := $(VENV)/bin/maeast
-APT_PKGS := espeak-ng sox fluidsynth fluid-soundfont-gm ffmpeg libsndfile1 libopencv-dev libturbojpeg0-dev pkg-config tar
+APT_PKGS := espeak-ng sox fluidsynth fluid-soundfont-gm ffmpeg libsndfile1 libopencv-dev libturbojpeg0-dev pkg-config tar \
+            warzone2100-data wesnoth-1.16-music openarena-data
 DEMO     ?= data/demo
 DEMO_SIZE ?= full
 SHARDS   ?= shards/demo
