@@ -42,8 +42,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
-from harness import Bench  # noqa: E402
-from mfu import features_for, matmul_peak, measure, peak_size, real_waves  # noqa: E402
+
+try:
+    from harness import Bench  # noqa: E402
+    from mfu import features_for, matmul_peak, measure, peak_size, real_waves  # noqa: E402
+except ImportError as e:  # a bare GPU image without the wheels
+    sys.exit(f"gpu-check: {e}; make the wheels where PyPI is reachable (make gpu-wheels), bring .gpu-wheels "
+             f"along and run make gpu-check (or see README, 'Performance')")
 
 BUDGET_S = 540  # the whole check, so that it ends inside 10 minutes with start-up and the table
 RESULTS = ROOT / "benchmarks" / "results"
