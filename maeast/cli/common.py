@@ -6,6 +6,7 @@ import functools
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from maeast.errors import MaeastError
 
@@ -21,7 +22,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except MaeastError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         except OSError as e:  # disk full, permissions, a file vanishing mid-run
             err_console.print(f"[bold red]error:[/] {e.strerror or e}: {e.filename or ''}", highlight=False)
