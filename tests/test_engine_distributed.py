@@ -49,7 +49,7 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
-def launch_env_vars(args: list[str], world: int = 2) -> list[subprocess.CompletedProcess]:
+def start_env_vars(args: list[str], world: int = 2) -> list[subprocess.Popen]:
     """torchrun-style: every process gets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT."""
     port = str(free_port())
     procs = []
@@ -58,6 +58,12 @@ def launch_env_vars(args: list[str], world: int = 2) -> list[subprocess.Complete
                "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
         procs.append(subprocess.Popen([sys.executable, str(LAUNCH), *args], env=env, cwd=ROOT, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    return procs
+
+
+def launch_env_vars(args: list[str], world: int = 2) -> list[subprocess.CompletedProcess]:
+    """start_env_vars, then wait for every process; each must succeed."""
+    procs = start_env_vars(args, world)
     done = []
     for p in procs:
         out, err = p.communicate(timeout=TIMEOUT)

@@ -5,14 +5,22 @@ runs of 2 -> 1 and 1 -> 2 processes (ZeRO-2, ZeRO-3), a refused layout, and a ra
 from __future__ import annotations
 
 import re
+import signal
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
+from maeast.artifacts import latest_checkpoint
+from maeast.engine import load_config, pretrain
 from maeast.engine.layout import Layout, resume_route, saved_layout
 from maeast.errors import MaeastError
 from maeast.loaders.elastic import regroup, slot_progress
 from maeast.loaders.state import LoaderState
+from tests.conftest import make_demo_shards
+from tests.test_engine_distributed import (ROOT, TIMEOUT, launch_env_vars, start_env_vars, step_keys,
+                                           train_records)
 
 
 def rank_state(rank, world, workers, batches, positions, epoch=0, bad=0):
@@ -60,11 +68,27 @@ def test_mid_epoch_with_other_slots_is_one_line():
         regroup(states, 0, 1, 1, even)
 
 
-def test_uneven_quotas_are_refused():
+def uneven(epoch, world, workers):
+    """Slot 1 has a batch more; on 2 ranks x 1 worker the epoch is trimmed to the smaller rank (sources.quotas)."""
+    return [[3, 4]] if world == 1 else [[3], [3]]
+
+
+def left_after(state, rank, quotas):
+    """Batches the rank's slots still yield in the epoch: quota minus the count toward it."""
+    row = quotas(state["epoch"], state["world_size"], state["num_workers"])[rank]
+    return [q - b for q, b in zip(row, state["ranks"][str(rank)]["batches"])]
+
+
+def test_two_to_one_keeps_the_saved_epochs_quotas():
+    states = [rank_state(0, 2, 1, [1], [1]), rank_state(1, 2, 1, [1], [1])]
+    new = regroup(states, 0, 1, 2, uneven)
+    assert left_after(new, 0, uneven) == [2, 2]  # the saved plan's 3 - 1 each, not the new plan's 4 for slot 1
+
+
+def test_one_to_two_trims_to_end_the_epoch_together():
     states = [rank_state(0, 1, 2, [1, 1], [1, 1])]
-    uneven = lambda epoch, world, workers: [[3, 2]] if world == 1 else [[3], [2]]  # noqa: E731
-    with pytest.raises(MaeastError, match=r"would not end the epoch together"):
-        regroup(states, 0, 2, 1, uneven)
+    lefts = [left_after(regroup(states, r, 2, 1, uneven), r, uneven) for r in range(2)]
+    assert lefts == [[2], [2]]  # slot 1 had 3 left: trimmed by one, as a 2-rank epoch trims it
 
 
 def test_layout_routes():
@@ -89,3 +113,109 @@ def test_saved_layout_recorded_or_inferred(tmp_path):
     assert saved_layout(tmp_path, {"zero_optimization": {"stage": 2}}) == Layout(2, 2, False)
     (tmp_path / "zero_pp_rank_0_mp_rank_00_model_states.pt").touch()
     assert saved_layout(tmp_path, {"bf16": {"enabled": True}}) == Layout(2, 3, True)
+
+
+# ---- end to end: real processes on CPU over gloo ------------------------------------------------
+
+# batch 1, global batch 2: an epoch of the tiny corpus is 5 steps on 2 slots (2 processes x 1 worker, or 1 x 2)
+RUN = ["schedule.steps=8", "schedule.warmup_steps=1", "data.batch_size=1", "optim.global_batch=2", "eval.every=0",
+       "run.save_every=2", "run.log_every=1", "run.trace_keys=true", "run.collective_timeout=30"]
+EPOCH = 5  # steps of epoch 0 (checked below against the keys)
+ZERO_JSON = {stage: str(ROOT / "launch" / f"ds_zero{stage}.json") for stage in (2, 3)}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return make_demo_shards(tmp_path_factory.getbasetemp() / "engine_demo")
+
+
+def args(shards: Path, run_dir: Path, stage: int, *extra: str) -> list[str]:
+    return ["--deepspeed_config", ZERO_JSON[stage], "--config", "pretrain_tiny",
+            *[f"--{o}" for o in [*RUN, f"data.shards=[{shards}]", f"run.dir={run_dir}", *extra]]]
+
+
+def in_process(shards: Path, run_dir: Path, stage: int, *extra: str, resume: bool = False):
+    """One process, two loader workers (the same slots as 2 processes x 1 worker)."""
+    cfg = load_config("pretrain_tiny", [*RUN, f"data.shards=[{shards}]", f"run.dir={run_dir}", "data.num_workers=2",
+                                        *extra])
+    return pretrain(cfg, ZERO_JSON[stage], resume=resume)
+
+
+@pytest.fixture(scope="module")
+def reference(shards, tmp_path_factory):
+    """Uninterrupted runs on 1 process x 2 workers, per ZeRO stage (epoch 0 equals 2 processes x 1 worker's)."""
+    return {stage: in_process(shards, tmp_path_factory.mktemp(f"reference{stage}"), stage) for stage in (2, 3)}
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in train_records(run_dir)}
+
+
+def assert_epoch_once(run_dir: Path, reference_dir: Path) -> None:
+    """Epoch 0 (steps 1..EPOCH) shows every clip of the uninterrupted run's epoch 0, each once, in the same steps."""
+    ours, theirs = step_keys(run_dir), step_keys(reference_dir)
+    epoch = [k for s in range(1, EPOCH + 1) for k in ours[s]]
+    assert sorted(epoch) == sorted(set(epoch)), "a clip seen twice in one epoch"
+    assert {s: ours[s] for s in range(1, EPOCH + 1)} == {s: theirs[s] for s in range(1, EPOCH + 1)}
+    assert len(set(epoch)) == len({k for s in theirs for k in theirs[s]})  # every clip of the corpus's epoch
+    assert sorted(ours) == list(range(1, 9))
+
+
+def assert_curve_follows(run_dir: Path, reference_dir: Path, steps: range) -> None:
+    ours, theirs = losses(run_dir), losses(reference_dir)
+    assert sorted(ours) == list(range(1, 9))
+    for s in steps:
+        assert ours[s] == pytest.approx(theirs[s], rel=1e-5, abs=1e-6), s
+
+
+@pytest.mark.slow
+def test_zero2_two_processes_killed_resume_on_one(shards, reference, tmp_path):
+    procs = start_env_vars(args(shards, tmp_path, 2, "data.num_workers=1"), world=2)
+    log = tmp_path / "log.jsonl"
+    deadline = time.monotonic() + TIMEOUT
+    while not (log.is_file() and log.read_text().count('"kind": "train"') >= 3):  # step 3 done, step 2 saved
+        assert time.monotonic() < deadline and procs[0].poll() is None, procs[0].communicate()[1][-3000:]
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = procs[0].communicate(timeout=TIMEOUT)
+    assert procs[0].returncode == 2 and time.monotonic() - killed < 30 + 10  # within the collective timeout
+    line = err.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: rank\(s\) 1 of 2 stopped answering \(rank 0: .+\); the last completed step is \d+, "
+                        r"the last good checkpoint .+step_0000000[24]: --resume continues from it, on any number of "
+                        r"processes", line), line
+    assert latest_checkpoint(tmp_path).name in line  # intact, and named
+
+    last = int(latest_checkpoint(tmp_path).name.removeprefix("step_"))
+    assert last < EPOCH  # the kill came mid-epoch
+    resumed = in_process(shards, tmp_path, 2, resume=True)  # 1 process x 2 workers
+    assert resumed.step == 8
+    assert (tmp_path / "checkpoints" / "universal").is_dir()  # through DeepSpeed's universal checkpoint
+    assert "continued with 1 process(es), ZeRO stage 2" in (tmp_path / "log.jsonl").read_text()
+    assert_epoch_once(tmp_path, reference[2].run_dir)
+    assert_curve_follows(tmp_path, reference[2].run_dir, range(1, EPOCH + 1))
+
+
+@pytest.mark.slow
+def test_zero3_one_process_resumed_on_two(shards, reference, tmp_path):
+    in_process(shards, tmp_path, 3, "run.stop_at=2")
+    launch_env_vars([*args(shards, tmp_path, 3, "data.num_workers=1"), "--resume"], world=2)
+    text = (tmp_path / "log.jsonl").read_text()
+    assert "was saved with 1 process(es), ZeRO stage 3, fp32; continued with 2 process(es), ZeRO stage 3" in text
+    assert_epoch_once(tmp_path, reference[3].run_dir)
+    assert_curve_follows(tmp_path, reference[3].run_dir, range(1, EPOCH + 1))
+    # and the elastic run's own checkpoints resume as usual on its new layout
+    assert (tmp_path / "checkpoints" / "step_00000008" / "state_rank1.pt").is_file()
+
+
+def test_refused_resumes_are_one_line_before_anything_loads(shards, tmp_path):
+    in_process(shards, tmp_path, 2, "run.stop_at=2")
+    written = (tmp_path / "ds_config.json").read_text()
+    with pytest.raises(MaeastError, match=re.escape("was saved with 1 process(es), ZeRO stage 2, fp32, this run has "
+                                                    "1 process(es), ZeRO stage 3, fp32")):
+        in_process(shards, tmp_path, 3, resume=True)
+    with pytest.raises(MaeastError, match=r"middle of epoch 0 with 1 process\(es\) x 2 worker\(s\) \(2 slots\), "
+                                          r"this run has 1 x 1 \(1 slots\).*data.num_workers=2"):
+        in_process(shards, tmp_path, 2, "data.num_workers=1", resume=True)
+    assert (tmp_path / "ds_config.json").read_text() == written  # nothing rewritten
+    assert not (tmp_path / "checkpoints" / "universal").exists()

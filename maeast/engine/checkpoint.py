@@ -5,6 +5,8 @@
         state_rank{r}.pt                per process: step, loader position, RNG state
         model.*, encoder.*              the whole MAE-AST (`maeast visualize`) and its encoder, in fp32
     RUN/checkpoints/latest             the newest complete tag (written atomically)
+    RUN/checkpoints/universal/step_N   DeepSpeed's universal form of step_N, made (once, atomically) when
+                                       a run resumes it with another layout (maeast.engine.layout)
     RUN/encoder/                       the final export: encoder.safetensors + encoder.json
 
 Every process writes into `checkpoints/.tmp-step_N`; after a barrier rank 0 renames it to `step_N`
@@ -25,16 +27,18 @@ from maeast.engine import distributed as dist
 from maeast.errors import MaeastError
 from maeast.files import write_text
 
+UNIVERSAL = "universal"
+
 
 def tag_of(step: int) -> str:
     return f"{PREFIX}{step:08d}"
 
 
 def clear_partial(run_dir: Path) -> None:
-    """Rank 0: remove folders of saves that a kill interrupted."""
+    """Rank 0: remove folders of saves and conversions that a kill interrupted."""
     root = checkpoints_dir(run_dir)
     if dist.is_main() and root.is_dir():
-        for p in root.iterdir():
+        for p in [*root.iterdir(), *(root / UNIVERSAL).glob(".tmp-*")]:
             if p.name.startswith(".tmp-") or p.name.startswith(".old-"):
                 shutil.rmtree(p, ignore_errors=True)
 
@@ -76,6 +80,7 @@ def save_checkpoint(engine, run_dir: Path, step: int, train_state: dict, model_m
         write_text(root / "latest", tag)
         for old in complete_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(root / UNIVERSAL / old.name, ignore_errors=True)
     dist.barrier()
     return final
 
@@ -87,6 +92,46 @@ def load_train_state(path: Path) -> dict:
         raise MaeastError(f"{path} has no {file.name}: it was written by fewer processes than this run has "
                           f"({dist.world_size()}); resume with the process count that wrote it")
     return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def load_train_states(path: Path) -> list[dict]:
+    """Every process's state file of a checkpoint, in rank order (a resume on another layout reads them all)."""
+    first = load_train_state_of(path, 0)
+    return [first] + [load_train_state_of(path, r) for r in range(1, int(first["world_size"]))]
+
+
+def load_train_state_of(path: Path, rank: int) -> dict:
+    file = Path(path) / f"state_rank{rank}.pt"
+    if not file.is_file():
+        raise MaeastError(f"{path} has no {file.name}: the checkpoint is incomplete; resume from another one")
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def universal_copy(checkpoint: Path, convert: Callable[[Path, Path], None]) -> Path:
+    """RUN/checkpoints/universal/step_N, DeepSpeed's universal form of `checkpoint`, made by convert(checkpoint,
+    out) (engine.to_universal) on rank 0 while the others wait, into a hidden folder renamed into place once
+    whole, and reused by later resumes; the checkpoint itself is only read. Every process calls this."""
+    root = Path(checkpoint).parent / UNIVERSAL
+    out = root / Path(checkpoint).name
+    failure = None
+    if dist.is_main() and not out.is_dir():
+        tmp = root / f".tmp-{out.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            convert(Path(checkpoint), tmp / out.name)  # DeepSpeed also writes tmp/latest_universal
+            (tmp / out.name).rename(out)
+        except MaeastError as e:
+            failure = e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    failed = dist.all_reduce_sum(torch.tensor([0.0 if failure is None else 1.0], dtype=torch.float64))
+    if failure is not None:
+        raise failure
+    if failed.item():
+        raise MaeastError(f"rank 0 could not convert {checkpoint} to a universal checkpoint (its line says why); "
+                          f"resume with the process count and ZeRO JSON that saved it")
+    return out
 
 
 def publish_encoder(checkpoint: Path, run_dir: Path) -> Path:

@@ -9,7 +9,10 @@ port. Everything here is torch.distributed; deepspeed is imported only by maeast
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -109,3 +112,42 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if initialized() and world_size() > 1:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
+
+
+# ---- when a process dies ---------------------------------------------------------------------------
+
+ROLL_CALL = ".roll-call"
+"""RUN/.roll-call/rank{r}: written by the processes still alive after a collective failed."""
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether an exception is a collective that failed because another process died or stalled past the
+    process group's timeout (gloo raises RuntimeError: connection closed or reset, timed out; NCCL its own)."""
+    if not isinstance(error, RuntimeError) or not initialized() or world_size() == 1:
+        return False
+    text = str(error)
+    return isinstance(error, dist.DistError) or any(
+        word in text for word in ("gloo", "NCCL", "Connection closed", "Connection reset", "Timed out", "timed out"))
+
+
+def missing_ranks(run_dir, grace_s: float = 5.0) -> list[int]:
+    """After a failed collective, without collectives: each surviving process writes RUN/.roll-call/rank{r}
+    and waits `grace_s` for the others; the ranks that wrote nothing are dead or stalled. The run folder
+    is shared by every process (checkpoints need it), so this works across nodes."""
+    folder = Path(run_dir) / ROLL_CALL
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank{rank()}").write_text(str(os.getpid()))
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        present = {p.name for p in folder.iterdir()}
+        if all(f"rank{r}" in present for r in range(world_size())):
+            break
+        time.sleep(0.2)
+    present = {p.name for p in folder.iterdir()}
+    return [r for r in range(world_size()) if f"rank{r}" not in present]
+
+
+def clear_roll_call(run_dir) -> None:
+    """Rank 0 at the start of a session: forget the last failure's roll call."""
+    if is_main():
+        shutil.rmtree(Path(run_dir) / ROLL_CALL, ignore_errors=True)

@@ -13,10 +13,13 @@ needs its own CPU Adam, which it compiles once.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import io
 import logging
 import os
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -46,15 +49,34 @@ def quiet_deepspeed(level: int = logging.WARNING) -> None:
     logger.setLevel(level)
 
 
-def init_distributed() -> None:
-    """Start the process group (gloo on CPU, NCCL on CUDA) from the launcher's environment or defaults."""
+def init_distributed(timeout_s: float | None = None) -> None:
+    """Start the process group (gloo on CPU, NCCL on CUDA) from the launcher's environment or defaults;
+    its collectives give up after timeout_s seconds (None: the backend's default, 30 minutes)."""
     dist.env_defaults()
     quiet_deepspeed()
     # No shared-memory op build (gloo does the work). Writing the entry without reading the attribute also
     # skips DeepSpeed's probe of every op, which runs the compiler (and prints its failures, e.g. -laio).
     vars(deepspeed.ops).setdefault("__compatible_ops__", {})["deepspeed_shm_comm"] = False
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    timeout = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, **timeout)
+
+
+def to_universal(checkpoint: Path, out: Path) -> None:
+    """DeepSpeed's Universal Checkpointing conversion (deepspeed.checkpoint.ds_to_universal) of a ZeRO
+    checkpoint folder into `out`, which an Engine built with "checkpoint": {"load_universal": true} loads
+    on any number of processes. Reads `checkpoint` only; also writes out's parent/latest_universal.
+    In this process (no worker pool); DeepSpeed's progress output is kept for the error line only."""
+    from deepspeed.checkpoint import ds_to_universal
+    args = argparse.Namespace(input_folder=str(checkpoint), output_folder=str(out), num_extract_workers=1,
+                              num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), _quiet():
+        try:
+            ds_to_universal.main(args)
+        except Exception as e:  # noqa: BLE001 -- DeepSpeed raises asserts, ValueErrors, KeyErrors from inside
+            raise MaeastError(f"DeepSpeed could not convert {checkpoint} to a universal checkpoint "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); resume with "
+                              f"the process count and ZeRO JSON that saved it") from None
 
 
 class Engine:

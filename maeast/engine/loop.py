@@ -14,6 +14,7 @@ draw is a function of (seed, step, slot) and the loader restores its position.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,16 +25,20 @@ import torch
 from maeast.configio import load_yaml
 from maeast.engine import distributed as dist
 from maeast.artifacts import latest_checkpoint
-from maeast.engine.checkpoint import clear_partial, load_train_state, model_meta, publish_encoder, save_checkpoint
+from maeast.engine.checkpoint import (clear_partial, load_train_states, model_meta, publish_encoder, save_checkpoint,
+                                     universal_copy)
 from maeast.engine.config import TrainConfig, build_config, save_config
 from maeast.engine.ds_config import deepspeed_config, read_zero_json, zero_stage
 from maeast.engine.evaluate import eval_line, evaluate
+from maeast.engine.layout import Layout, read_run_ds_config, resume_route, saved_layout
 from maeast.engine.logging import RunLogger, cut_log
-from maeast.engine.trainer import Micro, Trainer, check_resume, check_world
+from maeast.engine.probe import open_probe, probe_line
+from maeast.engine.trainer import RESUME_FREE, Micro, Trainer, check_resume
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
 from maeast.features.stats import corpus_features
 from maeast.loaders import StreamingLoader
+from maeast.loaders.elastic import loader_quotas, regroup
 from maeast.model import MAEAST
 from maeast.files import write_json
 
@@ -52,9 +57,9 @@ class PretrainResult:
 def pretrain(cfg: TrainConfig, deepspeed_config_path: str | Path | dict | None = None, resume: bool = False,
              console=None) -> PretrainResult:
     """Train (or continue, with resume) the run in cfg.run.dir; every process of the world calls this."""
-    from maeast.engine.engine import Engine, init_distributed  # deepspeed only from here on
+    from maeast.engine.engine import Engine, init_distributed, to_universal  # deepspeed only from here on
 
-    init_distributed()
+    init_distributed(cfg.run.collective_timeout)
     started = time.perf_counter()
     world, rank, device = dist.world_size(), dist.rank(), dist.device()
     threads = dist.set_threads(cfg.run.threads, cfg.data.num_workers * cfg.data.threads_per_worker)
@@ -69,18 +74,23 @@ def pretrain(cfg: TrainConfig, deepspeed_config_path: str | Path | dict | None =
     eval_loader = (lambda: StreamingLoader(cfg.eval_loader_config(), 0, 1, features)) if cfg.eval.every else None
     if eval_loader is not None:
         eval_loader()  # a missing eval split is an error now, not at the first evaluation
+    probe = open_probe(cfg.eval, features, zero_stage(ds_config), dist.is_main())  # its shards checked now
     run_dir = Path(cfg.run.dir)
-    checkpoint = _prepare_run_dir(cfg, run_dir, resume, ds_config)
+    layout = Layout.of(ds_config, world)
+    resumed = _prepare_run_dir(cfg, run_dir, resume, ds_config, layout, loader)
+    checkpoint = resumed.checkpoint if resumed else None
+    load_from = checkpoint
+    if resumed and resumed.route == "universal":  # another layout: through DeepSpeed's universal checkpoint
+        load_from = universal_copy(checkpoint, to_universal)
+        ds_config = {**ds_config, "checkpoint": {"load_universal": True}}
     torch.manual_seed(cfg.run.seed)
     engine = Engine(MAEAST(cfg.model), cfg.optim, cfg.schedule, ds_config)
 
     step, samples = 0, 0
-    if checkpoint is not None:
-        engine.load(checkpoint.parent, checkpoint.name)
-        state = load_train_state(checkpoint)
-        check_world(state, world, checkpoint)
-        loader.load_state_dict(state["loader"])
-        step, samples = int(state["step"]), int(state["samples"])
+    if resumed:
+        engine.load(load_from.parent, load_from.name)
+        loader.load_state_dict(resumed.loader)
+        step, samples = resumed.step, resumed.samples
     if dist.is_main():
         cut_log(run_dir, step)
     trace = trace_keys(run_dir, rank, step) if cfg.run.trace_keys else None
@@ -96,6 +106,9 @@ def pretrain(cfg: TrainConfig, deepspeed_config_path: str | Path | dict | None =
                  step=step, world_size=world, accumulation=accum, zero_stage=zero_stage(ds_config))
     trainer = Trainer(engine, Pretraining(device, features.frame_shift_ms / 1000.0), cfg.run.seed,
                       world, rank, accum, run_dir, logger, trace, checkpoint=lambda: latest_checkpoint(run_dir))
+    if resumed and resumed.saved != layout:
+        logger.event(f"{checkpoint.name} was saved with {resumed.saved}; continued with {layout}"
+                     + (" through DeepSpeed's universal checkpoint" if resumed.route == "universal" else ""), step=step)
     stream = _endless(loader)
     result = PretrainResult(run_dir, step, checkpoint, None)
     try:
@@ -109,10 +122,14 @@ def pretrain(cfg: TrainConfig, deepspeed_config_path: str | Path | dict | None =
             if cfg.eval.every and (step % cfg.eval.every == 0 or step == last):
                 result.eval = {"step": step, **evaluate(engine, cfg, eval_loader)}
                 logger.eval(result.eval, eval_line(result.eval))
+            if probe is not None and (step % cfg.eval.probe_every == 0 or step == last):
+                record = {"step": step, **probe.score(engine.module.encoder)}
+                logger.eval(record, probe_line(record), kind="probe")
             if step % cfg.run.save_every == 0 or step == last:
                 if trace is not None:
                     trace.flush()
-                state = {"step": step, "samples": samples, "world_size": world, "loader": loader.state_dict()}
+                state = {"step": step, "samples": samples, "world_size": world, "layout": layout.to_dict(),
+                         "loader": loader.state_dict()}
                 extra = {"loss": record["loss"], **({"eval": result.eval} if result.eval else {})}
                 result.checkpoint = save_checkpoint(engine, run_dir, step, state, model_meta(cfg, features, step, samples, extra),
                                                     cfg.run.keep)
@@ -121,6 +138,12 @@ def pretrain(cfg: TrainConfig, deepspeed_config_path: str | Path | dict | None =
         if result.checkpoint is not None:
             result.encoder = publish_encoder(result.checkpoint, run_dir)
             logger.event(f"encoder exported to {result.encoder}", step=step)
+    except RuntimeError as e:  # a collective failed: another process died or stalled past run.collective_timeout
+        if not dist.is_peer_failure(e):
+            raise
+        message = peer_failure(run_dir, result.step, e)
+        logger.write({"kind": "event", "message": message, "step": result.step})  # the console gets the error line
+        raise MaeastError(message) from None
     finally:
         logger.close()
         if trace is not None:
@@ -145,13 +168,40 @@ class Pretraining:
         return Micro(out.loss, len(batch), batch.keys, out.parts, frames * self.hop_s)
 
 
-def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool, ds_config: dict) -> Path | None:
-    """Check the run directory against --resume, save the resolved configs; returns the checkpoint to resume."""
+@dataclass
+class Resumed:
+    """What a resume continues from, all read and checked before anything is loaded or written."""
+
+    checkpoint: Path
+    saved: Layout  # the layout that wrote it
+    route: str  # maeast.engine.layout.resume_route: "native" or "universal"
+    step: int
+    samples: int
+    loader: dict  # this process's loader state, regrouped for this run's processes x workers
+
+
+LAYOUT_KEYS = ("data.num_workers",)
+"""Config keys of the process layout: a resume may change them (with the process count), and
+maeast.loaders.elastic decides whether the epoch it is in can continue on the new layout."""
+
+
+def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool, ds_config: dict, layout: Layout,
+                     loader: StreamingLoader) -> Resumed | None:
+    """Check the run directory against --resume and the checkpoint's layout against this run's, then save
+    the resolved configs; returns what to resume (None: a new run)."""
     checkpoint = latest_checkpoint(run_dir)
+    resumed = None
     if resume:
         if checkpoint is None:
             raise MaeastError(f"nothing to resume in {run_dir}: it has no complete checkpoint; run without --resume")
-        check_resume(build_config(load_yaml(run_dir / "config.yaml")), cfg, run_dir / "config.yaml")
+        check_resume(build_config(load_yaml(run_dir / "config.yaml")), cfg, run_dir / "config.yaml",
+                     RESUME_FREE + LAYOUT_KEYS)
+        saved = saved_layout(checkpoint, read_run_ds_config(run_dir))  # before this session rewrites ds_config.json
+        route = resume_route(saved, layout, checkpoint)
+        states = load_train_states(checkpoint)
+        mine = regroup([s["loader"] for s in states], dist.rank(), layout.world_size, cfg.data.num_workers,
+                       loader_quotas(loader), where=str(checkpoint))
+        resumed = Resumed(checkpoint, saved, route, int(states[0]["step"]), int(states[0]["samples"]), mine)
     elif checkpoint is not None:
         raise MaeastError(f"{run_dir} already holds a run (checkpoint {checkpoint.name}); pass --resume to continue it "
                           f"or set run.dir to a new folder")
@@ -159,10 +209,24 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool, ds_config: d
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         clear_partial(run_dir)
+        dist.clear_roll_call(run_dir)
         save_config(cfg, run_dir / "config.yaml")
         write_json(run_dir / "ds_config.json", ds_config)
     dist.barrier()
-    return checkpoint if resume else None
+    return resumed
+
+
+def peer_failure(run_dir: Path, step: int, error: RuntimeError) -> str:
+    """The one line every surviving process stops with when a collective failed."""
+    gone = dist.missing_ranks(run_dir)
+    who = (f"rank(s) {', '.join(map(str, gone))} of {dist.world_size()} stopped answering" if gone else
+           f"a collective failed on all {dist.world_size()} processes")
+    good = latest_checkpoint(run_dir)
+    lines = str(error).strip().splitlines()
+    first = re.sub(r"\[[^\]]*\]:?\d*", "", lines[0]).split(". ")[0] if lines else type(error).__name__  # no [file:line]
+    first = " ".join(first.split())
+    return (f"{who} (rank {dist.rank()}: {first[:160]}); the last completed step is {step}, the last good checkpoint "
+            f"{good if good else 'none (no checkpoint yet)'}: --resume continues from it, on any number of processes")
 
 
 def _endless(loader):
@@ -191,11 +255,14 @@ def layerdrop_for_stage(cfg: TrainConfig, stage: int) -> TrainConfig:
 
 
 def trace_keys(run_dir: Path, rank: int, step: int):
-    """RUN/keys/rank{r}.tsv (step, slot, key per line), cut back to `step` on resume; an open file."""
-    path = Path(run_dir) / "keys" / f"rank{rank}.tsv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines(keepends=True)
-                if line.endswith("\n") and int(line.split("\t", 1)[0]) <= step]
-        path.write_text("".join(kept))
-    return open(path, "a")
+    """RUN/keys/rank{r}.tsv (step, slot, key per line), every rank's file cut back to `step` by rank 0 on
+    resume (a resume on fewer processes leaves files no process appends to); an open file."""
+    folder = Path(run_dir) / "keys"
+    folder.mkdir(parents=True, exist_ok=True)
+    if dist.is_main():
+        for path in folder.glob("rank*.tsv"):
+            kept = [line for line in path.read_text().splitlines(keepends=True)
+                    if line.endswith("\n") and int(line.split("\t", 1)[0]) <= step]
+            path.write_text("".join(kept))
+    dist.barrier()
+    return open(folder / f"rank{rank}.tsv", "a")

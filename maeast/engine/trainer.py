@@ -26,7 +26,7 @@ from maeast.engine import rng
 from maeast.errors import MaeastError
 
 RESUME_FREE = ("run.stop_at", "run.log_every", "run.threads", "run.keep", "run.trace_keys", "run.eval_every",
-               "run.save_every", "run.folds", "eval.every", "eval.batches")
+               "run.save_every", "run.folds", "eval.every", "eval.batches", "run.collective_timeout")
 """Keys a resumed run may change: they do not touch the weights or the loss curve (run.save_every of
 fine-tuning counts epochs; pretraining's, which counts steps, is one of its keys too: saving draws nothing)."""
 
@@ -134,19 +134,13 @@ def config_changes(saved, now, free: tuple[str, ...] = RESUME_FREE) -> list[tupl
     return [(k, a.get(k), b[k]) for k in b if b[k] != a.get(k) and k not in free]
 
 
-def check_resume(saved, now, where: Path) -> None:
-    """A resumed run must keep its config (less the RESUME_FREE keys); one line names the first change."""
-    changed = config_changes(saved, now)
+def check_resume(saved, now, where: Path, free: tuple[str, ...] = RESUME_FREE) -> None:
+    """A resumed run must keep its config (less the free keys); one line names the first change."""
+    changed = config_changes(saved, now, free)
     if changed:
         key, was, value = changed[0]
         raise MaeastError(f"--resume with a different config: {key} is {value!r}, the run has {was!r}; resume with "
                           f"the run's config ({where})")
-
-
-def check_world(state: dict, world_size: int, checkpoint: Path) -> None:
-    if int(state["world_size"]) != world_size:
-        raise MaeastError(f"{checkpoint} was written by {state['world_size']} process(es), this run has {world_size}; "
-                          f"resume with {state['world_size']} (ZeRO partitions and loader positions are per process)")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -8,10 +8,11 @@ resumes on M processes x V workers as follows:
 
   - at an epoch boundary (no slot started): any M x V; the next epochs are those of a run that always
     had M x V;
-  - mid-epoch with the same number of slots (N*W == M*V): slot s keeps its plan and position and moves
-    to rank s // V, worker s % V; every clip of the epoch is still taken exactly once, provided both
-    groupings give every slot the same quota and every new rank the same number of batches left
-    (checked; one line otherwise);
+  - mid-epoch with the same number of slots (N*W == M*V): slot s keeps its plan, its position and the
+    saved epoch's quota, and moves to rank s // V, worker s % V; no clip of the epoch is taken twice or
+    skipped, except that when the new ranks would have different numbers of batches left, the slots
+    with most are trimmed to the rank with fewest (as sources.quotas trims an epoch), so that the
+    ranks end the epoch at the same step;
   - mid-epoch with another number of slots: refused in one line (resume with data.num_workers such that
     processes x workers equals the saved slots, or from a checkpoint at an epoch boundary).
 
@@ -23,10 +24,19 @@ from __future__ import annotations
 from typing import Callable
 
 from maeast.errors import MaeastError
+from maeast.loaders.sources import quotas
 from maeast.loaders.state import FORMAT, merge_states, new_stats
 
 Quotas = Callable[[int, int, int], list[list[int]]]
 """(epoch, world_size, num_workers) -> batches per [rank][worker] of that epoch (sources.quotas)."""
+
+
+def loader_quotas(loader) -> Quotas:
+    """A StreamingLoader's epoch quotas as a function of the layout (its own config and sources)."""
+    c = loader.config
+    return lambda epoch, world_size, num_workers: quotas(
+        loader.sources, c.seed, epoch, world_size, num_workers, c.batch_size, c.drop_last, c.epoch_batches,
+        0.0 if c.finetune else c.min_seconds)
 
 
 def slots(world_size: int, num_workers: int) -> int:
@@ -70,16 +80,32 @@ def regroup(states: list[dict], rank: int, world_size: int, num_workers: int, qu
                           f"mid-epoch the slots must stay; resume with "
                           + (f"data.num_workers={fits}" if fits else f"a process count that divides {len(progress)}")
                           + " or from a checkpoint at an epoch boundary")
-    before = [q for row in quotas(epoch, n, w) for q in row]
-    after = [q for row in quotas(epoch, world_size, num_workers) for q in row]
-    left = [sum(after[r * v + k] - progress[r * v + k][0] for k in range(v)) for r in range(world_size)]
-    if before != after or len(set(left)) > 1:
-        raise MaeastError(f"{where} was saved in the middle of epoch {epoch} with {layout}; grouped as {here} its "
-                          f"slots would not end the epoch together (batches left per process {left}); resume with "
-                          f"the saved layout or from a checkpoint at an epoch boundary")
-    mine = progress[rank * v:(rank + 1) * v]
-    return {**new, "ranks": {str(rank): {"batches": [b for b, _ in mine], "positions": [p for _, p in mine],
-                                         "stats": stats}}}
+    left = [q - taken for q, (taken, _) in zip(_flat(quotas(epoch, n, w)), progress)]  # the saved plan's rest
+    counts = _flat(quotas(epoch, world_size, num_workers))
+    left = _even_out(left, world_size, v)
+    mine = range(rank * v, (rank + 1) * v)
+    # `batches` counts toward the slot's quota in this layout: shifted so that the slot stops where the
+    # saved epoch's plan (less the trim) stops it.
+    return {**new, "ranks": {str(rank): {"batches": [counts[s] - left[s] for s in mine],
+                                         "positions": [progress[s][1] for s in mine], "stats": stats}}}
+
+
+def _flat(table: list[list[int]]) -> list[int]:
+    return [x for row in table for x in row]
+
+
+def _even_out(left: list[int], world_size: int, workers: int) -> list[int]:
+    """Batches left per slot, trimmed (largest slot first, as sources.quotas trims) so that every rank has
+    as many left as the rank with fewest: the ranks step together to the end of the epoch. Trimmed
+    batches are clips this epoch does not show, as a trimmed quota's are; none is shown twice."""
+    left = list(left)
+    per_rank = [sum(left[r * workers:(r + 1) * workers]) for r in range(world_size)]
+    target = min(per_rank)
+    for r in range(world_size):
+        for _ in range(per_rank[r] - target):
+            k = max(range(r * workers, (r + 1) * workers), key=lambda j: (left[j], j))
+            left[k] -= 1
+    return left
 
 
 def _stats_for(old: dict, rank: int, world_size: int) -> dict[str, int]:
