@@ -460,6 +460,7 @@ def test_cli_converts_and_refuses_in_one_line(speech, tmp_path):
     assert "not a fairseq MAE-AST checkpoint" in r.output or "no such file" in r.output
 
 
+@pytest.mark.slow  # the ONNX export: about 15 s on 2 busy cores
 def test_onnx_export_of_stored_positions_takes_any_length(speech, tmp_path):
     """The table is added without a branch on the length: an ONNX graph runs below and past its rows."""
     onnxruntime = pytest.importorskip("onnxruntime")
