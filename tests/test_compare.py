@@ -74,6 +74,28 @@ def test_cli_runs_the_matrix_writes_json_and_png_and_a_rerun_reuses_it(setup):
     assert changed.exit_code == 2 and "optim.frozen_lr" in changed.output and "delete" in changed.output
 
 
+def test_custom_shards_run_like_the_named_tasks(setup, tmp_path):
+    """--task custom=SHARDS: the three settings on any labelled shard folder, rows named after the folder."""
+    from tests.conftest import build, make_corpus
+    out, encoder = setup
+    shards = tmp_path / "sounds"
+    build(make_corpus(tmp_path / "corpus", speech=5, music=5), shards)
+    args = ["compare", "--checkpoint", str(encoder), "--task", f"custom={shards}", "-c", "finetune_tiny",
+            "--out", str(tmp_path / "cmp"), *TINY]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "cmp" / "results.json").read_text())["rows"]
+    assert [(r["task"], r["setting"]) for r in rows] == [("custom_sounds", s.name) for s in SETTINGS]
+    for r in rows:
+        assert r["metric"] == "accuracy" and 0.0 <= r["mean"] <= 1.0 and 0.0 < r["chance"] <= 1.0
+        saved = json.loads((tmp_path / "cmp" / f"custom_sounds-{r['setting']}" / "results.json").read_text())
+        assert saved["task"] == "custom" and saved["shards"] == str(shards)
+    twice = CliRunner().invoke(app, args[:5] + ["--task", f"custom={shards}", *args[5:]])
+    assert twice.exit_code == 2 and "given twice" in twice.output
+    bare = CliRunner().invoke(app, ["compare", "--checkpoint", str(encoder), "--task", "custom"])
+    assert bare.exit_code == 2 and "custom=" in bare.output and len(bare.output.strip().splitlines()) == 1
+
+
 def test_bad_input_is_one_line(setup, tmp_path):
     out, encoder = setup
     with pytest.raises(MaeastError, match="unknown task"):

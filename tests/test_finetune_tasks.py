@@ -68,7 +68,7 @@ def test_esc50_folds_follow_the_csv_and_evaluation_reproduces_the_run(esc50, sha
 
     result = finetune(tiny("esc50", shards / "esc50", tmp_path / "run"))
     assert [f["fold"] for f in result.folds] == [1, 2, 3, 4, 5]
-    assert all(f["test"]["clips"] == 1 and f["selected_by"] == "last" for f in result.folds)
+    assert all(f["test"]["clips"] == 1 and f["selected_by"] == "fold_mean" for f in result.folds)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["mean"] == pytest.approx(result.summary["mean"]) and len(saved["folds"]) == 5
 
@@ -119,7 +119,7 @@ def test_iemocap_sessions_and_a_frozen_encoder_stays_as_loaded(iemocap, shards, 
             after = load_file(str(run / f"fold{fold}" / "classifier" / "encoder.safetensors"))
             assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
             head = load_file(str(run / f"fold{fold}" / "classifier" / "head.safetensors"))
-            assert "norm.running_mean" in head  # the frozen default: BatchNorm without affine (MAE's probe)
+            assert head["projector.weight"].shape == (256, 64)  # the frozen default: SUPERB's head
     full = tmp_path / "full"
     finetune(tiny("iemocap", shards / "iemocap", full, checkpoint=str(encoder_dir), folds=[1]))
     tuned = load_file(str(full / "fold1" / "classifier" / "encoder.safetensors"))
@@ -180,12 +180,13 @@ def test_finetune_command_line(shards, tmp_path):
     if "finetune" not in {c.name for c in app.registered_commands}:
         register(app)
     args = ["finetune", "--task", "voxceleb", "--data", str(shards / "vox"), "--config", "finetune_tiny",
-            "--freeze-encoder", "--run.dir", str(tmp_path / "cli"), "--data.clip_seconds", "2", "--head.layers", "weighted"]
+            "--freeze-encoder", "--run.dir", str(tmp_path / "cli"), "--data.clip_seconds", "2"]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
-    assert "voxceleb (frozen, random init)" in out.output and "mean +- std" in out.output
+    assert "voxceleb (frozen, superb, random init)" in out.output and "mean +- std" in out.output
     info = json.loads((tmp_path / "cli" / "main" / "classifier" / "classifier.json").read_text())
-    assert info["frozen"] and info["head"] == {"layers": 2, "norm": "batch", "weighted": True}
+    assert info["frozen"] and info["head"] == {"layers": 2, "norm": "none", "weighted": True, "projector": 256,
+                                               "protocol": "superb"}
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "--resume" in again.output and len(again.output.strip().splitlines()) == 1
     bad = CliRunner().invoke(app, args[:5] + ["--fold", "2", "--run.dir", str(tmp_path / "cli2")])

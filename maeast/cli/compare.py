@@ -20,7 +20,8 @@ def compare_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="The pretrained encoder: RUN/encoder of a `maeast "
                                     "pretrain` run (or the run folder, or RUN/checkpoints/step_N)."),
     task: list[str] = typer.Option(..., "--task", help="TASK=SHARDS, repeatable (e.g. esc50=shards/demo/events); "
-                                   "TASK alone reads the task's default shards/CORPUS."),
+                                   "TASK alone reads the task's default shards/CORPUS; custom=SHARDS: any labelled "
+                                   "shard folder, as `maeast finetune --task custom` reads it."),
     config: str = typer.Option("finetune_small", "--config", "-c", help="Fine-tuning config of every run (a shipped "
                                "name or a YAML file); the random-init encoder takes the checkpoint's architecture."),
     out: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="Folder of the runs, results.json and "

@@ -58,7 +58,12 @@ SETTINGS = (Setting("frozen-random", "frozen, random init", True, False),
 class TaskData:
     task: str
     shards: str | None = None
-    """Shard folder; None: the task's default (shards/{corpus})."""
+    """Shard folder; None: the task's default (shards/{corpus}; custom has none)."""
+
+    @property
+    def label(self) -> str:
+        """The name of its rows and run folders: the task's, or custom_{folder} for a custom corpus."""
+        return f"custom_{Path(self.shards).name}" if get_task(self.task).from_corpus else self.task
 
 
 @dataclass
@@ -80,11 +85,14 @@ class Row:
 
 
 def parse_task(text: str) -> TaskData:
-    """"esc50=shards/demo/events" or "esc50" -> TaskData (the task name checked)."""
+    """"esc50=shards/demo/events", "esc50" or "custom=SHARDS" -> TaskData (the task name checked)."""
     name, _, shards = text.partition("=")
-    get_task(name.strip())
+    task = get_task(name.strip())
     if "=" in text and not shards.strip():
         raise MaeastError(f"--task {text!r}: give the shard folder after '=' (e.g. {name}=shards/{name}) or drop '='")
+    if task.from_corpus and not shards.strip():
+        raise MaeastError(f"--task {text!r}: task {task.name} reads the shard folder given after '=', e.g. "
+                          f"--task {task.name}=shards/my_sounds")
     return TaskData(name.strip(), shards.strip() or None)
 
 
@@ -114,7 +122,7 @@ def random_twin(cfg: ModelConfig, prefer: str | None = None) -> dict:
 
 def configs(config: str, task: TaskData, out: Path, checkpoint: str, twin: dict,
             overrides: list[str] | None = None) -> dict[str, FinetuneConfig]:
-    """The three fine-tuning configs of one task, each with its run folder OUT/{task}-{setting}."""
+    """The three fine-tuning configs of one task, each with its run folder OUT/{label}-{setting}."""
     made = {}
     for s in SETTINGS:
         extra = list(overrides or [])
@@ -122,7 +130,7 @@ def configs(config: str, task: TaskData, out: Path, checkpoint: str, twin: dict,
             extra += [item for k, v in twin.items() for item in (f"--model.{k}", str(v))]
         made[s.name] = load_finetune_config(config, task=task.task, overrides=extra, shards=task.shards,
                                             checkpoint=checkpoint if s.pretrained else None,
-                                            freeze_encoder=s.frozen, run_dir=str(out / f"{task.task}-{s.name}"))
+                                            freeze_encoder=s.frozen, run_dir=str(out / f"{task.label}-{s.name}"))
     return made
 
 
@@ -132,9 +140,14 @@ def run_matrix(checkpoint: str | Path, tasks: list[TaskData], config: str = "fin
     """Fine-tune every task in every setting (finished runs are read back) -> one Row per run."""
     if not tasks:
         raise MaeastError("no task to compare on; give at least one --task TASK=SHARDS")
+    labels = [t.label for t in tasks]
+    if len(set(labels)) < len(labels):
+        twice = next(label for label in labels if labels.count(label) > 1)
+        raise MaeastError(f"--task {twice} is given twice (its runs would share OUT/{twice}-*); give each once")
     out = Path(out)
     identity, model_cfg = encoder_identity(checkpoint)
-    twin = random_twin(model_cfg, prefer=load_finetune_config(config, task=tasks[0].task).model.preset)
+    first = tasks[0]
+    twin = random_twin(model_cfg, prefer=load_finetune_config(config, task=first.task, shards=first.shards).model.preset)
     planned = [(t, s, c) for t in tasks for s, c in configs(config, t, out, str(checkpoint), twin, overrides).items()]
     for _, setting, cfg in planned:  # every stale run is named before anything trains
         check_reusable(cfg, expected_origin(setting, identity, cfg))
@@ -168,10 +181,10 @@ def run_one(task: TaskData, setting: str, cfg: FinetuneConfig, origin: dict, res
     """Read a finished run back, or fine-tune (continuing an interrupted run when resume) and read it."""
     run_dir = cfg.run_dir
     if finished(run_dir):
-        return collect(run_dir, task.task, setting, reused=True)
+        return collect(run_dir, task.label, setting, reused=True)
     record = _read(run_dir / "compare.json") or {**origin, "seconds": 0.0}
     if console is not None:
-        console.rule(f"{task.task}: {next(s.label for s in SETTINGS if s.name == setting)} -> {run_dir}")
+        console.rule(f"{task.label}: {next(s.label for s in SETTINGS if s.name == setting)} -> {run_dir}")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_file(run_dir / "compare.json", record)
     started = time.perf_counter()
@@ -180,7 +193,7 @@ def run_one(task: TaskData, setting: str, cfg: FinetuneConfig, origin: dict, res
     finally:
         record["seconds"] += time.perf_counter() - started
         write_file(run_dir / "compare.json", record)
-    return collect(run_dir, task.task, setting, reused=False)
+    return collect(run_dir, task.label, setting, reused=False)
 
 
 def finished(run_dir: Path) -> bool:
@@ -197,7 +210,8 @@ def collect(run_dir: Path, task: str, setting: str, reused: bool) -> Row:
     seconds = (_read(run_dir / "compare.json") or {}).get("seconds") or results["seconds"]
     return Row(task, setting, metric, results["mean"], results["std"], values, chance_of(parts, metric, run_dir),
                float(seconds), str(run_dir), reused,
-               {"folds": [f["fold"] for f in results["folds"]], "clips": sum(p["test"]["clips"] for p in parts)})
+               {"folds": [f["fold"] for f in results["folds"]], "clips": sum(p["test"]["clips"] for p in parts),
+                "protocol": results.get("protocol") or ("linear_probe" if results["frozen"] else "full")})
 
 
 def chance_of(parts: list[dict], metric: str, run_dir: Path) -> float | None:
@@ -253,7 +267,7 @@ def table(rows: list[Row], title: str = "What pretraining buys"):
         folds = group[0].extra.get("folds") or [None]
         names = [task, f"[dim]{group[0].metric}, {f'{len(folds)} folds' if folds != [None] else 'test split'}[/]"]
         for i, r in enumerate(group):
-            t.add_row(names[i] if i < len(names) else "", _label(r.setting),
+            t.add_row(names[i] if i < len(names) else "", f"{_label(r.setting)} ({r.extra['protocol']})",
                       f"{100 * r.mean:.1f} +- {100 * r.std:.1f}%", "-" if r.chance is None else f"{100 * r.chance:.1f}%",
                       _duration(r.seconds) + ("*" if r.reused else ""), end_section=i == len(group) - 1)
     return t

@@ -17,7 +17,7 @@ from maeast.engine.config import OptimConfig, RunCommon, resolve_config_path, sh
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
 from maeast.finetune.custom import SeededSplit
-from maeast.model.heads import NORMS
+from maeast.model.heads import FROZEN_PROTOCOLS, NORMS, HeadSpec
 from maeast.finetune.tasks import get_task
 from maeast.model.config import PRESETS
 
@@ -76,8 +76,15 @@ class DataSection:
     """Micro-batch per process; None: optim.global_batch / processes (no accumulation)."""
     eval_batch_size: int = 32
     """Clips per evaluation batch."""
+    eval_max_seconds: float = 320.0
+    """Tasks scored on whole clips (Task.eval_whole, SID and ER): the most padded audio in one evaluation
+    batch (clips x its longest clip, in seconds), so long clips come in smaller batches; a clip longer
+    than this goes alone."""
     epoch_batches: int | None = None
     """Micro-batches per training epoch and process; None: one pass over the train clips."""
+    balanced: bool = False
+    """Draw the training clips class-balanced, every class equally often in expectation (SUPERB KS1:
+    s3prl's WeightedRandomSampler, weight N / clips of the class; maeast.finetune.data.class_weights)."""
     num_workers: int = 2
     """Loader worker processes (capped at the shard count of a split)."""
     shuffle_buffer: int = 2000
@@ -105,6 +112,8 @@ class DataSection:
                 raise MaeastError(f"data.{name} {value!r} must be an integer >= 1 (or null)")
         if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
             raise MaeastError(f"data.eval_batch_size {self.eval_batch_size!r} must be an integer >= 1")
+        if not self.eval_max_seconds > 0:
+            raise MaeastError(f"data.eval_max_seconds {self.eval_max_seconds} must be positive")
         if self.fbank is not None:
             get_fbank(self.fbank)
         for name in ("valid_fraction", "test_fraction"):
@@ -117,21 +126,32 @@ class DataSection:
 
 @dataclass
 class HeadSection:
-    """The classifier on the encoder: pooled tokens -> (weighted layers) -> norm -> Linear."""
+    """The classifier on the encoder: pooled tokens -> (weighted layers) -> norm -> (projector) -> Linear.
+    layers, norm and projector shape full fine-tuning's head; a frozen encoder's is `frozen`'s protocol."""
 
     layers: str = "last"
-    """"last": the last layer's tokens, mean-pooled; "weighted": a learned softmax-weighted sum of
-    every layer's mean-pooled tokens (SUPERB's featurizer)."""
+    """Full fine-tuning: "last": the last layer's tokens, mean-pooled; "weighted": a learned
+    softmax-weighted sum of every layer's mean-pooled tokens (SUPERB's featurizer, -s hidden_states)."""
     norm: str | None = None
-    """Before the linear layer: "layer" (LayerNorm, SSAST's mlp_head), "batch" (BatchNorm without
-    affine, MAE's linear probe: each feature standardized over the clips) or "none"; None: "batch"
-    on a frozen encoder, "layer" in full fine-tuning."""
+    """Full fine-tuning, before the linear layers: "layer" (LayerNorm, SSAST's mlp_head), "batch"
+    (BatchNorm without affine) or "none"; None: "layer"."""
+    projector: int = 0
+    """Full fine-tuning: width of SUPERB's projector, a Linear(dim -> projector) before the classifier
+    (s3prl projector_dim: 256); 0: none, the classifier reads the pooled features."""
+    frozen: str = "superb"
+    """The protocol of a frozen encoder (--freeze-encoder): "superb" (the SUPERB benchmark: a softmax-
+    weighted sum of every layer, weights starting equal, then Linear(dim -> 256), mean pool, Linear) or
+    "linear_probe" (MAE's linear probe: the last layer mean-pooled, BatchNorm without affine, Linear)."""
 
     def __post_init__(self):
         if self.layers not in LAYERS:
             raise MaeastError(f"head.layers {self.layers!r} unknown; use one of: {', '.join(LAYERS)}")
         if self.norm is not None and self.norm not in NORMS:
             raise MaeastError(f"head.norm {self.norm!r} unknown; use one of: {', '.join(NORMS)}")
+        if not isinstance(self.projector, int) or isinstance(self.projector, bool) or self.projector < 0:
+            raise MaeastError(f"head.projector {self.projector!r} must be an integer >= 0 (0: no projector)")
+        if self.frozen not in FROZEN_PROTOCOLS:
+            raise MaeastError(f"head.frozen {self.frozen!r} unknown; use one of: {', '.join(FROZEN_PROTOCOLS)}")
 
 
 @dataclass
@@ -146,6 +166,9 @@ class AugmentSection:
     """Chance that a clip is mixed with another clip of its batch (SSAST's mixup)."""
     mixup_alpha: float = 10.0
     """Mixing weight ~ Beta(alpha, alpha) (SSAST: 10)."""
+    noise: bool = False
+    """SSAST's --noise (src/dataloader.py): add uniform noise of a random amplitude in [0, 0.1) normalized
+    units to every cell, then roll each clip by a random -10..9 frames (maeast.finetune.augment.noise_roll)."""
 
     def __post_init__(self):
         for name in ("freq_mask", "time_mask"):
@@ -155,6 +178,8 @@ class AugmentSection:
             raise MaeastError(f"augment.mixup {self.mixup} must be a probability in [0, 1]")
         if not self.mixup_alpha > 0:
             raise MaeastError(f"augment.mixup_alpha {self.mixup_alpha} must be positive")
+        if not isinstance(self.noise, bool):
+            raise MaeastError(f"augment.noise {self.noise!r} must be true or false")
 
 
 @dataclass
@@ -183,22 +208,44 @@ class OptimSection(OptimConfig):
             raise MaeastError(f"optim.frozen_lr {self.frozen_lr!r} must be a positive number")
 
 
+SCHEDULE_NAMES = ("linear", "step")
+SELECT = ("valid", "last", "fold_mean")
+
+
 @dataclass
 class ScheduleSection:
-    """Epochs, then the engine's schedule over them: linear warmup, linear decay to final_lr_scale x lr."""
+    """Epochs, then the learning-rate schedule over them (maeast.engine.optim): "linear" (warmup, linear decay
+    to final_lr_scale x lr) or "step" (SSAST's: a staircase warmup, then x decay_gamma per decay_every epochs)."""
 
     epochs: int = 10
     """Passes over the train clips (full fine-tuning; a frozen encoder too unless frozen_epochs is set)."""
     frozen_epochs: int | None = None
     """Epochs when the encoder is frozen (a linear probe on cached features costs little per epoch);
     None: epochs."""
+    steps: int | None = None
+    """Optimizer steps of the run, frozen or full (the SUPERB recipes count steps, s3prl's total_steps):
+    epochs follow one another until this many steps are done, the last one cut short; None: count
+    epochs (schedule.epochs, or frozen_epochs when frozen). A frozen run with frozen_epochs set counts
+    those instead."""
+    name: str = "linear"
+    """"linear": linear warmup over warmup_steps, then linear decay to final_lr_scale x lr at the last step;
+    "step": SSAST's fine-tuning schedule (src/traintest.py, maeast.engine.optim.StepDecay): a staircase warmup
+    over warmup_steps (the lr set every 50 steps), then lr x decay_gamma every decay_every epochs once
+    decay_start epochs are done (torch's MultiStepLR stepped per epoch)."""
     warmup_steps: int = 0
-    """Optimizer steps of linear warmup (SSAST's warmup: 1000)."""
+    """Optimizer steps of warmup (SSAST's --warmup True: 1000)."""
     final_lr_scale: float = 0.0
-    """Learning rate at the last step as a fraction of the peak: 0 decays to zero, 1 keeps it constant."""
+    """"linear": learning rate at the last step as a fraction of the peak: 0 decays to zero, 1 keeps it constant."""
+    decay_start: int = 10
+    """"step": epochs done before the first decay, i.e. epoch decay_start + 1 is the first at lr x decay_gamma
+    (SSAST's --lrscheduler_start; its default 10)."""
+    decay_every: int = 5
+    """"step": epochs between decays (SSAST's --lrscheduler_step; its default 5)."""
+    decay_gamma: float = 0.5
+    """"step": factor of each decay (SSAST's --lrscheduler_decay; its default 0.5)."""
 
     def __post_init__(self):
-        for name in ("epochs", "frozen_epochs"):
+        for name in ("epochs", "frozen_epochs", "steps"):
             value = getattr(self, name)
             if (value is not None or name == "epochs") and (not isinstance(value, int) or value < 1):
                 raise MaeastError(f"schedule.{name} {value!r} must be an integer >= 1")
@@ -206,6 +253,14 @@ class ScheduleSection:
             raise MaeastError(f"schedule.warmup_steps {self.warmup_steps!r} must be an integer >= 0")
         if not 0.0 <= self.final_lr_scale <= 1.0:
             raise MaeastError(f"schedule.final_lr_scale {self.final_lr_scale} must be in [0, 1]")
+        if self.name not in SCHEDULE_NAMES:
+            raise MaeastError(f"schedule.name {self.name!r} unknown; use one of: {', '.join(SCHEDULE_NAMES)}")
+        if not isinstance(self.decay_start, int) or self.decay_start < 0:
+            raise MaeastError(f"schedule.decay_start {self.decay_start!r} must be an integer >= 0")
+        if not isinstance(self.decay_every, int) or self.decay_every < 1:
+            raise MaeastError(f"schedule.decay_every {self.decay_every!r} must be an integer >= 1")
+        if not 0.0 < self.decay_gamma <= 1.0:
+            raise MaeastError(f"schedule.decay_gamma {self.decay_gamma} must be in (0, 1]")
 
 
 @dataclass
@@ -232,11 +287,36 @@ class RunSection(RunCommon):
     """Cross-validation tasks: the folds to hold out (None: every fold of the shards)."""
     eval_every: int = 1
     """Evaluate every this many epochs (and after the last)."""
+    eval_steps: int | None = None
+    """Evaluate every this many optimizer steps (s3prl's eval_step; and after the last step): an epoch is
+    then this many steps of a train stream that runs on across epochs (run.eval_every, save_every and
+    schedule.epochs count those); None: an epoch is one pass over the train clips."""
+    select: str | None = None
+    """The epoch reported: "valid" (the best on the task's valid split), "last", or "fold_mean" (cross-
+    validation: the epoch whose test metric averaged over the folds is best, every fold reported at that
+    epoch, as SSAST's get_esc_result.py; the exported classifiers stay the last epoch's); None: "valid"
+    where the task has a valid split, else "last"."""
+    average_epochs: list[int] | None = None
+    """[first, last]: report the model whose weights are the mean of the weights after each of these epochs
+    (1-based, inclusive; SSAST's --wa --wa_start --wa_end); None: off. It replaces `select`. Epochs past the
+    run's end are left out: a shorter run averages [first, its last epoch], one that ends before `first`
+    reports its last epoch."""
 
     def __post_init__(self):
         super().__post_init__()
         if not isinstance(self.eval_every, int) or self.eval_every < 1:
             raise MaeastError(f"run.eval_every {self.eval_every!r} must be an integer >= 1")
+        if self.eval_steps is not None and (not isinstance(self.eval_steps, int) or self.eval_steps < 1):
+            raise MaeastError(f"run.eval_steps {self.eval_steps!r} must be an integer >= 1 (or null: by epochs)")
+        if self.select is not None and self.select not in SELECT:
+            raise MaeastError(f"run.select {self.select!r} unknown; use one of: {', '.join(SELECT)} (or null)")
+        if self.average_epochs is not None:
+            window = self.average_epochs
+            if (not isinstance(window, (list, tuple)) or len(window) != 2 or not all(isinstance(e, int) for e in window)
+                    or not 1 <= window[0] <= window[1]):
+                raise MaeastError(f"run.average_epochs {window!r} must be [first, last] epochs with 1 <= first <= "
+                                  f"last (or null: off)")
+            self.average_epochs = list(window)
         if self.folds is not None:
             if isinstance(self.folds, int):
                 self.folds = [self.folds]
@@ -272,6 +352,9 @@ class FinetuneConfig:
             name = next(k for k, v in split.items() if v is not None)
             raise MaeastError(f"data.{name} carves a split out of a custom corpus; task {task.name} has its own "
                               f"splits: drop it (or use --task custom)")
+        if self.run.select == "fold_mean" and not task.cross_validation:
+            raise MaeastError(f"run.select fold_mean averages over folds; task {task.name} has fixed splits: use "
+                              f"valid or last")
         if self.checkpoint and (self.model.patch_time or self.model.patch_freq):
             raise MaeastError("model.patch_time / model.patch_freq shape a randomly initialized encoder; with "
                               "--checkpoint the tokens are the checkpoint's: drop them")
@@ -306,8 +389,23 @@ class FinetuneConfig:
         return Path("runs") / "finetune" / f"{task}-{'frozen' if self.run.freeze_encoder else 'full'}-{init}"
 
     @property
-    def head_norm(self) -> str:
-        return self.head.norm or ("batch" if self.run.freeze_encoder else "layer")
+    def head_spec(self) -> HeadSpec:
+        """The head this run trains: the frozen protocol's (head.frozen) on a frozen encoder, else the
+        head section's layers, norm and projector."""
+        if self.run.freeze_encoder:
+            return FROZEN_PROTOCOLS[self.head.frozen]
+        return HeadSpec(self.head.layers == "weighted", self.head.norm or "layer", self.head.projector)
+
+    @property
+    def protocol(self) -> str:
+        """"full", or the frozen protocol's name ("superb", "linear_probe")."""
+        return self.head.frozen if self.run.freeze_encoder else "full"
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of the run: schedule.steps, or its epochs x steps_per_epoch (module docstring)."""
+        if self.run.freeze_encoder and self.schedule.frozen_epochs is not None:
+            return self.schedule.frozen_epochs * steps_per_epoch
+        return self.schedule.steps or self.epochs * steps_per_epoch
 
     @property
     def epochs(self) -> int:

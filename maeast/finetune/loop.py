@@ -5,8 +5,10 @@
     result = finetune(cfg)            # result.summary == {"mean": ..., "std": ...} of the test metric
 
 Every fold runs on maeast.engine's Engine (the same DeepSpeed setup, ZeRO JSONs, checkpoints and logs)
-and its one Trainer, with the engine's schedule (linear warmup, then linear decay to final_lr_scale x lr
-over the run's steps); layer-wise lr decay and head_lr are the optim section's group scales.
+and its one Trainer, with schedule.name's schedule (maeast.engine.optim: "linear", warmup then linear
+decay to final_lr_scale x lr over the run's steps, or "step", SSAST's per-epoch decay); layer-wise lr
+decay and head_lr are the optim section's group scales. With run.select "fold_mean" every fold is
+reported at the epoch whose test metric averaged over the folds is best (maeast.finetune.select).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from maeast.configio import load_yaml
 from maeast.engine import distributed as dist
 from maeast.engine.config import ScheduleConfig, accumulation
 from maeast.engine.ds_config import deepspeed_config, read_zero_json
+from maeast.engine.optim import StepDecay
 from maeast.engine.trainer import check_resume
 from maeast.errors import MaeastError
 from maeast.files import write_json
@@ -33,11 +36,14 @@ from maeast.features.stats import corpus_features
 from maeast.finetune.cache import Pooled, encode
 from maeast.finetune.config import FinetuneConfig, build_finetune_config, save_finetune_config
 from maeast.finetune.custom import describe
-from maeast.finetune.data import Corpus, Selection, make_loader, open_corpus
+from maeast.finetune.data import Corpus, Selection, open_corpus
 from maeast.finetune.fold import is_finished, part_name, train_fold
 from maeast.finetune.metrics import summarize
+from maeast.finetune.select import select_over_folds
 from maeast.finetune.tasks import Task, get_task
+from maeast.finetune.utterances import evaluation_loader, whole_clips
 from maeast.model import Encoder, ModelConfig
+from maeast.model.heads import head_record
 
 RATES = ("dropout", "attn_dropout", "act_dropout", "layerdrop")
 
@@ -62,10 +68,12 @@ class RunContext:
     resume: bool
     clip_seconds: float
     """Every clip is cropped or padded to this (data.clip_seconds, else the task's or the custom corpus's)."""
+    select: str = "last"
+    """How the reported epoch is chosen: run.select, else "valid" where the task has a valid split, else "last"."""
     console: object = None
     caches: dict[str, Pooled] = field(default_factory=dict)
 
-    def make_engine(self, module: torch.nn.Module, total_steps: int):
+    def make_engine(self, module: torch.nn.Module, total_steps: int, steps_per_epoch: int):
         """The engine over module for a fold of total_steps optimizer steps."""
         from maeast.engine.engine import Engine  # deepspeed
 
@@ -73,8 +81,7 @@ class RunContext:
         frozen = cfg.run.freeze_encoder
         optim = dataclasses.replace(cfg.optim, lr=peak, layer_decay=1.0 if frozen else cfg.optim.layer_decay,
                                     head_lr=1.0 if frozen else cfg.optim.head_lr)
-        schedule = ScheduleConfig(steps=total_steps, warmup_steps=min(cfg.schedule.warmup_steps, total_steps - 1),
-                                  power=1.0, end_lr=peak * cfg.schedule.final_lr_scale)
+        schedule = fold_schedule(cfg, total_steps, steps_per_epoch)
         ds_config = deepspeed_config(optim, self.micro, self.world, self.zero, self.device.type == "cuda")
         return Engine(module, optim, schedule, ds_config)
 
@@ -85,35 +92,33 @@ class RunContext:
             encoder.load_state_dict(self.encoder_state)
             encoder.requires_grad_(False)
             cfg = self.cfg
-            loader = make_loader(self.corpus, Selection(split), train=False, batch_size=cfg.data.eval_batch_size,
-                                 clip_seconds=self.clip_seconds, fbank=self.fbank, seed=0,
-                                 workers=cfg.data.num_workers, shuffle_buffer=0, epoch_batches=None,
-                                 on_error=cfg.data.on_error)
+            loader = evaluation_loader(self.corpus, Selection(split), whole=whole_clips(self.corpus, split, False),
+                                       batch_size=cfg.data.eval_batch_size, max_seconds=cfg.data.eval_max_seconds,
+                                       clip_seconds=self.clip_seconds, fbank=self.fbank,
+                                       workers=cfg.data.num_workers, on_error=cfg.data.on_error)
             started = time.perf_counter()
-            self.caches[split] = encode(encoder.to(self.device), loader, cfg.head.layers == "weighted", self.device)
+            self.caches[split] = encode(encoder.to(self.device), loader, cfg.head_spec.weighted, self.device)
             if dist.is_main() and self.console is not None:
                 self.console.print(f"cached the frozen encoder's features of {len(self.caches[split])} clips of split "
                                    f"{split} in {time.perf_counter() - started:.1f} s", highlight=False)
         return self.caches[split]
 
-    def export(self, engine, encoder: Encoder, folder: Path, fold: int | None, best: dict) -> None:
-        """Write the engine's current model as a classifier folder (a collective under ZeRO)."""
-        weights = engine.full_state_dict()
+    def export(self, weights: dict, encoder: Encoder, folder: Path, fold: int | None, best: dict,
+               selected_by: str) -> None:
+        """Write weights (the engine's full_state_dict, or the averaged ones) as a classifier folder."""
         cfg, frozen = self.cfg, self.cfg.run.freeze_encoder
         if frozen:
             encoder_w, head_w = self.encoder_state, weights
         else:
             encoder_w = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
             head_w = {k[len("head."):]: v for k, v in weights.items() if k.startswith("head.")}
-        weighted = cfg.head.layers == "weighted"
         info = {"task": self.task.name, "labels": self.corpus.labels, "multi_label": self.corpus.multi_label,
-                "metric": self.task.metric, "head": {"layers": encoder.cfg.depth if weighted else 1,
-                                                     "norm": cfg.head_norm, "weighted": weighted},
+                "metric": self.task.metric, "head": head_record(cfg.head_spec, encoder, cfg.protocol),
                 "clip_seconds": self.clip_seconds, "shards": str(self.corpus.dir),
                 "train_split": self.corpus.train_split,
                 "seeded_split": dataclasses.asdict(cfg.seeded_split) if self.task.from_corpus else None,
                 "fold": fold, "epoch": best["epoch"], "step": best["step"],
-                "selected_by": "valid" if "valid" in best else "last", "frozen": frozen, "checkpoint": cfg.checkpoint,
+                "selected_by": selected_by, "frozen": frozen, "checkpoint": cfg.checkpoint,
                 "scores": {k: best[k][self.task.metric] for k in ("valid", "test") if k in best}}
         if dist.is_main():
             shutil.rmtree(folder, ignore_errors=True)
@@ -149,9 +154,10 @@ def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | Non
     started = time.perf_counter()
     world, rank, device = dist.world_size(), dist.rank(), dist.device()
     dist.set_threads(cfg.run.threads, loader_threads=cfg.data.num_workers)  # an oversubscribed core stalls OpenMP
-    corpus = open_corpus(get_task(cfg.task), cfg.shards, cfg.data.train_split, cfg.seeded_split)
+    corpus = open_corpus(get_task(cfg.task), cfg.shards, cfg.data.train_split, cfg.seeded_split,
+                         cfg.data.balanced)
     task = corpus.task  # custom: resolved on the corpus (loss, metric, splits, clip length)
-    clip_seconds = cfg.data.clip_seconds or task.clip_seconds
+    clip_seconds = cfg.data.clip_seconds or task.clip_seconds or corpus.longest  # longest: no crop (whole clips)
     if corpus.plan is not None and dist.is_main() and console is not None:
         console.print(f"{describe(task, corpus.plan, len(corpus.labels))}; clips of {clip_seconds:g} s "
                       f"({'data.clip_seconds' if cfg.data.clip_seconds else corpus.clip_rule})", highlight=False,
@@ -176,20 +182,43 @@ def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | Non
                                                   "checkpoint": cfg.checkpoint, "micro_batch": micro,
                                                   "accumulation": accum, "world_size": world})
     ctx = RunContext(cfg, task, corpus, device, world, rank, model_cfg, state, info, fbank, micro, accum, zero,
-                     resume, clip_seconds, console)
+                     resume, clip_seconds, choose_select(cfg, task), console)
     results = []
     for fold in folds:
         done = is_finished(run_dir / part_name(fold)) if resume else None
         results.append(done or train_fold(ctx, fold))
+    if ctx.select == "fold_mean" and cfg.run.average_epochs is None:
+        results = select_over_folds(results, task.metric)
+        if dist.is_main():
+            for r in results:  # a fold whose report did not move is left as it was (its file untouched)
+                if json.loads(json.dumps(r)) != is_finished(run_dir / part_name(r["fold"])):
+                    write_json(run_dir / part_name(r["fold"]) / "result.json", r)
     result = FinetuneResult(run_dir, task.name, task.metric, results, time.perf_counter() - started)
     if dist.is_main():
         write_json(run_dir / "results.json", {
-            "task": task.name, "metric": task.metric, "frozen": cfg.run.freeze_encoder, "checkpoint": cfg.checkpoint,
+            "task": task.name, "metric": task.metric, "frozen": cfg.run.freeze_encoder, "protocol": cfg.protocol,
+            "checkpoint": cfg.checkpoint,
             **data_report(cfg, corpus, clip_seconds),
             "folds": [{"fold": r["fold"], task.metric: r["test"][task.metric], "epoch": r["epoch"],
                        "selected_by": r["selected_by"], "seconds": r["seconds"]} for r in results],
             **result.summary, "seconds": result.seconds})
     return result
+
+
+def fold_schedule(cfg: FinetuneConfig, total_steps: int, steps_per_epoch: int) -> ScheduleConfig | StepDecay:
+    """The learning-rate schedule of one fold (maeast.engine.optim) as schedule.name asks."""
+    s, warmup = cfg.schedule, min(cfg.schedule.warmup_steps, total_steps - 1)
+    if s.name == "step":
+        return StepDecay(steps_per_epoch, s.decay_start, s.decay_every, s.decay_gamma, warmup)
+    return ScheduleConfig(steps=total_steps, warmup_steps=warmup, power=1.0, end_lr=cfg.peak_lr * s.final_lr_scale)
+
+
+def choose_select(cfg: FinetuneConfig, task: Task) -> str:
+    """run.select, checked against the (resolved) task; None: "valid" where the task has a valid split, else "last"."""
+    if cfg.run.select == "valid" and not task.valid_split:
+        raise MaeastError(f"run.select valid: task {task.name} has no valid split here; use last"
+                          + (" or fold_mean" if task.cross_validation else ""))
+    return cfg.run.select or ("valid" if task.valid_split else "last")
 
 
 def choose_folds(cfg: FinetuneConfig, corpus: Corpus) -> list[int | None]:
@@ -212,7 +241,8 @@ def data_report(cfg: FinetuneConfig, corpus: Corpus, clip_seconds: float) -> dic
     """What results.json says of the data: the corpus, the loss, the clip length and why, and (custom) the splits."""
     out = {"corpus": corpus.index["corpus"], "shards": str(corpus.dir), "loss": corpus.task.loss,
            "clip_seconds": clip_seconds,
-           "clip_seconds_from": "data.clip_seconds" if cfg.data.clip_seconds else corpus.clip_rule}
+           "clip_seconds_from": "data.clip_seconds" if cfg.data.clip_seconds else corpus.clip_rule,
+           "eval_whole": corpus.task.eval_whole}
     if corpus.plan is not None:
         out.update(splits=corpus.plan.splits,
                    seeded_split=dataclasses.asdict(corpus.plan.seeded) if corpus.plan.seeded else None)
