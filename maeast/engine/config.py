@@ -95,11 +95,31 @@ class EvalConfig:
     """Split of the shard folders to evaluate on."""
     shards: list[str] | None = None
     """Shard folders to evaluate on; None: data.shards."""
+    probe_every: int = 0
+    """Score the online probe (maeast.engine.probe: a linear and a kNN probe on the frozen encoder's features of
+    eval.probe_shards, beside the fbank-statistics baseline) every this many steps and at the end; 0: never."""
+    probe_shards: str | None = None
+    """A labelled, single-label shard folder (e.g. shards/demo/keywords) for the online probe."""
+    probe_train_split: str = "train"
+    """Split of probe_shards the probes are fitted on."""
+    probe_test_split: str = "test"
+    """Split of probe_shards the probes are scored on."""
+    probe_clips: int = 2000
+    """Clips kept of each probe split at most (a seeded random subset of a larger split; their fbanks are cached)."""
+    probe_clip_seconds: float = 1.0
+    """Every probe clip is cropped (from its start) or padded to this length."""
 
     def __post_init__(self):
         if not isinstance(self.every, int) or self.every < 0:
             raise MaeastError(f"eval.every {self.every!r} must be an integer >= 0 (0 turns evaluation off)")
         _positive_int("eval.batches", self.batches)
+        if not isinstance(self.probe_every, int) or self.probe_every < 0:
+            raise MaeastError(f"eval.probe_every {self.probe_every!r} must be an integer >= 0 (0 turns the probe off)")
+        if self.probe_every and not self.probe_shards:
+            raise MaeastError("eval.probe_every is set but eval.probe_shards is not: give a labelled shard folder "
+                              "(e.g. --eval.probe_shards shards/demo/keywords) or set eval.probe_every 0")
+        _positive_int("eval.probe_clips", self.probe_clips)
+        _positive("eval.probe_clip_seconds", self.probe_clip_seconds)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 RUN/log.jsonl holds one JSON object per line: {"kind": "train", "step", ..., "eta_s", "time"} with
 whatever figures the trainer's step gave (loss, its parts, lr, grad_norm, clips_per_s, data_wait, ...)
-every run.log_every steps, {"kind": "eval", "step", ...} at each evaluation, and {"kind": "event", ...}
+every run.log_every steps, {"kind": "eval", "step", ...} at each evaluation, {"kind": "probe", "step", ...} at
+each online probe (maeast.engine.probe), and {"kind": "event", ...}
 for starts, resumes, checkpoints and stops; tensorboard gets every number as train/KEY or eval/KEY.
 A resumed run first cuts the log back to its checkpoint's step, so the file is one continuous curve.
 """
@@ -90,11 +91,11 @@ class RunLogger:
         if log:
             self._scalars("train", record)
 
-    def eval(self, record: dict, message: str) -> None:
-        """One evaluation's figures (JSONL, tensorboard) and its line for the console."""
+    def eval(self, record: dict, message: str, kind: str = "eval") -> None:
+        """One evaluation's figures (JSONL, tensorboard: kind/KEY) and its line for the console."""
         if not self.enabled:
             return
-        self._scalars("eval", record)
+        self._scalars(kind, record)
         self.console.print(message, highlight=False, soft_wrap=True)
 
     def _scalars(self, kind: str, record: dict) -> None:

@@ -26,15 +26,17 @@ from maeast.model import unpatchify  # noqa: E402
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Training and held-out MSE and InfoNCE with their baselines, and the learning rate -> PNG."""
+    """Training and held-out MSE and InfoNCE with their baselines, the learning rate, and the online probe's
+    accuracy beside the fbank-statistics baseline (when the run probed) -> PNG."""
     run_dir = Path(run_dir)
     records = read_log(run_dir)
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
+    probes = [r for r in records if r.get("kind") == "probe"]
     if not train:
         raise MaeastError(f"{run_dir / 'log.jsonl'} has no training steps; give the folder of a `maeast pretrain` run")
     out = Path(out) if out else run_dir / "curves.png"
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4 if probes else 3, figsize=(20 if probes else 15, 4.2))
     for ax, part, baseline, label in ((axes[0], "mse", "mse_zero", "predicting zeros"),
                                       (axes[1], "infonce", "infonce_chance", "chance: ln(masked tokens)")):
         _line(ax, train, part, "train", color="tab:blue", alpha=0.8)
@@ -48,12 +50,30 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     axes[2].set_title("learning rate")
     axes[2].set_xlabel("step")
     axes[2].grid(alpha=0.3)
+    if probes:
+        _probe_panel(axes[3], probes)
     fig.suptitle(str(run_dir))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _probe_panel(ax, probes: list[dict]) -> None:
+    """The online probe's test accuracy over steps, the fbank-statistics baseline dashed beside each probe."""
+    percent = [{k: 100 * v if k in PROBE_KEYS else v for k, v in r.items()} for r in probes]
+    for key, color in (("linear", "tab:red"), ("knn", "tab:purple")):
+        _line(ax, percent, key, f"{key} probe, frozen encoder", color=color, marker="o")
+        _line(ax, percent, f"fbank_{key}", f"{key} probe, fbank mean+std", color=color, linestyle="--")
+    ax.set_title(f"online probe: test accuracy ({probes[-1].get('clips', '?')} clips)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("%")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+PROBE_KEYS = ("linear", "knn", "fbank_linear", "fbank_knn")
 
 
 def _line(ax, records: list[dict], key: str, label: str, **style) -> None:
