@@ -33,7 +33,6 @@ from maeast.engine.evaluate import eval_line, evaluate
 from maeast.engine.layout import Layout, read_run_ds_config, resume_route, saved_layout
 from maeast.engine.logging import RunLogger, cut_log
 from maeast.engine.probe import open_probe, probe_line
-from maeast.engine.probe import open_probe, probe_line
 from maeast.engine.trainer import RESUME_FREE, Micro, Trainer, check_resume
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
@@ -75,7 +74,6 @@ def pretrain(cfg: TrainConfig, deepspeed_config_path: str | Path | dict | None =
     eval_loader = (lambda: StreamingLoader(cfg.eval_loader_config(), 0, 1, features)) if cfg.eval.every else None
     if eval_loader is not None:
         eval_loader()  # a missing eval split is an error now, not at the first evaluation
-    probe = open_probe(cfg.eval, features, zero_stage(ds_config), dist.is_main())  # its shards checked now
     probe = open_probe(cfg.eval, features, zero_stage(ds_config), dist.is_main())  # its shards checked now
     run_dir = Path(cfg.run.dir)
     layout = Layout.of(ds_config, world)
@@ -127,9 +125,6 @@ def pretrain(cfg: TrainConfig, deepspeed_config_path: str | Path | dict | None =
             if probe is not None and (step % cfg.eval.probe_every == 0 or step == last):
                 probed = {"step": step, **probe.score(engine.module.encoder)}
                 logger.eval(probed, probe_line(probed), kind="probe")
-            if probe is not None and (step % cfg.eval.probe_every == 0 or step == last):
-                record = {"step": step, **probe.score(engine.module.encoder)}
-                logger.eval(record, probe_line(record), kind="probe")
             if step % cfg.run.save_every == 0 or step == last:
                 if trace is not None:
                     trace.flush()
