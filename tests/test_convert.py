@@ -435,6 +435,9 @@ def test_refusals_name_the_tensor_or_field(tmp_path):
     halves = torch.cat([pe[..., 0::2], pe[..., 1::2]], dim=-1)  # sin | cos instead of interleaved
     refuse(tmp_path, fairseq_checkpoint({**state, "enc_sine_pos_embed.pe": halves}, m, YAML_TASK),
            r"enc_sine_pos_embed\.pe: it differs")
+    rounded = {**state, "enc_sine_pos_embed.pe": state["enc_sine_pos_embed.pe"].half().float()}  # kept: fp16 numbers
+    refuse(tmp_path, fairseq_checkpoint({**rounded, "dec_sine_pos_embed.pe": halves}, m, YAML_TASK),
+           r"dec_sine_pos_embed\.pe: it differs")
     refuse(tmp_path, fairseq_checkpoint(state, {**m, "activation_fn": "relu"}, YAML_TASK), "activation_fn")
     refuse(tmp_path, fairseq_checkpoint(state, m, {**YAML_TASK, "deltas": True}), "deltas=True")
     refuse(tmp_path, fairseq_checkpoint(state, {**m, "_name": "hubert"}, YAML_TASK), "'hubert' model, not mae_ast")
