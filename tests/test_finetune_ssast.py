@@ -236,7 +236,9 @@ def test_weight_averaging_exports_the_mean_of_the_epochs_weights(esc_shards, tmp
     moved = 0
     for k in floats:
         mean = (epoch2[k].float() + epoch3[k].float()) / 2
-        assert torch.allclose(exported[k].float(), mean, atol=1e-6), k
+        # fp32 on the CPU; on CUDA the checkpoints' module weights are bf16 copies of the fp32 master weights
+        tol = 1e-6 if epoch3[k].dtype == torch.float32 else 2 ** -7 * float(mean.abs().max()) + 1e-6
+        assert torch.allclose(exported[k].float(), mean, atol=tol), k
         moved += not torch.equal(epoch2[k], epoch3[k])
     assert moved > 5  # the two epochs differ, so the mean is neither
     sums = WeightSum.load(steps[2])
