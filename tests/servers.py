@@ -12,10 +12,8 @@
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import http.client
 import http.server
-import json
 import json
 import random
 import re
@@ -25,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -134,23 +131,6 @@ def credentials_checked(endpoint: str):
         yield
     finally:
         reset(previous)
-
-
-@contextlib.contextmanager
-def credentials_checked(endpoint: str):
-    """Inside: the moto server checks every request's credentials against its (empty) IAM, so any key is
-    refused (403 InvalidAccessKeyId), as AWS refuses a wrong or revoked one."""
-    def reset_auth(count: str) -> str:
-        request = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=count.encode(), method="POST",
-                                         headers={"Content-Type": "text/plain"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return str(json.loads(response.read())["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"])
-
-    previous = reset_auth("0")
-    try:
-        yield
-    finally:
-        reset_auth(previous)
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):

@@ -31,7 +31,8 @@ from maeast.loaders.config import LoaderConfig
 from maeast.loaders.loader import dist_rank_world
 from maeast.loaders.sources import check_labels, derive_seed, load_sources
 from maeast.loaders.state import LoaderState, SingleStreamState
-from maeast.loaders.stream import Errors, check_shard
+from maeast.loaders.baddata import Errors
+from maeast.loaders.stream import check_shard
 from maeast.shards.format import CODECS
 
 

@@ -27,7 +27,8 @@ from maeast.loaders.config import LoaderConfig
 from maeast.loaders.loader import StreamingLoader, dist_rank_world
 from maeast.loaders.sources import derive_seed, load_sources
 from maeast.loaders.state import LoaderState, SingleStreamState
-from maeast.loaders.stream import Errors, read_shard
+from maeast.loaders.baddata import Errors
+from maeast.loaders.stream import read_shard
 
 FORMAT = "maeast-ffcv/1"
 

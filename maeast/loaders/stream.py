@@ -21,10 +21,8 @@ import functools
 import io
 import itertools
 import json
-import logging
 import random
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -35,30 +33,12 @@ import webdataset as wds
 from maeast.errors import MaeastError
 from maeast.features import FbankConfig
 from maeast.loaders import lengths
+from maeast.loaders.baddata import Errors
 from maeast.loaders.cache import ShardCache
 from maeast.loaders.config import LoaderConfig
 from maeast.loaders.sources import Shard, Source, derive_seed, pass_order, slot_shards
-from maeast.loaders.state import new_stats
 from maeast.shards.format import audio_part, check_members, iter_tar, parse_pcm16_wav, verify_shard
 from maeast.shards.storage import open_stream
-
-log = logging.getLogger("maeast.data")
-"""Bad-data reports, one line each on stderr ("maeast: skipped sample K of SHARD: why")."""
-
-
-class _Stderr(logging.StreamHandler):
-    """A handler writing to whatever sys.stderr is when a line is logged (test captures included)."""
-
-    stream = property(lambda self: sys.stderr, lambda self, value: None)
-
-
-if not log.handlers:
-    _handler = _Stderr()
-    _handler.setFormatter(logging.Formatter("maeast: %(message)s"))
-    log.addHandler(_handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-
 
 @dataclass
 class Sample:
@@ -71,26 +51,6 @@ class Sample:
     @property
     def what(self) -> str:
         return f"sample {self.key} of shard {self.shard}"
-
-
-@dataclass
-class Errors:
-    """Skip-or-fail policy and the counters; quiet while a resumed worker replays its plan."""
-
-    on_error: str
-    stats: dict[str, int] = field(default_factory=new_stats)
-    live: bool = True
-
-    def bad(self, kind: str, what: str, why: str) -> None:
-        if self.on_error == "fail":
-            raise MaeastError(f"{what}: {why} (set loader.on_error: skip to skip bad data)")
-        if self.live:
-            self.stats[kind] += 1
-            log.warning("skipped %s: %s", what, " ".join(why.split()))
-
-    def count(self, kind: str) -> None:
-        if self.live:
-            self.stats[kind] += 1
 
 
 @dataclass
@@ -143,9 +103,7 @@ def read_shard(shard: Shard, verify: bool, errors: Errors, cache: ShardCache | N
         errors.bad("bad_samples", f"{where} of shard {shard.name}", "the members there are lost")
 
     def refetched() -> None:
-        errors.count("cache_refetched")
-        if errors.live:
-            log.warning("cache entry of shard %s was corrupt: deleted, streaming it again", shard.name)
+        errors.note("cache_refetched", f"the cached copy of shard {shard.name} was corrupt: deleted, streaming it again")
 
     opener = open_stream if cache is None else functools.partial(cache.open, sha256=shard.sha256, on_corrupt=refetched)
     for key, parts in iter_tar(shard.path, on_broken=broken, on_garbled=garbled, size=shard.bytes, opener=opener):
