@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from maeast.engine.optim import StepDecay, build_schedule, schedule_lr
+from maeast.errors import MaeastError
 from maeast.finetune import finetune, load_finetune_config
 from maeast.finetune.augment import noise_roll
 from maeast.finetune.loop import fold_schedule
@@ -108,6 +109,8 @@ def test_best_epoch_over_folds_is_the_best_fold_mean_not_each_folds_best():
                for k, f in enumerate(per_fold)]
     chosen = select_over_folds(results, "accuracy")
     assert [(r["epoch"], r["step"], r["test"]["accuracy"], r["selected_by"]) for r in chosen] == [(4, 40, 0.6, "fold_mean")] * 3
+    with pytest.raises(MaeastError, match="fold 2's result.json has no test scores per epoch"):
+        select_over_folds([results[0], {**results[1], "test_by_epoch": None}], "accuracy")
     only_some = [{1: 0.5, 2: 0.9}, {1: 0.6}]  # epoch 2 was not evaluated in every fold
     assert best_epoch_over_folds(only_some)[0] == 1
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from maeast.errors import MaeastError
 from maeast.finetune.metrics import best_epoch_over_folds
 
 WEIGHT_SUM = "weight_sum.pt"
@@ -73,6 +74,10 @@ class WeightSum:
 def select_over_folds(results: list[dict], metric: str) -> list[dict]:
     """Fold results with a per-epoch record ("test_by_epoch": {epoch: test scores}) -> copies that report each
     fold at the epoch whose test metric averaged over the folds is best (selected_by "fold_mean")."""
+    bare = next((r["fold"] for r in results if not r.get("test_by_epoch")), None)
+    if bare is not None:
+        raise MaeastError(f"fold {bare}'s result.json has no test scores per epoch (it finished without run.select "
+                          f"fold_mean); delete that fold's folder and resume to rerun it")
     per_fold = [{int(e): s[metric] for e, s in r["test_by_epoch"].items()} for r in results]
     epoch, _ = best_epoch_over_folds(per_fold)
     return [{**r, "epoch": epoch, "step": next(h["step"] for h in r["history"] if h["epoch"] == epoch),
