@@ -329,7 +329,7 @@ def convert_state_dict(state: dict[str, torch.Tensor], off: Official) -> tuple[M
         parts = [state[k] for k in theirs]
         t = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
         if ours in POSITION_TABLES:
-            t = t[0, :cfg.stored_positions]  # [1, L, D] -> [rows, D]
+            t = t[0, :cfg.stored_positions].clone()  # [1, L, D] -> [rows, D], not a view of all L rows
         out[ours] = t.float() if t.is_floating_point() else t
     return cfg, out
 
