@@ -202,6 +202,16 @@ def test_er_dev_comes_from_the_training_sessions_and_picks_the_reported_checkpoi
     saved = json.loads((tmp_path / "er" / "results.json").read_text())
     assert saved["eval_whole"] and saved["clip_seconds"] == pytest.approx(corpus.longest)
     assert evaluate_run(tmp_path / "er").values == pytest.approx([best["test"]])  # the exported model is that one
+    from maeast.cli import app
+    from maeast.cli.finetune import register
+    if "evaluate" not in {c.name for c in app.registered_commands}:
+        register(app)
+    small = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "er"), "--max-seconds", "0.6"])
+    assert small.exit_code == 0, small.output  # every clip alone or nearly: the same figure
+    assert json.loads((tmp_path / "er" / "evaluation" / "evaluation.json").read_text())["mean"] == \
+        pytest.approx(best["test"])
+    bad = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "er"), "--max-seconds", "0"])
+    assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1
 
 
 # ---- the frozen protocol ----------------------------------------------------------------------------

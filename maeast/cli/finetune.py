@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from maeast.cli.common import console, friendly
+from maeast.errors import MaeastError
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 TASK_HELP = ("audioset, esc50, speechcommands_v1, speechcommands_v2, voxceleb, iemocap, or custom: any labelled "
@@ -72,6 +73,9 @@ def evaluate_command(
     out: Path | None = typer.Option(None, "--out", "-o", help="Folder for evaluation.json and the confusion "
                                     "PNGs (default CHECKPOINT/evaluation)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Clips per batch."),
+    max_seconds: float = typer.Option(320.0, "--max-seconds", help="Tasks scored on whole clips (voxceleb, "
+                                      "iemocap): the most padded audio in one batch, in seconds (clips x the "
+                                      "longest); lower it if long clips run out of memory."),
 ) -> None:
     """Score a fine-tuned run on its test clips: the metric per fold, mean and std, a JSON file, and a
     confusion matrix per fold for single-label tasks."""
@@ -79,7 +83,9 @@ def evaluate_command(
     from maeast.finetune.tasks import get_task
     if task is not None:
         get_task(task)
-    report = evaluate_run(checkpoint, task=task, data=data, batch_size=batch_size)
+    if not max_seconds > 0:
+        raise MaeastError(f"--max-seconds {max_seconds} must be positive (seconds of padded audio per batch)")
+    report = evaluate_run(checkpoint, task=task, data=data, batch_size=batch_size, max_seconds=max_seconds)
     console.print(report_table(report))
     paths = write_report(report, out or Path(checkpoint) / "evaluation")
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False, soft_wrap=True)
