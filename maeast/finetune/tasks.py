@@ -37,8 +37,9 @@ for KS1 and ER, hidden_states for SID; lr 1e-5 for KS1, 1e-4 for SID and ER) and
 scheduler (a constant lr), total_steps 10000 / 60000 / 3000 optimizer steps (s3prl/s3prl
 downstream/runner.py counts steps after accumulation: schedule.steps here), batch_size 512 (KS1),
 train_batch_size 4 x gradient_accumulate_steps 4 (SID), 6 x 5 (ER), eval_step 100 / 500 / 150
-(run.eval_steps), projector_dim 256 with UtteranceLevel MeanPooling (head.projector; s3prl
-downstream/model.py: Linear(D->256) per frame, the mean over the real frames, Linear(256->C), no
+(run.eval_steps), projector_dim 256 with UtteranceLevel MeanPooling (head.projector: s3prl
+downstream/{speech_commands,voxceleb1,emotion}/expert.py put Linear(D->256) on every frame, then
+downstream/model.py's UtteranceLevel takes the mean over the real frames and a Linear(256->C), no
 norm). From s3prl/s3prl (the downstream experts those configs drive):
   - KS1 trains on a class-balanced sampler (downstream/speech_commands/expert.py: torch's
     WeightedRandomSampler, weight N / clips of the class): data.balanced;
@@ -50,8 +51,9 @@ norm). From s3prl/s3prl (the downstream experts those configs drive):
     those four sessions' clips (downstream/emotion/expert.py: random_split after torch.manual_seed(0)):
     Task.dev_fraction; its clips are 20 % of each fold's training clips by key hash (s3prl's own
     draw depends on os.listdir order, which cannot be reproduced). The reported test score is the
-    dev-best checkpoint's (run_downstream.py -e dev-best.ckpt) for all three, the mean over the
-    five test sessions for ER (the README's loop over test_fold).
+    dev-best checkpoint's for all three (each expert's log_records saves dev-best.ckpt on a new best
+    dev accuracy; downstream/docs/superb.md scores it with run_downstream.py -m evaluate -e
+    dev-best.ckpt), the mean over the five test sessions for ER (the README's loop over test_fold).
   - the upstream keeps its pretraining dropout (config/pretrain/mae_ast.yaml of MAE-AST-Public:
     dropout 0.1, attention_dropout 0.1, activation_dropout 0.0) and runs without layerdrop
     (s3prl/mae_ast/expert.py sets encoder.layerdrop = 0): the model section's defaults.
