@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from maeast.cli import app
 from maeast.errors import MaeastError
-from maeast.finetune.compare import SETTINGS, TaskData, parse_task, random_twin, run_matrix
+from maeast.finetune.compare import BASELINE, SETTINGS, TaskData, parse_task, random_twin, run_matrix
 from maeast.model import make_config
 from maeast.shards.build import build_shards
 
@@ -43,12 +43,14 @@ def test_cli_runs_the_matrix_writes_json_and_png_and_a_rerun_reuses_it(setup):
     results = json.loads((out / "cmp" / "results.json").read_text())
     rows = results["rows"]
     assert [(r["task"], r["setting"]) for r in rows] == [(t, s.name) for t in ("speechcommands_v1", "esc50")
-                                                        for s in SETTINGS]
+                                                        for s in SETTINGS + (BASELINE,)]
     for r in rows:
         assert 0.0 <= r["mean"] <= 1.0 and 0.0 <= r["chance"] <= 1.0 and r["seconds"] > 0 and not r["reused"]
         assert r["metric"] == "accuracy" and all(0.0 <= v <= 1.0 for v in r["folds"])
-    assert [len(r["folds"]) for r in rows] == [1, 1, 1, 5, 5, 5]
+    assert [len(r["folds"]) for r in rows] == [1, 1, 1, 1, 5, 5, 5, 5]
     assert set(results["verdicts"]) == {"speechcommands_v1", "esc50"}
+    assert results["verdicts"]["esc50"]["baseline"]["folds"] == 5  # the pretrained encoder against fbank statistics
+    assert "fbank mean+std" in first.output
     assert results["verdicts"]["esc50"]["folds"] == 5 and 0 <= results["verdicts"]["esc50"]["folds_ahead"] <= 5
     png = out / "cmp" / "results.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -85,8 +87,8 @@ def test_custom_shards_run_like_the_named_tasks(setup, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "cmp" / "results.json").read_text())["rows"]
-    assert [(r["task"], r["setting"]) for r in rows] == [("custom_sounds", s.name) for s in SETTINGS]
-    for r in rows:
+    assert [(r["task"], r["setting"]) for r in rows] == [("custom_sounds", s.name) for s in SETTINGS + (BASELINE,)]
+    for r in rows[:len(SETTINGS)]:
         assert r["metric"] == "accuracy" and 0.0 <= r["mean"] <= 1.0 and 0.0 < r["chance"] <= 1.0
         saved = json.loads((tmp_path / "cmp" / f"custom_sounds-{r['setting']}" / "results.json").read_text())
         assert saved["task"] == "custom" and saved["shards"] == str(shards)

@@ -27,6 +27,7 @@ from maeast.configio import load_yaml
 from maeast.engine.trainer import config_changes
 from maeast.errors import MaeastError
 from maeast.files import write_json as write_file
+from maeast.finetune.baseline import fbank_baseline
 from maeast.finetune.config import FinetuneConfig, build_finetune_config, load_finetune_config
 from maeast.finetune.fold import is_finished, part_name
 from maeast.finetune.loop import finetune, saved_config
@@ -52,6 +53,8 @@ class Setting:
 SETTINGS = (Setting("frozen-random", "frozen, random init", True, False),
             Setting("frozen-pretrained", "frozen, pretrained", True, True),
             Setting("full-pretrained", "full, pretrained", False, True))
+BASELINE = Setting("fbank-stats", "fbank mean+std, logistic regression", True, False)
+"""The hand-made baseline row of each single-label task (maeast.finetune.baseline): no encoder, no fine-tuning run."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,25 @@ def run_matrix(checkpoint: str | Path, tasks: list[TaskData], config: str = "fin
     rows = []
     for task, setting, cfg in planned:
         rows.append(run_one(task, setting, cfg, expected_origin(setting, identity, cfg), resume, console))
+        if setting == SETTINGS[-1].name:
+            rows += baseline_row(task, cfg, out)
     return rows
+
+
+def baseline_row(task: TaskData, cfg: FinetuneConfig, out: Path) -> list[Row]:
+    """The task's fbank-statistics baseline on its own splits (OUT/{label}-fbank-stats.json; reused while the
+    shard folder is the same), as a Row; [] for a multi-label task."""
+    path = out / f"{task.label}-{BASELINE.name}.json"
+    record = _read(path)
+    reused = bool(record) and record.get("shards") == str(cfg.shards)
+    if not reused:
+        record = {"shards": str(cfg.shards), "result": fbank_baseline(cfg.task, str(cfg.shards), cfg.data.clip_seconds)}
+        write_file(path, record)
+    r = record["result"]
+    if r is None:
+        return []
+    return [Row(task.label, BASELINE.name, r["metric"], r["mean"], r["std"], r["values"], r["chance"], r["seconds"],
+                str(path), reused, {"folds": r["folds"], "clips": r["clips"], "protocol": "fbank_stats"})]
 
 
 def expected_origin(setting: str, identity: dict, cfg: FinetuneConfig) -> dict:
@@ -241,15 +262,22 @@ def verdicts(rows: list[Row]) -> dict[str, dict]:
         if "frozen-random" not in by or "frozen-pretrained" not in by:
             continue
         a, b = by["frozen-random"], by["frozen-pretrained"]
-        gain = b.mean - a.mean
-        clips = a.extra.get("clips")
-        if a.metric == "accuracy" and clips:
-            se = math.sqrt(a.mean * (1 - a.mean) / clips + b.mean * (1 - b.mean) / clips)
-        else:
-            se = math.sqrt((a.std ** 2 + b.std ** 2) / max(len(a.folds), 1))
-        out[task] = {"gain": gain, "two_se": 2 * se, "clearly_ahead": gain > 2 * se,
-                     "folds_ahead": sum(y > x for x, y in zip(a.folds, b.folds)), "folds": len(a.folds)}
+        out[task] = _versus(a, b)
+        if BASELINE.name in by:
+            out[task]["baseline"] = _versus(by[BASELINE.name], b)
     return out
+
+
+def _versus(a: Row, b: Row) -> dict:
+    """b's gain over a against two standard errors of the difference, and in how many folds b is ahead."""
+    gain = b.mean - a.mean
+    clips = a.extra.get("clips")
+    if a.metric == "accuracy" and clips:
+        se = math.sqrt(a.mean * (1 - a.mean) / clips + b.mean * (1 - b.mean) / clips)
+    else:
+        se = math.sqrt((a.std ** 2 + b.std ** 2) / max(len(a.folds), 1))
+    return {"gain": gain, "two_se": 2 * se, "clearly_ahead": gain > 2 * se,
+            "folds_ahead": sum(y > x for x, y in zip(a.folds, b.folds)), "folds": len(a.folds)}
 
 
 def table(rows: list[Row], title: str = "What pretraining buys"):
@@ -276,18 +304,23 @@ def table(rows: list[Row], title: str = "What pretraining buys"):
 def summary_lines(rows: list[Row]) -> list[str]:
     lines = []
     for task, v in verdicts(rows).items():
-        word = "clearly ahead of" if v["clearly_ahead"] else "NOT clearly ahead of"
-        lines.append(f"{task}: the frozen pretrained encoder is {word} the frozen random one: "
-                     f"{100 * v['gain']:+.1f} points (two standard errors: {100 * v['two_se']:.1f}"
-                     + (f"; ahead in {v['folds_ahead']} of {v['folds']} folds)" if v["folds"] > 1 else ")"))
+        parts = [_clause("the frozen random one", v)] + ([_clause("fbank mean+std statistics", v["baseline"])]
+                                                         if "baseline" in v else [])
+        lines.append(f"{task}: the frozen pretrained encoder is " + "; and ".join(parts))
     lines.append(f"fine-tuning time: {_duration(sum(r.seconds for r in rows))} in all")
     return lines
+
+
+def _clause(what: str, v: dict) -> str:
+    word = "clearly ahead of" if v["clearly_ahead"] else "NOT clearly ahead of"
+    return (f"{word} {what}: {100 * v['gain']:+.1f} points (two standard errors: {100 * v['two_se']:.1f}"
+            + (f", ahead in {v['folds_ahead']} of {v['folds']} folds)" if v["folds"] > 1 else ")"))
 
 
 def write_json(rows: list[Row], path: str | Path, meta: dict | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {**(meta or {}), "settings": {s.name: s.label for s in SETTINGS}, "rows": [asdict(r) for r in rows],
+    data = {**(meta or {}), "settings": {s.name: s.label for s in SETTINGS + (BASELINE,)}, "rows": [asdict(r) for r in rows],
             "verdicts": verdicts(rows), "seconds": sum(r.seconds for r in rows)}
     write_file(path, data)
     return path
@@ -300,14 +333,15 @@ def write_png(rows: list[Row], path: str | Path, title: str = "What pretraining 
     import matplotlib.pyplot as plt
     path = Path(path)
     tasks = list(dict.fromkeys(r.task for r in rows))
-    width, colors = 0.8 / len(SETTINGS), ("tab:gray", "tab:blue", "tab:orange")
+    shown = SETTINGS + ((BASELINE,) if any(r.setting == BASELINE.name for r in rows) else ())
+    width, colors = 0.8 / len(shown), ("tab:gray", "tab:blue", "tab:orange", "tab:olive")
     fig, ax = plt.subplots(figsize=(4.2 + 2.6 * len(tasks), 4.5))
-    for i, (setting, color) in enumerate(zip(SETTINGS, colors)):
+    for i, (setting, color) in enumerate(zip(shown, colors)):
         for j, task in enumerate(tasks):
             r = next((r for r in rows if r.task == task and r.setting == setting.name), None)
             if r is None:
                 continue
-            x = j + (i - (len(SETTINGS) - 1) / 2) * width
+            x = j + (i - (len(shown) - 1) / 2) * width
             low, high = min(r.std, r.mean), min(r.std, 1.0 - r.mean)  # the spread, within [0, 100] %
             ax.bar(x, 100 * r.mean, width, yerr=[[100 * low], [100 * high]], capsize=3, color=color,
                    label=setting.label if j == 0 else None)
@@ -332,7 +366,7 @@ def write_png(rows: list[Row], path: str | Path, title: str = "What pretraining 
 
 
 def _label(setting: str) -> str:
-    return next(s.label for s in SETTINGS if s.name == setting)
+    return next(s.label for s in SETTINGS + (BASELINE,) if s.name == setting)
 
 
 def _duration(seconds: float) -> str:
