@@ -1,16 +1,22 @@
-"""Pretraining straight from a bucket (moto S3 on 127.0.0.1): the loss curve of local disk, an exact resume,
-and no credential anywhere in the run folder."""
+"""Training straight from a bucket (moto S3 on 127.0.0.1): pretraining's loss curve of local disk, an exact
+resume, no credential anywhere in the run folder, two processes following one; fine-tuning's scores."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from maeast.engine import load_config, pretrain
+from maeast.engine.distributed import free_port
+from maeast.engine.logging import read_log
 from tests.conftest import make_demo_shards
 from tests.servers import ACCESS_KEY, SECRET
 
+ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["schedule.steps=6", "schedule.warmup_steps=2", "data.batch_size=2", "optim.global_batch=4",
          "eval.every=3", "eval.batches=2", "run.save_every=3", "run.log_every=1", "run.trace_keys=true"]
 
@@ -56,3 +62,37 @@ def test_finetuning_from_s3_matches_local_disk(s3, tmp_path):
               for name, run in runs.items()}
     assert scores["remote"] == scores["local"] and scores["local"][0]["history"]  # the same clips, steps and scores
     assert url in (tmp_path / "remote" / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_two_processes_from_s3_follow_one_process_from_disk(shards, s3, tmp_path):
+    """1 process x 2 workers on local disk against 2 processes x 1 worker on the bucket: the same clips in the
+    same steps and the same losses (the loader's stream is a function of its slots, wherever the bytes are)."""
+    url = s3.upload(shards, "two/shards")
+    steps = ["schedule.steps=3", "schedule.warmup_steps=1", "data.batch_size=2", "optim.global_batch=4",
+             "eval.every=3", "eval.batches=2", "run.save_every=3", "run.log_every=1", "run.trace_keys=true"]
+    one = pretrain(load_config("pretrain_tiny", [*steps, f"data.shards=[{shards}]", f"run.dir={tmp_path / 'one'}",
+                                                 "data.num_workers=2"]))
+    port, procs = str(free_port()), []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        args = [f"--{o}" for o in [*steps, f"data.shards=[{url}]", f"run.dir={tmp_path / 'two'}", "data.num_workers=1"]]
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "launch" / "pretrain.py"), "--config", "pretrain_tiny",
+                                       *args], env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE))
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    losses = [r["loss"] for r in read_log(tmp_path / "two") if r["kind"] == "train"]
+    assert losses == pytest.approx(one.losses, rel=1e-5, abs=1e-6)
+    assert step_keys(tmp_path / "two") == step_keys(tmp_path / "one")
+
+
+def step_keys(run_dir: Path) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for path in sorted((run_dir / "keys").glob("rank*.tsv")):
+        for line in path.read_text().splitlines():
+            step, _slot, key = line.split("\t")
+            out.setdefault(int(step), []).append(key)
+    return {step: sorted(keys) for step, keys in out.items()}
