@@ -208,6 +208,8 @@ def test_esc50_reports_every_fold_at_the_best_mean_epoch(esc_shards, tmp_path):
     assert saved["mean"] == pytest.approx(float(np.mean([f[epoch] for f in per_fold])))
     fold1 = json.loads((tmp_path / "run" / "fold1" / "result.json").read_text())
     assert fold1["epoch"] == epoch and fold1["test"] == fold1["test_by_epoch"][str(epoch)]
+    classifier = json.loads((tmp_path / "run" / "fold1" / "classifier" / "classifier.json").read_text())
+    assert (classifier["epoch"], classifier["selected_by"]) == (3, "last")  # what the folder holds
     # the step schedule in the log: 0.02 in epoch 1, then the recipe's x0.85 per epoch (decay_start 1 here)
     lrs = {}
     for line in (tmp_path / "run" / "fold1" / "log.jsonl").read_text().splitlines():

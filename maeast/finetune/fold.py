@@ -220,7 +220,8 @@ def train_fold(ctx, fold: int | None) -> dict:
                     by_epoch[str(epoch)] = scores["test"]
                 if best is None or ctx.select != "valid" or scores["valid"][task.metric] > best["valid"][task.metric]:
                     best = {"epoch": epoch, "step": step, **scores}
-                    ctx.export(engine.full_state_dict(), encoder, part / "best", fold, best, ctx.select)
+                    exported = "last" if ctx.select == "fold_mean" else ctx.select  # the epoch over folds comes later
+                    ctx.export(engine.full_state_dict(), encoder, part / "best", fold, best, exported)
             if epoch % cfg.run.save_every == 0 or epoch == epochs:
                 state = {"epoch": epoch, "step": step, "best": json.dumps(best), "history": json.dumps(history),
                          "test_by_epoch": json.dumps(by_epoch)}
