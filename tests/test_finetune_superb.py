@@ -240,6 +240,13 @@ def test_freeze_encoder_is_the_superb_protocol_and_the_probe_keeps_its_name(shar
         [json.loads((tmp_path / "probe" / "main" / "result.json").read_text())["test"]["accuracy"]])
     bad = CliRunner().invoke(app, [*base, "--run.dir", str(tmp_path / "x"), "--head.frozen", "probe"])
     assert bad.exit_code == 2 and "linear_probe" in bad.output and len(bad.output.strip().splitlines()) == 1
+    # A frozen run saved before head.frozen existed trained the linear probe: resuming it under today's default is refused.
+    saved = tmp_path / "probe" / "config.yaml"
+    saved.write_text("".join(line for line in saved.read_text().splitlines(True) if not line.startswith("  frozen:")))
+    old = CliRunner().invoke(app, [*base, "--run.dir", str(tmp_path / "probe"), "--resume"])
+    assert old.exit_code == 2 and "head.frozen is 'superb', the run has 'linear_probe'" in old.output
+    again = CliRunner().invoke(app, [*base, "--run.dir", str(tmp_path / "probe"), "--resume", "--head.frozen", "linear_probe"])
+    assert again.exit_code == 0, again.output
 
 
 def test_superb_recipes():

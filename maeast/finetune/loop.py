@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from maeast.artifacts import features_of, initial_encoder, write_classifier
-from maeast.configio import load_yaml
+from maeast.configio import load_yaml, merge
 from maeast.engine import distributed as dist
 from maeast.engine.config import ScheduleConfig, accumulation
 from maeast.engine.ds_config import deepspeed_config, read_zero_json
@@ -279,5 +279,9 @@ def prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, folds: list, resume: boo
 
 
 def saved_config(run_dir: Path) -> FinetuneConfig:
-    """The config a fine-tuning run folder was started with."""
-    return build_finetune_config(load_yaml(Path(run_dir) / "config.yaml"))
+    """The config a fine-tuning run folder was started with. A frozen run saved before head.frozen existed
+    trained MAE's linear probe, so that is what it says (and a resume under today's default is refused)."""
+    data = load_yaml(Path(run_dir) / "config.yaml")
+    if (data.get("run") or {}).get("freeze_encoder") and "frozen" not in (data.get("head") or {}):
+        data = merge(data, {"head": {"frozen": "linear_probe"}})
+    return build_finetune_config(data)
