@@ -222,3 +222,17 @@ def test_a_url_with_credentials_in_it_is_refused():
         with pytest.raises(MaeastError, match="carries credentials") as e:
             config(url)
         assert "hunter2" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_ffcv_beton_from_a_bucket_equals_one_from_disk(shards, s3, tmp_path):
+    pytest.importorskip("ffcv")
+    from maeast.loaders.ffcv import write_beton
+
+    url = s3.upload(shards, "ffcv")
+    with pytest.raises(MaeastError, match="is a URL: give --out"):
+        write_beton(url, "train", 2.0)
+    local = write_beton(shards, "train", 2.0, tmp_path / "local.beton", workers=1)
+    remote = write_beton(url, "train", 2.0, tmp_path / "remote.beton", workers=1)
+    assert remote.pop("shards") == url and {k: v for k, v in local.items() if k != "shards"} == remote
+    assert (tmp_path / "local.beton").read_bytes() == (tmp_path / "remote.beton").read_bytes()

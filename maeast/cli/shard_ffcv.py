@@ -14,7 +14,7 @@ from maeast.cli.shard import app
 @app.command("ffcv")
 @friendly
 def ffcv(
-    shard_dir: Path = typer.Argument(..., help="A folder written by `maeast shard build`."),
+    shard_dir: str = typer.Argument(..., help="A folder written by `maeast shard build`, or its URL (then give --out)."),
     split: str = typer.Option("train", "--split", help="Which split to write."),
     clip_seconds: Optional[float] = typer.Option(
         None, "--clip-seconds", help="Crop (from the start) or zero-pad every clip to this length; "

@@ -29,6 +29,7 @@ from maeast.loaders.sources import derive_seed, load_sources
 from maeast.loaders.state import LoaderState, SingleStreamState
 from maeast.loaders.baddata import Errors
 from maeast.loaders.stream import read_shard
+from maeast.shards.storage import is_url, redact
 
 FORMAT = "maeast-ffcv/1"
 
@@ -77,7 +78,9 @@ def write_beton(shard_dir: Path, split: str = "train", clip_seconds: float | Non
                 fbank: str = "mae_ast", workers: int = 2) -> dict:
     """Shards of one split -> a .beton of fixed-size fbanks and labels; returns the sidecar record."""
     IntField, NDArrayField, _, _, _, _, _, DatasetWriter = _ffcv()
-    shard_dir = Path(shard_dir)
+    if is_url(shard_dir) and out is None:
+        raise MaeastError(f"{redact(shard_dir)} is a URL: give --out, the local .beton to write")
+    shard_dir = shard_dir if is_url(shard_dir) else Path(shard_dir)
     source = load_sources([str(shard_dir)], split)[0]
     clip_seconds = clip_seconds or longest_clip(shard_dir, split)
     out = Path(out) if out else shard_dir / f"{split}.beton"
@@ -116,7 +119,7 @@ def write_beton(shard_dir: Path, split: str = "train", clip_seconds: float | Non
             _Rows(tmp, len(keys)))
     finally:
         tmp.unlink(missing_ok=True)
-    record = {"format": FORMAT, "corpus": source.corpus, "split": split, "shards": str(shard_dir.resolve()),
+    record = {"format": FORMAT, "corpus": source.corpus, "split": split, "shards": str(shard_dir) if is_url(shard_dir) else str(shard_dir.resolve()),
               "fbank": fbank, "clip_seconds": clip_seconds, "frames": frames, "n_mels": get_config(fbank).n_mels,
               "sample_rate": source.sample_rate, "labels": list(source.labels), "multi_label": source.multi_label,
               "samples": len(keys), "skipped": loader.stats["bad_samples"] + loader.stats["bad_shards"], "keys": keys}
