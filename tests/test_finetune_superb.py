@@ -261,3 +261,19 @@ def test_superb_recipes():
     assert get_task("iemocap").dev_fraction == 0.2 and get_task("iemocap").clip_seconds is None
     assert all(load_finetune_config("finetune_patch", task=t, freeze_encoder=True).protocol == "superb"
                for t in ("speechcommands_v1", "voxceleb", "iemocap", "esc50"))
+
+
+def test_a_run_saved_before_a_key_existed_reads_back_as_it_ran(tmp_path):
+    """saved_config: a key missing from a run's config.yaml takes the dataclass default (the behaviour of
+    its day), not today's recipe: an old ER run had no projector and counted epochs."""
+    from maeast.finetune.config import save_finetune_config
+    from maeast.finetune.loop import saved_config
+    cfg = load_finetune_config("finetune_patch", task="iemocap", shards=str(tmp_path), run_dir=str(tmp_path / "run"))
+    save_finetune_config(cfg, tmp_path / "config.yaml")
+    assert saved_config(tmp_path) == cfg
+    text = (tmp_path / "config.yaml").read_text()
+    old = "".join(line for line in text.splitlines(True) if not line.startswith(("  projector:", "  steps:")))
+    (tmp_path / "config.yaml").write_text(old)
+    then = saved_config(tmp_path)
+    assert (then.head.projector, then.schedule.steps) == (0, None) and then.optim.lr == cfg.optim.lr
+

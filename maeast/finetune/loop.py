@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from maeast.artifacts import features_of, initial_encoder, write_classifier
-from maeast.configio import load_yaml, merge
+from maeast.configio import from_dict, load_yaml, merge, to_dict
 from maeast.engine import distributed as dist
 from maeast.engine.config import ScheduleConfig, accumulation
 from maeast.engine.ds_config import deepspeed_config, read_zero_json
@@ -34,7 +34,7 @@ from maeast.files import write_json
 from maeast.features import FbankConfig
 from maeast.features.stats import corpus_features
 from maeast.finetune.cache import Pooled, encode
-from maeast.finetune.config import FinetuneConfig, build_finetune_config, save_finetune_config
+from maeast.finetune.config import FinetuneConfig, save_finetune_config
 from maeast.finetune.custom import describe
 from maeast.finetune.data import Corpus, Selection, open_corpus
 from maeast.finetune.fold import is_finished, part_name, train_fold
@@ -279,9 +279,11 @@ def prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, folds: list, resume: boo
 
 
 def saved_config(run_dir: Path) -> FinetuneConfig:
-    """The config a fine-tuning run folder was started with. A frozen run saved before head.frozen existed
-    trained MAE's linear probe, so that is what it says (and a resume under today's default is refused)."""
+    """The config a fine-tuning run folder was started with: dataclass defaults <- its config.yaml, which
+    holds the whole resolved config of its day, so a key it lacks is younger than the run and takes the
+    default, the behaviour before it (not today's task recipe). A frozen run saved before head.frozen
+    existed trained MAE's linear probe, so that is what it says (a resume under today's default is refused)."""
     data = load_yaml(Path(run_dir) / "config.yaml")
     if (data.get("run") or {}).get("freeze_encoder") and "frozen" not in (data.get("head") or {}):
         data = merge(data, {"head": {"frozen": "linear_probe"}})
-    return build_finetune_config(data)
+    return from_dict(FinetuneConfig, merge(to_dict(FinetuneConfig()), data))
