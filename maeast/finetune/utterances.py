@@ -19,8 +19,8 @@ from maeast.batch import Batch
 from maeast.features import FbankConfig, get_config
 from maeast.finetune.data import Corpus, Selection, make_loader
 from maeast.loaders import lengths
-from maeast.loaders.sources import load_sources
 from maeast.loaders.baddata import Errors
+from maeast.loaders.sources import load_sources
 from maeast.loaders.stream import Sample, decode_window, read_shard
 
 POOL = 512
