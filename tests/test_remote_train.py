@@ -37,7 +37,8 @@ def test_pretraining_from_s3_resumes_exactly_and_keeps_no_secret(shards, s3, tmp
     first = pretrain(tiny(url, tmp_path / "remote", "run.stop_at=3"))
     second = pretrain(tiny(url, tmp_path / "remote"), resume=True)
     assert first.losses + second.losses == local.losses  # bitwise: the same clips, crops and steps
-    assert (tmp_path / "remote" / "keys" / "rank0.tsv").read_text() == (tmp_path / "local" / "keys" / "rank0.tsv").read_text()
+    keys = [(tmp_path / run / "keys" / "rank0.tsv").read_text() for run in ("remote", "local")]
+    assert keys[0] == keys[1]
     files = [p for p in (tmp_path / "remote").rglob("*") if p.is_file()]
     assert any(p.name == "config.yaml" for p in files) and any(p.name == "log.jsonl" for p in files)
     assert url in (tmp_path / "remote" / "config.yaml").read_text()
@@ -78,8 +79,8 @@ def test_two_processes_from_s3_follow_one_process_from_disk(shards, s3, tmp_path
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
         args = [f"--{o}" for o in [*steps, f"data.shards=[{url}]", f"run.dir={tmp_path / 'two'}", "data.num_workers=1"]]
-        procs.append(subprocess.Popen([sys.executable, str(ROOT / "launch" / "pretrain.py"), "--config", "pretrain_tiny",
-                                       *args], env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+        command = [sys.executable, str(ROOT / "launch" / "pretrain.py"), "--config", "pretrain_tiny", *args]
+        procs.append(subprocess.Popen(command, env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE))
     for p in procs:
         out, err = p.communicate(timeout=300)

@@ -119,7 +119,8 @@ def write_beton(shard_dir: Path, split: str = "train", clip_seconds: float | Non
             _Rows(tmp, len(keys)))
     finally:
         tmp.unlink(missing_ok=True)
-    record = {"format": FORMAT, "corpus": source.corpus, "split": split, "shards": str(shard_dir) if is_url(shard_dir) else str(shard_dir.resolve()),
+    where = str(shard_dir) if is_url(shard_dir) else str(shard_dir.resolve())
+    record = {"format": FORMAT, "corpus": source.corpus, "split": split, "shards": where,
               "fbank": fbank, "clip_seconds": clip_seconds, "frames": frames, "n_mels": get_config(fbank).n_mels,
               "sample_rate": source.sample_rate, "labels": list(source.labels), "multi_label": source.multi_label,
               "samples": len(keys), "skipped": loader.stats["bad_samples"] + loader.stats["bad_shards"], "keys": keys}

@@ -103,7 +103,8 @@ def read_shard(shard: Shard, verify: bool, errors: Errors, cache: ShardCache | N
         errors.bad("bad_samples", f"{where} of shard {shard.name}", "the members there are lost")
 
     def refetched() -> None:
-        errors.note("cache_refetched", f"the cached copy of shard {shard.name} was corrupt: deleted, streaming it again")
+        errors.note("cache_refetched", f"the cached copy of shard {shard.name} was corrupt: deleted, streaming "
+                    f"it again")
 
     opener = open_stream if cache is None else functools.partial(cache.open, sha256=shard.sha256, on_corrupt=refetched)
     for key, parts in iter_tar(shard.path, on_broken=broken, on_garbled=garbled, size=shard.bytes, opener=opener):

@@ -113,7 +113,8 @@ def filesystem(location: Location):
         return fsspec.core.url_to_fs(text, **options)
     except ImportError:
         extra = EXTRAS.get(protocol, protocol)
-        raise MaeastError(f"{redact(text)}: {protocol}:// needs the {extra} extra (pip install 'maeast[{extra}]')") from None
+        raise MaeastError(f"{redact(text)}: {protocol}:// needs the {extra} extra "
+                          f"(pip install 'maeast[{extra}]')") from None
     except ValueError as e:  # an unknown protocol
         raise MaeastError(f"{redact(text)}: {e}; use a folder, file://, s3://, gs://, http(s):// or pipe:") from None
 
@@ -186,8 +187,8 @@ def explain(location: Location, e: BaseException) -> MaeastError:
         fix = "no such object: check the URL, or build the shards there with `maeast shard build --out URL`"
     elif isinstance(e, PermissionError) or name in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied") \
             or "403" in text or "Forbidden" in text:
-        fix = ("access denied: check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE for s3://, "
-               "GOOGLE_APPLICATION_CREDENTIALS for gs://) and their rights on it")
+        fix = ("access denied: check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE for "
+               "s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://) and their rights on it")
     elif name in ("NoCredentialsError", "PartialCredentialsError"):
         fix = "no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
     else:
@@ -251,7 +252,8 @@ def list_names(folder: Location) -> set[str] | None:
         return None
     fs, path = filesystem(text)
     try:
-        return {p.rstrip("/").rsplit("/", 1)[-1] for p in retried(text, lambda: fs.ls(path, detail=False, refresh=True))}
+        found = retried(text, lambda: fs.ls(path, detail=False, refresh=True))
+        return {p.rstrip("/").rsplit("/", 1)[-1] for p in found}
     except StorageError as e:
         if "no such object" in str(e):
             return set()
