@@ -3,9 +3,10 @@
     rows = run_matrix("runs/pretrain/encoder", [TaskData("esc50", "shards/esc50")], "finetune_small", "runs/cmp")
     console.print(table(rows)); write_json(rows, ...); write_png(rows, ...)
 
-For each task three fine-tuning runs (SETTINGS): a linear head on a frozen randomly initialized encoder
-of the checkpoint's own architecture, a linear head on the frozen pretrained encoder, and full
-fine-tuning of the pretrained encoder. Each run lives in OUT/{task}-{setting} (a `maeast finetune`
+For each task three fine-tuning runs (SETTINGS): a head on a frozen randomly initialized encoder
+of the checkpoint's own architecture, a head on the frozen pretrained encoder (both by the frozen
+protocol, head.frozen: SUPERB's by default; each row's results.json "protocol" is in Row.extra and
+the table), and full fine-tuning of the pretrained encoder. Each run lives in OUT/{task}-{setting} (a `maeast finetune`
 run folder) beside compare.json: the encoder it started from and the wall time it took. A finished
 run whose config and encoder are unchanged is read back, not rerun; a changed one is an error.
 
