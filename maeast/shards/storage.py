@@ -24,6 +24,7 @@ import os
 import random
 import re
 import subprocess
+import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,10 +51,11 @@ class Retry:
     max_wait: float = 10.0
 
     def sleep(self, attempt: int) -> None:
-        time.sleep(min(self.wait * 2 ** attempt, self.max_wait) * random.uniform(0.5, 1.0))
+        time.sleep(min(self.wait * 2 ** attempt, self.max_wait) * _JITTER.uniform(0.5, 1.0))
 
 
 RETRY = Retry()
+_JITTER = random.Random()  # its own stream: a retry never moves the global RNG that training may seed
 
 
 class StorageError(OSError):
@@ -251,12 +253,15 @@ def list_names(folder: Location) -> set[str] | None:
     if text.startswith(("pipe:", "http://", "https://")):
         return None
     fs, path = filesystem(text)
+
+    def listing() -> list[str]:
+        try:
+            return fs.ls(path, detail=False, refresh=True)
+        except FileNotFoundError:  # an empty or missing prefix
+            return []
     try:
-        found = retried(text, lambda: fs.ls(path, detail=False, refresh=True))
-        return {p.rstrip("/").rsplit("/", 1)[-1] for p in found}
+        return {p.rstrip("/").rsplit("/", 1)[-1] for p in retried(text, listing)}
     except StorageError as e:
-        if "no such object" in str(e):
-            return set()
         raise MaeastError(str(e)) from None
 
 
@@ -326,13 +331,14 @@ class PipeReader(io.RawIOBase):
 
     def __init__(self, location: str):
         self.location, self.command = location, location[len("pipe:"):]
-        self.done, self.proc = 0, None
+        self.done, self.proc, self.ended = 0, None, False
 
     def readable(self) -> bool:
         return True
 
     def _start(self) -> None:
-        self.proc = subprocess.Popen(self.command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.errors = tempfile.TemporaryFile()  # not a pipe: a chatty command must not block on a full one
+        self.proc = subprocess.Popen(self.command, shell=True, stdout=subprocess.PIPE, stderr=self.errors)
         skip = self.done
         while skip:
             got = self.proc.stdout.read(min(skip, 1 << 20))
@@ -341,6 +347,8 @@ class PipeReader(io.RawIOBase):
             skip -= len(got)
 
     def _read(self, n: int) -> bytes:
+        if self.ended:
+            return b""
         try:
             if self.proc is None:
                 self._start()
@@ -350,10 +358,12 @@ class PipeReader(io.RawIOBase):
             raise
         if not data:
             code = self.proc.wait()
-            err = self.proc.stderr.read().decode(errors="replace").strip().splitlines()
-            self.proc = None
+            self.errors.seek(0)
+            err = self.errors.read().decode(errors="replace").strip().splitlines()
+            self.close_proc()
             if code:
                 raise ConnectionError(f"exit status {code}: {err[-1] if err else ''}")
+            self.ended = True
         return data
 
     def readinto(self, buffer) -> int:
@@ -366,6 +376,8 @@ class PipeReader(io.RawIOBase):
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait()
+            self.proc.stdout.close()
+            self.errors.close()
             self.proc = None
 
     def close(self) -> None:
