@@ -18,6 +18,7 @@ import pytest
 from maeast.errors import MaeastError
 from maeast.loaders import LoaderConfig, StreamingLoader
 from maeast.shards import storage
+from maeast.shards.format import iter_tar
 from tests.conftest import build, corpus_keys, make_corpus
 from tests.servers import SECRET, credentials_checked
 
@@ -244,3 +245,18 @@ def test_ffcv_beton_from_a_bucket_equals_one_from_disk(shards, s3, tmp_path):
     remote = write_beton(url, "train", 2.0, tmp_path / "remote.beton", workers=1)
     assert remote.pop("shards") == url and {k: v for k, v in local.items() if k != "shards"} == remote
     assert (tmp_path / "local.beton").read_bytes() == (tmp_path / "remote.beton").read_bytes()
+
+
+def test_the_first_batch_comes_before_the_shard_is_downloaded(shards, http_server, faulty, fast_retries):
+    """A shard streams front to back in ranged reads: the first batch of its first clips costs the reads up to
+    them (and one ahead), not the whole shard."""
+    root, base = http_server
+    build(shards.parent / "corpus", root / "one", shard_mb=1.0)  # every clip in one shard
+    url, faults = faulty(base, rate=0.0)
+    (shard,) = root.joinpath("one").glob("*.tar")
+    chunks = -(-shard.stat().st_size // storage.CHUNK)
+    loader = iter(StreamingLoader(config(f"{url}/one", num_workers=0, shuffle_buffer=0, bucket_batches=1)))
+    first = next(loader)
+    reads = [p for p in faults.paths if p.endswith(".tar")]
+    assert list(first.keys) == [k for k, _ in iter_tar(shard)][:2]
+    assert chunks >= 20 and 0 < len(reads) <= chunks // 2, (len(reads), chunks)
