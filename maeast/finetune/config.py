@@ -289,8 +289,9 @@ class RunSection(RunCommon):
     """Evaluate every this many epochs (and after the last)."""
     eval_steps: int | None = None
     """Evaluate every this many optimizer steps (s3prl's eval_step; and after the last step): an epoch is
-    then this many steps of a train stream that runs on across epochs (run.eval_every, save_every and
-    schedule.epochs count those); None: an epoch is one pass over the train clips."""
+    then this many steps (run.eval_every, save_every and schedule.epochs count those), each drawn from a
+    freshly shuffled pass of the loader (the feature cache's draws run on across epochs instead); None:
+    an epoch is one pass over the train clips."""
     select: str | None = None
     """The epoch reported: "valid" (the best on the task's valid split), "last", or "fold_mean" (cross-
     validation: the epoch whose test metric averaged over the folds is best, every fold reported at that

@@ -9,7 +9,8 @@ or the last (ctx.select), or, with run.average_epochs, the model of the averaged
 (maeast.finetune.select). Its classifier is exported to RUN/fold{k}/classifier and its scores to
 result.json; a fold of a "fold_mean" run also keeps its test scores per epoch ("test_by_epoch").
 A fold lasts FinetuneConfig.total_steps optimizer steps (schedule.steps, else its epochs); with
-run.eval_steps an epoch is that many optimizer steps of a train stream that runs on across epochs.
+run.eval_steps an epoch is that many optimizer steps (the loader's a freshly shuffled pass each time,
+the feature cache's draws running on across epochs).
 """
 
 from __future__ import annotations
