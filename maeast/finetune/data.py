@@ -163,8 +163,8 @@ def class_weights(corpus: Corpus, selection: "Selection") -> list[float]:
 
 @dataclass(frozen=True)
 class Selection:
-    """The clips of one pass: a split, and for cross-validation the folds it keeps, or for a custom
-    corpus's carved split the part ("train", "valid", "test") it keeps."""
+    """The clips of one pass: a split, and the folds it keeps (cross-validation) and/or the part ("train",
+    "valid", "test") of a carved split it keeps (a custom corpus; a dev share: both)."""
 
     split: str
     folds: frozenset[int] | None = None  # None: every clip of the split (or of its part)
