@@ -25,7 +25,7 @@ from maeast.finetune.cache import Pooled
 from maeast.finetune.tasks import get_task
 from maeast.finetune.utterances import WholeClips
 from maeast.model import Encoder, make_config
-from maeast.model.heads import FROZEN_PROTOCOLS, Classifier, make_head, mean_pool, pooled_layers
+from maeast.model.heads import FROZEN_PROTOCOLS, make_head, mean_pool, pooled_layers
 from maeast.shards.build import build_shards
 from tests.conftest import build, make_corpus, sox
 
