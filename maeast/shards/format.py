@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 
 from maeast.errors import MaeastError
-from maeast.shards.storage import Location, is_url, join, open_stream, read_bytes
+from maeast.shards.storage import Location, StorageError, is_url, join, open_stream, read_bytes, redact
 
 SCHEMA = "maeast-shards/1"
 FORMAT = 2
@@ -227,7 +227,9 @@ def iter_tar(path: Location, keep: Callable[[str], bool] | None = None,
                 parts[ext] = data
     except (TarFormatError, ValueError, OSError) as e:  # ValueError: undecodable names, garbled size fields
         if on_broken is None:
-            raise MaeastError(f"broken shard {path}: {e} (rebuild it with `maeast shard build`)") from None
+            if isinstance(e, StorageError):  # unreachable, not broken: its own line says why and what to do
+                raise MaeastError(str(e)) from None
+            raise MaeastError(f"broken shard {redact(path)}: {e} (rebuild it with `maeast shard build`)") from None
         on_broken(e)
         if "json" not in parts or audio_part(parts) is None:
             return
