@@ -61,3 +61,23 @@ def test_make_gpu_check_dry_mode_end_to_end():
     assert report["rows"]["gpu tests"]["counts"]["skipped"] >= 10  # every gpu test collected, skipped here
     assert report["rows"]["zero2"]["optimizer_steps"] == 3
     assert report["rows"]["fbank"]["cpu_clips_per_s"] > 0
+
+
+def test_a_recorded_h100_run_feeds_cores_per_gpu(tmp_path, monkeypatch, capsys):
+    """benchmarks/cores_per_gpu.py takes the clips/s of the last recorded H100 run's "step flash" row,
+    whose keys are those of every step row (checked on the dry "step math" row, the same code)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cores_per_gpu
+
+    dry = gpu_check.check(dry=True, rows=rows("step math"), in_process=True)["rows"]["step math"]
+    capsys.readouterr()
+    assert {"status", "clips_per_s", "seconds", "mfu"} <= set(dry)
+    monkeypatch.setattr(cores_per_gpu, "RESULTS", tmp_path)
+    clips, source = cores_per_gpu.h100_clips_per_s(10.0)
+    assert source.startswith("analytic") and clips == pytest.approx(0.5 * 989e12 / 113.2e9, rel=1e-3)
+    row = {**dry, "status": "ok", "seconds": 10.0, "clips_per_s": 3210.0, "mfu": 0.37}
+    (tmp_path / "gpu-check-2026-01-01.json").write_text(json.dumps({"device": "NVIDIA H100 80GB HBM3",
+                                                                    "rows": {"step flash": row}}))
+    assert cores_per_gpu.h100_clips_per_s(10.0) == (3210.0, "measured by make gpu-check (gpu-check-2026-01-01.json: "
+                                                            "MFU 37.0%)")
+    assert cores_per_gpu.h100_clips_per_s(2.0)[1].startswith("analytic")  # another clip length: not that run
