@@ -16,6 +16,7 @@ from maeast.artifacts import latest_checkpoint
 from maeast.engine import load_config, pretrain
 from maeast.engine.layout import Layout, resume_route, saved_layout
 from maeast.errors import MaeastError
+from maeast.loaders import StreamingLoader
 from maeast.loaders.elastic import regroup, slot_progress
 from maeast.loaders.state import LoaderState
 from tests.conftest import make_demo_shards
@@ -97,8 +98,9 @@ def test_layout_routes():
     assert resume_route(z(2, 0), z(1, 0), "ck") == "native"
     assert resume_route(z(2, 2), z(1, 2), "ck") == "universal"
     assert resume_route(z(2, 1), z(4, 2), "ck") == "universal"
-    assert resume_route(z(2, 3), z(1, 3), "ck") == "universal"
-    for saved, now in [(z(2, 0), z(2, 2)), (z(2, 2), z(1, 3)), (z(1, 3), z(2, 1)), (z(1, 2, True), z(1, 2))]:
+    assert resume_route(z(2, 3), z(2, 3), "ck") == "native"
+    for saved, now in [(z(2, 0), z(2, 2)), (z(2, 2), z(1, 3)), (z(1, 3), z(2, 1)), (z(2, 3), z(1, 3)),
+                       (z(1, 2, True), z(1, 2))]:
         with pytest.raises(MaeastError, match=re.escape(f"saved with {saved}, this run has {now}")):
             resume_route(saved, now, "ck")
 
@@ -117,10 +119,9 @@ def test_saved_layout_recorded_or_inferred(tmp_path):
 
 # ---- end to end: real processes on CPU over gloo ------------------------------------------------
 
-# batch 1, global batch 2: an epoch of the tiny corpus is 5 steps on 2 slots (2 processes x 1 worker, or 1 x 2)
-RUN = ["schedule.steps=8", "schedule.warmup_steps=1", "data.batch_size=1", "optim.global_batch=2", "eval.every=0",
+# 2 slots (2 processes x 1 worker, or 1 x 2) of 2 clips, 4 per step: epoch 0 of the tiny corpus ends within 8 steps
+RUN = ["schedule.steps=8", "schedule.warmup_steps=1", "data.batch_size=2", "optim.global_batch=4", "eval.every=0",
        "run.save_every=2", "run.log_every=1", "run.trace_keys=true", "run.collective_timeout=30"]
-EPOCH = 5  # steps of epoch 0 (checked below against the keys)
 ZERO_JSON = {stage: str(ROOT / "launch" / f"ds_zero{stage}.json") for stage in (2, 3)}
 
 
@@ -151,14 +152,34 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in train_records(run_dir)}
 
 
-def assert_epoch_once(run_dir: Path, reference_dir: Path) -> None:
-    """Epoch 0 (steps 1..EPOCH) shows every clip of the uninterrupted run's epoch 0, each once, in the same steps."""
-    ours, theirs = step_keys(run_dir), step_keys(reference_dir)
-    epoch = [k for s in range(1, EPOCH + 1) for k in ours[s]]
-    assert sorted(epoch) == sorted(set(epoch)), "a clip seen twice in one epoch"
-    assert {s: ours[s] for s in range(1, EPOCH + 1)} == {s: theirs[s] for s in range(1, EPOCH + 1)}
-    assert len(set(epoch)) == len({k for s in theirs for k in theirs[s]})  # every clip of the corpus's epoch
+def planned_steps(shards: Path, world: int, workers: int, epoch: int) -> list[list[str]]:
+    """The keys of every step of `epoch` as the loader plans it for world x workers (slot order per step)."""
+    cfg = load_config("pretrain_tiny", [*RUN, f"data.shards=[{shards}]", f"data.num_workers={workers}"])
+    ranks = []
+    for rank in range(world):
+        loader = StreamingLoader(cfg.data, rank, world)
+        loader.set_epoch(epoch)
+        ranks.append([batch.keys for batch in loader])
+    accum = cfg.optim.global_batch // (cfg.data.batch_size * world)
+    steps = len(ranks[0]) // accum
+    return [sorted(k for r in ranks for b in r[s * accum:(s + 1) * accum] for k in b) for s in range(steps)]
+
+
+def assert_epochs(run_dir: Path, shards: Path, saved: tuple[int, int], now: tuple[int, int]) -> int:
+    """Epoch 0 as the saved layout planned it, each clip once across both parts; then epoch 1 as a run that
+    always had the new layout sees it. Returns the steps of epoch 0."""
+    ours = step_keys(run_dir)
     assert sorted(ours) == list(range(1, 9))
+    first = planned_steps(shards, *saved, epoch=0)
+    if now[0] > saved[0]:  # regrouped onto more processes: its slots are trimmed to end the epoch together
+        first = first[:len(planned_steps(shards, *now, epoch=0))]
+    keys = [k for step in first for k in step]
+    assert len(keys) == len(set(keys)), "the plan itself repeats a clip"
+    assert 3 < len(first) < 8  # the kill or stop came inside epoch 0, and epoch 1 began before the end
+    assert [ours[s] for s in range(1, len(first) + 1)] == first  # none lost, none repeated
+    later = planned_steps(shards, *now, epoch=1)[:8 - len(first)]
+    assert [ours[s] for s in range(len(first) + 1, 9)] == later
+    return len(first)
 
 
 def assert_curve_follows(run_dir: Path, reference_dir: Path, steps: range) -> None:
@@ -186,26 +207,39 @@ def test_zero2_two_processes_killed_resume_on_one(shards, reference, tmp_path):
                         r"processes", line), line
     assert latest_checkpoint(tmp_path).name in line  # intact, and named
 
-    last = int(latest_checkpoint(tmp_path).name.removeprefix("step_"))
-    assert last < EPOCH  # the kill came mid-epoch
     resumed = in_process(shards, tmp_path, 2, resume=True)  # 1 process x 2 workers
     assert resumed.step == 8
     assert (tmp_path / "checkpoints" / "universal").is_dir()  # through DeepSpeed's universal checkpoint
     assert "continued with 1 process(es), ZeRO stage 2" in (tmp_path / "log.jsonl").read_text()
-    assert_epoch_once(tmp_path, reference[2].run_dir)
-    assert_curve_follows(tmp_path, reference[2].run_dir, range(1, EPOCH + 1))
+    epoch = assert_epochs(tmp_path, shards, saved=(2, 1), now=(1, 2))
+    assert_curve_follows(tmp_path, reference[2].run_dir, range(1, epoch + 1))
 
 
 @pytest.mark.slow
-def test_zero3_one_process_resumed_on_two(shards, reference, tmp_path):
-    in_process(shards, tmp_path, 3, "run.stop_at=2")
-    launch_env_vars([*args(shards, tmp_path, 3, "data.num_workers=1"), "--resume"], world=2)
+def test_zero2_one_process_resumed_on_two(shards, reference, tmp_path):
+    in_process(shards, tmp_path, 2, "run.stop_at=2")
+    launch_env_vars([*args(shards, tmp_path, 2, "data.num_workers=1"), "--resume"], world=2)
     text = (tmp_path / "log.jsonl").read_text()
-    assert "was saved with 1 process(es), ZeRO stage 3, fp32; continued with 2 process(es), ZeRO stage 3" in text
-    assert_epoch_once(tmp_path, reference[3].run_dir)
-    assert_curve_follows(tmp_path, reference[3].run_dir, range(1, EPOCH + 1))
-    # and the elastic run's own checkpoints resume as usual on its new layout
-    assert (tmp_path / "checkpoints" / "step_00000008" / "state_rank1.pt").is_file()
+    assert "was saved with 1 process(es), ZeRO stage 2, fp32; continued with 2 process(es), ZeRO stage 2" in text
+    epoch = assert_epochs(tmp_path, shards, saved=(1, 2), now=(2, 1))
+    assert_curve_follows(tmp_path, reference[2].run_dir, range(1, epoch + 1))
+    assert (tmp_path / "checkpoints" / "step_00000008" / "state_rank1.pt").is_file()  # saved on its new layout
+
+
+@pytest.mark.slow
+def test_zero3_resumes_on_its_own_layout_only(shards, reference, tmp_path):
+    in_process(shards, tmp_path, 3, "run.stop_at=2")
+    written = (tmp_path / "ds_config.json").read_text()
+    procs = start_env_vars([*args(shards, tmp_path, 3, "data.num_workers=1"), "--resume"], world=2)
+    for p in procs:
+        _, err = p.communicate(timeout=TIMEOUT)
+        assert p.returncode == 2, err[-3000:]
+        assert re.search(r"^error: .*step_00000002 was saved with 1 process\(es\), ZeRO stage 3, fp32, this run has 2 "
+                         r"process\(es\), ZeRO stage 3, fp32: .*; resume with 1 process\(es\) and --deepspeed_config "
+                         r"launch/ds_zero3.json$", err.strip().splitlines()[-1]), err[-3000:]
+    assert (tmp_path / "ds_config.json").read_text() == written
+    resumed = in_process(shards, tmp_path, 3, resume=True)  # the same layout: bitwise
+    assert losses(tmp_path) == losses(reference[3].run_dir) and resumed.step == 8
 
 
 def test_refused_resumes_are_one_line_before_anything_loads(shards, tmp_path):
