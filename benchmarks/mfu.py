@@ -150,10 +150,10 @@ def features_for(batch: int, seconds: float, device: torch.device) -> torch.Tens
 
 def measure(bench: Bench, preset: str, batch: int, seconds: float, device: torch.device, attention: str = "default",
             compiled: bool = False, steps: int = 5, warmup: int = 2, peak: float | None = None,
-            model_fn=MAEAST, flops: int | None = None) -> dict:
-    """Step time, clips/s, achieved FLOP/s, MFU against `peak` (measured here when None) and, on CUDA,
-    peak memory of one configuration. model_fn(cfg) builds the model (MAEAST by default); `flops`
-    replaces the MAE-AST count for another model."""
+            model_fn=MAEAST, flops: int | None = None, peak_n: int | None = None) -> dict:
+    """Step time, clips/s, achieved FLOP/s, MFU against `peak` (measured here when None, with a
+    peak_n-square matmul, peak_size(device) by default) and, on CUDA, peak memory of one configuration.
+    model_fn(cfg) builds the model (MAEAST by default); `flops` replaces the MAE-AST count for another model."""
     cfg = make_config(preset, layerdrop=0.0)
     features = features_for(batch, seconds, device)
     model = model_fn(cfg).to(device)
@@ -168,7 +168,7 @@ def measure(bench: Bench, preset: str, batch: int, seconds: float, device: torch
         torch.cuda.reset_peak_memory_stats(device)
     cases = {"step": step}
     if peak is None:  # the matmul takes turns with the steps, so that other load falls on both alike
-        cases["matmul"], matmul_flops = matmul_case(device, peak_size(device))
+        cases["matmul"], matmul_flops = matmul_case(device, peak_n or peak_size(device))
     timed = bench.measure(cases, repeats=steps, warmup=warmup, sync=sync(device),
                           label=f"{preset} steps, {attention} attention{', compiled' if compiled else ''}")
     step_s = timed["step"].seconds

@@ -15,7 +15,7 @@ Each step row gives step time, clips/s, peak memory and MFU against the bf16 mat
 measures itself. The figures are written to benchmarks/results/gpu-check-<date>.json, only when CUDA ran.
 
 Without CUDA (or with --dry) it is the dry mode: every row that can run on CPU runs at tiny sizes
-(tiny preset, 2 clips of 2 s, fp32), the rest say "needs CUDA" in their row; nothing is written.
+(tiny preset, 2 clips of 2 s, fp32, one thread), the rest say "needs CUDA" in their row; nothing is written.
 
     python launch/gpu_check.py              # CUDA when there is one, else the dry mode
     python launch/gpu_check.py --dry        # the dry mode anywhere
@@ -45,7 +45,7 @@ import torch  # noqa: E402
 
 try:
     from harness import Bench  # noqa: E402
-    from mfu import features_for, matmul_peak, measure, peak_size, real_waves  # noqa: E402
+    from mfu import features_for, matmul_peak, measure, real_waves  # noqa: E402
 except ImportError as e:  # a bare GPU image without the wheels
     sys.exit(f"gpu-check: {e}; make the wheels where PyPI is reachable (make gpu-wheels), bring .gpu-wheels "
              f"along and run make gpu-check (or see README, 'Performance')")
@@ -64,10 +64,11 @@ class Sizes:
     seconds: float
     steps: int
     warmup: int
+    peak_n: int  # the side of the matmul that measures the peak
 
     @classmethod
     def of(cls, dry: bool) -> Sizes:
-        return cls("tiny", 2, 2.0, 2, 1) if dry else cls("base", 64, 10.0, 20, 3)
+        return cls("tiny", 2, 2.0, 2, 1, 1024) if dry else cls("base", 64, 10.0, 20, 3, 8192)
 
 
 def device_of(dry: bool) -> torch.device:
@@ -84,7 +85,8 @@ def quiet_bench() -> Bench:
 def step_row(attention: str, compiled: bool) -> Callable[[bool], dict]:
     def run(dry: bool) -> dict:
         s, device = Sizes.of(dry), device_of(dry)
-        r = measure(quiet_bench(), s.preset, s.batch, s.seconds, device, attention, compiled, s.steps, s.warmup)
+        r = measure(quiet_bench(), s.preset, s.batch, s.seconds, device, attention, compiled, s.steps, s.warmup,
+                    peak_n=s.peak_n)
         figures = {k: (v.median if hasattr(v, "median") else v) for k, v in r.items()}
         return {"cells": {"step ms": f"{r['step_s'].median * 1e3:.1f}", "clips/s": f"{r['clips_per_s']:,.1f}",
                           "peak MiB": f"{r['peak_mem_mb']:,.0f}" if r["peak_mem_mb"] is not None else "-",
@@ -122,7 +124,7 @@ def mae_vs_ssast_row(dry: bool) -> dict:
     s, device = Sizes.of(dry), device_of(dry)
     batch = s.batch if dry else 16
     bench = quiet_bench()
-    peak = matmul_peak(bench, device, peak_size(device))
+    peak = matmul_peak(bench, device, s.peak_n)
     results = {}
     for kind, model_fn in (("mae", None), ("ssast", SSASTStyle)):
         from maeast.model import make_config
@@ -236,13 +238,25 @@ def row_env() -> dict:
     return env
 
 
+def run_here(row: Row, dry: bool) -> dict:
+    """The row in this process; dry on one CPU thread (tiny sizes gain nothing from more, and a busy
+    machine's load stalls a team of threads)."""
+    threads = torch.get_num_threads()
+    if dry:
+        torch.set_num_threads(1)
+    try:
+        return row.run(dry)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_row(row: Row, dry: bool, cap_s: float, in_process: bool = False) -> dict:
     """One row's result: {"status", "cells", "figures", "seconds"}; never raises."""
     started = time.perf_counter()
     if dry and row.dry_ok:
         return {"status": "needs CUDA", "cells": {"result": row.dry_ok}, "figures": {}, "seconds": 0.0}
     if in_process:
-        result = {"status": "ok", **row.run(dry)}
+        result = {"status": "ok", **run_here(row, dry)}
     else:
         cmd = [sys.executable, __file__, "--row", row.name] + (["--dry"] if dry else [])
         try:
@@ -308,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     dry = args.dry or not torch.cuda.is_available()
     if args.row:
         row = next(r for r in ROWS if r.name == args.row)
-        print(json.dumps(row.run(dry), default=float), flush=True)
+        print(json.dumps(run_here(row, dry), default=float), flush=True)
         return 0
     report = check(dry, args.budget)
     return 0 if all(r["status"] in ("ok", "needs CUDA", "skipped") for r in report["rows"].values()) else 1
