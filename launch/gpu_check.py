@@ -120,20 +120,21 @@ def fbank_row(dry: bool) -> dict:
 
 def mae_vs_ssast_row(dry: bool) -> dict:
     from mae_vs_ssast import SSASTStyle
-    from mae_vs_ssast import step_flops as variant_flops
+    from mae_vs_ssast import step_flops as ssast_flops
+
+    from maeast.features import get_config
+    from maeast.model import MAEAST, make_config
     s, device = Sizes.of(dry), device_of(dry)
     batch = s.batch if dry else 16
     bench = quiet_bench()
     peak = matmul_peak(bench, device, s.peak_n)
+    cfg = make_config(s.preset, layerdrop=0.0)
+    tokens = cfg.tokens_for(get_config("mae_ast").num_frames(round(s.seconds * 16000)))
     results = {}
-    for kind, model_fn in (("mae", None), ("ssast", SSASTStyle)):
-        from maeast.model import make_config
-        cfg = make_config(s.preset, layerdrop=0.0)
-        frames = features_for(1, s.seconds, torch.device("cpu")).shape[1]
-        kwargs = {"model_fn": model_fn} if model_fn else {}
+    for kind, model_fn, flops in (("mae", MAEAST, None), ("ssast", SSASTStyle, ssast_flops(cfg, "ssast", batch, tokens))):
         results[kind] = measure(bench, s.preset, batch, s.seconds, device, steps=s.steps, warmup=s.warmup, peak=peak,
-                                flops=variant_flops(cfg, kind, batch, cfg.tokens_for(frames)), **kwargs)
-        gc.collect()
+                                model_fn=model_fn, flops=flops)
+        gc.collect()  # the first model's memory is gone before the second's peak is taken
         if device.type == "cuda":
             torch.cuda.empty_cache()
     mae, ssast = results["mae"], results["ssast"]
