@@ -14,6 +14,11 @@ padded to --clip-seconds, mae_ast fbank, --workers workers, one torch thread per
 Each loader is warmed up (two batches), then runs --epochs timed epochs (worker start-up included),
 the loaders taking turns epoch by epoch (benchmarks/harness.py); the table shows the median epoch's
 clips/s, with min-max beside it.
+Then the storage rows (benchmarks/loader_remote.py): the FLAC shards read from local disk, loopback S3
+(moto) and loopback HTTP (http.server) by (e) maeast's stream and, on the same objects, (f) webdataset's
+own WebDataset pipeline with the same decode and fbank, epochs in turns; targets: remote >= 0.9x local,
+(e) >= 1.0x (f) at each place. Beside clips/s, the CPU ms per clip of each loader's worker processes:
+on a shared machine the clips/s of one epoch swing with other work, the CPU cost much less.
 Then (a) and (b) in pretraining mode (crop to the batch's shortest clip, at most 10 s, clips under
 2 s skipped; the "vs (a)" of those rows is against (a) in pretraining mode), and the streaming loader
 feeding the small and base MAE-AST presets for a few training steps (the model gets the cores the
@@ -23,19 +28,22 @@ goes into the JSON: on a shared machine it moves the figures more than anything 
 Prints a table, then one JSON line with the figures.
 
     python benchmarks/loader.py [--clips 160] [--copies 4] [--clip-seconds 4] [--epochs 3] [--steps 4]
+                                [--only storage]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from harness import Bench, spread
+from harness import Bench, Stats, spread
+from loader_remote import loaders as storage_loaders, served
 
 from maeast.errors import MaeastError
 from maeast.loaders import LoaderConfig, StreamingLoader
@@ -117,6 +125,51 @@ def training(bench: Bench, shards: Path, preset: str, steps: int, batch_size: in
     return {"step_s": r.seconds, "wait_share": wait / sum(r.times), "consumes_clips_per_s": clips / (sum(r.times) - wait)}
 
 
+def epoch_cpu(loader) -> tuple[int, float]:
+    """One epoch; the clips it yielded and the CPU seconds its worker processes (and theirs, e.g. curl)
+    spent, counted when the epoch's workers exit: a cost that other work on the machine moves less."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    clips = epoch(loader)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return clips, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def storage(bench: Bench, shards: Path, common: dict) -> None:
+    """(e) maeast's stream and (f) webdataset's pipeline over the same shards on local disk, loopback S3
+    and loopback HTTP, epochs in turns: a table, the clips/s and the ratios against the targets, and
+    the workers' CPU ms per clip."""
+    with served(shards) as places:
+        made, notes = storage_loaders(places, common)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the main process only receives batches
+        results = bench.measure({name: (lambda loader=loader: epoch_cpu(loader)) for name, loader in made.items()},
+                                warm_up={name: (lambda loader=loader: warm_up(loader)) for name, loader in made.items()},
+                                label=f"storage: {len(made)} loaders, epochs in turns")
+        torch.set_num_threads(threads)
+    rates = {name: Stats.of(clips / t for (clips, _), t in zip(r.values, r.times)) for name, r in results.items()}
+    cpu = {name: Stats.of(1000 * s / clips for clips, s in r.values) for name, r in results.items()}
+    local = rates["(e) stream, local"].median
+    rows = []
+    for name, rate in rates.items():
+        who, place = name.split(" ", 1)[1].split(", ")
+        peer = rates[f"(f) webdataset, {place}"].median
+        bench.record(f"{place}_{who}_clips_per_s", rate, digits=1)
+        bench.record(f"{place}_{who}_worker_cpu_ms_per_clip", cpu[name], digits=2)
+        rows.append((name, spread(rate, ".1f"), f"{rate.median / local:.2f}x" if who == "stream" else "",
+                     f"{rate.median / peer:.2f}x" if who == "stream" else "", spread(cpu[name], ".2f"), notes[name]))
+    figures = {}
+    for place in ("s3", "http"):
+        figures[f"ratio_{place}_vs_local"] = round(rates[f"(e) stream, {place}"].median / local, 3)
+    for place in ("local", "s3", "http"):
+        figures[f"ratio_stream_vs_webdataset_{place}"] = round(
+            rates[f"(e) stream, {place}"].median / rates[f"(f) webdataset, {place}"].median, 3)
+    bench.update(figures)
+    bench.table("storage: the same FLAC shards on local disk, loopback S3 (moto) and loopback HTTP, median (min-max) "
+                "epoch; targets: remote >= 0.9x local, maeast >= 1.0x webdataset",
+                ["loader", "clips/s", "vs local", "vs webdataset", "worker CPU ms/clip", "notes"], rows,
+                left=("loader", "notes"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=160, help="distinct synthesized clips")
@@ -126,6 +179,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="training steps per model preset (0: skip)")
+    parser.add_argument("--only", choices=["storage"], help="only the storage rows (local disk, S3, HTTP)")
     args = parser.parse_args()
     bench = Bench("loader", repeats=args.epochs, warmup=1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,6 +198,10 @@ def main() -> None:
         common = dict(mode="finetune", clip_seconds=args.clip_seconds, random_crop=False, batch_size=args.batch_size,
                       num_workers=args.workers, threads_per_worker=1, shuffle_buffer=64, fbank="mae_ast")
         shards, wav_shards = [str(tmp / "shards")], [str(tmp / "shards_wav")]
+        storage(bench, tmp / "shards", common)
+        if args.only == "storage":
+            bench.finish(own_load=args.workers + 1)
+            return
         loaders = {"(a) map-style": MapStyleLoader(manifest, LoaderConfig(shards=shards, **common)),
                    "(b) stream": StreamingLoader(LoaderConfig(shards=shards, **common)),
                    "(b) stream wav": StreamingLoader(LoaderConfig(shards=wav_shards, **common))}
