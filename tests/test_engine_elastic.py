@@ -253,3 +253,24 @@ def test_refused_resumes_are_one_line_before_anything_loads(shards, tmp_path):
         in_process(shards, tmp_path, 2, "data.num_workers=1", resume=True)
     assert (tmp_path / "ds_config.json").read_text() == written  # nothing rewritten
     assert not (tmp_path / "checkpoints" / "universal").exists()
+
+
+@pytest.mark.slow
+def test_a_stalled_process_stops_the_others_within_the_timeout(shards, tmp_path):
+    procs = start_env_vars(args(shards, tmp_path, 2, "data.num_workers=1", "run.collective_timeout=10"), world=2)
+    log = tmp_path / "log.jsonl"
+    deadline = time.monotonic() + TIMEOUT
+    while not (log.is_file() and log.read_text().count('"kind": "train"') >= 2):
+        assert time.monotonic() < deadline and procs[0].poll() is None, procs[0].communicate()[1][-3000:]
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGSTOP)  # alive but silent: only the timeout can tell
+    stalled = time.monotonic()
+    try:
+        _, err = procs[0].communicate(timeout=TIMEOUT)
+        elapsed = time.monotonic() - stalled
+    finally:
+        procs[1].kill()
+        procs[1].communicate()
+    line = err.strip().splitlines()[-1]
+    assert procs[0].returncode == 2 and elapsed < 10 + 5 + 10, (elapsed, err[-3000:])  # timeout + roll call + slack
+    assert line.startswith("error: rank(s) 1 of 2 stopped answering (rank 0: ") and "--resume continues" in line, line

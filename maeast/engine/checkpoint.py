@@ -85,26 +85,20 @@ def save_checkpoint(engine, run_dir: Path, step: int, train_state: dict, model_m
     return final
 
 
-def load_train_state(path: Path) -> dict:
-    """This process's state file of a checkpoint."""
-    file = Path(path) / f"state_rank{dist.rank()}.pt"
+def load_train_state(path: Path, rank: int | None = None) -> dict:
+    """One process's state file of a checkpoint (this process's by default)."""
+    rank = dist.rank() if rank is None else rank
+    file = Path(path) / f"state_rank{rank}.pt"
     if not file.is_file():
-        raise MaeastError(f"{path} has no {file.name}: it was written by fewer processes than this run has "
-                          f"({dist.world_size()}); resume with the process count that wrote it")
+        raise MaeastError(f"{path} has no {file.name}: it is incomplete or was written by fewer processes than "
+                          f"rank {rank} needs; resume with the process count that wrote it")
     return torch.load(file, map_location="cpu", weights_only=True)
 
 
 def load_train_states(path: Path) -> list[dict]:
     """Every process's state file of a checkpoint, in rank order (a resume on another layout reads them all)."""
-    first = load_train_state_of(path, 0)
-    return [first] + [load_train_state_of(path, r) for r in range(1, int(first["world_size"]))]
-
-
-def load_train_state_of(path: Path, rank: int) -> dict:
-    file = Path(path) / f"state_rank{rank}.pt"
-    if not file.is_file():
-        raise MaeastError(f"{path} has no {file.name}: the checkpoint is incomplete; resume from another one")
-    return torch.load(file, map_location="cpu", weights_only=True)
+    first = load_train_state(path, 0)
+    return [first] + [load_train_state(path, r) for r in range(1, int(first["world_size"]))]
 
 
 def universal_copy(checkpoint: Path, convert: Callable[[Path, Path], None]) -> Path:
