@@ -157,28 +157,36 @@ def measure(bench: Bench, preset: str, batch: int, seconds: float, device: torch
     cfg = make_config(preset, layerdrop=0.0)
     features = features_for(batch, seconds, device)
     model = model_fn(cfg).to(device)
-    if compiled:
-        model.compile_blocks() if hasattr(model, "compile_blocks") else model.compile()
+    if compiled and hasattr(model, "compile_blocks"):
+        model.compile_blocks()
+    elif compiled:
+        model.compile()
     step = Step(model, features, attention)
-    started = time.perf_counter()
-    step()  # the first step (compilation, allocator warm-up) apart from the timed warm-up
-    first_s = time.perf_counter() - started
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
     cases = {"step": step}
     if peak is None:  # the matmul takes turns with the steps, so that other load falls on both alike
         cases["matmul"], matmul_flops = matmul_case(device, peak_n or peak_size(device))
+    started = time.perf_counter()
+    step()  # the first step (compilation, allocator warm-up) apart from the timed warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    first_s = time.perf_counter() - started
     timed = bench.measure(cases, repeats=steps, warmup=warmup, sync=sync(device),
                           label=f"{preset} steps, {attention} attention{', compiled' if compiled else ''}")
     step_s = timed["step"].seconds
     flops = step_flops(cfg, batch, features.shape[1]) if flops is None else flops
     peak = timed["matmul"].rate(matmul_flops).median if peak is None else peak
+    peak_mem_mb = None
+    if device.type == "cuda":  # one more step alone: the model's, optimizer's and activations' peak
+        cases.clear()  # the matmul's inputs go
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
     return {"preset": preset, "batch": batch, "seconds": seconds, "device": str(device), "attention": attention,
             "compiled": compiled, "tokens": cfg.tokens_for(features.shape[1]), "step_s": step_s,
             "first_step_s": first_s, "clips_per_s": batch / step_s.median, "flops": flops,
             "achieved_flops": flops / step_s.median, "peak_flops": peak, "mfu": flops / step_s.median / peak,
-            "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "peak_mem_mb": peak_mem_mb,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
 
 
