@@ -84,10 +84,11 @@ demo-shards: demo-data
 	$(MAEAST) shard build esc50 --root $(DEMO)/esc50 --out $(SHARDS)/events --shard-size 8 -j 2
 
 # Pretrain the small preset on the unlabelled demo corpus: an interrupted run resumes, a finished
-# one is a no-op. Then the loss curves and one clip's reconstruction.
+# one is a no-op; the online probe scores its frozen features on the keywords as it trains. Then the
+# loss and probe curves and one clip's reconstruction.
 demo-pretrain: demo-shards
 	$(MAEAST) pretrain --config $(PRETRAIN_CONFIG) --data.shards '[$(SHARDS)/unlabelled]' --run.dir $(PRETRAIN_RUN) \
-	  $$(test -f $(PRETRAIN_RUN)/checkpoints/latest && echo --resume)
+	  --eval.probe_shards $(SHARDS)/keywords $$(test -f $(PRETRAIN_RUN)/checkpoints/latest && echo --resume)
 	$(MAEAST) plot $(PRETRAIN_RUN)
 	$(MAEAST) visualize $$(find $(DEMO)/librispeech -path '*dev-clean*' -name '*.flac' | sort | head -1) \
 	  --checkpoint $(PRETRAIN_RUN) --out $(PRETRAIN_RUN)/reconstruction.png
