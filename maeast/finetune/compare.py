@@ -165,12 +165,14 @@ def run_matrix(checkpoint: str | Path, tasks: list[TaskData], config: str = "fin
 
 def baseline_row(task: TaskData, cfg: FinetuneConfig, out: Path) -> list[Row]:
     """The task's fbank-statistics baseline on its own splits (OUT/{label}-fbank-stats.json; reused while the
-    shard folder is the same), as a Row; [] for a multi-label task."""
+    shard folder and its index are the same), as a Row; [] for a multi-label task."""
     path = out / f"{task.label}-{BASELINE.name}.json"
     record = _read(path)
-    reused = bool(record) and record.get("shards") == str(cfg.shards)
+    index = hashlib.sha256(json.dumps(read_index(cfg.shards), sort_keys=True).encode()).hexdigest()
+    reused = bool(record) and (record.get("shards"), record.get("index")) == (str(cfg.shards), index)
     if not reused:
-        record = {"shards": str(cfg.shards), "result": fbank_baseline(cfg.task, str(cfg.shards), cfg.data.clip_seconds)}
+        record = {"shards": str(cfg.shards), "index": index,
+                  "result": fbank_baseline(cfg.task, str(cfg.shards), cfg.data.clip_seconds)}
         write_file(path, record)
     r = record["result"]
     if r is None:
