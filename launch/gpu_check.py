@@ -305,15 +305,19 @@ def check(dry: bool, budget_s: float = BUDGET_S, rows: list[Row] = ROWS, in_proc
     bench.record("seconds", round(time.perf_counter() - started, 1))
     bench.record("rows", {name: {"status": r["status"], "row_s": round(r["seconds"], 1), **r["figures"]}
                           for name, r in results.items()})
+    report = bench.finish(own_load=1.0)
     if not dry and write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / f"gpu-check-{datetime.date.today().isoformat()}.json"
-        bench.note(f"recorded in {path.relative_to(ROOT)}")
-        report = bench.finish(own_load=1.0)
-        from maeast.files import write_json
-        write_json(path, report)
-        return report
-    return bench.finish(own_load=1.0)
+        print(f"gpu-check: recorded in {record(report)}", file=sys.stderr)
+    return report
+
+
+def record(report: dict, results: Path = RESULTS) -> Path:
+    """The report of a run on CUDA as results/gpu-check-<date>.json (commit it: cores_per_gpu reads it)."""
+    from maeast.files import write_json
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"gpu-check-{datetime.date.today().isoformat()}.json"
+    write_json(path, report)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

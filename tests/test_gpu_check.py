@@ -65,19 +65,17 @@ def test_make_gpu_check_dry_mode_end_to_end():
 
 def test_a_recorded_h100_run_feeds_cores_per_gpu(tmp_path, monkeypatch, capsys):
     """benchmarks/cores_per_gpu.py takes the clips/s of the last recorded H100 run's "step flash" row,
-    whose keys are those of every step row (checked on the dry "step math" row, the same code)."""
+    whose keys are those of every step row (taken here from the dry "step math" row, the same code)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import cores_per_gpu
 
-    dry = gpu_check.check(dry=True, rows=rows("step math"), in_process=True)["rows"]["step math"]
+    report = gpu_check.check(dry=True, rows=rows("step math"), in_process=True)
     capsys.readouterr()
-    assert {"status", "clips_per_s", "seconds", "mfu"} <= set(dry)
     monkeypatch.setattr(cores_per_gpu, "RESULTS", tmp_path)
     clips, source = cores_per_gpu.h100_clips_per_s(10.0)
     assert source.startswith("analytic") and clips == pytest.approx(0.5 * 989e12 / 113.2e9, rel=1e-3)
-    row = {**dry, "status": "ok", "seconds": 10.0, "clips_per_s": 3210.0, "mfu": 0.37}
-    (tmp_path / "gpu-check-2026-01-01.json").write_text(json.dumps({"device": "NVIDIA H100 80GB HBM3",
-                                                                    "rows": {"step flash": row}}))
-    assert cores_per_gpu.h100_clips_per_s(10.0) == (3210.0, "measured by make gpu-check (gpu-check-2026-01-01.json: "
-                                                            "MFU 37.0%)")
+    row = {**report["rows"].pop("step math"), "seconds": 10.0, "clips_per_s": 3210.0, "mfu": 0.37}
+    path = gpu_check.record({**report, "device": "NVIDIA H100 80GB HBM3", "rows": {"step flash": row}}, tmp_path)
+    assert path.parent == tmp_path and path.name.startswith("gpu-check-")
+    assert cores_per_gpu.h100_clips_per_s(10.0) == (3210.0, f"measured by make gpu-check ({path.name}: MFU 37.0%)")
     assert cores_per_gpu.h100_clips_per_s(2.0)[1].startswith("analytic")  # another clip length: not that run
