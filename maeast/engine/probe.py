@@ -1,7 +1,7 @@
 """The online probe: whether the encoder's features get better while it pretrains.
 
     probe = OnlineProbe.open(cfg.eval, features)    # reads eval.probe_shards once, caches the fbanks, scores the baseline
-    record = probe.score(encoder)                   # {"linear", "knn", "fbank_linear", "fbank_knn", "clips", "seconds"}
+    record = probe.score(encoder)                   # {"linear", "knn", "fbank_linear", "fbank_knn", "clips", ...}
 
 Every eval.probe_every steps (and at the end) the loop hands the model's encoder to `score`: it embeds the
 cached clips of eval.probe_shards' train and test splits (the last layer mean-pooled over tokens, as MAE's
@@ -50,7 +50,10 @@ def read_split(folder: str, split: str, cfg: EvalConfig, features: FbankConfig) 
     if not batches:
         raise MaeastError(f"eval.probe_shards {folder}: split {split!r} yielded no clip; rebuild the shards")
     x = torch.cat([b.features for b in batches])  # [N, T, F]
-    pad = None if batches[0].padding_mask is None else torch.cat([b.padding_mask for b in batches])
+    pad = None
+    if any(b.padding_mask is not None for b in batches):  # [N, T]; a batch without padding has no mask
+        pad = torch.cat([torch.zeros(b.features.shape[:2], dtype=torch.bool) if b.padding_mask is None
+                         else b.padding_mask for b in batches])
     labels = torch.cat([b.labels for b in batches])
     if len(labels) > cfg.probe_clips:
         keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[: cfg.probe_clips].sort().values
@@ -85,7 +88,8 @@ class OnlineProbe:
 
     @torch.no_grad()
     def score(self, encoder: torch.nn.Module) -> dict[str, float]:
-        """The encoder's frozen features probed -> {"linear", "knn", baseline figures, "clips", "seconds"}."""
+        """The encoder's frozen features probed -> {"linear", "knn", baseline figures, "clips", "seconds" (this
+        probe), "setup_seconds" (reading the clips and scoring the baseline, once)}."""
         started = time.perf_counter()
         was_training = encoder.training
         encoder.eval()
@@ -99,7 +103,7 @@ class OnlineProbe:
             encoder.train(was_training)
         scores = score_features(x[0], self.train.labels, x[1], self.test.labels)
         return {**scores, **self.baseline, "clips": len(self.train) + len(self.test),
-                "seconds": round(time.perf_counter() - started, 2)}
+                "seconds": round(time.perf_counter() - started, 2), "setup_seconds": round(self.seconds, 2)}
 
     @staticmethod
     def _pooled(encoder: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
