@@ -10,6 +10,11 @@
 --section.key (or section.key=value) overrides the config. The JSON gives only ZeRO, precision and
 offload settings: batch, optimizer and schedule come from the config. `maeast pretrain` runs the
 same function as one process.
+
+--resume continues the run on any number of processes (README "When nodes fail"): ZeRO-1/-2 through
+DeepSpeed's universal checkpoint, stage 0 as is; mid-epoch, processes x data.num_workers must equal
+the saved run's. If a process dies or stalls, the others stop within run.collective_timeout seconds
+with one line naming it, the last step and the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -60,6 +65,14 @@ def main(argv: list[str]) -> int:
         pretrain(load_config(config, overrides), deepspeed_config_path=ds_config, resume=resume)
     except MaeastError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # a collective failed before or after the training loop (which names the step)
+        from maeast.engine.distributed import is_peer_failure
+        if not is_peer_failure(e):
+            raise
+        print(f"error: a collective failed outside the training steps ({type(e).__name__}): another process "
+              f"died or stalled past run.collective_timeout; see its output, then rerun (with --resume if the run "
+              f"has a checkpoint)", file=sys.stderr)
         return 2
     return 0
 

@@ -274,3 +274,14 @@ def test_a_stalled_process_stops_the_others_within_the_timeout(shards, tmp_path)
     line = err.strip().splitlines()[-1]
     assert procs[0].returncode == 2 and elapsed < 10 + 5 + 10, (elapsed, err[-3000:])  # timeout + roll call + slack
     assert line.startswith("error: rank(s) 1 of 2 stopped answering (rank 0: ") and "--resume continues" in line, line
+
+
+@pytest.mark.slow
+def test_a_process_missing_at_start_is_one_line(shards, tmp_path):
+    procs = start_env_vars(args(shards, tmp_path, 2, "data.num_workers=1", "run.collective_timeout=5"), world=2)
+    procs[1].kill()  # before it reaches the rendezvous
+    procs[1].communicate()
+    started = time.monotonic()
+    _, err = procs[0].communicate(timeout=TIMEOUT)
+    assert procs[0].returncode == 2 and time.monotonic() - started < 60, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("error: a collective failed outside the training steps"), err[-3000:]

@@ -123,11 +123,12 @@ ROLL_CALL = ".roll-call"
 def is_peer_failure(error: BaseException) -> bool:
     """Whether an exception is a collective that failed because another process died or stalled past the
     process group's timeout (gloo raises RuntimeError: connection closed or reset, timed out; NCCL its own)."""
+    if isinstance(error, dist.DistError):  # also the rendezvous: "Timed out ... waiting for clients"
+        return True
     if not isinstance(error, RuntimeError) or not initialized() or world_size() == 1:
         return False
-    text = str(error)
-    return isinstance(error, dist.DistError) or any(
-        word in text for word in ("gloo", "NCCL", "Connection closed", "Connection reset", "Timed out", "timed out"))
+    return any(word in str(error) for word in ("gloo", "NCCL", "Connection closed", "Connection reset", "Timed out",
+                                                "timed out"))
 
 
 def missing_ranks(run_dir, grace_s: float = 5.0) -> list[int]:
