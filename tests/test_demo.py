@@ -21,6 +21,7 @@ from maeast.demo import build_demo, events, keywords, synth, unlabelled
 from maeast.demo.build import EVENT_BATCH, MARKER, corpus_rng
 from maeast.demo.noise import make_noise
 from maeast.errors import MaeastError
+from maeast.probing import fbank_stats, logistic_regression
 
 try:
     from maeast.cli import app
@@ -177,22 +178,7 @@ def _mean_std_fbank(paths: list[Path]) -> torch.Tensor:
     for p in paths:
         x, sr = sf.read(p, dtype="float32")
         waves.append(soxr.resample(x, sr, 16000).astype(np.float32) if sr != 16000 else x)
-    f = fbank(torch.from_numpy(np.stack(waves)), sample_rate=16000, preset="mae_ast")  # [n, T, 128]
-    return torch.cat([f.mean(1), f.std(1)], dim=1)
-
-
-def _linear_accuracy(x_train, y_train, x_test, y_test, classes: int, steps: int = 300) -> float:
-    """Multinomial logistic regression (Adam, full batch) on standardized features."""
-    mu, sd = x_train.mean(0), x_train.std(0) + 1e-5
-    torch.manual_seed(0)
-    model = torch.nn.Linear(x_train.shape[1], classes)
-    opt = torch.optim.Adam(model.parameters(), lr=0.05, weight_decay=1e-3)
-    for _ in range(steps):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model((x_train - mu) / sd), y_train).backward()
-        opt.step()
-    with torch.no_grad():
-        return (model((x_test - mu) / sd).argmax(1) == y_test).float().mean().item()
+    return fbank_stats(fbank(torch.from_numpy(np.stack(waves)), sample_rate=16000, preset="mae_ast"))
 
 
 def test_keywords_learnable_not_trivial(tiny):
@@ -203,7 +189,7 @@ def test_keywords_learnable_not_trivial(tiny):
     y = torch.tensor([keywords.WORDS.index(p.parent.name) for p in files])
     test = torch.tensor([f"{p.parent.name}/{p.name}" in held for p in files])
     x = _mean_std_fbank(files)
-    acc = _linear_accuracy(x[~test], y[~test], x[test], y[test], len(keywords.WORDS))
+    acc = logistic_regression(x[~test], y[~test], x[test], y[test], len(keywords.WORDS))
     assert 0.3 < acc < 1.0, acc
 
 
@@ -216,8 +202,7 @@ def test_events_beat_chance_across_folds(tiny):
     y = torch.tensor([int(r["target"]) for r in rows])
     fold = torch.tensor([int(r["fold"]) for r in rows])
     classes = len(events.FAMILIES)
-    accs = [_linear_accuracy(x[fold != k], y[fold != k], x[fold == k], y[fold == k], classes, steps=200)
-            for k in range(1, 6)]
+    accs = [logistic_regression(x[fold != k], y[fold != k], x[fold == k], y[fold == k], classes) for k in range(1, 6)]
     assert 2.0 / classes < float(np.mean(accs)) < 1.0, accs
 
 
