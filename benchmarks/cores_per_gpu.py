@@ -6,10 +6,9 @@ everything up to the pinned batch. Measured here, in CPU seconds (time.process_t
 thread, so a figure is one core's time) of one process reading real audio:
 
   GPU route  maeast's StreamingLoader in pretraining mode (num_workers=0: every step in this process)
-             with its featurize step (maeast.loaders.lengths.featurize: fbank and padding mask) patched
-             to hand the waveform batch through, plus copying each batch into a staging buffer (pinned
-             on CUDA): the loader's CPU work when the fbank runs on the accelerator
-  CPU route  the same loader as it is: fbank in the loader (today's stream loader, in its workers)
+             with loader.fbank_on "device": it yields cropped waveform batches, and each is copied into a
+             staging buffer (pinned on CUDA); the fbank then runs where Batch.to sends the batch
+  CPU route  the same loader with fbank_on "loader" (the default): the fbank in the loader's workers
 
 over shards built by `maeast shard build` (the folder recipe) with --codec flac and --codec wav, from
 real audio: espeak-ng sentences and sox plucked chords of about 10 s (benchmarks/loader.py's corpus),
@@ -24,7 +23,6 @@ row, base model, 10 s clips) when there is one, else from the analytic FLOPs of 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import tempfile
 import time
@@ -36,7 +34,7 @@ from loader import make_corpus
 from mfu import real_waves, step_flops
 
 from maeast.features import fbank, get_config
-from maeast.loaders import LoaderConfig, StreamingLoader, lengths
+from maeast.loaders import LoaderConfig, StreamingLoader
 from maeast.model import make_config
 from maeast.shards.build import build_shards
 
@@ -67,40 +65,25 @@ def cpu_seconds(fn):
     return run
 
 
-def waveforms_through(wave, kept, preset, sample_rate):
-    """featurize's stand-in on the GPU route: the waveform batch [B, N] as it is, no padding mask."""
-    return wave, None
-
-
 def loader_epoch(shards: Path, batch: int, seconds: float, verify: bool, gpu_route: bool):
-    """One epoch of the stream loader -> its clips; on the GPU route without the fbank, each waveform
-    batch copied into a staging buffer (pinned where CUDA is) as the step before the device."""
+    """One epoch of the stream loader -> its clips; on the GPU route (fbank_on device) each waveform batch
+    is copied into a staging buffer (pinned where CUDA is) as the step before the device."""
     config = LoaderConfig(shards=[str(shards)], batch_size=batch, num_workers=0, shuffle_buffer=0, bucket_batches=1,
-                          max_seconds=seconds, min_seconds=2.0, verify_checksums=verify)
+                          max_seconds=seconds, min_seconds=2.0, verify_checksums=verify,
+                          fbank_on="device" if gpu_route else "loader")
     loader = StreamingLoader(config)
     staging = {}
 
     def run() -> int:
         clips = 0
-        with patched(lengths, "featurize", waveforms_through if gpu_route else lengths.featurize):
-            for b in loader:
-                if gpu_route:
-                    if b.features.shape not in staging:
-                        staging[b.features.shape] = torch.empty(b.features.shape, pin_memory=torch.cuda.is_available())
-                    staging[b.features.shape].copy_(b.features)
-                clips += len(b)
+        for b in loader:
+            if gpu_route:
+                if b.waveform.shape not in staging:
+                    staging[b.waveform.shape] = torch.empty(b.waveform.shape, pin_memory=torch.cuda.is_available())
+                staging[b.waveform.shape].copy_(b.waveform)
+            clips += len(b)
         return clips
     return run
-
-
-@contextlib.contextmanager
-def patched(module, name: str, value):
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
 
 
 def main() -> None:

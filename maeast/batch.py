@@ -9,25 +9,38 @@ import torch
 
 @dataclass
 class Batch:
-    """One batch of clips as features.
+    """One batch of clips as features, or as waveforms whose features are computed where the batch goes.
 
-    features:     [B, T, F] log-mel fbank frames (float32).
+    features:     [B, T, F] log-mel fbank frames (float32); None while the batch holds waveforms.
     padding_mask: [B, T] bool, True where a frame is padding (None when no clip is padded).
     labels:       [B] int64 class ids (single-label), [B, C] float multi-hot (multi-label),
                   or None (pretraining).
     keys:         the B sample keys, in batch order.
+    waveform:     [B, N] float audio, zero-padded, with lengths [B] (real samples per row): what the
+                  stream loader yields with loader.fbank_on "device"; `to(device)` then computes the
+                  features on that device with `fbank` (an FbankConfig) at `sample_rate`, through the
+                  same maeast.loaders.lengths.featurize that the loader's workers use.
     """
 
-    features: torch.Tensor
+    features: torch.Tensor | None
     padding_mask: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     keys: list[str] = field(default_factory=list)
+    waveform: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None
+    fbank: object | None = None  # maeast.features.FbankConfig
+    sample_rate: int = 16000
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """The batch on `device`, with its features (computed there from the waveforms if it holds them)."""
         def move(t):
             return None if t is None else t.to(device, non_blocking=non_blocking)
 
+        if self.features is None:
+            from maeast.loaders.lengths import featurize  # the loader's own fbank step, on this device
+            features, mask = featurize(move(self.waveform), move(self.lengths), self.fbank, self.sample_rate)
+            return Batch(features, mask, move(self.labels), list(self.keys))
         return Batch(move(self.features), move(self.padding_mask), move(self.labels), list(self.keys))
 
     def __len__(self) -> int:
-        return self.features.shape[0]
+        return (self.features if self.features is not None else self.waveform).shape[0]

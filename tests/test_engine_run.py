@@ -216,3 +216,11 @@ def test_corpus_statistics_reach_the_loader_and_the_export(shards, tmp_path):
     plain = pretrain(tiny(shards, tmp_path / "plain", "schedule.steps=2", "schedule.warmup_steps=1", "eval.every=0", "run.save_every=2"))
     assert features_of(read_encoder(plain.encoder)[1]) == get_config("mae_ast")
     assert result.losses != plain.losses  # the same clips and masks, normalized otherwise
+
+
+def test_fbank_on_device_trains_the_same_curve(shards, full_runs, tmp_path):
+    """data.fbank_on device (the GPU route: waveforms leave the workers, the step computes the fbank) gives
+    the ZeRO-0 run's loss curve and held-out evaluation bitwise: the same featurize, on the same CPU."""
+    result = pretrain(tiny(shards, tmp_path, "data.fbank_on=device"), ZERO[0])
+    assert result.losses == full_runs[0].losses
+    assert result.eval == full_runs[0].eval

@@ -215,3 +215,22 @@ def test_decoding_a_window_equals_slicing_the_whole_clip(shards):
                 start = int(torch.randint(0, len(whole) - size + 1, (1,), generator=gen))
                 window = decode_window(sample, start, size, 16000, errors)
                 assert torch.equal(window, torch.from_numpy(whole[start: start + size])), (key, start, size)
+
+
+def test_fbank_on_device_yields_waveforms_whose_features_match_the_loaders(shards):
+    """fbank_on device: the workers hand over cropped waveforms; Batch.to computes the very features the
+    workers would have (the same featurize, here on the CPU), for the same keys in the same order."""
+    by_loader = run(StreamingLoader(cfg(shards, max_seconds=2.2)))
+    by_device = run(StreamingLoader(cfg(shards, max_seconds=2.2, fbank_on="device")))
+    assert [b.keys for b in by_device] == [b.keys for b in by_loader]
+    for raw, done in zip(by_device, by_loader):
+        assert raw.features is None and raw.waveform.shape == (len(raw), raw.lengths.max()) and len(raw) == len(done)
+        moved = raw.to("cpu")
+        assert torch.equal(moved.features, done.features) and moved.padding_mask is None and moved.labels is None
+
+
+def test_fbank_on_device_is_for_pretraining_on_the_stream_backend(shards):
+    with pytest.raises(MaeastError, match="fbank_on device serves pretraining"):
+        cfg(shards, mode="finetune", clip_seconds=1.0, fbank_on="device")
+    with pytest.raises(MaeastError, match="fbank_on"):
+        cfg(shards, fbank_on="gpu")

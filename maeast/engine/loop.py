@@ -162,9 +162,10 @@ class Pretraining:
     draw_stream: str = "masks"
 
     def __call__(self, engine, batch, generator: torch.Generator) -> Micro:
-        pad = None if batch.padding_mask is None else batch.padding_mask.to(self.device)
-        out = engine.forward(batch.features.to(self.device), pad, generator)
-        frames = batch.features.shape[1] * len(batch) if pad is None else int((~batch.padding_mask).sum())
+        batch = batch.to(self.device)  # a batch of waveforms (loader.fbank_on: device) gets its features here
+        out = engine.forward(batch.features, batch.padding_mask, generator)
+        pad = batch.padding_mask
+        frames = batch.features.shape[1] * len(batch) if pad is None else int((~pad).sum())
         return Micro(out.loss, len(batch), batch.keys, out.parts, frames * self.hop_s)
 
 

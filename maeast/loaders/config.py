@@ -14,6 +14,7 @@ from maeast.shards.storage import is_url, redact
 MODES = ("pretrain", "finetune")
 BACKENDS = ("stream", "dali", "ffcv")
 ON_ERROR = ("skip", "fail")
+FBANK_ON = ("loader", "device")
 
 
 @dataclass
@@ -89,6 +90,11 @@ class LoaderConfig:
     """Batches each worker prepares ahead (DataLoader's prefetch_factor)."""
     pin_memory: bool = False
     """Pin batches in page-locked memory (only useful with a CUDA device)."""
+    fbank_on: str = "loader"
+    """Where the fbank is computed (backend stream, pretraining): "loader" in the workers, which yield
+    features; "device" where the batch is used: the workers yield cropped waveforms (with pin_memory, in
+    page-locked memory) and `Batch.to(device)` computes the same features there (maeast.loaders.lengths.
+    featurize). On a GPU this takes the fbank off the CPU cores: benchmarks/cores_per_gpu.py measures both."""
 
     def __post_init__(self):
         if isinstance(self.shards, str):
@@ -106,6 +112,10 @@ class LoaderConfig:
         _choice("mode", self.mode, MODES)
         _choice("backend", self.backend, BACKENDS)
         _choice("on_error", self.on_error, ON_ERROR)
+        _choice("fbank_on", self.fbank_on, FBANK_ON)
+        if self.fbank_on == "device" and (self.backend != "stream" or self.mode != "pretrain"):
+            raise MaeastError(f"loader: fbank_on device serves pretraining on the stream backend (this loader: "
+                              f"{self.mode}, backend {self.backend}); set fbank_on: loader")
         _at_least("batch_size", self.batch_size, 1)
         _at_least("num_workers", self.num_workers, 0)
         _at_least("threads_per_worker", self.threads_per_worker, 1)

@@ -108,7 +108,8 @@ class StreamingLoader:
                 done += 1
                 if done == total:
                     state.next_epoch()
-                yield Batch(item["features"], item["padding_mask"], item["labels"], list(item["keys"]))
+                yield Batch(item["features"], item["padding_mask"], item["labels"], list(item["keys"]),
+                            item["waveform"], item["lengths"], self.features, plan.sample_rate)
         except MaeastError as e:  # raised in a worker: keep the one line, not the worker's traceback
             raise MaeastError(_last_line(str(e))) from None
 

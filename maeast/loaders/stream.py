@@ -30,6 +30,7 @@ import soundfile as sf
 import torch
 import webdataset as wds
 
+from maeast.batch import Batch
 from maeast.errors import MaeastError
 from maeast.features import FbankConfig
 from maeast.loaders import lengths
@@ -275,6 +276,8 @@ def materialize(samples: list[Sample], plan: Plan, worker: int, position: int, e
         return None
     if len(rows) < len(samples):
         wave, kept, samples = wave[rows], kept[rows], [samples[i] for i in rows]
+    if cfg.fbank_on == "device":  # the features are computed where the batch goes (Batch.to)
+        return Batch(None, keys=[s.key for s in samples], waveform=wave, lengths=kept)
     source = plan.sources[0]
     label_ids = [s.meta.get("label_ids", []) for s in samples] if cfg.finetune else None
     return lengths.make_batch(wave, kept, [s.key for s in samples], label_ids, preset=plan.features, sample_rate=rate,
@@ -308,6 +311,6 @@ class StreamDataset(torch.utils.data.IterableDataset):
             done += 1
             yield {"worker": worker, "position": position, "features": batch.features,
                    "padding_mask": batch.padding_mask, "labels": batch.labels, "keys": batch.keys,
-                   "stats": dict(errors.stats)}
+                   "waveform": batch.waveform, "lengths": batch.lengths, "stats": dict(errors.stats)}
             if done >= quota:
                 return
