@@ -71,6 +71,9 @@ class _Runner:
         s["audio_seconds"] += sum(sec for _, sec in files)
         s["work_seconds"] += took
         s["seconds"] = time.perf_counter() - self.start
+        if _planned_files(task) == 0:  # recordings: how many utterances they make is known once they are read
+            bar = next(t for t in self.progress.tasks if t.id == self.bars[corpus])
+            self.progress.update(bar.id, total=bar.total + len(files))
         self.progress.advance(self.bars[corpus], len(files))
 
     def close(self) -> None:
