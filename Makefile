@@ -175,6 +175,12 @@ gpu-wheels: | env
 	@for p in $(GPU_NEEDS); do \
 	  case $$p in webdataset|deepspeed) echo "$$p==$$($(PY) -c "import importlib.metadata as m; print(m.version('$$p'))")";; \
 	  *) echo $$p;; esac; done > $(GPU_WHEELS)/requirements.txt
+	# The gpu-marked tests' audio, made here by espeak-ng and sox (a bare GPU image has neither): run up to
+	# their first CUDA call, recording every synthesizer output (tests/conftest.py synthesize).
+	rm -rf $(GPU_WHEELS)/test-audio
+	MAEAST_RECORD_AUDIO=$(abspath $(GPU_WHEELS))/test-audio $(PY) -m pytest -q -m gpu -p no:cacheprovider \
+	  $$(grep -l "pytest.mark.gpu" tests/test_*.py) >/dev/null 2>&1 || true
+	@echo "$(GPU_WHEELS)/test-audio: $$(ls $(GPU_WHEELS)/test-audio | wc -l) recorded synthesizer outputs for the gpu tests"
 	@echo "skipped: nvidia-dali (its wheel is about 200 MB, over what a device call carries): the dali backend stays CPU-tested only"
 	@echo "skipped: numpy, matplotlib, tensorboard (large; the GPU image has them)"
 	@echo "$(GPU_WHEELS): $$(ls $(GPU_WHEELS)/*.whl | wc -l) wheels, $$(du -sh $(GPU_WHEELS) | cut -f1); on the GPU machine: make gpu-check"

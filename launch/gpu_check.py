@@ -236,6 +236,9 @@ ROWS = [
 def row_env() -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    recorded = ROOT / ".gpu-wheels" / "test-audio"  # the tests' synthesizer outputs, recorded by make gpu-wheels
+    if "MAEAST_TEST_AUDIO" not in env and recorded.is_dir():
+        env["MAEAST_TEST_AUDIO"] = str(recorded)  # a bare GPU image has no espeak-ng or sox (tests/conftest.py)
     return env
 
 
