@@ -56,12 +56,12 @@ def test_build_to_s3_gives_the_local_bytes(corpus, local, s3):
     index = build_shards("folder", corpus, s3.url("corpus/shards"), shard_size_mb=SIZE_MB, workers=2)
     assert remote_files(s3, "corpus/shards") == local  # every shard, its DALI index, rejects.tsv, index.json
     assert index["format"] == 2
-    uploads = count_uploads(s3)
+    uploads = Uploads(s3)
     assert build_shards("folder", corpus, s3.url("corpus/shards"), shard_size_mb=SIZE_MB) == index
     assert uploads.shards == []  # a finished folder is left as it is
 
 
-class count_uploads:
+class Uploads:
     """Records the names of the shards put to the bucket (through s3fs, as the builder does); the
     upload of `fail_at` fails."""
 
@@ -89,13 +89,13 @@ class count_uploads:
 def test_failed_upload_resumes_to_the_same_bytes_without_reuploading(corpus, local, s3, monkeypatch):
     shards = sorted(name for name in local if name.endswith(".tar"))
     monkeypatch.setattr("maeast.shards.storage.RETRY", Retry(attempts=2, wait=0.01))  # retried, in vain
-    failing = count_uploads(s3, fail_at=shards[2])
+    failing = Uploads(s3, fail_at=shards[2])
     with pytest.raises(MaeastError, match=f"{shards[2]}.*run the same command again to resume"):
         build_shards("folder", corpus, s3.url("x"), shard_size_mb=SIZE_MB)
     failing.undo()
     assert failing.shards == shards[:2]
     assert "index.json" not in remote_files(s3, "x")
-    rerun = count_uploads(s3)
+    rerun = Uploads(s3)
     build_shards("folder", corpus, s3.url("x"), shard_size_mb=SIZE_MB)
     rerun.undo()
     assert rerun.shards == shards[2:]  # the two verified shards stay, never uploaded again
@@ -118,7 +118,7 @@ def test_killed_build_resumes_to_the_same_bytes(corpus, local, s3, tmp_path):
     assert "index.json" not in done, "the build finished before it could be killed"
     kept = [k for k in done if k.endswith(".tar") and f".build/{k}.json" in done]  # uploaded and verified
     assert kept
-    rerun = count_uploads(s3)
+    rerun = Uploads(s3)
     build_shards("folder", corpus, url, shard_size_mb=SIZE_MB)
     rerun.undo()
     assert rerun.shards and not set(kept) & set(rerun.shards)
