@@ -98,9 +98,8 @@ def test_layout_routes():
     assert resume_route(z(2, 0), z(1, 0), "ck") == "native"
     assert resume_route(z(2, 2), z(1, 2), "ck") == "universal"
     assert resume_route(z(2, 1), z(4, 2), "ck") == "universal"
-    assert resume_route(z(2, 3), z(2, 3), "ck") == "native"
-    for saved, now in [(z(2, 0), z(2, 2)), (z(2, 2), z(1, 3)), (z(1, 3), z(2, 1)), (z(2, 3), z(1, 3)),
-                       (z(1, 2, True), z(1, 2))]:
+    assert resume_route(z(2, 3), z(1, 3), "ck") == "universal"
+    for saved, now in [(z(2, 0), z(2, 2)), (z(2, 2), z(1, 3)), (z(1, 3), z(2, 1)), (z(1, 2, True), z(1, 2))]:
         with pytest.raises(MaeastError, match=re.escape(f"saved with {saved}, this run has {now}")):
             resume_route(saved, now, "ck")
 
@@ -227,19 +226,15 @@ def test_zero2_one_process_resumed_on_two(shards, reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_zero3_resumes_on_its_own_layout_only(shards, reference, tmp_path):
+def test_zero3_one_process_resumed_on_two(shards, reference, tmp_path):
     in_process(shards, tmp_path, 3, "run.stop_at=2")
-    written = (tmp_path / "ds_config.json").read_text()
-    procs = start_env_vars([*args(shards, tmp_path, 3, "data.num_workers=1"), "--resume"], world=2)
-    for p in procs:
-        _, err = p.communicate(timeout=TIMEOUT)
-        assert p.returncode == 2, err[-3000:]
-        assert re.search(r"^error: .*step_00000002 was saved with 1 process\(es\), ZeRO stage 3, fp32, this run has 2 "
-                         r"process\(es\), ZeRO stage 3, fp32: .*; resume with 1 process\(es\) and --deepspeed_config "
-                         r"launch/ds_zero3.json$", err.strip().splitlines()[-1]), err[-3000:]
-    assert (tmp_path / "ds_config.json").read_text() == written
-    resumed = in_process(shards, tmp_path, 3, resume=True)  # the same layout: bitwise
-    assert losses(tmp_path) == losses(reference[3].run_dir) and resumed.step == 8
+    launch_env_vars([*args(shards, tmp_path, 3, "data.num_workers=1"), "--resume"], world=2)
+    text = (tmp_path / "log.jsonl").read_text()
+    assert "was saved with 1 process(es), ZeRO stage 3, fp32; continued with 2 process(es), ZeRO stage 3" in text
+    epoch = assert_epochs(tmp_path, shards, saved=(1, 2), now=(2, 1))
+    # within float tolerance of the uninterrupted run past the first update after the load (Engine.load's
+    # mends of DeepSpeed's universal ZeRO-3 load; without them step 4 was off by 12%)
+    assert_curve_follows(tmp_path, reference[3].run_dir, range(1, epoch + 1))
 
 
 def test_refused_resumes_are_one_line_before_anything_loads(shards, tmp_path):

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -99,6 +100,16 @@ def set_threads(threads: int | None, loader_threads: int = 0) -> int:
     n = threads or max(1, share - loader_threads)
     torch.set_num_threads(n)
     return n
+
+
+def default_group_timeout(seconds: float) -> None:
+    """The timeout of process groups created later without one: DeepSpeed makes its ZeRO groups with
+    torch.distributed.new_group(ranks), which takes torch's module default (30 minutes), not the world
+    group's. A process that stalls (alive, silent) inside a ZeRO collective then held the others for
+    that long (measured: a SIGSTOPped process, run.collective_timeout 10, the other still waiting after
+    300 s); torch has no setting for it, so its module default is set here."""
+    from torch.distributed import distributed_c10d
+    distributed_c10d.default_pg_timeout = distributed_c10d.default_pg_nccl_timeout = timedelta(seconds=seconds)
 
 
 def barrier() -> None:

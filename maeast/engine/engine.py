@@ -60,6 +60,8 @@ def init_distributed(timeout_s: float | None = None) -> None:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     timeout = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, **timeout)
+    if timeout_s is not None:
+        dist.default_group_timeout(timeout_s)
 
 
 def to_universal(checkpoint: Path, out: Path) -> None:
@@ -96,6 +98,7 @@ class Engine:
                 model=model, optimizer=optimizer, config=ds_config,
                 lr_scheduler=lambda opt: build_schedule(opt, optim.lr, schedule))
         self.bf16 = bool(ds_config.get("bf16", {}).get("enabled", False))
+        self.universal = bool(ds_config.get("checkpoint", {}).get("load_universal", False))
 
     @property
     def module(self) -> nn.Module:
@@ -144,13 +147,30 @@ class Engine:
 
     def load(self, directory: Path, tag: str) -> dict:
         """Restore weights, optimizer, schedule and step; returns the client state saved with them."""
+        built = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")}
+                 for g in self.optimizer.param_groups]
         with _quiet():
             path, client = self.ds.load_checkpoint(str(directory), tag=tag, load_optimizer_states=True,
                                                    load_lr_scheduler_states=True)
         if path is None:
             raise MaeastError(f"checkpoint {Path(directory) / tag} could not be loaded (incomplete or from "
                               f"another ZeRO stage / process count)")
+        if self.universal:
+            self._mend_universal(built)
         return client or {}
+
+    def _mend_universal(self, built: list[dict]) -> None:
+        """Two things DeepSpeed 0.19.8's universal load gets wrong under ZeRO-3 (measured on CPU: the loss left
+        the uninterrupted curve at the first update): every sub-group's Adam state gets the same `step`
+        tensor, which each sub-group's update then advances (so all but the first use a wrong bias
+        correction), and every parameter group gets the first group's weight decay. Each state gets its
+        own step, and the groups their settings as built from our config (the lr stays the schedule's)."""
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        for state in inner.state.values():
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].clone()
+        for group, settings in zip(self.optimizer.param_groups, built):
+            group.update(settings)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter as full fp32 on the CPU (the optimizer's master copy under ZeRO or bf16),

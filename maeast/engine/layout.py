@@ -6,14 +6,14 @@
 Routes, found by experiment with DeepSpeed 0.19.8 on CPU over gloo (tests/test_engine_elastic.py):
   - the same layout: DeepSpeed's own load, bitwise;
   - ZeRO stage 0 on any number of processes: its one full copy of weights and optimizer loads as is;
-  - ZeRO stage 1 or 2 to stage 1 or 2 on any number of processes: DeepSpeed's Universal Checkpointing
-    (deepspeed.checkpoint.ds_to_universal, then "checkpoint": {"load_universal": true}); the loss
-    continues the uninterrupted curve to float tolerance;
+  - ZeRO stage 1 or 2 to stage 1 or 2, and stage 3 to stage 3, on any number of processes: DeepSpeed's
+    Universal Checkpointing (deepspeed.checkpoint.ds_to_universal, then "checkpoint": {"load_universal":
+    true}; engine.Engine.load mends two faults of its ZeRO-3 load); the loss continues the uninterrupted
+    curve to float tolerance;
   - anything else is refused in one line that names both layouts, before the engine is built: stage 0
-    to or from a ZeRO stage (a stage-0 checkpoint has no ZeRO files to convert); ZeRO-3 on another
-    layout (0.19.8 converts it and loads the weights and moments element for element, yet the first
-    update after the load differs: the loss left the uninterrupted curve at the first step, 2 -> 1 and
-    1 -> 2 processes; from or to stages 1-2 its load fails); bf16 to or from fp32 (not tried: bf16 needs CUDA).
+    to or from a ZeRO stage (a stage-0 checkpoint has no ZeRO files to convert); stage 3 to or from 1-2
+    (0.19.8's universal load looks for the other stage's model file name and fails); bf16 to or from
+    fp32 (not tried: bf16 needs CUDA).
 A checkpoint written before layouts were recorded is read from the files DeepSpeed wrote and the run's
 ds_config.json (read before this session replaces it).
 """
@@ -86,9 +86,9 @@ def resume_route(saved: Layout, now: Layout, checkpoint: Path) -> str:
     if saved.bf16 != now.bf16:
         raise MaeastError(f"{checkpoint} was saved with {saved}, this run has {now}: a change of precision is not "
                           f"converted; {fix} on {'CUDA' if saved.bf16 else 'CPU'}")
-    if 0 in (saved.zero_stage, now.zero_stage) or 3 in (saved.zero_stage, now.zero_stage):
-        raise MaeastError(f"{checkpoint} was saved with {saved}, this run has {now}: another layout is resumed "
-                          f"through DeepSpeed's universal checkpoint from and to ZeRO stages 1 and 2 only; {fix}")
+    if 0 in (saved.zero_stage, now.zero_stage) or (saved.zero_stage == 3) != (now.zero_stage == 3):
+        raise MaeastError(f"{checkpoint} was saved with {saved}, this run has {now}: DeepSpeed's universal checkpoint "
+                          f"converts between ZeRO stages 1 and 2, or 3 and 3, only; {fix}")
     return "universal"
 
 
