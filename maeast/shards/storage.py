@@ -144,6 +144,28 @@ def _s3_session():
     return _S3_SESSIONS[os.getpid()]
 
 
+_INHERITED: list = []
+"""In a forked process, the filesystems its parent had cached (_hold_filesystems)."""
+
+
+def _hold_filesystems() -> None:
+    """Before a fork (a loader worker), hold the cached fsspec filesystems, so that the child keeps them
+    alive. fsspec drops them from its cache in the child, and their close-session finalizers would
+    then wait for the parent's event loop, which does not run there: 1 s each (fsspec's sync checks
+    once a second), at the first garbage collection in every worker of every epoch."""
+    import sys
+
+    spec = sys.modules.get("fsspec.spec")
+    classes = [spec.AbstractFileSystem] if spec else []
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        _INHERITED.extend(cls.__dict__.get("_cache", {}).values())
+
+
+os.register_at_fork(before=_hold_filesystems, after_in_parent=_INHERITED.clear)
+
+
 def permanent(e: BaseException) -> bool:
     """Whether retrying cannot help: missing object or bucket, refused access, bad credentials, bad request."""
     if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, MaeastError)):
