@@ -17,8 +17,9 @@ clips/s, with min-max beside it.
 Then the storage rows (benchmarks/loader_remote.py): the FLAC shards read from local disk, loopback S3
 (moto) and loopback HTTP (http.server) by (e) maeast's stream and, on the same objects, (f) webdataset's
 own WebDataset pipeline with the same decode and fbank, epochs in turns; targets: remote >= 0.9x local,
-(e) >= 1.0x (f) at each place. Beside clips/s, the CPU ms per clip of each loader's worker processes:
-on a shared machine the clips/s of one epoch swing with other work, the CPU cost much less.
+(e) >= 1.0x (f) at each place. Beside clips/s, the CPU ms per clip of each loader's worker processes
+(on a shared machine the clips/s of one epoch swing with other work, the CPU cost much less) and the
+seconds to an epoch's first batch (a fixed cost that short epochs such as these feel, long ones do not).
 Then (a) and (b) in pretraining mode (crop to the batch's shortest clip, at most 10 s, clips under
 2 s skipped; the "vs (a)" of those rows is against (a) in pretraining mode), and the streaming loader
 feeding the small and base MAE-AST presets for a few training steps (the model gets the cores the
@@ -125,13 +126,16 @@ def training(bench: Bench, shards: Path, preset: str, steps: int, batch_size: in
     return {"step_s": r.seconds, "wait_share": wait / sum(r.times), "consumes_clips_per_s": clips / (sum(r.times) - wait)}
 
 
-def epoch_cpu(loader) -> tuple[int, float]:
-    """One epoch; the clips it yielded and the CPU seconds its worker processes (and theirs, e.g. curl)
-    spent, counted when the epoch's workers exit: a cost that other work on the machine moves less."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    clips = epoch(loader)
+def epoch_cpu(loader) -> tuple[int, float, float]:
+    """One epoch; the clips it yielded, the CPU seconds its worker processes (and theirs, e.g. curl)
+    spent, counted when the epoch's workers exit (a cost that other work on the machine moves less),
+    and the seconds to its first batch (worker start, first request, shuffle buffer)."""
+    before, start, first, clips = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter(), None, 0
+    for batch in loader:
+        first = time.perf_counter() - start if first is None else first
+        clips += len(batch)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return clips, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return clips, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, first
 
 
 def storage(bench: Bench, shards: Path, common: dict) -> None:
@@ -146,8 +150,9 @@ def storage(bench: Bench, shards: Path, common: dict) -> None:
                                 warm_up={name: (lambda loader=loader: warm_up(loader)) for name, loader in made.items()},
                                 label=f"storage: {len(made)} loaders, epochs in turns")
         torch.set_num_threads(threads)
-    rates = {name: Stats.of(clips / t for (clips, _), t in zip(r.values, r.times)) for name, r in results.items()}
-    cpu = {name: Stats.of(1000 * s / clips for clips, s in r.values) for name, r in results.items()}
+    rates = {name: Stats.of(clips / t for (clips, *_), t in zip(r.values, r.times)) for name, r in results.items()}
+    cpu = {name: Stats.of(1000 * s / clips for clips, s, _ in r.values) for name, r in results.items()}
+    first = {name: Stats.of(f for *_, f in r.values) for name, r in results.items()}
     local = rates["(e) stream, local"].median
     rows = []
     for name, rate in rates.items():
@@ -155,8 +160,10 @@ def storage(bench: Bench, shards: Path, common: dict) -> None:
         peer = rates[f"(f) webdataset, {place}"].median
         bench.record(f"{place}_{who}_clips_per_s", rate, digits=1)
         bench.record(f"{place}_{who}_worker_cpu_ms_per_clip", cpu[name], digits=2)
+        bench.record(f"{place}_{who}_first_batch_s", first[name], digits=3)
         rows.append((name, spread(rate, ".1f"), f"{rate.median / local:.2f}x" if who == "stream" else "",
-                     f"{rate.median / peer:.2f}x" if who == "stream" else "", spread(cpu[name], ".2f"), notes[name]))
+                     f"{rate.median / peer:.2f}x" if who == "stream" else "", spread(cpu[name], ".2f"),
+                     spread(first[name], ".2f"), notes[name]))
     figures = {}
     for place in ("s3", "http"):
         figures[f"ratio_{place}_vs_local"] = round(rates[f"(e) stream, {place}"].median / local, 3)
@@ -166,7 +173,7 @@ def storage(bench: Bench, shards: Path, common: dict) -> None:
     bench.update(figures)
     bench.table("storage: the same FLAC shards on local disk, loopback S3 (moto) and loopback HTTP, median (min-max) "
                 "epoch; targets: remote >= 0.9x local, maeast >= 1.0x webdataset",
-                ["loader", "clips/s", "vs local", "vs webdataset", "worker CPU ms/clip", "notes"], rows,
+                ["loader", "clips/s", "vs local", "vs webdataset", "worker CPU ms/clip", "first batch s", "notes"], rows,
                 left=("loader", "notes"))
 
 
