@@ -280,3 +280,18 @@ def test_a_process_missing_at_start_is_one_line(shards, tmp_path):
     _, err = procs[0].communicate(timeout=TIMEOUT)
     assert procs[0].returncode == 2 and time.monotonic() - started < 60, err[-3000:]
     assert err.strip().splitlines()[-1].startswith("error: a collective failed outside the training steps"), err[-3000:]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_without_a_recorded_layout_resumes(shards, reference, tmp_path):
+    """Checkpoints written before layouts were recorded: the layout is read from DeepSpeed's files and
+    RUN/ds_config.json, and the same layout resumes as before."""
+    in_process(shards, tmp_path, 2, "run.stop_at=2")
+    for file in (tmp_path / "checkpoints" / "step_00000002").glob("state_rank*.pt"):
+        state = torch.load(file, weights_only=True)
+        del state["layout"]
+        torch.save(state, file)
+    assert saved_layout(tmp_path / "checkpoints" / "step_00000002", {"zero_optimization": {"stage": 2}}) == \
+        Layout(1, 2, False)
+    in_process(shards, tmp_path, 2, resume=True)
+    assert_curve_follows(tmp_path, reference[2].run_dir, range(1, 9))  # two loader workers: float tolerance
