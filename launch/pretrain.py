@@ -13,8 +13,8 @@ same function as one process.
 
 --resume continues the run on any number of processes (README "When nodes fail"): ZeRO-1/-2 and
 ZeRO-3 through DeepSpeed's universal checkpoint, stage 0 as is; mid-epoch, processes x
-data.num_workers must equal the saved run's. If a process dies or stalls, the others stop within run.collective_timeout seconds
-with one line naming it, the last step and the last good checkpoint.
+data.num_workers must equal the saved run's. If a process dies or stalls, the others stop within
+run.collective_timeout seconds with one line naming it, the last step and the last good checkpoint.
 """
 
 from __future__ import annotations

@@ -81,7 +81,8 @@ def resume_route(saved: Layout, now: Layout, checkpoint: Path) -> str:
     else is a MaeastError naming both layouts."""
     if saved == now or saved.zero_stage == now.zero_stage == 0 and saved.bf16 == now.bf16:
         return "native"
-    flag = "no --deepspeed_config" if saved.zero_stage == 0 else f"--deepspeed_config launch/ds_zero{saved.zero_stage}.json"
+    flag = (f"--deepspeed_config launch/ds_zero{saved.zero_stage}.json" if saved.zero_stage else
+            "no --deepspeed_config")
     fix = f"resume with {saved.world_size} process(es) and {flag}"
     if saved.bf16 != now.bf16:
         raise MaeastError(f"{checkpoint} was saved with {saved}, this run has {now}: a change of precision is not "

@@ -17,6 +17,11 @@ resumes on M processes x V workers as follows:
     processes x workers equals the saved slots, or from a checkpoint at an epoch boundary).
 
 All functions here are pure: states in, a state out.
+
+Not done: a mid-epoch resume on another number of slots. It needs the rest of each old slot's pass as
+(shard, from-sample) pieces plus the clips its shuffle buffer and length buckets held, which only the
+worker's reader knows (stream.planned_batches would have to report them), and quotas for pieces of
+shards, whose usable-clip counts index.json does not give.
 """
 
 from __future__ import annotations
