@@ -141,12 +141,12 @@ def loaders(places: Places, config: dict) -> tuple[dict, dict]:
     made, notes = {}, {}
     for place, folder in places.folders.items():
         made[f"(e) stream, {place}"] = StreamingLoader(LoaderConfig(shards=[folder], **config))
-        notes[f"(e) stream, {place}"] = {"local": "maeast, the shard folder on disk (FLAC), sha256 per sample",
-                                         "s3": "maeast, s3:// through s3fs from moto on 127.0.0.1",
-                                         "http": "maeast, http:// ranged GETs from http.server on 127.0.0.1"}[place]
+        notes[f"(e) stream, {place}"] = {"local": "FLAC shards on disk; sha256 per sample",
+                                         "s3": "s3fs, moto on 127.0.0.1",
+                                         "http": "ranged GETs, http.server"}[place]
     for place, urls in places.peer_urls.items():
         made[f"(f) webdataset, {place}"] = WebDatasetPeer(urls, index, config)
-        notes[f"(f) webdataset, {place}"] = {"local": "webdataset.WebDataset over the tar paths, same decode+fbank",
-                                             "s3": "the same S3 objects as presigned http URLs, read by curl",
-                                             "http": "the same http URLs, read by curl (webdataset's gopen)"}[place]
+        notes[f"(f) webdataset, {place}"] = {"local": "tar paths; same decode, fbank",
+                                             "s3": "presigned URLs, curl",
+                                             "http": "curl (webdataset's gopen)"}[place]
     return made, notes
