@@ -102,6 +102,10 @@ def test_layout_routes():
     for saved, now in [(z(2, 0), z(2, 2)), (z(2, 2), z(1, 3)), (z(1, 3), z(2, 1)), (z(1, 2, True), z(1, 2))]:
         with pytest.raises(MaeastError, match=re.escape(f"saved with {saved}, this run has {now}")):
             resume_route(saved, now, "ck")
+    # the case: ZeRO-2 on 2 processes resumed by `maeast pretrain --resume` (stage 0, 1 process)
+    with pytest.raises(MaeastError, match=re.escape("resume with --deepspeed_config launch/ds_zero2.json (on any "
+                                                    "number of processes)")):
+        resume_route(z(2, 2), z(1, 0), "ck")
 
 
 def test_saved_layout_recorded_or_inferred(tmp_path):

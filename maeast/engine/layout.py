@@ -83,10 +83,10 @@ def resume_route(saved: Layout, now: Layout, checkpoint: Path) -> str:
         return "native"
     flag = (f"--deepspeed_config launch/ds_zero{saved.zero_stage}.json" if saved.zero_stage else
             "no --deepspeed_config")
-    fix = f"resume with {saved.world_size} process(es) and {flag}"
+    fix = f"resume with {flag} (on any number of processes)"
     if saved.bf16 != now.bf16:
         raise MaeastError(f"{checkpoint} was saved with {saved}, this run has {now}: a change of precision is not "
-                          f"converted; {fix} on {'CUDA' if saved.bf16 else 'CPU'}")
+                          f"converted; resume on {'CUDA' if saved.bf16 else 'CPU'} with {flag}")
     if 0 in (saved.zero_stage, now.zero_stage) or (saved.zero_stage == 3) != (now.zero_stage == 3):
         raise MaeastError(f"{checkpoint} was saved with {saved}, this run has {now}: DeepSpeed's universal checkpoint "
                           f"converts between ZeRO stages 1 and 2, or 3 and 3, only; {fix}")
