@@ -29,7 +29,8 @@ from maeast.shards.storage import (StorageError, filesystem, is_url, join, list_
 
 class Sink:
     """A build's output folder. Use it as a context manager: a remote sink's local staging folder (one
-    partial shard at a time) is removed on exit. Names are relative to the folder ("x.tar", ".build/x.json")."""
+    partial shard at a time; the same folder for the same URL, so that a rerun after a kill clears what
+    the killed build left) is removed on exit. Names are relative to the folder ("x.tar", ".build/x.json")."""
 
     def __init__(self, out: str | Path):
         self.url = str(out)
@@ -37,7 +38,7 @@ class Sink:
             raise MaeastError(f"--out {redact(self.url)}: {self.url.split(':')[0]} locations are read only; "
                               f"build to a folder, file://, s3:// or gs://")
         self.fs, self.root = filesystem(self.url) if is_url(self.url) else (None, local_path(self.url))
-        self.staging = Path(tempfile.mkdtemp(prefix="maeast-build-")) if self.fs is not None else self.root
+        self.staging = self.root if self.fs is None else _staging(self.url)
 
     def __enter__(self) -> Sink:
         return self
@@ -174,3 +175,10 @@ class Sink:
         else:
             for path in self.list(f"{name}/*"):
                 self.remove(path)
+
+
+def _staging(url: str) -> Path:
+    """The local folder where a build to `url` writes each shard before uploading it."""
+    folder = Path(tempfile.gettempdir()) / f"maeast-build-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
+    folder.mkdir(exist_ok=True)
+    return folder
