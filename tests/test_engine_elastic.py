@@ -299,3 +299,15 @@ def test_a_checkpoint_without_a_recorded_layout_resumes(shards, reference, tmp_p
         Layout(1, 2, False)
     in_process(shards, tmp_path, 2, resume=True)
     assert_curve_follows(tmp_path, reference[2].run_dir, range(1, 9))  # two loader workers: float tolerance
+
+
+@pytest.mark.slow
+def test_at_an_epoch_boundary_any_layout_continues(shards, tmp_path):
+    """Saved by 2 processes x 1 worker at the end of epoch 0, resumed on 1 x 1 (another slot count): epoch 1
+    is the one a run that always had 1 x 1 sees."""
+    epoch = len(planned_steps(shards, 2, 1, epoch=0))
+    launch_env_vars(args(shards, tmp_path, 2, "data.num_workers=1", f"run.stop_at={epoch}"), world=2)
+    in_process(shards, tmp_path, 2, "data.num_workers=1", resume=True)
+    ours = step_keys(tmp_path)
+    assert [ours[s] for s in range(1, epoch + 1)] == planned_steps(shards, 2, 1, epoch=0)
+    assert [ours[s] for s in range(epoch + 1, 9)] == planned_steps(shards, 1, 1, epoch=1)[:8 - epoch]
