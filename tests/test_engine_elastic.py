@@ -4,6 +4,7 @@ runs of 2 -> 1 and 1 -> 2 processes (ZeRO-2, ZeRO-3), a refused layout, and a ra
 
 from __future__ import annotations
 
+import hashlib
 import re
 import signal
 import time
@@ -151,6 +152,10 @@ def reference(shards, tmp_path_factory):
     return {stage: in_process(shards, tmp_path_factory.mktemp(f"reference{stage}"), stage) for stage in (2, 3)}
 
 
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in train_records(run_dir)}
 
@@ -210,8 +215,10 @@ def test_zero2_two_processes_killed_resume_on_one(shards, reference, tmp_path):
                         r"processes", line), line
     assert latest_checkpoint(tmp_path).name in line  # intact, and named
 
-    resumed = in_process(shards, tmp_path, 2, resume=True)  # 1 process x 2 workers
-    assert resumed.step == 8
+    saved = latest_checkpoint(tmp_path)
+    before = digest(saved)
+    resumed = in_process(shards, tmp_path, 2, "run.keep=10", resume=True)  # 1 process x 2 workers
+    assert resumed.step == 8 and digest(saved) == before  # converted beside it, never modified
     assert (tmp_path / "checkpoints" / "universal").is_dir()  # through DeepSpeed's universal checkpoint
     assert "continued with 1 process(es), ZeRO stage 2" in (tmp_path / "log.jsonl").read_text()
     epoch = assert_epochs(tmp_path, shards, saved=(2, 1), now=(1, 2))
