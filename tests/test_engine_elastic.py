@@ -140,16 +140,27 @@ def args(shards: Path, run_dir: Path, stage: int, *extra: str) -> list[str]:
 
 
 def in_process(shards: Path, run_dir: Path, stage: int, *extra: str, resume: bool = False):
-    """One process, two loader workers (the same slots as 2 processes x 1 worker)."""
+    """One process, two loader workers (the same slots as 2 processes x 1 worker), in this process (a run that
+    builds a ZeRO-3 engine goes through one_process)."""
     cfg = load_config("pretrain_tiny", [*RUN, f"data.shards=[{shards}]", f"run.dir={run_dir}", "data.num_workers=2",
                                         *extra])
     return pretrain(cfg, ZERO_JSON[stage], resume=resume)
 
 
+def one_process(shards: Path, run_dir: Path, stage: int, *extra: str) -> None:
+    """As in_process, in a process of its own: DeepSpeed's ZeRO-3 replaces torch functions (linear) for the
+    rest of the process that builds it, which moved later in-process runs of other test files off bitwise."""
+    launch_env_vars(args(shards, run_dir, stage, "data.num_workers=2", *extra), world=1)
+
+
 @pytest.fixture(scope="module")
-def reference(shards, tmp_path_factory):
-    """Uninterrupted runs on 1 process x 2 workers, per ZeRO stage (epoch 0 equals 2 processes x 1 worker's)."""
-    return {stage: in_process(shards, tmp_path_factory.mktemp(f"reference{stage}"), stage) for stage in (2, 3)}
+def reference(shards, tmp_path_factory) -> dict[int, Path]:
+    """Run folders of uninterrupted runs on 1 process x 2 workers, per ZeRO stage (epoch 0 equals 2 processes x
+    1 worker's)."""
+    runs = {stage: tmp_path_factory.mktemp(f"reference{stage}") for stage in (2, 3)}
+    in_process(shards, runs[2], 2)
+    one_process(shards, runs[3], 3)
+    return runs
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -222,7 +233,7 @@ def test_zero2_two_processes_killed_resume_on_one(shards, reference, tmp_path):
     assert (tmp_path / "checkpoints" / "universal").is_dir()  # through DeepSpeed's universal checkpoint
     assert "continued with 1 process(es), ZeRO stage 2" in (tmp_path / "log.jsonl").read_text()
     epoch = assert_epochs(tmp_path, shards, saved=(2, 1), now=(1, 2))
-    assert_curve_follows(tmp_path, reference[2].run_dir, range(1, epoch + 1))
+    assert_curve_follows(tmp_path, reference[2], range(1, epoch + 1))
 
 
 @pytest.mark.slow
@@ -232,20 +243,20 @@ def test_zero2_one_process_resumed_on_two(shards, reference, tmp_path):
     text = (tmp_path / "log.jsonl").read_text()
     assert "was saved with 1 process(es), ZeRO stage 2, fp32; continued with 2 process(es), ZeRO stage 2" in text
     epoch = assert_epochs(tmp_path, shards, saved=(1, 2), now=(2, 1))
-    assert_curve_follows(tmp_path, reference[2].run_dir, range(1, epoch + 1))
+    assert_curve_follows(tmp_path, reference[2], range(1, epoch + 1))
     assert (tmp_path / "checkpoints" / "step_00000008" / "state_rank1.pt").is_file()  # saved on its new layout
 
 
 @pytest.mark.slow
 def test_zero3_one_process_resumed_on_two(shards, reference, tmp_path):
-    in_process(shards, tmp_path, 3, "run.stop_at=2")
+    one_process(shards, tmp_path, 3, "run.stop_at=2")
     launch_env_vars([*args(shards, tmp_path, 3, "data.num_workers=1"), "--resume"], world=2)
     text = (tmp_path / "log.jsonl").read_text()
     assert "was saved with 1 process(es), ZeRO stage 3, fp32; continued with 2 process(es), ZeRO stage 3" in text
     epoch = assert_epochs(tmp_path, shards, saved=(1, 2), now=(2, 1))
     # within float tolerance of the uninterrupted run past the first update after the load (Engine.load's
     # mends of DeepSpeed's universal ZeRO-3 load; without them step 4 was off by 12%)
-    assert_curve_follows(tmp_path, reference[3].run_dir, range(1, epoch + 1))
+    assert_curve_follows(tmp_path, reference[3], range(1, epoch + 1))
 
 
 def test_refused_resumes_are_one_line_before_anything_loads(shards, tmp_path):
@@ -253,7 +264,7 @@ def test_refused_resumes_are_one_line_before_anything_loads(shards, tmp_path):
     written = (tmp_path / "ds_config.json").read_text()
     with pytest.raises(MaeastError, match=re.escape("was saved with 1 process(es), ZeRO stage 2, fp32, this run has "
                                                     "1 process(es), ZeRO stage 3, fp32")):
-        in_process(shards, tmp_path, 3, resume=True)
+        in_process(shards, tmp_path, 3, resume=True)  # refused before any engine is built
     with pytest.raises(MaeastError, match=r"middle of epoch 0 with 1 process\(es\) x 2 worker\(s\) \(2 slots\), "
                                           r"this run has 1 x 1 \(1 slots\).*data.num_workers=2"):
         in_process(shards, tmp_path, 2, "data.num_workers=1", resume=True)
@@ -305,7 +316,7 @@ def test_a_checkpoint_without_a_recorded_layout_resumes(shards, reference, tmp_p
     assert saved_layout(tmp_path / "checkpoints" / "step_00000002", {"zero_optimization": {"stage": 2}}) == \
         Layout(1, 2, False)
     in_process(shards, tmp_path, 2, resume=True)
-    assert_curve_follows(tmp_path, reference[2].run_dir, range(1, 9))  # two loader workers: float tolerance
+    assert_curve_follows(tmp_path, reference[2], range(1, 9))  # two loader workers: float tolerance
 
 
 @pytest.mark.slow
