@@ -135,3 +135,29 @@ def test_zero1_and_zero3_two_processes_follow_one_process(stage, shards, referen
         assert "layerdrop: 0.0" in (tmp_path / "config.yaml").read_text()
     assert_follows(tmp_path, reference)
     assert step_keys(tmp_path) == step_keys(reference.run_dir)
+
+
+PORT_TAKEN = """
+import os, socket
+for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    os.environ.pop(k, None)
+import maeast.engine.distributed as dist
+from maeast.engine.engine import init_distributed
+taken = socket.socket(); taken.bind(("127.0.0.1", 0)); taken.listen()
+port = taken.getsockname()[1]
+free = dist.free_port
+ports = iter([port])
+dist.free_port = lambda: next(ports, None) or free()
+init_distributed()
+print(port, os.environ["MASTER_PORT"])
+"""
+
+
+def test_a_port_taken_before_the_store_listens_is_replaced():
+    """A one-process run picks its own free port; when another program takes it first, it picks another."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", PORT_TAKEN], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    taken, used = done.stdout.split()[-2:]
+    assert taken != used

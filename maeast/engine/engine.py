@@ -52,14 +52,23 @@ def quiet_deepspeed(level: int = logging.WARNING) -> None:
 def init_distributed(timeout_s: float | None = None) -> None:
     """Start the process group (gloo on CPU, NCCL on CUDA) from the launcher's environment or defaults;
     its collectives give up after timeout_s seconds (None: the backend's default, 30 minutes)."""
-    dist.env_defaults()
+    chose_port = "MASTER_PORT" in dist.env_defaults()
     quiet_deepspeed()
     # No shared-memory op build (gloo does the work). Writing the entry without reading the attribute also
     # skips DeepSpeed's probe of every op, which runs the compiler (and prints its failures, e.g. -laio).
     vars(deepspeed.ops).setdefault("__compatible_ops__", {})["deepspeed_shm_comm"] = False
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     timeout = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, **timeout)
+    for attempt in range(3):
+        try:
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, **timeout)
+            break
+        except torch.distributed.DistNetworkError as e:
+            # A one-process run picked a free port itself (env_defaults), and another program took it before
+            # the store listened on it: pick another. A launcher's port is the launcher's to fix.
+            if not chose_port or "EADDRINUSE" not in str(e) or attempt == 2:
+                raise
+            os.environ["MASTER_PORT"] = str(dist.free_port())
     if timeout_s is not None:
         dist.default_group_timeout(timeout_s)
 
