@@ -54,7 +54,7 @@ class Setting:
 SETTINGS = (Setting("frozen-random", "frozen, random init", True, False),
             Setting("frozen-pretrained", "frozen, pretrained", True, True),
             Setting("full-pretrained", "full, pretrained", False, True))
-BASELINE = Setting("fbank-stats", "fbank mean+std, logistic regression", True, False)
+BASELINE = Setting("fbank-stats", "fbank mean+std", True, False)
 """The hand-made baseline row of each single-label task (maeast.finetune.baseline): no encoder, no fine-tuning run."""
 
 
@@ -178,7 +178,7 @@ def baseline_row(task: TaskData, cfg: FinetuneConfig, out: Path) -> list[Row]:
     if r is None:
         return []
     return [Row(task.label, BASELINE.name, r["metric"], r["mean"], r["std"], r["values"], r["chance"], r["seconds"],
-                str(path), reused, {"folds": r["folds"], "clips": r["clips"], "protocol": "fbank_stats"})]
+                str(path), reused, {"folds": r["folds"], "clips": r["clips"], "protocol": "logistic_regression"})]
 
 
 def expected_origin(setting: str, identity: dict, cfg: FinetuneConfig) -> dict:
