@@ -234,7 +234,11 @@ ROWS = [
 # --- running them --------------------------------------------------------------------------------
 
 def row_env() -> dict:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    """Each row is a one-process world of its own: an inherited MASTER_PORT (a caller's own process group
+    holds it) would make its store fail to listen."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     recorded = ROOT / ".gpu-wheels" / "test-audio"  # the tests' synthesizer outputs, recorded by make gpu-wheels
     if "MAEAST_TEST_AUDIO" not in env and recorded.is_dir():

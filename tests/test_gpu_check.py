@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -49,9 +51,15 @@ def test_a_spent_budget_leaves_rows_not_run(capsys):
 
 @pytest.mark.slow
 def test_make_gpu_check_dry_mode_end_to_end():
-    """What `make gpu-check` runs on a machine without CUDA: every row in its own subprocess."""
-    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "gpu_check.py"), "--dry"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    """What `make gpu-check` runs on a machine without CUDA: every row in its own subprocess, each its own
+    one-process world even when the caller's environment names a port its own process group holds."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(held.getsockname()[1]), RANK="0", WORLD_SIZE="1")
+    with held:
+        proc = subprocess.run([sys.executable, str(ROOT / "launch" / "gpu_check.py"), "--dry"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     status = {name: r["status"] for name, r in report["rows"].items()}
