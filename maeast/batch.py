@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from maeast.features import FbankConfig, featurize
+
 
 @dataclass
 class Batch:
@@ -19,7 +21,7 @@ class Batch:
     waveform:     [B, N] float audio, zero-padded, with lengths [B] (real samples per row): what the
                   stream loader yields with loader.fbank_on "device"; `to(device)` then computes the
                   features on that device with `fbank` (an FbankConfig) at `sample_rate`, through the
-                  same maeast.loaders.lengths.featurize that the loader's workers use.
+                  same maeast.features.featurize that the loader's workers use.
     """
 
     features: torch.Tensor | None
@@ -28,7 +30,7 @@ class Batch:
     keys: list[str] = field(default_factory=list)
     waveform: torch.Tensor | None = None
     lengths: torch.Tensor | None = None
-    fbank: object | None = None  # maeast.features.FbankConfig
+    fbank: FbankConfig | None = None
     sample_rate: int = 16000
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
@@ -37,7 +39,6 @@ class Batch:
             return None if t is None else t.to(device, non_blocking=non_blocking)
 
         if self.features is None:
-            from maeast.loaders.lengths import featurize  # the loader's own fbank step, on this device
             features, mask = featurize(move(self.waveform), move(self.lengths), self.fbank, self.sample_rate)
             return Batch(features, mask, move(self.labels), list(self.keys))
         return Batch(move(self.features), move(self.padding_mask), move(self.labels), list(self.keys))

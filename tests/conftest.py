@@ -1,7 +1,8 @@
 """Shared fixtures and helpers: real audio made by real synthesizers (espeak-ng speech, sox plucked
 strings), the folder corpus and shards of the loader tests, the tiny demo corpus's shards.
 
-Test modules import helpers from here (or from the tests.official_trees plugin), never from each other.
+Test modules import helpers from here (or from the tests.official_trees plugin, or tests.official_mae_ast), never
+from each other.
 """
 
 from __future__ import annotations
@@ -152,6 +153,16 @@ def build(corpus: Path, out: Path, shard_mb: float = 0.05) -> dict:
 def corpus_keys(shards: Path, split: str = "train") -> list[str]:
     """Every sample key of a split, sorted."""
     return sorted(k for p in shard_paths(shards, split) for k, _ in iter_tar(p))
+
+
+def step_keys(run_dir: Path) -> dict[int, list[str]]:
+    """A run's RUN/keys/rank*.tsv traces (run.trace_keys) as {step: its clips' keys, sorted}, over every rank."""
+    out: dict[int, list[str]] = {}
+    for path in sorted((run_dir / "keys").glob("rank*.tsv")):
+        for line in path.read_text().splitlines():
+            step, _slot, key = line.split("\t")
+            out.setdefault(int(step), []).append(key)
+    return {step: sorted(keys) for step, keys in out.items()}
 
 
 def make_demo_shards(root: Path) -> Path:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from maeast.engine import load_config, pretrain
 from maeast.engine.distributed import free_port
 from maeast.engine.logging import read_log
-from tests.conftest import make_demo_shards
+from tests.conftest import make_demo_shards, step_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "pretrain.py"
@@ -98,15 +98,6 @@ def assert_follows(run_dir: Path, reference) -> None:
     for name, tensor in theirs.items():
         if "input_norm" not in name:  # running statistics: an average over processes, not a sequence
             torch.testing.assert_close(ours[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
-
-
-def step_keys(run_dir: Path) -> dict[int, list[str]]:
-    out: dict[int, list[str]] = {}
-    for path in sorted((run_dir / "keys").glob("rank*.tsv")):
-        for line in path.read_text().splitlines():
-            step, _slot, key = line.split("\t")
-            out.setdefault(int(step), []).append(key)
-    return {step: sorted(keys) for step, keys in out.items()}
 
 
 @pytest.mark.slow

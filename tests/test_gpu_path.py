@@ -18,7 +18,7 @@ import torch
 from maeast.features import fbank, get_config
 from maeast.features.fbank import _log_mel, tables
 from maeast.finetune.augment import mixup, spec_augment
-from maeast.loaders.lengths import featurize
+from maeast.features import featurize
 from maeast.model import MAEAST, make_config
 from maeast.model.masking import MASK_OPTIONS, MASKS
 from maeast.model.transformer import SelfAttention

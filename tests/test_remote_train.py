@@ -13,7 +13,7 @@ import pytest
 from maeast.engine import load_config, pretrain
 from maeast.engine.distributed import free_port
 from maeast.engine.logging import read_log
-from tests.conftest import make_demo_shards
+from tests.conftest import make_demo_shards, step_keys
 from tests.servers import ACCESS_KEY, SECRET
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,12 +88,3 @@ def test_two_processes_from_s3_follow_one_process_from_disk(shards, s3, tmp_path
     losses = [r["loss"] for r in read_log(tmp_path / "two") if r["kind"] == "train"]
     assert losses == pytest.approx(one.losses, rel=1e-5, abs=1e-6)
     assert step_keys(tmp_path / "two") == step_keys(tmp_path / "one")
-
-
-def step_keys(run_dir: Path) -> dict[int, list[str]]:
-    out: dict[int, list[str]] = {}
-    for path in sorted((run_dir / "keys").glob("rank*.tsv")):
-        for line in path.read_text().splitlines():
-            step, _slot, key = line.split("\t")
-            out.setdefault(int(step), []).append(key)
-    return {step: sorted(keys) for step, keys in out.items()}

@@ -1,11 +1,12 @@
 """Features: Kaldi-compatible log-mel fbank in torch, its presets, and corpus statistics.
 
-    from maeast.features import fbank, get_config
+    from maeast.features import fbank, featurize, get_config
     feats = fbank(waveform)                    # [N] -> [T, 128], [B, N] -> [B, T, 128]
+    feats, mask = featurize(wave, lengths, "mae_ast", 16000)  # zero-padded [B, N], real lengths [B]: + padding mask
     cfg = get_config("mae_ast")                # cfg.n_mels, cfg.hop_length(), cfg.num_frames(n)
 """
 
 from maeast.features.config import AUDIOSET_MEAN, AUDIOSET_STD, PRESETS, FbankConfig, get_config, num_frames
-from maeast.features.fbank import fbank
+from maeast.features.fbank import fbank, featurize
 
-__all__ = ["fbank", "FbankConfig", "PRESETS", "get_config", "num_frames", "AUDIOSET_MEAN", "AUDIOSET_STD"]
+__all__ = ["fbank", "featurize", "FbankConfig", "PRESETS", "get_config", "num_frames", "AUDIOSET_MEAN", "AUDIOSET_STD"]

@@ -92,6 +92,31 @@ def fbank(
     return out if batched else out[0]
 
 
+def featurize(wave: torch.Tensor, lengths: torch.Tensor, preset: str | FbankConfig, sample_rate: int
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[B, N] zero-padded clips -> features [B, T, F] and padding_mask [B, T] (None if no clip is short).
+
+    A frame of a padded clip that ends inside the clip (t < num_frames(length)) sees only the clip's
+    samples, so one batched fbank gives each clip's own frames; frames past its end are zeroed and
+    masked. A preset that subtracts the clip's mean first gets one fbank call per distinct length.
+    """
+    config = get_config(preset)
+    frames = config.num_frames(lengths, sample_rate).to(wave.device)  # [B]
+    if bool((lengths == wave.shape[1]).all()):
+        return fbank(wave, sample_rate, config), None
+    if not config.subtract_waveform_mean:
+        out = fbank(wave, sample_rate, config)  # [B, T, F]
+    else:
+        out = wave.new_zeros(wave.shape[0], config.num_frames(wave.shape[1], sample_rate), config.n_mels)
+        for length in torch.unique(lengths).tolist():
+            rows = (lengths == length).nonzero().squeeze(1).to(wave.device)
+            t = config.num_frames(length, sample_rate)
+            if t:
+                out[rows, :t] = fbank(wave[rows, :length], sample_rate, config)
+    mask = torch.arange(out.shape[1], device=wave.device).unsqueeze(0) >= frames.unsqueeze(1)  # [B, T]
+    return out.masked_fill_(mask.unsqueeze(2), 0.0), mask
+
+
 def _log_mel(frames, config, window, banks, sample_rate) -> torch.Tensor:
     """[B, T, W] frames -> [B, T, F] log-mel: the per-frame part of the Kaldi recipe."""
     if config.remove_dc_offset:

@@ -93,8 +93,8 @@ class LoaderConfig:
     fbank_on: str = "loader"
     """Where the fbank is computed (backend stream, pretraining): "loader" in the workers, which yield
     features; "device" where the batch is used: the workers yield cropped waveforms (with pin_memory, in
-    page-locked memory) and `Batch.to(device)` computes the same features there (maeast.loaders.lengths.
-    featurize). On a GPU this takes the fbank off the CPU cores: benchmarks/cores_per_gpu.py measures both."""
+    page-locked memory) and `Batch.to(device)` computes the same features there (maeast.features.featurize).
+    On a GPU this takes the fbank off the CPU cores: benchmarks/cores_per_gpu.py measures both."""
 
     def __post_init__(self):
         if isinstance(self.shards, str):

@@ -18,7 +18,7 @@ import torch
 
 from maeast.batch import Batch
 from maeast.errors import MaeastError
-from maeast.features import FbankConfig, fbank, get_config
+from maeast.features import FbankConfig, featurize
 
 T = TypeVar("T")
 
@@ -87,31 +87,6 @@ def crop(wave: torch.Tensor, lengths: torch.Tensor, size: int, random_offset: bo
     index = index.clamp_max(max(n - 1, 0)).to(wave.device)
     out = torch.gather(wave, 1, index) * inside.to(wave.device)
     return out, kept
-
-
-def featurize(wave: torch.Tensor, lengths: torch.Tensor, preset: str | FbankConfig, sample_rate: int
-              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """[B, N] zero-padded clips -> features [B, T, F] and padding_mask [B, T] (None if no clip is short).
-
-    A frame of a padded clip that ends inside the clip (t < num_frames(length)) sees only the clip's
-    samples, so one batched fbank gives each clip's own frames; frames past its end are zeroed and
-    masked. A preset that subtracts the clip's mean first gets one fbank call per distinct length.
-    """
-    config = get_config(preset)
-    frames = config.num_frames(lengths, sample_rate).to(wave.device)  # [B]
-    if bool((lengths == wave.shape[1]).all()):
-        return fbank(wave, sample_rate, config), None
-    if not config.subtract_waveform_mean:
-        out = fbank(wave, sample_rate, config)  # [B, T, F]
-    else:
-        out = wave.new_zeros(wave.shape[0], config.num_frames(wave.shape[1], sample_rate), config.n_mels)
-        for length in torch.unique(lengths).tolist():
-            rows = (lengths == length).nonzero().squeeze(1).to(wave.device)
-            t = config.num_frames(length, sample_rate)
-            if t:
-                out[rows, :t] = fbank(wave[rows, :length], sample_rate, config)
-    mask = torch.arange(out.shape[1], device=wave.device).unsqueeze(0) >= frames.unsqueeze(1)  # [B, T]
-    return out.masked_fill_(mask.unsqueeze(2), 0.0), mask
 
 
 def labels_tensor(label_ids: Sequence[Sequence[int]], num_classes: int, multi_label: bool) -> torch.Tensor:
