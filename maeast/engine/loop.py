@@ -201,7 +201,7 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool, ds_config: d
         route = resume_route(saved, layout, checkpoint)
         states = load_train_states(checkpoint)
         mine = regroup([s["loader"] for s in states], dist.rank(), layout.world_size, cfg.data.num_workers,
-                       loader_quotas(loader), where=str(checkpoint))
+                       loader_quotas(loader), cfg.optim.global_batch // cfg.data.batch_size, where=str(checkpoint))
         resumed = Resumed(checkpoint, saved, route, int(states[0]["step"]), int(states[0]["samples"]), mine)
     elif checkpoint is not None:
         raise MaeastError(f"{run_dir} already holds a run (checkpoint {checkpoint.name}); pass --resume to continue it "

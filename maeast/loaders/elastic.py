@@ -3,25 +3,36 @@
 The data unit of an epoch is the *slot* (sources.py: slot = rank * workers + worker): its shards, its
 shuffle, its batches and its quota are functions of (seed, epoch, slot, number of slots), and a
 loader's state is, per slot, how many batches the caller took and where that slot's plan stands.
-Processes and workers are only how slots are grouped, so a run saved with N processes x W workers
-resumes on M processes x V workers as follows:
+A run saved with N processes x W workers resumes on M processes x V workers as follows:
 
   - at an epoch boundary (no slot started): any M x V; the next epochs are those of a run that always
     had M x V;
-  - mid-epoch with the same number of slots (N*W == M*V): slot s keeps its plan, its position and the
-    saved epoch's quota, and moves to rank s // V, worker s % V; no clip of the epoch is taken twice or
-    skipped, except that when the new ranks would have different numbers of batches left, the slots
-    with most are trimmed to the rank with fewest (as sources.quotas trims an epoch), so that the
-    ranks end the epoch at the same step;
-  - mid-epoch with another number of slots: refused in one line (resume with data.num_workers such that
-    processes x workers equals the saved slots, or from a checkpoint at an epoch boundary).
+  - mid-epoch, any M x V: the *rest* of the epoch is the batches every old slot's plan still had to
+    yield (from its saved position up to its quota), each named by (old slot, plan position). They
+    are put in the order the uninterrupted run would have fed them (`flat_order`: step after step,
+    within a step the micro-batch slots micro * N + rank of maeast.engine.trainer), and dealt over the
+    new layout so that every step's micro-batch slot k gets the batch it had in that order: flat item
+    j goes to new rank j % M (trainer slot k = micro * M + rank), the rank's i-th item to its worker
+    i % V (the DataLoader takes workers round-robin). A worker walks each old slot's plan it has items
+    of without decoding (as a resumed worker walks its own) and crops a batch with its old slot's
+    seeds, so every step of the rest holds the very batches, in the very slots, of the uninterrupted
+    run: the loss curve continues within float tolerance (the masks and dropout are seeded by step and
+    trainer slot). Then the epoch ends and the next ones are those of a run that always had M x V.
+
+Every clip of the rest is shown once, except a remainder: when the rest's batch count is not a
+multiple of M, its last (count mod M) batches in flat order are left out this epoch, so that every new
+rank has as many and they step into the next epoch together (as sources.quotas trims ranks to the
+rank with fewest). None is left out when M divides N (e.g. 2 -> 1). If the rest is not a whole number
+of steps, the last step of the epoch takes its missing micro-batches from the next epoch, as the
+uninterrupted run does. A re-dealt state saved mid-rest records its rest (`rest` of state.py), so it
+resumes on the same layout as it is and on another by re-dealing what is left of the same rest.
+
+Costs and limits: a worker with items of several old slots reads their shards (1 x 1 -> 2 x 1 reads
+the old slot's shards on both ranks), for the rest of this epoch only. A re-dealt batch none of whose
+clips decodes is skipped (a normal epoch replaces it from the worker's endless stream): that rank
+starts the next epoch one micro-batch early. Bad-data counters of the replayed plans are approximate.
 
 All functions here are pure: states in, a state out.
-
-Not done: a mid-epoch resume on another number of slots. It needs the rest of each old slot's pass as
-(shard, from-sample) pieces plus the clips its shuffle buffer and length buckets held, which only the
-worker's reader knows (stream.planned_batches would have to report them), and quotas for pieces of
-shards, whose usable-clip counts index.json does not give.
 """
 
 from __future__ import annotations
@@ -34,6 +45,9 @@ from maeast.loaders.state import FORMAT, merge_states, new_stats
 
 Quotas = Callable[[int, int, int], list[list[int]]]
 """(epoch, world_size, num_workers) -> batches per [rank][worker] of that epoch (sources.quotas)."""
+
+Item = tuple[int, int]
+"""A batch of another layout's plan: (its slot, its position in that slot's planned stream)."""
 
 
 def loader_quotas(loader) -> Quotas:
@@ -53,64 +67,99 @@ def slot_progress(state: dict) -> list[tuple[int, int]]:
     workers = max(int(state["num_workers"]), 1)
     out = []
     for rank in range(int(state["world_size"])):
-        entry = state["ranks"].get(str(rank))
-        if entry is None:
-            raise MaeastError(f"loader state has ranks {sorted(state['ranks'])} but not rank {rank}; "
-                              f"the checkpoint is missing a state_rank{rank}.pt")
+        entry = _entry(state, rank)
         if len(entry["batches"]) != workers:
             raise MaeastError(f"loader state of rank {rank} has {len(entry['batches'])} workers, expected {workers}")
         out += [(int(b), int(p)) for b, p in zip(entry["batches"], entry["positions"])]
     return out
 
 
+def rest_of_epoch(state: dict, quotas: Quotas, step_batches: int) -> dict:
+    """A merged mid-epoch state (not itself re-dealt) -> its rest: per old slot the batches it gave, the plan
+    position it goes on from and the batches its quota still holds; dealt whole (begin 0, end its length)."""
+    n, w = int(state["world_size"]), int(state["num_workers"])
+    progress = slot_progress(state)
+    counts = [q for row in quotas(int(state["epoch"]), n, w) for q in row]
+    rest = {"world_size": n, "num_workers": w, "step_batches": step_batches, "taken": [b for b, _ in progress],
+            "from": [p for _, p in progress], "left": [max(q - b, 0) for q, (b, _) in zip(counts, progress)]}
+    return {**rest, "begin": 0, "end": sum(rest["left"])}
+
+
+def flat_order(rest: dict) -> list[Item]:
+    """The rest as the uninterrupted run feeds it: step after step, each step's micro-batch slots
+    (micro * N + rank) in order. An old rank's workers take turns through the epoch (DataLoader
+    round-robin, a worker leaving the turn when its quota is done), and the rank's i-th batch after the
+    save is micro i % accum of step i // accum after it."""
+    n, w, g = int(rest["world_size"]), max(int(rest["num_workers"]), 1), int(rest["step_batches"])
+    taken, start, left = rest["taken"], rest["from"], rest["left"]
+    accum = g // n
+    placed = []
+    for rank in range(n):
+        mine = range(rank * w, (rank + 1) * w)
+        turns = max(taken[s] + left[s] for s in mine)
+        epoch = [(s, t) for t in range(turns) for s in mine if t < taken[s] + left[s]]  # the rank's whole epoch
+        seq = [(s, start[s] + k - taken[s]) for s, k in epoch if k >= taken[s]]
+        placed += [((i // accum) * g + (i % accum) * n + rank, item) for i, item in enumerate(seq)]
+    return [item for _, item in sorted(placed)]
+
+
+def deal(rest: dict, rank: int, world_size: int, num_workers: int) -> list[list[Item]]:
+    """This rank's share of the rest's items begin..end, per worker: flat item j to rank j % world_size,
+    the rank's i-th item to worker i % workers."""
+    mine = flat_order(rest)[int(rest["begin"]):int(rest["end"])][rank::world_size]
+    v = max(num_workers, 1)
+    return [mine[j::v] for j in range(v)]
+
+
 def regroup(states: list[dict], rank: int, world_size: int, num_workers: int, quotas: Quotas,
-            where: str = "the checkpoint") -> dict:
-    """Every old rank's loader state -> the state that rank `rank` of a world_size x num_workers run loads."""
+            step_batches: int, where: str = "the checkpoint") -> dict:
+    """Every old rank's loader state -> the state that rank `rank` of a world_size x num_workers run loads.
+    step_batches: batches per optimizer step over all processes (optim.global_batch // data.batch_size)."""
     old = merge_states(states)
     n, w = int(old["world_size"]), int(old["num_workers"])
     if (n, w) == (world_size, num_workers):
         return old
     epoch = int(old["epoch"])
-    progress = slot_progress(old)
     stats = _stats_for(old, rank, world_size)
-    new = {"format": FORMAT, "epoch": epoch, "seed": old["seed"], "world_size": world_size, "num_workers": num_workers}
     v = max(num_workers, 1)
-    if not any(position for _, position in progress):  # an epoch boundary: the new layout's own epoch
-        return {**new, "ranks": {str(rank): {"batches": [0] * v, "positions": [0] * v, "stats": stats}}}
-    layout = f"{n} process(es) x {w} worker(s) ({len(progress)} slots)"
-    here = f"{world_size} x {num_workers} ({slots(world_size, num_workers)} slots)"
-    if len(progress) != slots(world_size, num_workers):
-        fits = len(progress) // world_size if len(progress) % world_size == 0 else None
-        raise MaeastError(f"{where} was saved in the middle of epoch {epoch} with {layout}, this run has {here}: "
-                          f"mid-epoch the slots must stay; resume with "
-                          + (f"data.num_workers={fits}" if fits else f"a process count that divides {len(progress)}")
-                          + " or from a checkpoint at an epoch boundary")
-    left = [q - taken for q, (taken, _) in zip(_flat(quotas(epoch, n, w)), progress)]  # the saved plan's rest
-    counts = _flat(quotas(epoch, world_size, num_workers))
-    left = _even_out(left, world_size, v)
-    mine = range(rank * v, (rank + 1) * v)
-    # `batches` counts toward the slot's quota in this layout: shifted so that the slot stops where the
-    # saved epoch's plan (less the trim) stops it.
-    return {**new, "ranks": {str(rank): {"batches": [counts[s] - left[s] for s in mine],
-                                         "positions": [progress[s][1] for s in mine], "stats": stats}}}
+    new = {"format": FORMAT, "epoch": epoch, "seed": old["seed"], "world_size": world_size, "num_workers": num_workers}
+    fresh = {str(rank): {"batches": [0] * v, "positions": [0] * v, "stats": stats}}
+    if step_batches % world_size:
+        raise MaeastError(f"{where}: {step_batches} batches per step do not divide over {world_size} processes; "
+                          f"resume on a process count that divides optim.global_batch / data.batch_size")
+    if old.get("rest") is not None:  # saved while a re-dealt rest was under way: re-deal what is left of it
+        rest = {**old["rest"], "begin": _taken(old, where)}
+        if int(rest["step_batches"]) != step_batches:
+            raise MaeastError(f"{where} was saved with {rest['step_batches']} batches per step, this run has "
+                              f"{step_batches}; resume with the run's optim.global_batch and data.batch_size")
+    elif any(position for _, position in slot_progress(old)):
+        rest = rest_of_epoch(old, quotas, step_batches)
+    else:  # an epoch boundary: the new layout's own epoch
+        return {**new, "ranks": fresh}
+    left = int(rest["end"]) - int(rest["begin"])
+    rest["end"] = int(rest["begin"]) + left - left % world_size  # the remainder rule (module docstring)
+    if rest["end"] == rest["begin"]:  # nothing of the epoch is left to deal: the next one, the new layout's own
+        return {**new, "epoch": epoch + 1, "ranks": fresh}
+    return {**new, "rest": rest, "ranks": fresh}
 
 
-def _flat(table: list[list[int]]) -> list[int]:
-    return [x for row in table for x in row]
+def _entry(state: dict, rank: int) -> dict:
+    entry = state["ranks"].get(str(rank))
+    if entry is None:
+        raise MaeastError(f"loader state has ranks {sorted(state['ranks'])} but not rank {rank}; "
+                          f"the checkpoint is missing a state_rank{rank}.pt")
+    return entry
 
 
-def _even_out(left: list[int], world_size: int, workers: int) -> list[int]:
-    """Batches left per slot, trimmed (largest slot first, as sources.quotas trims) so that every rank has
-    as many left as the rank with fewest: the ranks step together to the end of the epoch. Trimmed
-    batches are clips this epoch does not show, as a trimmed quota's are; none is shown twice."""
-    left = list(left)
-    per_rank = [sum(left[r * workers:(r + 1) * workers]) for r in range(world_size)]
-    target = min(per_rank)
-    for r in range(world_size):
-        for _ in range(per_rank[r] - target):
-            k = max(range(r * workers, (r + 1) * workers), key=lambda j: (left[j], j))
-            left[k] -= 1
-    return left
+def _taken(state: dict, where: str) -> int:
+    """Where the rest goes on from, in flat order: begin plus what the saved layout's ranks consumed.
+    Ranks step together, so each consumed its first c items and items begin..begin + c * ranks are done."""
+    n = int(state["world_size"])
+    consumed = {sum(int(p) for p in _entry(state, rank)["positions"]) for rank in range(n)}
+    if len(consumed) != 1:
+        raise MaeastError(f"{where}: its ranks stopped at different points of a re-dealt epoch ({sorted(consumed)} "
+                          f"batches); resume on its layout ({n} process(es) x {state['num_workers']} worker(s))")
+    return int(state["rest"]["begin"]) + n * consumed.pop()
 
 
 def _stats_for(old: dict, rank: int, world_size: int) -> dict[str, int]:

@@ -17,6 +17,7 @@ from maeast.batch import Batch
 from maeast.errors import MaeastError
 from maeast.features import FbankConfig, get_config
 from maeast.loaders.config import LoaderConfig
+from maeast.loaders.elastic import deal
 from maeast.loaders.sources import check_labels, check_slots, load_sources, quotas
 from maeast.loaders.state import LoaderState, new_stats
 from maeast.loaders.stream import Plan, StreamDataset
@@ -76,8 +77,13 @@ class StreamingLoader:
     def quotas(self) -> list[int]:
         """Batches each of this rank's workers yields in the current epoch."""
         c = self.config
+        if self.state.rest is not None:  # a re-dealt rest of the epoch (maeast.loaders.elastic)
+            return [len(items) for items in self._dealt()]
         return quotas(self.sources, c.seed, self.state.epoch, self.world_size, c.num_workers, c.batch_size,
                       c.drop_last, c.epoch_batches, 0.0 if c.finetune else c.min_seconds)[self.rank]
+
+    def _dealt(self) -> list[list[tuple[int, int]]]:
+        return deal(self.state.rest, self.rank, self.world_size, self.config.num_workers)
 
     def __len__(self) -> int:
         return sum(self.quotas())
@@ -91,8 +97,11 @@ class StreamingLoader:
     def __iter__(self) -> Iterator[Batch]:
         """The rest of the current epoch; the epoch advances when its last batch is handed out."""
         c, state = self.config, self.state
+        if state.rest is not None and sum(state.positions) >= sum(self.quotas()):  # a re-dealt batch was bad
+            state.next_epoch()
+        rest = None if state.rest is None else {**state.rest, "items": self._dealt()}
         plan = Plan(c, self.sources, self.rank, self.world_size, state.epoch, self.quotas(),
-                    list(state.batches), list(state.positions), self.features)
+                    list(state.batches), list(state.positions), self.features, rest)
         total, done = sum(plan.quotas), sum(state.batches)
         if done >= total:
             return

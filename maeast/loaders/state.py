@@ -12,6 +12,16 @@ state_dict() format (JSON-serializable):
      "ranks": {"0": {"batches": [5, 4], "positions": [5, 4], "stats": {"bad_samples": 1, ...}}}}
 A rank's own state holds only its rank; `merge_states` combines the states of all ranks into one
 (for a single checkpoint file), and any rank loads its own entry from it.
+
+A run resumed mid-epoch on another layout (maeast.loaders.elastic) finishes that epoch on a *rest*:
+the batches another layout's slots still had to yield, dealt over this layout's workers. Its state
+then also holds
+    "rest": {"world_size": 2, "num_workers": 1, "step_batches": 4, "taken": [3, 2], "from": [3, 2],
+             "left": [4, 5], "begin": 0, "end": 9}
+(the old layout, batches per step, per old slot the batches it gave, the plan position it goes on
+from and the batches left, and which of the rest's items in elastic.flat_order this layout deals), and a worker's
+`batches` / `positions` count its share of the rest; the next epoch drops it. States without it
+(every state of a run that never changed layout mid-epoch) are read as before.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ class LoaderState:
     batches: list[int]
     positions: list[int]
     stats: dict[str, int] = field(default_factory=new_stats)
+    rest: dict | None = None  # a re-dealt rest of the epoch (above), or None
 
     @classmethod
     def fresh(cls, epoch: int, seed: int, world_size: int, num_workers: int, rank: int) -> "LoaderState":
@@ -47,7 +58,7 @@ class LoaderState:
 
     @property
     def started(self) -> bool:
-        return any(self.positions)
+        return any(self.positions) or self.rest is not None
 
     def consume(self, worker: int, position: int) -> None:
         """The caller took the batch at `position` of `worker`'s plan."""
@@ -56,14 +67,16 @@ class LoaderState:
 
     def next_epoch(self) -> None:
         self.epoch += 1
+        self.rest = None
         self.batches = [0] * len(self.batches)
         self.positions = [0] * len(self.positions)
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "epoch": self.epoch, "seed": self.seed, "world_size": self.world_size,
-                "num_workers": self.num_workers,
-                "ranks": {str(self.rank): {"batches": list(self.batches), "positions": list(self.positions),
-                                           "stats": dict(self.stats)}}}
+        out = {"format": FORMAT, "epoch": self.epoch, "seed": self.seed, "world_size": self.world_size,
+               "num_workers": self.num_workers,
+               "ranks": {str(self.rank): {"batches": list(self.batches), "positions": list(self.positions),
+                                          "stats": dict(self.stats)}}}
+        return out if self.rest is None else {**out, "rest": dict(self.rest)}
 
     def load(self, state: dict) -> None:
         """Take this rank's progress from a state_dict (one rank's, or merged)."""
@@ -74,7 +87,7 @@ class LoaderState:
         if mine is None:
             raise MaeastError(f"loader state has ranks {sorted(ranks)} but not rank {self.rank}; "
                               f"merge every rank's state with merge_states before saving")
-        started = any(mine["positions"])
+        started = any(mine["positions"]) or state.get("rest") is not None
         if state["seed"] != self.seed and started:
             raise MaeastError(f"loader state was saved with seed {state['seed']}, this run has seed {self.seed}; "
                               f"resume with the same loader.seed")
@@ -82,11 +95,12 @@ class LoaderState:
             raise MaeastError(
                 f"loader state was saved mid-epoch with {state['world_size']} rank(s) x {state['num_workers']} "
                 f"worker(s), this run has {self.world_size} x {self.num_workers}; resume with the same layout "
-                f"(or from a checkpoint taken at an epoch boundary)")
+                f"(or re-deal the state with maeast.loaders.elastic.regroup, as --resume does)")
         self.epoch = int(state["epoch"])
         n = len(self.batches)
         self.batches = [int(x) for x in mine["batches"]] if started else [0] * n
         self.positions = [int(x) for x in mine["positions"]] if started else [0] * n
+        self.rest = state.get("rest")
         self.stats = {**new_stats(), **{k: int(v) for k, v in mine.get("stats", {}).items()}}
 
 

@@ -13,10 +13,13 @@ Everything random is seeded by (seed, epoch, rank, worker, ...), so the plan is 
 those numbers: a resumed worker walks it again without decoding up to where the caller stopped.
 A worker's stream never ends: after its shards it starts another, reshuffled pass (one source) or
 keeps mixing (several sources); its quota decides how many batches of it make the epoch.
+A worker given a re-dealt rest of an epoch (maeast.loaders.elastic) yields instead the listed batches
+of another layout's plans (`redealt_batches`), each cropped with the seeds of the slot that planned it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import itertools
@@ -67,6 +70,7 @@ class Plan:
     batches: list[int]  # batches per worker the caller already took
     positions: list[int]  # per worker, the plan position to resume from
     features: FbankConfig  # the fbank recipe (the config's preset unless the loader was given one)
+    rest: dict | None = None  # a re-dealt rest: {"world_size", "num_workers"} of its layout, "items" per worker
 
     @property
     def workers(self) -> int:
@@ -196,6 +200,30 @@ def planned_batches(plan: Plan, worker: int, errors: Errors) -> Iterator[list[Sa
                               f"shards of {plan.sources[0].dir} (all clips bad or under min_seconds?)")
 
 
+def redealt_batches(plan: Plan, worker: int, errors: Errors, start: int) -> Iterator[tuple[Plan, int, int, list[Sample]]]:
+    """The worker's items of a re-dealt rest, (old slot, position) each, as (old plan, old worker, position,
+    samples): every old slot's plan walked once, without decoding, as a resumed worker walks its own.
+    Errors count only while reading the batch of an item from `start` on."""
+    n, w = int(plan.rest["world_size"]), int(plan.rest["num_workers"])
+    config = dataclasses.replace(plan.config, num_workers=w)
+    walks: dict[int, list] = {}  # old slot -> [its plan, the position of its last batch read, its batches]
+    for index, (slot, position) in enumerate(plan.rest["items"][worker]):
+        if slot not in walks:
+            old = dataclasses.replace(plan, config=config, rank=slot // max(w, 1), world_size=n, rest=None)
+            walks[slot] = [old, -1, planned_batches(old, slot % max(w, 1), errors)]
+        walk = walks[slot]
+        if position <= walk[1]:
+            raise MaeastError(f"re-dealt items of slot {slot} out of order ({position} after {walk[1]}); "
+                              f"resume from the checkpoint again")
+        errors.live = False
+        for _ in range(position - walk[1] - 1):
+            next(walk[2])
+        errors.live = index >= start
+        samples = next(walk[2])
+        walk[1] = position
+        yield walk[0], slot % max(w, 1), position, samples
+
+
 def _repeated(samples: Iterator[Sample], weights: list[float], seed: int) -> Iterator[Sample]:
     """Each sample k ~ Poisson(weights[its class]) times in a row (the shuffle buffer then spreads them)."""
     generator = torch.Generator().manual_seed(seed)
@@ -301,11 +329,16 @@ class StreamDataset(torch.utils.data.IterableDataset):
         if done >= quota:
             return
         errors = Errors(plan.config.on_error, live=start == 0)
-        for position, samples in enumerate(planned_batches(plan, worker, errors)):
+        if plan.rest is None:
+            planned = ((plan, worker, position, samples)
+                       for position, samples in enumerate(planned_batches(plan, worker, errors)))
+        else:  # the listed batches of other slots' plans, cropped with their seeds
+            planned = redealt_batches(plan, worker, errors, start)
+        for position, (origin, origin_worker, origin_position, samples) in enumerate(planned):
             if position < start:
                 continue
             errors.live = True
-            batch = materialize(samples, plan, worker, position, errors)
+            batch = materialize(samples, origin, origin_worker, origin_position, errors)
             if batch is None:
                 continue
             done += 1
