@@ -12,7 +12,7 @@ import torch
 
 from maeast.errors import MaeastError
 from maeast.loaders import LoaderConfig, StreamingLoader
-from maeast.loaders.elastic import deal, flat_order, loader_quotas, regroup
+from maeast.loaders.elastic import deal, flat_order, loader_quotas, regroup, rest_line
 from maeast.loaders.state import LoaderState
 from tests.conftest import build, corpus_keys, make_corpus
 
@@ -80,6 +80,15 @@ def test_the_rest_is_fed_in_the_same_steps_and_slots(quota, steps, step_batches,
     assert sorted(after.values()) == sorted(order[:kept])  # each once
     if len(quota) % world == 0:
         assert kept == len(order)  # M divides N: nothing is left out
+
+
+def test_the_log_line_names_what_is_left_out():
+    states, _ = saved_run([[11]], 2, 4)
+    new = regroup(states, 0, 2, 1, lambda epoch, world, workers: [[11]], 4)
+    assert rest_line(new) == ("the rest of epoch 0, 2 batch(es) of the 1 process(es) x 1 worker(s) that planned it, "
+                              "re-dealt over 2 x 1 in the steps and micro-batch slots of the uninterrupted run; its last "
+                              "1 batch(es) do not divide over 2 processes and are left out")
+    assert rest_line(states[0]) is None
 
 
 def test_a_re_dealt_rest_re_deals_again():
@@ -187,3 +196,29 @@ def test_loaders_re_deal_the_very_batches(shards, saved, now, step_batches):
         key for b in before.values() for key in b[0])  # each clip once, but a remainder under M batches
     assert len(seen) == len(set(seen))
     assert set(seen + left_out) <= set(corpus_keys(shards))
+
+
+def test_a_re_dealt_batch_that_does_not_decode_is_replaced(shards, monkeypatch):
+    """The ranks of a re-dealt rest stay in step: a batch that does not decode gives way to its old slot's
+    spare (the rest's length further in that slot's stream), as a normal epoch reads past its quota."""
+    import maeast.loaders.stream as stream
+    saved = [StreamingLoader(config(shards, 1), r, 2) for r in range(2)]
+    for loader in saved:
+        batches(loader, 1)
+    states = [json.loads(json.dumps(loader.state_dict())) for loader in saved]
+    loader = StreamingLoader(config(shards, 0), 0, 1)  # 1 process, reading in this one
+    loader.load_state_dict(regroup(states, 0, 1, 0, loader_quotas(loader), 2))
+    first = deal(loader.state.rest, 0, 1, 0)[0][0]  # (old slot, position) of the rest's first batch
+    real, calls = stream.materialize, []
+
+    def broken(samples, plan, worker, position, errors):
+        calls.append((plan.rank * plan.workers + worker, position))
+        return None if calls[-1] == first else real(samples, plan, worker, position, errors)
+
+    monkeypatch.setattr(stream, "materialize", broken)
+    left = dict(loader.state.rest)["left"]
+    rest = batches(loader, len(loader))
+    spare = (first[0], first[1] + left[first[0]])
+    assert calls[:2] == [first, spare] and len(rest) == len(calls) - 1  # every item gives a batch
+    assert loader.epoch == 1
+

@@ -200,7 +200,10 @@ def test_zero2_two_processes_killed_resume_on_one_worker(shards, reference, tmp_
     resumed = in_process(shards, tmp_path, 2, "run.keep=10", "data.num_workers=1", resume=True)  # 1 process x 1 worker
     assert resumed.step == 8 and digest(saved) == before  # converted beside it, never modified
     assert (tmp_path / "checkpoints" / "universal").is_dir()  # through DeepSpeed's universal checkpoint
-    assert "continued with 1 process(es), ZeRO stage 2" in (tmp_path / "log.jsonl").read_text()
+    text = (tmp_path / "log.jsonl").read_text()
+    assert "continued with 1 process(es), ZeRO stage 2" in text
+    assert re.search(r"the rest of epoch 0, \d+ batch\(es\) of the 2 process\(es\) x 1 worker\(s\) that planned it, "
+                     r"re-dealt over 1 x 1 in the steps and micro-batch slots of the uninterrupted run\"", text)
     epoch = assert_epochs(tmp_path, shards, saved=(2, 1), now=(1, 1))
     assert_curve_follows(tmp_path, reference[2], range(1, epoch + 1))
 

@@ -38,7 +38,7 @@ from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
 from maeast.features.stats import corpus_features
 from maeast.loaders import StreamingLoader
-from maeast.loaders.elastic import loader_quotas, regroup
+from maeast.loaders.elastic import loader_quotas, regroup, rest_line
 from maeast.model import MAEAST
 from maeast.files import write_json
 
@@ -109,6 +109,8 @@ def pretrain(cfg: TrainConfig, deepspeed_config_path: str | Path | dict | None =
     if resumed and resumed.saved != layout:
         logger.event(f"{checkpoint.name} was saved with {resumed.saved}; continued with {layout}"
                      + (" through DeepSpeed's universal checkpoint" if resumed.route == "universal" else ""), step=step)
+    if resumed and resumed.redealt:
+        logger.event(resumed.redealt, step=step)
     stream = _endless(loader)
     result = PretrainResult(run_dir, step, checkpoint, None)
     try:
@@ -179,6 +181,7 @@ class Resumed:
     step: int
     samples: int
     loader: dict  # this process's loader state, regrouped for this run's processes x workers
+    redealt: str | None = None  # a line on the rest of the epoch re-dealt over this layout (elastic.rest_line)
 
 
 LAYOUT_KEYS = ("data.num_workers",)
@@ -202,7 +205,9 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool, ds_config: d
         states = load_train_states(checkpoint)
         mine = regroup([s["loader"] for s in states], dist.rank(), layout.world_size, cfg.data.num_workers,
                        loader_quotas(loader), cfg.optim.global_batch // cfg.data.batch_size, where=str(checkpoint))
-        resumed = Resumed(checkpoint, saved, route, int(states[0]["step"]), int(states[0]["samples"]), mine)
+        saved_slots = (states[0]["loader"]["world_size"], states[0]["loader"]["num_workers"])
+        redealt = rest_line(mine) if saved_slots != (layout.world_size, cfg.data.num_workers) else None
+        resumed = Resumed(checkpoint, saved, route, int(states[0]["step"]), int(states[0]["samples"]), mine, redealt)
     elif checkpoint is not None:
         raise MaeastError(f"{run_dir} already holds a run (checkpoint {checkpoint.name}); pass --resume to continue it "
                           f"or set run.dir to a new folder")

@@ -29,8 +29,10 @@ resumes on the same layout as it is and on another by re-dealing what is left of
 
 Costs and limits: a worker with items of several old slots reads their shards (1 x 1 -> 2 x 1 reads
 the old slot's shards on both ranks), for the rest of this epoch only. A re-dealt batch none of whose
-clips decodes is skipped (a normal epoch replaces it from the worker's endless stream): that rank
-starts the next epoch one micro-batch early. Bad-data counters of the replayed plans are approximate.
+clips decodes gives way to a spare of its old slot (stream.spare_batch: further in that slot's stream,
+as a normal epoch reads past its quota), so the ranks stay in step; only if the spare fails too is it
+skipped, and that rank starts the next epoch a micro-batch early. Bad-data counters of the replayed
+plans are approximate.
 
 All functions here are pure: states in, a state out.
 """
@@ -141,6 +143,19 @@ def regroup(states: list[dict], rank: int, world_size: int, num_workers: int, qu
     if rest["end"] == rest["begin"]:  # nothing of the epoch is left to deal: the next one, the new layout's own
         return {**new, "epoch": epoch + 1, "ranks": fresh}
     return {**new, "rest": rest, "ranks": fresh}
+
+
+def rest_line(state: dict) -> str | None:
+    """One line for the run's log on the rest a regrouped state deals (None without one)."""
+    rest = state.get("rest")
+    if rest is None:
+        return None
+    dealt, out = int(rest["end"]) - int(rest["begin"]), sum(rest["left"]) - int(rest["end"])
+    return (f"the rest of epoch {state['epoch']}, {dealt} batch(es) of the {rest['world_size']} process(es) x "
+            f"{rest['num_workers']} worker(s) that planned it, re-dealt over {state['world_size']} x "
+            f"{state['num_workers']} in the steps and micro-batch slots of the uninterrupted run"
+            + (f"; its last {out} batch(es) do not divide over {state['world_size']} processes and are left out"
+               if out else ""))
 
 
 def _entry(state: dict, rank: int) -> dict:

@@ -224,6 +224,17 @@ def redealt_batches(plan: Plan, worker: int, errors: Errors, start: int) -> Iter
         yield walk[0], slot % max(w, 1), position, samples
 
 
+def spare_batch(plan: Plan, origin: Plan, worker: int, position: int, errors: Errors):
+    """In place of a re-dealt batch that did not decode: the batch that the rest's length of its old slot lies
+    further in that slot's stream (no other item of the rest names it; a normal epoch, too, reads past its
+    quota for a bad batch), decoded; None if it does not decode either."""
+    spare = position + int(plan.rest["left"][origin.rank * origin.workers + worker])
+    errors.live = False
+    samples = next(itertools.islice(planned_batches(origin, worker, errors), spare, None))
+    errors.live = True
+    return materialize(samples, origin, worker, spare, errors)
+
+
 def _repeated(samples: Iterator[Sample], weights: list[float], seed: int) -> Iterator[Sample]:
     """Each sample k ~ Poisson(weights[its class]) times in a row (the shuffle buffer then spreads them)."""
     generator = torch.Generator().manual_seed(seed)
@@ -339,6 +350,8 @@ class StreamDataset(torch.utils.data.IterableDataset):
                 continue
             errors.live = True
             batch = materialize(samples, origin, origin_worker, origin_position, errors)
+            if batch is None and plan.rest is not None:  # the ranks of a re-dealt rest stay in step
+                batch = spare_batch(plan, origin, origin_worker, origin_position, errors)
             if batch is None:
                 continue
             done += 1
