@@ -26,7 +26,8 @@ def feed(ranks: list[list], step_batches: int, first_step: int = 0) -> dict[tupl
     """(step, micro-batch slot micro * world + rank) -> what fed it, from each rank's sequence of batches."""
     world = len(ranks)
     accum = step_batches // world
-    return {(first_step + i // accum, (i % accum) * world + r): b for r, seq in enumerate(ranks) for i, b in enumerate(seq)}
+    return {(first_step + i // accum, (i % accum) * world + r): b
+            for r, seq in enumerate(ranks) for i, b in enumerate(seq)}
 
 
 def saved_run(quota: list[list[int]], steps: int, step_batches: int):
@@ -86,8 +87,8 @@ def test_the_log_line_names_what_is_left_out():
     states, _ = saved_run([[11]], 2, 4)
     new = regroup(states, 0, 2, 1, lambda epoch, world, workers: [[11]], 4)
     assert rest_line(new) == ("the rest of epoch 0, 2 batch(es) of the 1 process(es) x 1 worker(s) that planned it, "
-                              "re-dealt over 2 x 1 in the steps and micro-batch slots of the uninterrupted run; its last "
-                              "1 batch(es) do not divide over 2 processes and are left out")
+                              "re-dealt over 2 x 1 in the steps and micro-batch slots of the uninterrupted run; its "
+                              "last 1 batch(es) do not divide over 2 processes and are left out")
     assert rest_line(states[0]) is None
 
 
@@ -182,8 +183,11 @@ def test_loaders_re_deal_the_very_batches(shards, saved, now, step_batches):
     for r in range(m):
         loader = StreamingLoader(config(shards, v), r, m)
         loader.load_state_dict(regroup(states, r, m, v, loader_quotas(loader), step_batches))
-        rests.append(batches(loader, len(loader)))
-        assert loader.epoch == 1  # the rest ended the epoch
+        rest = batches(loader, 1) if len(loader) > 1 else []  # stopped again within the rest, resumed as it is
+        again = StreamingLoader(config(shards, v), r, m)
+        again.load_state_dict(json.loads(json.dumps(loader.state_dict())))
+        rests.append(rest + batches(again, len(again)))  # its len: what is left
+        assert again.epoch == 1  # the rest ended the epoch
     after = feed(rests, step_batches, steps)
     kept = [k for k in sorted(before) if k[0] >= steps][:len(after)]
     assert sorted(after) == kept
@@ -201,7 +205,7 @@ def test_loaders_re_deal_the_very_batches(shards, saved, now, step_batches):
 def test_a_re_dealt_batch_that_does_not_decode_is_replaced(shards, monkeypatch):
     """The ranks of a re-dealt rest stay in step: a batch that does not decode gives way to its old slot's
     spare (the rest's length further in that slot's stream), as a normal epoch reads past its quota."""
-    import maeast.loaders.stream as stream
+    import maeast.loaders.worker as worker
     saved = [StreamingLoader(config(shards, 1), r, 2) for r in range(2)]
     for loader in saved:
         batches(loader, 1)
@@ -209,13 +213,13 @@ def test_a_re_dealt_batch_that_does_not_decode_is_replaced(shards, monkeypatch):
     loader = StreamingLoader(config(shards, 0), 0, 1)  # 1 process, reading in this one
     loader.load_state_dict(regroup(states, 0, 1, 0, loader_quotas(loader), 2))
     first = deal(loader.state.rest, 0, 1, 0)[0][0]  # (old slot, position) of the rest's first batch
-    real, calls = stream.materialize, []
+    real, calls = worker.materialize, []
 
-    def broken(samples, plan, worker, position, errors):
-        calls.append((plan.rank * plan.workers + worker, position))
-        return None if calls[-1] == first else real(samples, plan, worker, position, errors)
+    def broken(samples, plan, slot_worker, position, errors):
+        calls.append((plan.rank * plan.workers + slot_worker, position))
+        return None if calls[-1] == first else real(samples, plan, slot_worker, position, errors)
 
-    monkeypatch.setattr(stream, "materialize", broken)
+    monkeypatch.setattr(worker, "materialize", broken)
     left = dict(loader.state.rest)["left"]
     rest = batches(loader, len(loader))
     spare = (first[0], first[1] + left[first[0]])

@@ -29,7 +29,7 @@ resumes on the same layout as it is and on another by re-dealing what is left of
 
 Costs and limits: a worker with items of several old slots reads their shards (1 x 1 -> 2 x 1 reads
 the old slot's shards on both ranks), for the rest of this epoch only. A re-dealt batch none of whose
-clips decodes gives way to a spare of its old slot (stream.spare_batch: further in that slot's stream,
+clips decodes gives way to a spare of its old slot (worker.spare_batch: further in that slot's stream,
 as a normal epoch reads past its quota), so the ranks stay in step; only if the spare fails too is it
 skipped, and that rank starts the next epoch a micro-batch early. Bad-data counters of the replayed
 plans are approximate.
@@ -105,10 +105,10 @@ def flat_order(rest: dict) -> list[Item]:
     return [item for _, item in sorted(placed)]
 
 
-def deal(rest: dict, rank: int, world_size: int, num_workers: int) -> list[list[Item]]:
-    """This rank's share of the rest's items begin..end, per worker: flat item j to rank j % world_size,
-    the rank's i-th item to worker i % workers."""
-    mine = flat_order(rest)[int(rest["begin"]):int(rest["end"])][rank::world_size]
+def deal(rest: dict, rank: int, world_size: int, num_workers: int, dealt: int = 0) -> list[list[Item]]:
+    """This rank's share of the rest's items begin..end, less the first `dealt` it took, per worker: flat item
+    j to rank j % world_size, the rank's i-th item left to worker i % workers."""
+    mine = flat_order(rest)[int(rest["begin"]):int(rest["end"])][rank::world_size][dealt:]
     v = max(num_workers, 1)
     return [mine[j::v] for j in range(v)]
 
@@ -170,7 +170,8 @@ def _taken(state: dict, where: str) -> int:
     """Where the rest goes on from, in flat order: begin plus what the saved layout's ranks consumed.
     Ranks step together, so each consumed its first c items and items begin..begin + c * ranks are done."""
     n = int(state["world_size"])
-    consumed = {sum(int(p) for p in _entry(state, rank)["positions"]) for rank in range(n)}
+    consumed = {int(_entry(state, rank).get("dealt", 0)) + sum(int(p) for p in _entry(state, rank)["positions"])
+                for rank in range(n)}
     if len(consumed) != 1:
         raise MaeastError(f"{where}: its ranks stopped at different points of a re-dealt epoch ({sorted(consumed)} "
                           f"batches); resume on its layout ({n} process(es) x {state['num_workers']} worker(s))")

@@ -20,7 +20,8 @@ from maeast.loaders.config import LoaderConfig
 from maeast.loaders.elastic import deal
 from maeast.loaders.sources import check_labels, check_slots, load_sources, quotas
 from maeast.loaders.state import LoaderState, new_stats
-from maeast.loaders.stream import Plan, StreamDataset
+from maeast.loaders.stream import Plan
+from maeast.loaders.worker import StreamDataset
 
 
 def dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -83,7 +84,7 @@ class StreamingLoader:
                       c.drop_last, c.epoch_batches, 0.0 if c.finetune else c.min_seconds)[self.rank]
 
     def _dealt(self) -> list[list[tuple[int, int]]]:
-        return deal(self.state.rest, self.rank, self.world_size, self.config.num_workers)
+        return deal(self.state.rest, self.rank, self.world_size, self.config.num_workers, self.state.dealt)
 
     def __len__(self) -> int:
         return sum(self.quotas())

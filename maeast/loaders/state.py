@@ -19,8 +19,10 @@ then also holds
     "rest": {"world_size": 2, "num_workers": 1, "step_batches": 4, "taken": [3, 2], "from": [3, 2],
              "left": [4, 5], "begin": 0, "end": 9}
 (the old layout, batches per step, per old slot the batches it gave, the plan position it goes on
-from and the batches left, and which of the rest's items in elastic.flat_order this layout deals), and a worker's
-`batches` / `positions` count its share of the rest; the next epoch drops it. States without it
+from and the batches left, and which of the rest's items in elastic.flat_order this layout deals); a rank's entry adds
+"dealt", its items taken before its workers were last dealt the rest, and a worker's `batches` /
+`positions` count its share since. Loading folds the positions into "dealt" and deals what is left
+afresh from worker 0, as a restarted DataLoader takes its workers; the next epoch drops the rest. States without it
 (every state of a run that never changed layout mid-epoch) are read as before.
 """
 
@@ -50,6 +52,7 @@ class LoaderState:
     positions: list[int]
     stats: dict[str, int] = field(default_factory=new_stats)
     rest: dict | None = None  # a re-dealt rest of the epoch (above), or None
+    dealt: int = 0  # with a rest: this rank's items of it taken before the workers' current share
 
     @classmethod
     def fresh(cls, epoch: int, seed: int, world_size: int, num_workers: int, rank: int) -> "LoaderState":
@@ -67,7 +70,7 @@ class LoaderState:
 
     def next_epoch(self) -> None:
         self.epoch += 1
-        self.rest = None
+        self.rest, self.dealt = None, 0
         self.batches = [0] * len(self.batches)
         self.positions = [0] * len(self.positions)
 
@@ -76,7 +79,10 @@ class LoaderState:
                "num_workers": self.num_workers,
                "ranks": {str(self.rank): {"batches": list(self.batches), "positions": list(self.positions),
                                           "stats": dict(self.stats)}}}
-        return out if self.rest is None else {**out, "rest": dict(self.rest)}
+        if self.rest is not None:
+            out["rest"] = dict(self.rest)
+            out["ranks"][str(self.rank)]["dealt"] = self.dealt
+        return out
 
     def load(self, state: dict) -> None:
         """Take this rank's progress from a state_dict (one rank's, or merged)."""
@@ -101,6 +107,9 @@ class LoaderState:
         self.batches = [int(x) for x in mine["batches"]] if started else [0] * n
         self.positions = [int(x) for x in mine["positions"]] if started else [0] * n
         self.rest = state.get("rest")
+        if self.rest is not None:  # what the workers took becomes the rank's; the rest is dealt again from worker 0
+            self.dealt = int(mine.get("dealt", 0)) + sum(self.positions)
+            self.batches, self.positions = [0] * n, [0] * n
         self.stats = {**new_stats(), **{k: int(v) for k, v in mine.get("stats", {}).items()}}
 
 
