@@ -167,6 +167,19 @@ def batches(loader, n=None):
     return out
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_resume_between_worker_turns_keeps_the_order(shards, k):
+    """Saved after a number of batches that 2 workers' turns do not divide (accumulation 1 with 2 workers saves
+    so at every other step), resumed on its layout: the batches come in the uninterrupted order, not only
+    the same batches (a restarted DataLoader starts at worker 0; the loader starts it at the next turn)."""
+    whole = [keys for keys, _ in batches(StreamingLoader(config(shards, 2)))]
+    first = StreamingLoader(config(shards, 2))
+    seen = [keys for keys, _ in batches(first, k)]
+    again = StreamingLoader(config(shards, 2))
+    again.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert seen + [keys for keys, _ in batches(again)] == whole
+
+
 @pytest.mark.parametrize("saved,now,step_batches", [((2, 1), (1, 1), 2), ((1, 1), (2, 1), 2), ((2, 2), (1, 1), 2),
                                                     ((1, 2), (3, 1), 3), ((2, 2), (1, 2), 2)])
 def test_loaders_re_deal_the_very_batches(shards, saved, now, step_batches):

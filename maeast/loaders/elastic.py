@@ -43,7 +43,7 @@ from typing import Callable
 
 from maeast.errors import MaeastError
 from maeast.loaders.sources import quotas
-from maeast.loaders.state import FORMAT, merge_states, new_stats
+from maeast.loaders.state import FORMAT, merge_states, new_stats, turns
 
 Quotas = Callable[[int, int, int], list[list[int]]]
 """(epoch, world_size, num_workers) -> batches per [rank][worker] of that epoch (sources.quotas)."""
@@ -98,9 +98,13 @@ def flat_order(rest: dict) -> list[Item]:
     placed = []
     for rank in range(n):
         mine = range(rank * w, (rank + 1) * w)
-        turns = max(taken[s] + left[s] for s in mine)
-        epoch = [(s, t) for t in range(turns) for s in mine if t < taken[s] + left[s]]  # the rank's whole epoch
-        seq = [(s, start[s] + k - taken[s]) for s, k in epoch if k >= taken[s]]
+        given = [0] * w
+        seq = []
+        for j in turns([taken[s] + left[s] for s in mine]):  # the rank's whole epoch
+            s, k = mine[j], given[j]
+            given[j] += 1
+            if k >= taken[s]:
+                seq.append((s, start[s] + k - taken[s]))
         placed += [((i // accum) * g + (i % accum) * n + rank, item) for i, item in enumerate(seq)]
     return [item for _, item in sorted(placed)]
 

@@ -101,8 +101,9 @@ class StreamingLoader:
         if state.rest is not None and sum(state.positions) >= sum(self.quotas()):  # a re-dealt batch was bad
             state.next_epoch()
         rest = None if state.rest is None else {**state.rest, "items": self._dealt()}
-        plan = Plan(c, self.sources, self.rank, self.world_size, state.epoch, self.quotas(),
-                    list(state.batches), list(state.positions), self.features, rest)
+        quotas = self.quotas()
+        plan = Plan(c, self.sources, self.rank, self.world_size, state.epoch, quotas, list(state.batches),
+                    list(state.positions), self.features, rest, state.first_worker(quotas))
         total, done = sum(plan.quotas), sum(state.batches)
         if done >= total:
             return

@@ -63,6 +63,12 @@ class LoaderState:
     def started(self) -> bool:
         return any(self.positions) or self.rest is not None
 
+    def first_worker(self, quotas: list[int]) -> int:
+        """The worker whose batch the uninterrupted DataLoader hands out next: a loader resumed after a
+        number of batches that its workers' turns do not divide starts its round-robin there."""
+        order, taken = turns(quotas), sum(self.batches)
+        return order[taken] if taken < len(order) else 0
+
     def consume(self, worker: int, position: int) -> None:
         """The caller took the batch at `position` of `worker`'s plan."""
         self.batches[worker] += 1
@@ -111,6 +117,12 @@ class LoaderState:
             self.dealt = int(mine.get("dealt", 0)) + sum(self.positions)
             self.batches, self.positions = [0] * n, [0] * n
         self.stats = {**new_stats(), **{k: int(v) for k, v in mine.get("stats", {}).items()}}
+
+
+def turns(counts: list[int]) -> list[int]:
+    """Which worker gives each batch when worker j has counts[j] to give, as a DataLoader takes them: turn by
+    turn from worker 0, a worker leaving the turn when it has given its count."""
+    return [j for t in range(max(counts, default=0)) for j, n in enumerate(counts) if t < n]
 
 
 def merge_states(states: list[dict]) -> dict:

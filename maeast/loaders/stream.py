@@ -70,6 +70,7 @@ class Plan:
     positions: list[int]  # per worker, the plan position to resume from
     features: FbankConfig  # the fbank recipe (the config's preset unless the loader was given one)
     rest: dict | None = None  # a re-dealt rest: {"world_size", "num_workers"} of its layout, "items" per worker
+    first_worker: int = 0  # the worker whose turn the DataLoader's worker 0 takes (state.first_worker)
 
     @property
     def workers(self) -> int:

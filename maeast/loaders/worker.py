@@ -64,10 +64,10 @@ class StreamDataset(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else 0
-        if info is not None:
-            torch.set_num_threads(self.plan.config.threads_per_worker)
         plan = self.plan
+        worker = ((info.id if info is not None else 0) + plan.first_worker) % plan.workers  # a resume's round-robin
+        if info is not None:
+            torch.set_num_threads(plan.config.threads_per_worker)
         done, start, quota = plan.batches[worker], plan.positions[worker], plan.quotas[worker]
         if done >= quota:
             return
