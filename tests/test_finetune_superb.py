@@ -25,7 +25,8 @@ from maeast.finetune.cache import Pooled
 from maeast.finetune.tasks import get_task
 from maeast.finetune.utterances import WholeClips
 from maeast.model import Encoder, make_config
-from maeast.model.heads import FROZEN_PROTOCOLS, make_head, mean_pool, pooled_layers
+from maeast.model.heads import (FROZEN_PROTOCOLS, Classifier, head_from_record, head_record, make_head, mean_pool,
+                                pooled_layers)
 from maeast.shards.build import build_shards
 from tests.conftest import build, make_corpus, sox
 
@@ -84,6 +85,28 @@ def test_superb_head_is_projector_mean_pool_linear_on_equal_layer_weights():
     probe = make_head(FROZEN_PROTOCOLS["linear_probe"], encoder, classes=5)
     assert probe.layer_weights is None and probe.projector is None and probe.linear.in_features == 64
     assert isinstance(probe.norm, torch.nn.BatchNorm1d) and not probe.norm.affine
+
+
+def test_stats_head_reads_every_layers_mean_and_std_side_by_side_as_the_classifier_pools():
+    torch.manual_seed(0)
+    encoder = Encoder(make_config("tiny")).eval()  # 2 layers at 64
+    head = make_head(FROZEN_PROTOCOLS["stats"], encoder, classes=5).eval()
+    assert head.layer_weights is None and head.projector is None and head.linear.in_features == 2 * 2 * 64
+    assert isinstance(head.norm, torch.nn.BatchNorm1d) and not head.norm.affine
+    features = torch.randn(3, 48, 128)
+    pad = torch.arange(48)[None, :] >= torch.tensor([[48], [32], [16]])  # [B, T]: 24, 16 and 8 real 16x16 patches
+    pooled = pooled_layers(encoder, features, pad, weighted=True, stats=True)  # [B, L, 2D]
+    assert pooled.shape == (3, 2, 128)
+    for i, frames in enumerate((48, 32, 16)):  # each clip alone: the mean and std (divisor n) of its real tokens
+        layers = torch.stack(encoder(features[i:i + 1, :frames], None, layer_results=True).layers, dim=1)[0]  # [L, N, D]
+        expected = torch.cat([layers.mean(dim=1), layers.std(dim=1, correction=0)], dim=-1)
+        assert torch.allclose(pooled[i], expected, atol=1e-4)
+    classifier = Classifier(encoder, head, weighted=True)  # a whole forward pools as the cache does
+    assert torch.allclose(classifier(features, pad), head(pooled), atol=1e-5)
+    record = head_record(FROZEN_PROTOCOLS["stats"], encoder, "stats")
+    again = head_from_record(record, encoder.cfg.dim, classes=5)
+    again.load_state_dict(head.state_dict())
+    assert torch.allclose(again.eval()(pooled), head(pooled)) and again.stats and again.concat
 
 
 def test_layer_weights_learn():
@@ -227,14 +250,16 @@ def test_freeze_encoder_is_the_superb_protocol_and_the_probe_keeps_its_name(shar
     assert out.exit_code == 0, out.output
     assert "voxceleb (frozen, superb, random init)" in out.output
     info = json.loads((tmp_path / "superb" / "main" / "classifier" / "classifier.json").read_text())
-    assert info["head"] == {"layers": 2, "weighted": True, "norm": "none", "projector": 256, "protocol": "superb"}
+    assert info["head"] == {"layers": 2, "weighted": True, "norm": "none", "projector": 256, "protocol": "superb",
+                            "stats": False, "concat": False}
     head = load_file(str(tmp_path / "superb" / "main" / "classifier" / "head.safetensors"))
     assert not torch.equal(head["layer_weights"], torch.zeros(2))  # trained from equal weights
     assert json.loads((tmp_path / "superb" / "results.json").read_text())["protocol"] == "superb"
     probe = CliRunner().invoke(app, [*base, "--run.dir", str(tmp_path / "probe"), "--head.frozen", "linear_probe"])
     assert probe.exit_code == 0, probe.output
     info = json.loads((tmp_path / "probe" / "main" / "classifier" / "classifier.json").read_text())
-    assert info["head"] == {"layers": 1, "weighted": False, "norm": "batch", "projector": 0, "protocol": "linear_probe"}
+    assert info["head"] == {"layers": 1, "weighted": False, "norm": "batch", "projector": 0,
+                            "protocol": "linear_probe", "stats": False, "concat": False}
     assert "norm.running_mean" in load_file(str(tmp_path / "probe" / "main" / "classifier" / "head.safetensors"))
     assert evaluate_run(tmp_path / "probe").values == pytest.approx(
         [json.loads((tmp_path / "probe" / "main" / "result.json").read_text())["test"]["accuracy"]])

@@ -186,7 +186,7 @@ def test_finetune_command_line(shards, tmp_path):
     assert "voxceleb (frozen, superb, random init)" in out.output and "mean +- std" in out.output
     info = json.loads((tmp_path / "cli" / "main" / "classifier" / "classifier.json").read_text())
     assert info["frozen"] and info["head"] == {"layers": 2, "norm": "none", "weighted": True, "projector": 256,
-                                               "protocol": "superb"}
+                                               "protocol": "superb", "stats": False, "concat": False}
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "--resume" in again.output and len(again.output.strip().splitlines()) == 1
     bad = CliRunner().invoke(app, args[:5] + ["--fold", "2", "--run.dir", str(tmp_path / "cli2")])

@@ -4,8 +4,9 @@
     record = probe.score(encoder)                   # {"linear", "knn", "fbank_linear", "fbank_knn", "clips", ...}
 
 Every eval.probe_every steps (and at the end) the loop hands the model's encoder to `score`: it embeds the
-cached clips of eval.probe_shards' train and test splits (the last layer mean-pooled over tokens, as MAE's
-linear probe reads it; eval mode, no gradients), fits a logistic regression and a kNN on the train split's
+cached clips of eval.probe_shards' train and test splits (every layer's tokens pooled to their mean and
+standard deviation, side by side: the frozen protocol "stats" of maeast.model.heads, and the pooling of the
+baseline below; eval mode, no gradients), fits a logistic regression and a kNN on the train split's
 features and scores them on the test split (maeast.probing). The fbank-statistics baseline (each clip's
 fbank mean and std, the same two probes) is scored once, when the probe opens, on the same clips; its
 figures ride along in every record, so each curve has its baseline beside it. Clips are cropped from
@@ -108,7 +109,8 @@ class OnlineProbe:
     @staticmethod
     def _pooled(encoder: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
         pad = None if batch.padding_mask is None else batch.padding_mask.to(device)
-        return pooled_layers(encoder, batch.features.to(device), pad, weighted=False)[:, -1].float().cpu()  # [B, D]
+        pooled = pooled_layers(encoder, batch.features.to(device), pad, weighted=True, stats=True)  # [B, L, 2D]
+        return pooled.flatten(1).float().cpu()  # [B, L x 2D]
 
 
 def open_probe(cfg: EvalConfig, features: FbankConfig, zero_stage: int, main: bool) -> OnlineProbe | None:

@@ -49,15 +49,17 @@ def unique_rows(keys: list[str]) -> list[int]:
 
 
 @torch.no_grad()
-def encode(encoder: Encoder, batches: Iterable[Batch], weighted: bool, device: torch.device) -> Pooled:
-    """Pooled features [N, L, D] of every clip the batches hold, once per key, on the CPU."""
+def encode(encoder: Encoder, batches: Iterable[Batch], weighted: bool, device: torch.device,
+           stats: bool = False) -> Pooled:
+    """Pooled features [N, L, D] ([N, L, 2D] with stats: mean, then std) of every clip the batches hold, once
+    per key, on the CPU."""
     encoder.eval()
     keys, xs, labels = [], [], []
     for batch in batches:
         if not len(batch):
             continue
         pad = None if batch.padding_mask is None else batch.padding_mask.to(device)
-        xs.append(pooled_layers(encoder, batch.features.to(device), pad, weighted).float().cpu())
+        xs.append(pooled_layers(encoder, batch.features.to(device), pad, weighted, stats=stats).float().cpu())
         labels.append(batch.labels)
         keys += batch.keys
     if not keys:

@@ -82,7 +82,7 @@ def sources(ctx, fold: int | None, encoder: Encoder) -> tuple[object, dict[str, 
     """(training source, {"valid"?, "test": evaluation source}) for one fold."""
     cfg, corpus = ctx.cfg, ctx.corpus
     picks = selections(corpus, fold)
-    weighted = cfg.head_spec.weighted
+    weighted, stats = cfg.head_spec.weighted, cfg.head_spec.stats
     common = dict(clip_seconds=ctx.clip_seconds, fbank=ctx.fbank, workers=cfg.data.num_workers, on_error=cfg.data.on_error)
     epoch_batches = cfg.run.eval_steps * ctx.accum if cfg.run.eval_steps else cfg.data.epoch_batches
     if cfg.run.freeze_encoder and cfg.run.cache_features:
@@ -99,7 +99,7 @@ def sources(ctx, fold: int | None, encoder: Encoder) -> tuple[object, dict[str, 
     if cfg.run.freeze_encoder:
         def encode(batch):
             with torch.no_grad():
-                return pooled_layers(encoder, batch.features, batch.padding_mask, weighted)
+                return pooled_layers(encoder, batch.features, batch.padding_mask, weighted, stats=stats)
     loader = make_loader(corpus, picks["train"], train=True, batch_size=ctx.micro,
                          seed=rng.seed("data_order", cfg.run.seed, fold or 0), shuffle_buffer=cfg.data.shuffle_buffer,
                          epoch_batches=epoch_batches, rank=ctx.rank, world_size=ctx.world, balanced=cfg.data.balanced,

@@ -97,7 +97,8 @@ class RunContext:
                                        clip_seconds=self.clip_seconds, fbank=self.fbank,
                                        workers=cfg.data.num_workers, on_error=cfg.data.on_error)
             started = time.perf_counter()
-            self.caches[split] = encode(encoder.to(self.device), loader, cfg.head_spec.weighted, self.device)
+            self.caches[split] = encode(encoder.to(self.device), loader, cfg.head_spec.weighted, self.device,
+                                         cfg.head_spec.stats)
             if dist.is_main() and self.console is not None:
                 self.console.print(f"cached the frozen encoder's features of {len(self.caches[split])} clips of split "
                                    f"{split} in {time.perf_counter() - started:.1f} s", highlight=False)

@@ -133,8 +133,10 @@ class HeadSection:
     (s3prl projector_dim: 256); 0: none, the classifier reads the pooled features."""
     frozen: str = "superb"
     """The protocol of a frozen encoder (--freeze-encoder): "superb" (the SUPERB benchmark: a softmax-
-    weighted sum of every layer, weights starting equal, then Linear(dim -> 256), mean pool, Linear) or
-    "linear_probe" (MAE's linear probe: the last layer mean-pooled, BatchNorm without affine, Linear)."""
+    weighted sum of every layer, weights starting equal, then Linear(dim -> 256), mean pool, Linear),
+    "linear_probe" (MAE's linear probe: the last layer mean-pooled, BatchNorm without affine, Linear) or
+    "stats" (every layer's tokens pooled to their mean and std, side by side, BatchNorm without affine,
+    Linear: the pooling of the fbank mean+std baseline, on every layer)."""
 
     def __post_init__(self):
         if self.layers not in LAYERS:

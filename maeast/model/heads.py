@@ -33,12 +33,20 @@ def mean_pool(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tenso
     return (x * keep).sum(dim=-2) / keep.sum(dim=-2).clamp(min=1.0)
 
 
+def std_pool(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """x [B, ..., N, D] tokens -> [B, ..., D], the standard deviation over real tokens (divisor: their count)."""
+    mean = mean_pool(x, padding_mask)
+    return mean_pool((x - mean.unsqueeze(-2)).square(), padding_mask).clamp(min=0.0).sqrt()
+
+
 def pooled_layers(encoder: Encoder, features: torch.Tensor, padding_mask: torch.Tensor | None, weighted: bool,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """fbank [B, T, F] -> mean-pooled tokens [B, L, D]: every layer (L = depth) when weighted, else the output."""
+                  generator: torch.Generator | None = None, stats: bool = False) -> torch.Tensor:
+    """fbank [B, T, F] -> pooled tokens [B, L, D] (mean), or [B, L, 2D] (mean, then std) when stats: every
+    layer (L = depth) when weighted, else the output."""
     out = encoder(features, padding_mask, layer_results=weighted, generator=generator)
-    tokens = torch.stack(out.layers, dim=1) if weighted else out.x.unsqueeze(1)  # [B, L, N, D]
-    return mean_pool(tokens.float(), out.padding_mask)
+    tokens = (torch.stack(out.layers, dim=1) if weighted else out.x.unsqueeze(1)).float()  # [B, L, N, D]
+    pooled = mean_pool(tokens, out.padding_mask)
+    return torch.cat([pooled, std_pool(tokens, out.padding_mask)], dim=-1) if stats else pooled
 
 
 NORMS = {
@@ -58,29 +66,43 @@ class HeadSpec:
     """A key of NORMS, before the linear layers."""
     projector: int = 0
     """Width of a Linear(D -> projector) before the classifier (SUPERB's projector_dim); 0: none."""
+    stats: bool = False
+    """Pool each layer's tokens to their mean and standard deviation [2D] (statistics pooling, as the fbank
+    mean+std baseline pools its frames), not the mean alone [D]."""
+    concat: bool = False
+    """With weighted: every layer's pooled features side by side [L x D] instead of a weighted sum."""
 
 
 FROZEN_PROTOCOLS = {
     "superb": HeadSpec(weighted=True, norm="none", projector=256),  # the SUPERB benchmark's frozen upstream
     "linear_probe": HeadSpec(weighted=False, norm="batch", projector=0),  # MAE's linear probe
+    # maeast's: every layer's tokens pooled to mean and std, side by side, standardized, Linear: the same
+    # pooling as the fbank mean+std baseline (maeast.probing), read from every layer as SUPERB does.
+    "stats": HeadSpec(weighted=True, norm="batch", projector=0, stats=True, concat=True),
 }
 """The heads of a frozen encoder, by protocol name (FinetuneConfig.head.frozen)."""
 
 
 class Head(nn.Module):
-    """Pooled layers [B, L, D] -> logits [B, C]: softmax(w) . layers (w learned, zeros at start), norm,
-    projector (if any), Linear."""
+    """Pooled layers [B, L, D] -> logits [B, C]: softmax(w) . layers (w learned, zeros at start) or the
+    layers side by side (concat), norm, projector (if any), Linear. `dim` is the pooled width (2 x the
+    encoder's with stats); `stats` says which pooling the head reads (Classifier pools accordingly)."""
 
-    def __init__(self, layers: int, dim: int, classes: int, norm: str = "layer", projector: int = 0):
+    def __init__(self, layers: int, dim: int, classes: int, norm: str = "layer", projector: int = 0,
+                 stats: bool = False, concat: bool = False):
         super().__init__()
-        self.layer_weights = nn.Parameter(torch.zeros(layers)) if layers > 1 else None
-        self.norm = NORMS[norm](dim)
-        self.projector = nn.Linear(dim, projector) if projector else None
-        self.linear = nn.Linear(projector or dim, classes)
+        self.stats, self.concat = stats, concat
+        width = dim * layers if concat else dim
+        self.layer_weights = nn.Parameter(torch.zeros(layers)) if layers > 1 and not concat else None
+        self.norm = NORMS[norm](width)
+        self.projector = nn.Linear(width, projector) if projector else None
+        self.linear = nn.Linear(projector or width, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, L, D] pooled layers -> logits [B, C]."""
-        if self.layer_weights is None:
+        if self.concat:
+            x = x.flatten(1)  # [B, L x D]
+        elif self.layer_weights is None:
             x = x[:, 0]  # [B, D]
         else:
             x = torch.einsum("l,bld->bd", self.layer_weights.softmax(dim=0), x)
@@ -101,7 +123,7 @@ class Classifier(nn.Module):
 
     def forward(self, features: torch.Tensor, padding_mask: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.head(pooled_layers(self.encoder, features, padding_mask, self.weighted, generator))
+        return self.head(pooled_layers(self.encoder, features, padding_mask, self.weighted, generator, self.head.stats))
 
 
 def head_layers(encoder: Encoder, weighted: bool) -> int:
@@ -111,7 +133,8 @@ def head_layers(encoder: Encoder, weighted: bool) -> int:
 
 def make_head(spec: HeadSpec, encoder: Encoder, classes: int) -> Head:
     """A fresh head of `spec` on the encoder's layers."""
-    return Head(head_layers(encoder, spec.weighted), encoder.cfg.dim, classes, spec.norm, spec.projector)
+    return Head(head_layers(encoder, spec.weighted), encoder.cfg.dim * (2 if spec.stats else 1), classes, spec.norm,
+                spec.projector, spec.stats, spec.concat)
 
 
 def head_record(spec: HeadSpec, encoder: Encoder, protocol: str) -> dict:
@@ -120,5 +143,8 @@ def head_record(spec: HeadSpec, encoder: Encoder, protocol: str) -> dict:
 
 
 def head_from_record(record: dict, dim: int, classes: int) -> Head:
-    """The head a classifier.json "head" entry describes (entries written before the projector: none)."""
-    return Head(record["layers"], dim, classes, record["norm"], record.get("projector", 0))
+    """The head a classifier.json "head" entry describes (entries written before the projector, the
+    statistics pooling or the concatenation: without them)."""
+    stats = bool(record.get("stats", False))
+    return Head(record["layers"], dim * (2 if stats else 1), classes, record["norm"], record.get("projector", 0),
+                stats, bool(record.get("concat", False)))
