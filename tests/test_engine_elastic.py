@@ -243,6 +243,16 @@ def test_refused_resumes_are_one_line_before_anything_loads(shards, tmp_path):
     assert not (tmp_path / "checkpoints" / "universal").exists()
 
 
+@pytest.mark.slow  # the reference runs take ~15 s
+def test_fewer_workers_mid_epoch(shards, reference, tmp_path):
+    """1 process x 2 workers stopped mid-epoch, resumed with 1 worker (the same engine layout, 2 slots -> 1):
+    the rest of epoch 0 in the uninterrupted run's steps and slots, then the new layout's epoch 1."""
+    in_process(shards, tmp_path, 2, "run.stop_at=3")
+    in_process(shards, tmp_path, 2, "data.num_workers=1", resume=True)
+    epoch = assert_epochs(tmp_path, shards, saved=(1, 2), now=(1, 1))
+    assert_curve_follows(tmp_path, reference[2], range(1, epoch + 1))
+
+
 @pytest.mark.slow
 def test_a_stalled_process_stops_the_others_within_the_timeout(shards, tmp_path):
     procs = start_env_vars(args(shards, tmp_path, 2, "data.num_workers=1", "run.collective_timeout=10"), world=2)
