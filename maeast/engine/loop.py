@@ -186,7 +186,7 @@ class Resumed:
 
 LAYOUT_KEYS = ("data.num_workers",)
 """Config keys of the process layout: a resume may change them (with the process count), and
-maeast.loaders.elastic decides whether the epoch it is in can continue on the new layout."""
+maeast.loaders.elastic re-deals the rest of the epoch it is in over the new layout."""
 
 
 def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool, ds_config: dict, layout: Layout,

@@ -19,11 +19,12 @@ then also holds
     "rest": {"world_size": 2, "num_workers": 1, "step_batches": 4, "taken": [3, 2], "from": [3, 2],
              "left": [4, 5], "begin": 0, "end": 9}
 (the old layout, batches per step, per old slot the batches it gave, the plan position it goes on
-from and the batches left, and which of the rest's items in elastic.flat_order this layout deals); a rank's entry adds
-"dealt", its items taken before its workers were last dealt the rest, and a worker's `batches` /
-`positions` count its share since. Loading folds the positions into "dealt" and deals what is left
-afresh from worker 0, as a restarted DataLoader takes its workers; the next epoch drops the rest. States without it
-(every state of a run that never changed layout mid-epoch) are read as before.
+from and the batches left, and which of the rest's items in elastic.flat_order this layout deals).
+A rank's entry then adds "dealt", its items of the rest taken before its workers were last dealt
+their shares, and a worker's `batches` / `positions` count its share since. Loading folds the
+positions into "dealt" and deals what is left afresh from worker 0, as a restarted DataLoader takes
+its workers; the next epoch drops the rest. States without it (every state of a run that never
+changed layout mid-epoch) are read as before.
 """
 
 from __future__ import annotations
