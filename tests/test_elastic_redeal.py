@@ -239,3 +239,25 @@ def test_a_re_dealt_batch_that_does_not_decode_is_replaced(shards, monkeypatch):
     assert calls[:2] == [first, spare] and len(rest) == len(calls) - 1  # every item gives a batch
     assert loader.epoch == 1
 
+
+
+def test_loaders_re_deal_a_re_dealt_rest(shards):
+    """2 x 1 -> 1 x 1 for a step, saved, then -> 2 x 1 again: the uninterrupted run's batches, step by step."""
+    step_batches = 2
+    before = feed([batches(StreamingLoader(config(shards, 1), r, 2)) for r in range(2)], step_batches)
+    saved = [StreamingLoader(config(shards, 1), r, 2) for r in range(2)]
+    for loader in saved:
+        batches(loader, 1)
+    one = StreamingLoader(config(shards, 0), 0, 1)
+    one.load_state_dict(regroup([loader.state_dict() for loader in saved], 0, 1, 0, loader_quotas(one), step_batches))
+    middle = feed([batches(one, 2)], step_batches, 1)
+    state = json.loads(json.dumps(one.state_dict()))
+    rests = []
+    for r in range(2):
+        loader = StreamingLoader(config(shards, 1), r, 2)
+        loader.load_state_dict(regroup([state], r, 2, 1, loader_quotas(loader), step_batches))
+        rests.append(batches(loader, len(loader)))
+    after = feed(rests, step_batches, 2)
+    assert after and sorted(middle) + sorted(after) == [k for k in sorted(before) if k[0] >= 1]
+    for k, b in {**middle, **after}.items():
+        assert b[0] == before[k][0] and torch.equal(b[1], before[k][1]), k
