@@ -180,6 +180,7 @@ def test_a_resume_between_worker_turns_keeps_the_order(shards, k):
     assert seen + [keys for keys, _ in batches(again)] == whole
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 4 workers on a 2-core machine
 @pytest.mark.parametrize("saved,now,step_batches", [((2, 1), (1, 1), 2), ((1, 1), (2, 1), 2), ((2, 2), (1, 1), 2),
                                                     ((1, 2), (3, 1), 3), ((2, 2), (1, 2), 2), ((2, 2), (1, 4), 2)])
 def test_loaders_re_deal_the_very_batches(shards, saved, now, step_batches):
