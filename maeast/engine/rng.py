@@ -4,7 +4,9 @@
     with scoped("dropout", cfg.run.seed, step, slot, device=device): ...   # dropout's global RNG, restored after
 
 Stream ids are fixed forever (changing one changes every run's numbers); the loaders' shuffling and
-crops draw from their own seeds (data.seed), not from these.
+crops draw from their own seeds (data.seed), not from these. A slot is a micro-batch's place in its
+step's global batch (micro * world + rank, maeast.engine.trainer), not a process: a resume on another
+layout gives every slot the batch it had (maeast.loaders.elastic), so its masks and dropout stay the same.
 """
 
 from __future__ import annotations
