@@ -28,7 +28,8 @@ uninterrupted run does. A re-dealt state saved mid-rest records its rest (`rest`
 resumes on the same layout as it is and on another by re-dealing what is left of the same rest.
 
 Costs and limits: a worker with items of several old slots reads their shards (1 x 1 -> 2 x 1 reads
-the old slot's shards on both ranks), for the rest of this epoch only. A re-dealt batch none of whose
+the old slot's shards on both ranks) and holds a shuffle buffer of undecoded clips for each (8 x 4 ->
+1 x 4: 8 buffers per worker), for the rest of this epoch only. A re-dealt batch none of whose
 clips decodes gives way to a spare of its old slot (worker.spare_batch: further in that slot's stream,
 as a normal epoch reads past its quota), so the ranks stay in step; only if the spare fails too is it
 skipped, and that rank starts the next epoch a micro-batch early. Bad-data counters of the replayed
