@@ -30,7 +30,8 @@ def finetune_command(
                                         help="Train only the head on the frozen encoder (features cached), by "
                                         "the SUPERB protocol: every layer weighted (equal at start), Linear(D->256), "
                                         "mean pool, Linear; --head.frozen linear_probe: MAE's linear probe (last "
-                                        "layer, mean pool, BatchNorm, Linear)."),
+                                        "layer, mean pool, BatchNorm, Linear); --head.frozen stats: every layer's "
+                                        "mean and std side by side, BatchNorm, Linear."),
     config: str = typer.Option("finetune_patch", "--config", "-c", help="A shipped config (finetune_patch, "
                                "finetune_frame, finetune_small, finetune_tiny) or a YAML file."),
     fold: int | None = typer.Option(None, "--fold", help="Cross-validation tasks: run only this fold (default: all)."),
