@@ -29,8 +29,8 @@ def compare_command(
     resume: bool = typer.Option(False, "--resume", help="Continue interrupted runs (finished runs are always reused)."),
 ) -> None:
     """For each task: a head on a frozen random encoder, a head on the frozen pretrained encoder (the
-    frozen protocol: the config's head.frozen, e.g. superb, stats or linear_probe), and full fine-tuning of the pretrained
-    encoder; then one table of the test metric (mean +- std over folds), chance and time, each row
+    frozen protocol: the config's head.frozen, e.g. superb, stats or linear_probe), and full
+    fine-tuning of the pretrained encoder; then one table of the test metric (mean +- std over folds), chance and time, each row
     naming its protocol. Extra --section.key VALUE arguments override the config of every run (e.g.
     --schedule.frozen_epochs 20)."""
     from maeast.finetune.compare import parse_task, run_matrix, summary_lines, table, write_json, write_png
