@@ -1,5 +1,5 @@
-"""Fine-tuning's classifier on the encoder: mean-pool each layer's tokens, weigh the layers, norm,
-(projector), Linear.
+"""Fine-tuning's classifier on the encoder: pool each layer's tokens (mean, or mean and std), weigh the
+layers (or set them side by side), norm, (projector), Linear.
 
     head = make_head(FROZEN_PROTOCOLS["superb"], encoder, classes=50)  # on pooled features [B, L, D]
     model = Classifier(encoder, head, weighted=True)                   # fbank [B, T, F] -> logits [B, C]
@@ -11,7 +11,8 @@ SUPERB's head (s3prl downstream/*/expert.py: projector = Linear(D -> 256) on eve
 downstream/model.py UtteranceLevel: MeanPooling over the real frames, Linear(256 -> C)) is therefore
 exactly Linear(256 -> C)(Linear(D -> 256)(mean of the weighted layers)), which is what Head computes
 with projector=256 and norm "none"; its layer weights (s3prl upstream/interfaces.py Featurizer) start
-at zero, i.e. equal after the softmax.
+at zero, i.e. equal after the softmax. The "stats" protocol pools each layer to its mean and standard
+deviation (per layer, so it caches the same way) and reads the layers side by side.
 """
 
 from __future__ import annotations
