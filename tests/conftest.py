@@ -22,6 +22,7 @@ from maeast.artifacts import features_of, read_encoder, write_classifier, write_
 from maeast.audio import load_clip
 from maeast.features import fbank, get_config
 from maeast.model import Head, build_model
+from maeast.model.heads import FROZEN_PROTOCOLS, head_record, make_head
 from maeast.shards.build import build_shards
 from maeast.shards.format import iter_tar, shard_paths
 
@@ -197,15 +198,23 @@ def make_export(folder, preset: str = "tiny", seed: int = 0, **overrides):
     return out
 
 
-def make_classifier(folder, labels=("dog", "piano", "rain"), clip_seconds: float = 1.0):
-    """(a tiny encoder export, a classifier folder on it with a seeded random head), as fine-tuning writes them."""
+def make_classifier(folder, labels=("dog", "piano", "rain"), clip_seconds: float = 1.0, protocol: str | None = None):
+    """(a tiny encoder export, a classifier folder on it with a seeded random head), as fine-tuning writes them:
+    the last layer mean-pooled, LayerNorm, Linear; or a frozen protocol's head (its BatchNorm statistics drawn)."""
     export = make_export(folder)
     encoder, info = read_encoder(export)
     torch.manual_seed(1)
-    head = Head(1, encoder.cfg.dim, len(labels), "layer")
-    classifier = folder / "classifier"
+    if protocol is None:
+        head = Head(1, encoder.cfg.dim, len(labels), "layer")
+        record = {"layers": 1, "norm": "layer", "weighted": False}
+    else:
+        head = make_head(FROZEN_PROTOCOLS[protocol], encoder, len(labels))
+        record = head_record(FROZEN_PROTOCOLS[protocol], encoder, protocol)
+        for name, buffer in head.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                buffer.copy_(torch.rand_like(buffer) + 0.5)
+    classifier = folder / ("classifier" if protocol is None else f"classifier-{protocol}")
     write_classifier(classifier, encoder.state_dict(), head.state_dict(), encoder.cfg, features_of(info),
                      info["pretraining"], {"task": "custom", "labels": list(labels), "multi_label": False,
-                                           "clip_seconds": clip_seconds,
-                                           "head": {"layers": 1, "norm": "layer", "weighted": False}})
+                                           "clip_seconds": clip_seconds, "head": record})
     return export, classifier

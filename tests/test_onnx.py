@@ -50,8 +50,11 @@ def test_encoder_matches_torch_on_any_length(models, tmp_path):
     assert meta["features"] == info["features"] and meta["outputs"] == ["tokens", "clip"]
 
 
-def test_classifier_matches_torch_and_carries_its_labels(models, tmp_path):
+@pytest.mark.parametrize("protocol", [None, "stats", "superb"])
+def test_classifier_matches_torch_and_carries_its_labels(models, tmp_path, protocol):
     _, classifier, feats = models
+    if protocol is not None:  # a frozen protocol's head: the stats head pools each layer to mean and std
+        classifier = make_classifier(tmp_path, protocol=protocol)[1]
     result = CliRunner().invoke(app, ["export", "onnx", "--checkpoint", str(classifier), "--classifier",
                                       "--out", str(tmp_path / "c.onnx")])
     assert result.exit_code == 0, result.output
