@@ -33,7 +33,8 @@ def compare_command(
     fine-tuning of the pretrained encoder; then one table of the test metric (mean +- std over folds), chance and time, each row
     naming its protocol. Extra --section.key VALUE arguments override the config of every run (e.g.
     --schedule.frozen_epochs 20)."""
-    from maeast.finetune.compare import parse_task, run_matrix, summary_lines, table, write_json, write_png
+    from maeast.finetune.compare import parse_task, run_matrix
+    from maeast.finetune.results import summary_lines, table, write_json, write_png
     tasks = [parse_task(t) for t in task]
     rows = run_matrix(checkpoint, tasks, config, out, overrides=list(ctx.args), resume=resume, console=console)
     title = f"What pretraining buys: {checkpoint}, fine-tuned with {config}"
