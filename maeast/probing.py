@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from maeast.model.heads import stats_pool
+
 L2 = 1e-3           # weight decay of the logistic regression (on standardized features, mean loss)
 MAX_ITER = 100      # L-BFGS iterations (it stops earlier once the gradient is under TOLERANCE)
 TOLERANCE = 1e-5
@@ -25,14 +27,9 @@ K = 10              # neighbours of the kNN probe
 
 
 def fbank_stats(features: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """fbank [B, T, F] -> [B, 2F]: each bin's mean and standard deviation over the real (unpadded) frames."""
-    x = features.float()
-    real = torch.ones(x.shape[:2], dtype=torch.bool) if padding_mask is None else ~padding_mask.cpu()  # [B, T]
-    real = real.to(x.device)[..., None].float()  # [B, T, 1]
-    count = real.sum(1).clamp(min=1.0)  # [B, 1]
-    mean = (x * real).sum(1) / count  # [B, F]
-    var = ((x - mean[:, None]).square() * real).sum(1) / count
-    return torch.cat([mean, var.sqrt()], dim=1)  # [B, 2F]
+    """fbank [B, T, F] -> [B, 2F]: each bin's mean and standard deviation over the real (unpadded) frames,
+    pooled as the frozen "stats" head pools encoder tokens."""
+    return stats_pool(features.float(), None if padding_mask is None else padding_mask.to(features.device))
 
 
 def standardized(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,10 +34,12 @@ def mean_pool(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tenso
     return (x * keep).sum(dim=-2) / keep.sum(dim=-2).clamp(min=1.0)
 
 
-def std_pool(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
-    """x [B, ..., N, D] tokens -> [B, ..., D], the standard deviation over real tokens (divisor: their count)."""
+def stats_pool(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """x [B, ..., N, D] tokens -> [B, ..., 2D]: the mean of the real tokens, then their standard deviation
+    (divisor: their count). Statistics pooling, of encoder tokens or of fbank frames (maeast.probing)."""
     mean = mean_pool(x, padding_mask)
-    return mean_pool((x - mean.unsqueeze(-2)).square(), padding_mask).clamp(min=0.0).sqrt()
+    std = mean_pool((x - mean.unsqueeze(-2)).square(), padding_mask).sqrt()
+    return torch.cat([mean, std], dim=-1)
 
 
 def pooled_layers(encoder: Encoder, features: torch.Tensor, padding_mask: torch.Tensor | None, weighted: bool,
@@ -46,8 +48,7 @@ def pooled_layers(encoder: Encoder, features: torch.Tensor, padding_mask: torch.
     layer (L = depth) when weighted, else the output."""
     out = encoder(features, padding_mask, layer_results=weighted, generator=generator)
     tokens = (torch.stack(out.layers, dim=1) if weighted else out.x.unsqueeze(1)).float()  # [B, L, N, D]
-    pooled = mean_pool(tokens, out.padding_mask)
-    return torch.cat([pooled, std_pool(tokens, out.padding_mask)], dim=-1) if stats else pooled
+    return (stats_pool if stats else mean_pool)(tokens, out.padding_mask)
 
 
 NORMS = {
