@@ -161,9 +161,9 @@ def zero2_row(dry: bool) -> dict:
     except ImportError:
         return {"status": "skipped", "cells": {"result": "deepspeed not installed (make gpu-wheels; README "
                                                           "'Performance' gives the install line)"}, "figures": {}}
-    from maeast.engine.config import OptimConfig, ScheduleConfig
-    from maeast.engine.ds_config import deepspeed_config, read_zero_json
-    from maeast.engine.engine import Engine, init_distributed
+    from maeast.train.config import OptimConfig, ScheduleConfig
+    from maeast.train.ds_config import deepspeed_config, read_zero_json
+    from maeast.train.engine import Engine, init_distributed
     from maeast.model import MAEAST, make_config
     s, device = Sizes.of(dry), device_of(dry)
     batch = s.batch if dry else 16

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sys
 
-from maeast.engine.distributed import take_local_rank
+from maeast.train.distributed import take_local_rank
 from maeast.errors import MaeastError
 
 USAGE = ("usage: deepspeed launch/pretrain.py --deepspeed_config JSON --config NAME_OR_YAML [--resume] "
@@ -57,7 +57,7 @@ def parse(argv: list[str]) -> tuple[str | None, str | None, bool, list[str]]:
 
 
 def main(argv: list[str]) -> int:
-    from maeast.engine import load_config, pretrain
+    from maeast.pretrain import load_config, pretrain
     try:
         ds_config, config, resume, overrides = parse(take_local_rank(argv))
         if config is None:
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # a collective failed before or after the training loop (which names the step)
-        from maeast.engine.distributed import is_peer_failure
+        from maeast.train.distributed import is_peer_failure
         if not is_peer_failure(e):
             raise
         print(f"error: a collective failed outside the training steps ({type(e).__name__}): another process "

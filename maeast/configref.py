@@ -75,15 +75,15 @@ def _show(value) -> str:
 
 
 def configs() -> dict[str, type]:
-    from maeast.engine.config import TrainConfig
+    from maeast.pretrain.config import PretrainConfig
     from maeast.finetune.config import FinetuneConfig
-    return {"pretraining (`maeast pretrain`, `launch/pretrain.py`)": TrainConfig,
+    return {"pretraining (`maeast pretrain`, `launch/pretrain.py`)": PretrainConfig,
             "fine-tuning (`maeast finetune`, `maeast compare`)": FinetuneConfig}
 
 
 def markdown() -> str:
     """The whole reference as markdown."""
-    from maeast.engine.config import shipped_configs
+    from maeast.pretrain.config import shipped_configs
     parts = ["# Config reference", "",
              "Generated from the config dataclasses by `maeast config reference --out docs/config.md`; do not",
              "edit by hand. A run's config is layered: these defaults <- the model preset (pretraining) or",

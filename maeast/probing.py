@@ -5,7 +5,7 @@
 
 The hand-made baseline every learned feature must beat is the fbank's mean and standard deviation over
 time, fed to a logistic regression. The same logistic regression scores a frozen encoder's pooled
-features (the online probe during pretraining, maeast.engine.probe) and the fbank statistics (that probe's
+features (the online probe during pretraining, maeast.pretrain.probe) and the fbank statistics (that probe's
 baseline and the demo table's, maeast.finetune.baseline), so the figures are comparable. It is
 multinomial, L2-regularized, on features standardized with the training set's mean and std, fitted to
 convergence with full-batch L-BFGS (deterministic, a second or two on a few thousand clips). The kNN

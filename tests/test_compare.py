@@ -20,7 +20,7 @@ TINY = ["--data.clip_seconds", "2", "--run.threads", "1"]
 
 @pytest.fixture(scope="module")
 def setup(esc50, sc_v1, tmp_path_factory):  # noqa: F811  (fixtures of tests.official_trees)
-    from maeast.engine import load_config, pretrain
+    from maeast.pretrain import load_config, pretrain
     out = tmp_path_factory.mktemp("compare")
     root_v1, test_v1 = sc_v1
     build_shards("esc50", esc50, out / "esc50")

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from maeast.cli import app
 from maeast.configref import configs, markdown, rows, undocumented
-from maeast.engine.config import load_config
+from maeast.pretrain.config import load_config
 from maeast.finetune.config import load_finetune_config
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from maeast.configio import load_yaml, to_dict
-from maeast.engine.config import TrainConfig, accumulation, build_config, load_config, save_config, shipped_configs
-from maeast.engine.ds_config import DEFAULT_ZERO, deepspeed_config, read_zero_json
-from maeast.engine.optim import build_optimizer, lr_at
+from maeast.pretrain.config import PretrainConfig, build_config, load_config, save_config, shipped_configs
+from maeast.train.config import accumulation
+from maeast.train.ds_config import DEFAULT_ZERO, deepspeed_config, read_zero_json
+from maeast.train.optim import build_optimizer, lr_at
 from maeast.errors import MaeastError
 from maeast.model import MAEAST, make_config
 
@@ -24,7 +25,7 @@ SEED_NAMES = ("pretrain_patch_random", "pretrain_patch_chunk", "pretrain_frame_r
 @pytest.mark.parametrize("name", shipped_configs())
 def test_every_shipped_yaml_loads_and_round_trips(name, tmp_path):
     cfg = load_config(name)
-    assert isinstance(cfg, TrainConfig)
+    assert isinstance(cfg, PretrainConfig)
     save_config(cfg, tmp_path / "config.yaml")
     assert build_config(load_yaml(tmp_path / "config.yaml")) == cfg  # the saved, resolved config reads back equal
 
@@ -137,7 +138,7 @@ def test_only_the_engine_module_imports_deepspeed():
     for path in (ROOT / "maeast").rglob("*.py"):
         if re.search(r"^\s*(import deepspeed|from deepspeed)", path.read_text(), re.M):
             importers.append(path.relative_to(ROOT).as_posix())
-    assert importers == ["maeast/engine/engine.py"]
+    assert importers == ["maeast/train/engine.py"]
 
 
 def test_launch_script_takes_the_launchers_local_rank(monkeypatch):
@@ -145,7 +146,7 @@ def test_launch_script_takes_the_launchers_local_rank(monkeypatch):
     spec = importlib.util.spec_from_file_location("launch_pretrain", ROOT / "launch" / "pretrain.py")
     launch = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(launch)
-    from maeast.engine.distributed import take_local_rank
+    from maeast.train.distributed import take_local_rank
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     argv = take_local_rank(["--local_rank=1", "--deepspeed_config", "launch/ds_zero2.json", "--config", "pretrain_tiny",
                             "--resume", "--optim.lr", "3e-4"])
@@ -163,7 +164,7 @@ def test_resolved_config_is_plain_yaml():
 
 
 def test_named_random_streams_are_fixed_and_leave_the_global_rng_alone():
-    from maeast.engine import rng
+    from maeast.train import rng
     from maeast.loaders.sources import derive_seed
 
     # Changing an id changes every run's numbers (and breaks resuming older runs exactly).

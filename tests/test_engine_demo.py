@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from maeast.engine import load_config, pretrain
+from maeast.pretrain import load_config, pretrain
 from tests.conftest import make_demo_shards
 
 

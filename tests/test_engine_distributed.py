@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from maeast.engine import load_config, pretrain
-from maeast.engine.distributed import free_port
-from maeast.engine.logging import read_log
+from maeast.pretrain import load_config, pretrain
+from maeast.train.distributed import free_port
+from maeast.train.logging import read_log
 from tests.conftest import make_demo_shards, step_keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,8 +132,8 @@ PORT_TAKEN = """
 import os, socket
 for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
     os.environ.pop(k, None)
-import maeast.engine.distributed as dist
-from maeast.engine.engine import init_distributed
+import maeast.train.distributed as dist
+from maeast.train.engine import init_distributed
 taken = socket.socket(); taken.bind(("127.0.0.1", 0)); taken.listen()
 port = taken.getsockname()[1]
 free = dist.free_port

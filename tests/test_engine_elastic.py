@@ -1,5 +1,5 @@
 """Elastic resume: a run saved with N processes x W workers continues on M x V. Unit tests of the checkpoint
-layout routes (maeast.engine.layout; the loader re-deal has its own, tests/test_elastic_redeal.py); end-to-end
+layout routes (maeast.train.layout; the loader re-deal has its own, tests/test_elastic_redeal.py); end-to-end
 runs of 2 -> 1 and 1 -> 2 processes (ZeRO-2, ZeRO-3) mid-epoch, a refused layout, and a rank killed mid-run."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from maeast.artifacts import latest_checkpoint
-from maeast.engine import load_config, pretrain
-from maeast.engine.layout import Layout, resume_route, saved_layout
+from maeast.pretrain import load_config, pretrain
+from maeast.train.layout import Layout, resume_route, saved_layout
 from maeast.errors import MaeastError
 from maeast.loaders import StreamingLoader
 from maeast.loaders.elastic import regroup

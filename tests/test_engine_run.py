@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from maeast.artifacts import latest_checkpoint, read_encoder
-from maeast.engine import NonFiniteLoss, load_config, pretrain
-from maeast.engine.logging import read_log
+from maeast.pretrain import NonFiniteLoss, load_config, pretrain
+from maeast.train.logging import read_log
 from maeast.errors import MaeastError
 from maeast.model import MAEAST
 from tests.conftest import make_demo_shards
@@ -111,8 +111,8 @@ def test_kill_during_save_keeps_the_last_good_checkpoint(shards, full_runs, tmp_
     """A real process dies (SIGKILL) in the middle of its second save; resume then finishes the same run."""
     script = textwrap.dedent(f"""
         import os, signal
-        import maeast.engine.checkpoint as ck
-        from maeast.engine import load_config, pretrain
+        import maeast.train.checkpoint as ck
+        from maeast.pretrain import load_config, pretrain
         real, calls = ck.write_encoder, []
         def dying(*args, **kwargs):
             calls.append(1)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from maeast.engine.optim import StepDecay, build_schedule, schedule_lr
+from maeast.train.optim import StepDecay, build_schedule, schedule_lr
 from maeast.errors import MaeastError
 from maeast.finetune import finetune, load_finetune_config
 from maeast.finetune.augment import noise_roll

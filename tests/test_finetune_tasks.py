@@ -196,7 +196,7 @@ def test_finetune_command_line(shards, tmp_path):
 def test_fine_tunes_a_pretraining_run_of_the_engine(shards, tmp_path):
     """The engine's own exports: RUN/encoder, the run folder and a checkpoint folder all load, and the
     fine-tuned classifier records the pretraining it started from."""
-    from maeast.engine import load_config, pretrain
+    from maeast.pretrain import load_config, pretrain
     cfg = load_config("pretrain_tiny", ["--data.shards", f"[{shards / 'esc50'}]", "--data.min_seconds", "0.5",
                                         "--data.max_seconds", "1.0", "--eval.every", "0", "--run.dir",
                                         str(tmp_path / "pre"), "--schedule.steps", "2", "--schedule.warmup_steps", "1",

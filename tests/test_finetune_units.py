@@ -13,8 +13,8 @@ from maeast.finetune.augment import mixup, spec_augment
 from maeast.finetune.cache import epoch_rows, unique_rows
 from maeast.finetune.config import load_finetune_config
 from maeast.model.heads import FROZEN_PROTOCOLS, Classifier, Head, HeadSpec, mean_pool, pooled_layers
-from maeast.engine.config import OptimConfig
-from maeast.engine.optim import build_optimizer
+from maeast.train.config import OptimConfig
+from maeast.train.optim import build_optimizer
 from maeast.finetune.metrics import average_precision, confusion_matrix, mean_average_precision, score, summarize
 from maeast.finetune.tasks import TASKS, get_task
 from maeast.model import Encoder, make_config

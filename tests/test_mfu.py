@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from mfu import Step, features_for, forward_flops, layer_flops, matmul_peak, measure, real_waves, step_flops  # noqa: E402
 
 from maeast.configio import load_yaml  # noqa: E402
-from maeast.engine.config import build_config  # noqa: E402
+from maeast.pretrain.config import build_config  # noqa: E402
 from maeast.model import MAEAST, make_config  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "maeast" / "configs" / "pretrain_tiny.yaml"

@@ -1,4 +1,4 @@
-"""The online probe during pretraining and the fbank-statistics baseline (maeast.probing, maeast.engine.probe,
+"""The online probe during pretraining and the fbank-statistics baseline (maeast.probing, maeast.pretrain.probe,
 maeast.finetune.baseline), on the tiny preset and the tiny official trees."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maeast.engine.logging import read_log
-from maeast.engine.plots import plot_run
+from maeast.train.logging import read_log
+from maeast.pretrain.plots import plot_run
 from maeast.errors import MaeastError
 from maeast.finetune.baseline import fbank_baseline
 from maeast.probing import fbank_stats, knn, logistic_regression
@@ -25,7 +25,7 @@ def shards(esc50, sc_v1, tmp_path_factory):  # noqa: F811
 
 
 def tiny_run(shards, run_dir, *extra: str):
-    from maeast.engine import load_config
+    from maeast.pretrain import load_config
     return load_config("pretrain_tiny", ["--data.shards", f"[{shards / 'esc50'}]", "--data.min_seconds", "0.5",
                                          "--data.max_seconds", "1.0", "--eval.every", "0", "--run.dir", str(run_dir),
                                          "--schedule.steps", "4", "--schedule.warmup_steps", "1", "--run.save_every", "4",
@@ -55,7 +55,7 @@ def test_probes_separate_clusters_and_not_noise():
 
 
 def test_pretraining_probes_logs_and_plots(shards, tmp_path):
-    from maeast.engine import pretrain
+    from maeast.pretrain import pretrain
     result = pretrain(tiny_run(shards, tmp_path / "run", "--eval.probe_every", "2"))
     probes = [r for r in read_log(result.run_dir) if r["kind"] == "probe"]
     assert [r["step"] for r in probes] == [2, 4]
@@ -69,7 +69,7 @@ def test_pretraining_probes_logs_and_plots(shards, tmp_path):
 
 
 def test_probe_errors_are_one_line(shards, tmp_path):
-    from maeast.engine import load_config, pretrain
+    from maeast.pretrain import load_config, pretrain
     with pytest.raises(MaeastError, match="eval.probe_shards is not"):
         load_config("pretrain_tiny", ["--eval.probe_every", "2"])
     with pytest.raises(MaeastError, match="has no split 'nope'"):

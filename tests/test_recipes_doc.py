@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from maeast.configio import to_dict
-from maeast.engine.config import load_config, shipped_configs
+from maeast.pretrain.config import load_config, shipped_configs
 from maeast.finetune.config import load_finetune_config
 from maeast.finetune.tasks import get_task
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from maeast.engine import load_config, pretrain
-from maeast.engine.distributed import free_port
-from maeast.engine.logging import read_log
+from maeast.pretrain import load_config, pretrain
+from maeast.train.distributed import free_port
+from maeast.train.logging import read_log
 from tests.conftest import make_demo_shards, step_keys
 from tests.servers import ACCESS_KEY, SECRET
 

@@ -29,7 +29,7 @@ def pretrain_command(
     """Pretrain MAE-AST as one process on the DeepSpeed engine. Extra --section.key VALUE arguments override
     the config (e.g. --optim.lr 2e-4 --run.dir runs/mine). For many processes or nodes use
     `deepspeed launch/pretrain.py`."""
-    from maeast.engine import load_config, pretrain
+    from maeast.pretrain import load_config, pretrain
     cfg = load_config(config, list(ctx.args))
     result = pretrain(cfg, deepspeed_config_path=deepspeed_config, resume=resume)
     figures = f"step {result.step}, loss {result.losses[-1]:.4f}" if result.losses else f"step {result.step}"
@@ -46,7 +46,7 @@ def plot_command(
     out: Path | None = typer.Option(None, "--out", "-o", help="PNG to write (default RUN_DIR/curves.png)."),
 ) -> None:
     """Draw a run's loss curves (training and held-out, with their baselines) and learning rate."""
-    from maeast.engine.plots import plot_run
+    from maeast.pretrain.plots import plot_run
     console.print(str(plot_run(run_dir, out)), highlight=False, soft_wrap=True)
 
 
@@ -61,7 +61,7 @@ def visualize_command(
                                          "(default: the run's data.max_seconds)."),
 ) -> None:
     """Draw a clip's input fbank, the mask and the model's reconstruction, one above the other."""
-    from maeast.engine.plots import visualize
+    from maeast.pretrain.plots import visualize
     console.print(str(visualize(checkpoint, audio, out, seed, seconds)), highlight=False, soft_wrap=True)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maeast.configio import from_dict, load_yaml, merge, parse_overrides, save_yaml, to_dict
-from maeast.engine.config import resolve_config_path, shipped_configs
+from maeast.train.config import resolve_config_path, shipped_configs
 from maeast.errors import MaeastError
 from maeast.finetune.custom import SeededSplit
 from maeast.finetune.sections import (AugmentSection, DataSection, HeadSection, ModelSection, OptimSection,

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from maeast.artifacts import latest_checkpoint
-from maeast.engine import distributed as dist
-from maeast.engine import rng
-from maeast.engine.checkpoint import load_train_state, save_checkpoint
-from maeast.engine.logging import RunLogger, cut_log
-from maeast.engine.trainer import Micro, Trainer
+from maeast.train import distributed as dist
+from maeast.train import rng
+from maeast.train.checkpoint import load_train_state, save_checkpoint
+from maeast.train.logging import RunLogger, cut_log
+from maeast.train.trainer import Micro, Trainer
 from maeast.errors import MaeastError
 from maeast.files import write_json
 from maeast.finetune.augment import mixup, noise_roll, spec_augment

@@ -5,7 +5,7 @@
     result = finetune(cfg)            # result.summary == {"mean": ..., "std": ...} of the test metric
 
 Every fold runs on maeast.engine's Engine (the same DeepSpeed setup, ZeRO JSONs, checkpoints and logs)
-and its one Trainer, with schedule.name's schedule (maeast.engine.optim: "linear", warmup then linear
+and its one Trainer, with schedule.name's schedule (maeast.train.optim: "linear", warmup then linear
 decay to final_lr_scale x lr over the run's steps, or "step", SSAST's per-epoch decay); layer-wise lr
 decay and head_lr are the optim section's group scales. With run.select "fold_mean" every fold is
 reported at the epoch whose test metric averaged over the folds is best (maeast.finetune.select).
@@ -24,11 +24,11 @@ import torch
 
 from maeast.artifacts import features_of, initial_encoder, write_classifier
 from maeast.configio import from_dict, load_yaml, merge, to_dict
-from maeast.engine import distributed as dist
-from maeast.engine.config import ScheduleConfig, accumulation
-from maeast.engine.ds_config import deepspeed_config, read_zero_json
-from maeast.engine.optim import StepDecay
-from maeast.engine.trainer import check_resume
+from maeast.train import distributed as dist
+from maeast.train.config import ScheduleConfig, accumulation
+from maeast.train.ds_config import deepspeed_config, read_zero_json
+from maeast.train.optim import StepDecay
+from maeast.train.trainer import check_resume
 from maeast.errors import MaeastError
 from maeast.files import write_json
 from maeast.features import FbankConfig
@@ -75,7 +75,7 @@ class RunContext:
 
     def make_engine(self, module: torch.nn.Module, total_steps: int, steps_per_epoch: int):
         """The engine over module for a fold of total_steps optimizer steps."""
-        from maeast.engine.engine import Engine  # deepspeed
+        from maeast.train.engine import Engine  # deepspeed
 
         cfg, peak = self.cfg, self.cfg.peak_lr
         frozen = cfg.run.freeze_encoder
@@ -149,7 +149,7 @@ class FinetuneResult:
 def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | None = None, resume: bool = False,
              console=None) -> FinetuneResult:
     """Fine-tune (or continue, with resume) the run in cfg.run_dir; every process of the world calls this."""
-    from maeast.engine.engine import init_distributed  # deepspeed only from here on
+    from maeast.train.engine import init_distributed  # deepspeed only from here on
 
     init_distributed()
     started = time.perf_counter()
@@ -207,7 +207,7 @@ def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | Non
 
 
 def fold_schedule(cfg: FinetuneConfig, total_steps: int, steps_per_epoch: int) -> ScheduleConfig | StepDecay:
-    """The learning-rate schedule of one fold (maeast.engine.optim) as schedule.name asks."""
+    """The learning-rate schedule of one fold (maeast.train.optim) as schedule.name asks."""
     s, warmup = cfg.schedule, min(cfg.schedule.warmup_steps, total_steps - 1)
     if s.name == "step":
         return StepDecay(steps_per_epoch, s.decay_start, s.decay_every, s.decay_gamma, warmup)

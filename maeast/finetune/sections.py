@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from maeast.engine.config import OptimConfig, RunCommon
+from maeast.train.config import OptimConfig, RunConfig
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
 from maeast.model.config import PRESETS
@@ -179,7 +179,7 @@ class AugmentSection:
 
 @dataclass
 class OptimSection(OptimConfig):
-    """Pretraining's AdamW section (maeast.engine.config.OptimConfig) with fine-tuning's defaults, and the
+    """Pretraining's AdamW section (maeast.train.config.OptimConfig) with fine-tuning's defaults, and the
     head's learning rate on a frozen encoder."""
 
     lr: float = 1e-4
@@ -209,7 +209,7 @@ SELECT = ("valid", "last", "fold_mean")
 
 @dataclass
 class ScheduleSection:
-    """Epochs, then the learning-rate schedule over them (maeast.engine.optim): "linear" (warmup, linear decay
+    """Epochs, then the learning-rate schedule over them (maeast.train.optim): "linear" (warmup, linear decay
     to final_lr_scale x lr) or "step" (SSAST's: a staircase warmup, then x decay_gamma per decay_every epochs)."""
 
     epochs: int = 10
@@ -224,7 +224,7 @@ class ScheduleSection:
     those instead."""
     name: str = "linear"
     """"linear": linear warmup over warmup_steps, then linear decay to final_lr_scale x lr at the last step;
-    "step": SSAST's fine-tuning schedule (src/traintest.py, maeast.engine.optim.StepDecay): a staircase warmup
+    "step": SSAST's fine-tuning schedule (src/traintest.py, maeast.train.optim.StepDecay): a staircase warmup
     over warmup_steps (the lr set every 50 steps), then lr x decay_gamma every decay_every epochs once
     decay_start epochs are done (torch's MultiStepLR stepped per epoch)."""
     warmup_steps: int = 0
@@ -259,7 +259,7 @@ class ScheduleSection:
 
 
 @dataclass
-class RunSection(RunCommon):
+class RunSection(RunConfig):
     """Where the run lives, which folds it runs, how often it evaluates and saves."""
 
     dir: str | None = None

@@ -10,7 +10,7 @@ A run saved with N processes x W workers resumes on M processes x V workers as f
   - mid-epoch, any M x V: the *rest* of the epoch is the batches every old slot's plan still had to
     yield (from its saved position up to its quota), each named by (old slot, plan position). They
     are put in the order the uninterrupted run would have fed them (`flat_order`: step after step,
-    within a step the micro-batch slots micro * N + rank of maeast.engine.trainer), and dealt over the
+    within a step the micro-batch slots micro * N + rank of maeast.train.trainer), and dealt over the
     new layout so that every step's micro-batch slot k gets the batch it had in that order: flat item
     j goes to new rank j % M (trainer slot k = micro * M + rank), the rank's i-th item to its worker
     i % V (the DataLoader takes workers round-robin). A worker walks each old slot's plan it has items

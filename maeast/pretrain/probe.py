@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from maeast.batch import Batch
-from maeast.engine.config import EvalConfig
+from maeast.pretrain.config import EvalConfig
 from maeast.errors import MaeastError
 from maeast.features import FbankConfig
 from maeast.loaders import LoaderConfig, StreamingLoader

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from maeast.engine.ds_config import zero_stage
+from maeast.train.ds_config import zero_stage
 from maeast.errors import MaeastError
 
 

@@ -3,7 +3,7 @@
 Launchers set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT (the deepspeed launcher and
 torchrun do; the deepspeed launcher also passes --local_rank to the script). A plain `python` or
 `maeast pretrain` start is one process: `env_defaults` fills in rank 0 of 1 on 127.0.0.1 and a free
-port. Everything here is torch.distributed; deepspeed is imported only by maeast.engine.engine.
+port. Everything here is torch.distributed; deepspeed is imported only by maeast.train.engine.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ import math
 
 import torch
 
-from maeast.engine.config import TrainConfig
-from maeast.engine import rng
+from maeast.pretrain.config import PretrainConfig
+from maeast.train import rng
 from maeast.model.losses import normalize_patches
 
 def masked_figures(out, norm_targets: bool) -> dict[str, float]:
@@ -35,7 +35,7 @@ def masked_figures(out, norm_targets: bool) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(engine, cfg: TrainConfig, loader_factory) -> dict[str, float]:
+def evaluate(engine, cfg: PretrainConfig, loader_factory) -> dict[str, float]:
     """Mean figures over eval.batches held-out batches; `loader_factory()` gives a fresh loader."""
     engine.eval()
     totals: dict[str, float] = {}

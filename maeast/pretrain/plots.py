@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 from maeast.artifacts import features_of, load_model  # noqa: E402
 from maeast.audio import AudioError, load_clip  # noqa: E402
-from maeast.engine.logging import read_log  # noqa: E402
+from maeast.train.logging import read_log  # noqa: E402
 from maeast.errors import MaeastError  # noqa: E402
 from maeast.features import fbank  # noqa: E402
 from maeast.model import unpatchify  # noqa: E402

@@ -5,7 +5,7 @@
 
 Stream ids are fixed forever (changing one changes every run's numbers); the loaders' shuffling and
 crops draw from their own seeds (data.seed), not from these. A slot is a micro-batch's place in its
-step's global batch (micro * world + rank, maeast.engine.trainer), not a process: a resume on another
+step's global batch (micro * world + rank, maeast.train.trainer), not a process: a resume on another
 layout gives every slot the batch it had (maeast.loaders.elastic), so its masks and dropout stay the same.
 """
 

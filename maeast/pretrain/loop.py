@@ -1,6 +1,6 @@
 """The pretraining loop: `pretrain(cfg)` sets a run up, then steps; every entry point calls it.
 
-    from maeast.engine import load_config, pretrain
+    from maeast.pretrain import load_config, pretrain
     result = pretrain(load_config("pretrain_small", ["run.dir=runs/demo"]), deepspeed_config=None)
 
 One optimizer step = `accumulation` micro-batches on each of the world's processes, so a step always
@@ -23,17 +23,17 @@ from pathlib import Path
 import torch
 
 from maeast.configio import load_yaml
-from maeast.engine import distributed as dist
+from maeast.train import distributed as dist
 from maeast.artifacts import latest_checkpoint
-from maeast.engine.checkpoint import (clear_partial, load_train_states, model_meta, publish_encoder, save_checkpoint,
+from maeast.train.checkpoint import (clear_partial, load_train_states, model_meta, publish_encoder, save_checkpoint,
                                      universal_copy)
-from maeast.engine.config import TrainConfig, build_config, save_config
-from maeast.engine.ds_config import deepspeed_config, read_zero_json, zero_stage
-from maeast.engine.evaluate import eval_line, evaluate
-from maeast.engine.layout import Layout, read_run_ds_config, resume_route, saved_layout
-from maeast.engine.logging import RunLogger, cut_log
-from maeast.engine.probe import open_probe, probe_line
-from maeast.engine.trainer import RESUME_FREE, Micro, Trainer, check_resume
+from maeast.pretrain.config import PretrainConfig, build_config, save_config
+from maeast.train.ds_config import deepspeed_config, read_zero_json, zero_stage
+from maeast.pretrain.evaluate import eval_line, evaluate
+from maeast.train.layout import Layout, read_run_ds_config, resume_route, saved_layout
+from maeast.train.logging import RunLogger, cut_log
+from maeast.pretrain.probe import open_probe, probe_line
+from maeast.train.trainer import RESUME_FREE, Micro, Trainer, check_resume
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
 from maeast.features.stats import corpus_features
@@ -54,10 +54,10 @@ class PretrainResult:
     seconds: float = 0.0
 
 
-def pretrain(cfg: TrainConfig, deepspeed_config_path: str | Path | dict | None = None, resume: bool = False,
+def pretrain(cfg: PretrainConfig, deepspeed_config_path: str | Path | dict | None = None, resume: bool = False,
              console=None) -> PretrainResult:
     """Train (or continue, with resume) the run in cfg.run.dir; every process of the world calls this."""
-    from maeast.engine.engine import Engine, init_distributed, to_universal  # deepspeed only from here on
+    from maeast.train.engine import Engine, init_distributed, to_universal  # deepspeed only from here on
 
     init_distributed(cfg.run.collective_timeout)
     started = time.perf_counter()
@@ -177,7 +177,7 @@ class Resumed:
 
     checkpoint: Path
     saved: Layout  # the layout that wrote it
-    route: str  # maeast.engine.layout.resume_route: "native" or "universal"
+    route: str  # maeast.train.layout.resume_route: "native" or "universal"
     step: int
     samples: int
     loader: dict  # this process's loader state, regrouped for this run's processes x workers
@@ -189,7 +189,7 @@ LAYOUT_KEYS = ("data.num_workers",)
 maeast.loaders.elastic re-deals the rest of the epoch it is in over the new layout."""
 
 
-def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool, ds_config: dict, layout: Layout,
+def _prepare_run_dir(cfg: PretrainConfig, run_dir: Path, resume: bool, ds_config: dict, layout: Layout,
                      loader: StreamingLoader) -> Resumed | None:
     """Check the run directory against --resume and the checkpoint's layout against this run's, then save
     the resolved configs; returns what to resume (None: a new run)."""
@@ -245,7 +245,7 @@ def _endless(loader):
             raise MaeastError("the training loader yielded no batch in a whole epoch; check data.shards")
 
 
-def layerdrop_for_stage(cfg: TrainConfig, stage: int) -> TrainConfig:
+def layerdrop_for_stage(cfg: PretrainConfig, stage: int) -> PretrainConfig:
     """ZeRO-3 gathers each layer's weights in a module order that must agree on every process, and
     DeepSpeed stops the run when it does not ("Detected a disagreement on list contents between rank0
     and rank1"). Layerdrop draws its skipped layers with the micro-batch's generator, which differs

@@ -3,7 +3,7 @@
 RUN/log.jsonl holds one JSON object per line: {"kind": "train", "step", ..., "eta_s", "time"} with
 whatever figures the trainer's step gave (loss, its parts, lr, grad_norm, clips_per_s, data_wait, ...)
 every run.log_every steps, {"kind": "eval", "step", ...} at each evaluation, {"kind": "probe", "step", ...} at
-each online probe (maeast.engine.probe), and {"kind": "event", ...}
+each online probe (maeast.pretrain.probe), and {"kind": "event", ...}
 for starts, resumes, checkpoints and stops; tensorboard gets every number as train/KEY or eval/KEY.
 A resumed run first cuts the log back to its checkpoint's step, so the file is one continuous curve.
 """

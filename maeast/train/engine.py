@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from maeast.engine import distributed as dist
-from maeast.engine.config import OptimConfig, ScheduleConfig
-from maeast.engine.ds_config import offloads_optimizer, zero_stage
-from maeast.engine.optim import build_optimizer, build_schedule
+from maeast.train import distributed as dist
+from maeast.train.config import OptimConfig, ScheduleConfig
+from maeast.train.ds_config import offloads_optimizer, zero_stage
+from maeast.train.optim import build_optimizer, build_schedule
 from maeast.errors import MaeastError
 from maeast.precision import autocast
 

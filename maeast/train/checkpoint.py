@@ -6,7 +6,7 @@
         model.*, encoder.*              the whole MAE-AST (`maeast visualize`) and its encoder, in fp32
     RUN/checkpoints/latest             the newest complete tag (written atomically)
     RUN/checkpoints/universal/step_N   DeepSpeed's universal form of step_N, made (once, atomically) when
-                                       a run resumes it with another layout (maeast.engine.layout)
+                                       a run resumes it with another layout (maeast.train.layout)
     RUN/encoder/                       the final export: encoder.safetensors + encoder.json
 
 Every process writes into `checkpoints/.tmp-step_N`; after a barrier rank 0 renames it to `step_N`
@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from maeast.artifacts import PREFIX, checkpoints_dir, complete_checkpoints, features_record, write_encoder, write_model
-from maeast.engine import distributed as dist
+from maeast.train import distributed as dist
 from maeast.errors import MaeastError
 from maeast.files import write_text
 

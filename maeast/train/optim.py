@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from maeast.engine.config import OptimConfig, ScheduleConfig
+from maeast.train.config import OptimConfig, ScheduleConfig
 from maeast.errors import MaeastError
 from maeast.model import param_groups
 

@@ -1,4 +1,4 @@
-"""The DeepSpeed config, generated from TrainConfig: one source of truth for batch, clipping and schedule.
+"""The DeepSpeed config, generated from PretrainConfig: one source of truth for batch, clipping and schedule.
 
 A JSON under launch/ adds only ZeRO, precision and offload knobs (ZERO_KEYS). Batch and clipping are
 ours (OWNED_KEYS); the optimizer and schedule are torch objects handed to DeepSpeed. A JSON that sets an
@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from maeast.engine.config import accumulation
+from maeast.train.config import accumulation
 from maeast.errors import MaeastError
 
 OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
               "gradient_clipping", "optimizer", "scheduler")
-"""Set from TrainConfig only: a JSON may repeat our value but never differ."""
+"""Set from PretrainConfig only: a JSON may repeat our value but never differ."""
 
 ZERO_KEYS = ("zero_optimization", "bf16", "communication_data_type", "zero_allow_untested_optimizer",
              "zero_force_ds_cpu_optimizer", "wall_clock_breakdown", "prescale_gradients",

@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 
 from maeast.configio import to_dict
-from maeast.engine import distributed as dist
-from maeast.engine import rng
+from maeast.train import distributed as dist
+from maeast.train import rng
 from maeast.errors import MaeastError
 
 RESUME_FREE = ("run.stop_at", "run.log_every", "run.threads", "run.keep", "run.trace_keys", "run.eval_every",

@@ -1,0 +1,170 @@
+"""The shared sections of every run's config: the optimizer, its schedule and the run itself.
+
+    OptimConfig      AdamW and the global batch it steps on
+    ScheduleConfig   warmup, then polynomial decay over optimizer steps
+    RunConfig        the folder, seed, checkpoints kept, log cadence, threads, where a session stops, the key
+                     trace, the collective timeout: what maeast.train.run.Run owns for every recipe
+
+A recipe's config (maeast.pretrain.config, maeast.finetune.config) embeds these, with its own defaults where
+they differ, and adds its own sections; the loaders' LoaderConfig is its data section. Defaults here are
+the official MAE-AST pretraining's (AlanBaade/MAE-AST-Public config/pretrain/mae_ast.yaml).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from maeast.errors import MaeastError
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with decoupled weight decay (fairseq's adam), and the batch it steps on."""
+
+    lr: float = 1e-4
+    """Peak learning rate (reached at the end of warmup)."""
+    betas: tuple[float, float] = (0.9, 0.98)
+    """Adam betas."""
+    eps: float = 1e-6
+    """Adam epsilon."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay (p -= lr * wd * p), not on biases, norms and the mask token."""
+    clip_grad: float = 10.0
+    """Clip the global gradient norm to this; 0 turns clipping off."""
+    global_batch: int = 256
+    """Clips per optimizer step over all processes together; gradient accumulation follows from it,
+    data.batch_size and the number of processes. 256 clips of at most 10 s is 2560 s of audio,
+    close to the official 32 GPUs x 1.4M samples (2800 s)."""
+    layer_decay: float = 1.0
+    """Layer-wise lr decay: encoder layer l (0 = the token projection, depth = the last block) gets
+    lr x layer_decay ** (depth + 1 - l); 1 is off (pretraining; SSAST's fine-tuning)."""
+    head_lr: float = 1.0
+    """lr multiplier of the parameters outside the encoder (a fine-tuning head; in pretraining the decoder)."""
+
+    def __post_init__(self):
+        positive("optim.lr", self.lr)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise MaeastError(f"optim.betas {list(self.betas)} must be two numbers in [0, 1)")
+        positive("optim.eps", self.eps)
+        non_negative("optim.weight_decay", self.weight_decay)
+        non_negative("optim.clip_grad", self.clip_grad)
+        positive_int("optim.global_batch", self.global_batch)
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise MaeastError(f"optim.layer_decay {self.layer_decay} must be in (0, 1]")
+        positive("optim.head_lr", self.head_lr)
+
+
+@dataclass
+class ScheduleConfig:
+    """Linear warmup, then polynomial decay to end_lr at `steps` (fairseq's polynomial_decay)."""
+
+    steps: int = 400_000
+    """Optimizer steps of the whole run (the official max_update); the decay ends here."""
+    warmup_steps: int = 32_000
+    """Steps of linear warmup from lr / warmup_steps to lr."""
+    power: float = 1.0
+    """Exponent of the decay (1: linear)."""
+    end_lr: float = 0.0
+    """Learning rate at the last step."""
+
+    def __post_init__(self):
+        positive_int("schedule.steps", self.steps)
+        if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps < self.steps:
+            raise MaeastError(f"schedule.warmup_steps {self.warmup_steps} must be in [0, schedule.steps={self.steps})")
+        positive("schedule.power", self.power)
+        non_negative("schedule.end_lr", self.end_lr)
+
+
+@dataclass
+class RunConfig:
+    """What every run has, pretraining or fine-tuning: its folder, seed, checkpoints, log, threads, where this
+    session stops, the key trace and how long a collective waits for a dead process."""
+
+    dir: str | None = None
+    """Run directory."""
+    seed: int = 0
+    """Seed of the initial weights, the masks, dropout and layerdrop (the loader has data.seed)."""
+    keep: int = 2
+    """Checkpoints kept (the oldest are deleted once a newer one is complete)."""
+    log_every: int = 1
+    """Write the JSONL log and tensorboard every this many optimizer steps."""
+    threads: int | None = None
+    """torch threads per process; None: this process's share of the node's cores, less its loader workers'."""
+    stop_at: int | None = None
+    """Stop (with a checkpoint) after this optimizer step while the schedule still runs to its end: splits a
+    run into sessions that `--resume` continues (fine-tuning: a step of the fold being trained)."""
+    trace_keys: bool = False
+    """Write the key of every clip each process trains on to keys/rank{r}.tsv (step, micro-batch place, key;
+    for audits: every clip exactly once per epoch, across resumes)."""
+    collective_timeout: float = 300.0
+    """Seconds a collective (all-reduce, barrier) may wait for the other processes before the run stops
+    with a line naming the processes that failed, the last step and the last good checkpoint (the
+    backend's own default is 30 minutes). Raise it when a save or an evaluation takes longer."""
+
+    def __post_init__(self):
+        if self.dir == "":
+            raise MaeastError("run.dir is empty; give the run directory")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise MaeastError(f"run.seed {self.seed!r} must be a non-negative integer")
+        for name in ("keep", "log_every"):
+            positive_int(f"run.{name}", getattr(self, name))
+        if self.threads is not None:
+            positive_int("run.threads", self.threads)
+        if self.stop_at is not None:
+            positive_int("run.stop_at", self.stop_at)
+        positive("run.collective_timeout", self.collective_timeout)
+        if not isinstance(self.trace_keys, bool):
+            raise MaeastError(f"run.trace_keys {self.trace_keys!r} must be true or false")
+
+
+def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
+    """Micro-batches each process runs per optimizer step, so that a step sees global_batch clips."""
+    per_pass = micro_batch * world_size
+    if global_batch % per_pass:
+        fits = [w for w in range(1, 257) if global_batch % (micro_batch * w) == 0]
+        raise MaeastError(f"optim.global_batch {global_batch} is not a multiple of data.batch_size {micro_batch} x "
+                          f"{world_size} processes; use a process count in {fits[:8]} or change data.batch_size")
+    return global_batch // per_pass
+
+
+# ---- shipped YAMLs ------------------------------------------------------------------------------
+
+def config_dir():
+    return resources.files("maeast") / "configs"
+
+
+def shipped_configs(prefix: str = "pretrain_") -> list[str]:
+    """Names of the YAML configs shipped inside the package whose name starts with prefix."""
+    return sorted(p.name[:-5] for p in config_dir().iterdir() if p.name.endswith(".yaml") and p.name.startswith(prefix))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or a shipped name ('pretrain_patch_random', also '..._config' or '.yaml' as the seed wrote)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = path.name.removesuffix(".yaml").removesuffix("_config")
+    shipped = config_dir() / f"{name}.yaml"
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise MaeastError(f"config {str(name_or_path)!r} is neither a YAML file nor a shipped config; "
+                      f"shipped: {', '.join(shipped_configs())}")
+
+
+# ---- checks -------------------------------------------------------------------------------------
+
+def positive(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise MaeastError(f"{name} {value!r} must be a positive number")
+
+
+def non_negative(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        raise MaeastError(f"{name} {value!r} must be a number >= 0")
+
+
+def positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise MaeastError(f"{name} {value!r} must be an integer >= 1")
