@@ -43,5 +43,14 @@ class Batch:
             return Batch(features, mask, move(self.labels), list(self.keys))
         return Batch(move(self.features), move(self.padding_mask), move(self.labels), list(self.keys))
 
+    def frames(self) -> torch.Tensor:
+        """Real (unpadded) fbank frames of each clip, [B] int64, read where the batch is (call it on the
+        loader's CPU batch, before `to(device)`, to learn the figures without waiting on a device)."""
+        if self.features is None:
+            return self.fbank.num_frames(self.lengths, self.sample_rate).long()
+        if self.padding_mask is None:
+            return torch.full((len(self),), self.features.shape[1], dtype=torch.long)
+        return (~self.padding_mask).sum(dim=1)
+
     def __len__(self) -> int:
         return (self.features if self.features is not None else self.waveform).shape[0]

@@ -51,7 +51,7 @@ def finetune_command(
                                shards=str(data) if data else None, folds=[fold] if fold is not None else None)
     result = finetune(cfg, deepspeed_config_path=deepspeed_config, resume=resume, console=console)
     from rich.table import Table
-    table = Table(title=f"{result.task} ({'frozen, ' + cfg.protocol if cfg.run.freeze_encoder else 'full'}, "
+    table = Table(title=f"{result.task} ({cfg.mode.title(cfg)}, "
                         f"{cfg.checkpoint or 'random init'}): test {result.metric}")
     for column in ("fold", result.metric, "epoch", "selected by"):
         table.add_column(column, justify="left" if column == "fold" else "right")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from maeast.artifacts import read_encoder
 from maeast.configio import load_yaml
-from maeast.train.trainer import config_changes
+from maeast.train.run import config_changes
 from maeast.errors import MaeastError
 from maeast.files import write_json as write_file
 from maeast.finetune.baseline import fbank_baseline

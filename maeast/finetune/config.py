@@ -20,7 +20,7 @@ from maeast.finetune.custom import SeededSplit
 from maeast.finetune.sections import (AugmentSection, DataSection, HeadSection, ModelSection, OptimSection,
                                       RunSection, ScheduleSection)
 from maeast.finetune.tasks import get_task
-from maeast.model.heads import FROZEN_PROTOCOLS, HeadSpec
+from maeast.model.heads import HeadSpec
 
 @dataclass
 class FinetuneConfig:
@@ -84,34 +84,36 @@ class FinetuneConfig:
             parts = [p for p in Path(self.checkpoint).parts if p not in ("runs", "encoder", "checkpoints", ".", "..", "/")]
             init = "_".join(parts[-2:]) or "checkpoint"
         task = f"custom_{Path(self.shards).name}" if get_task(self.task).from_corpus else self.task
-        return Path("runs") / "finetune" / f"{task}-{'frozen' if self.run.freeze_encoder else 'full'}-{init}"
+        return Path("runs") / "finetune" / f"{task}-{self.mode.name}-{init}"
+
+    @property
+    def mode(self):
+        """The run's mode (maeast.finetune.modes): FrozenHead or FullFinetune, as run.freeze_encoder says."""
+        from maeast.finetune.modes import mode_of  # the modes build on this config's sections
+        return mode_of(self)
 
     @property
     def head_spec(self) -> HeadSpec:
         """The head this run trains: the frozen protocol's (head.frozen) on a frozen encoder, else the
         head section's layers, norm and projector."""
-        if self.run.freeze_encoder:
-            return FROZEN_PROTOCOLS[self.head.frozen]
-        return HeadSpec(self.head.layers == "weighted", self.head.norm or "layer", self.head.projector)
+        return self.mode.head_spec(self)
 
     @property
     def protocol(self) -> str:
-        """"full", or the frozen protocol's name ("superb", "linear_probe")."""
-        return self.head.frozen if self.run.freeze_encoder else "full"
+        """"full", or the frozen protocol's name ("superb", "linear_probe", "stats")."""
+        return self.mode.protocol(self)
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """Optimizer steps of the run: schedule.steps, or its epochs x steps_per_epoch (module docstring)."""
-        if self.run.freeze_encoder and self.schedule.frozen_epochs is not None:
-            return self.schedule.frozen_epochs * steps_per_epoch
-        return self.schedule.steps or self.epochs * steps_per_epoch
+        return self.mode.total_steps(self, steps_per_epoch)
 
     @property
     def epochs(self) -> int:
-        return (self.schedule.frozen_epochs or self.schedule.epochs) if self.run.freeze_encoder else self.schedule.epochs
+        return self.mode.epochs(self)
 
     @property
     def peak_lr(self) -> float:
-        return self.optim.frozen_lr if self.run.freeze_encoder else self.optim.lr
+        return self.mode.peak_lr(self)
 
 
 def build_finetune_config(data: dict) -> FinetuneConfig:

@@ -1,16 +1,19 @@
-"""One fold of a fine-tuning run: build the model and its engine, train for the epochs, evaluate, export.
+"""One fold of a fine-tuning run: its mode's model and sources, an engine, the Run, epochs, evaluation, export.
 
-A fold starts from the run's initial encoder (every fold from the same weights) and a fresh head.
-Each optimizer step = `accumulation` micro-batches on each process; the micro-batch in slot
-(micro * world + rank) of step s draws its dropout, mixup, SpecAugment masks and noise from seeds derived
-from (run.seed, fold, s, slot). Every run.eval_every epochs (and after the last) the model is scored on
-the valid split (if the task has one) and on the test clips; the reported epoch is the best valid one,
-or the last (ctx.select), or, with run.average_epochs, the model of the averaged weights
-(maeast.finetune.select). Its classifier is exported to RUN/fold{k}/classifier and its scores to
-result.json; a fold of a "fold_mean" run also keeps its test scores per epoch ("test_by_epoch").
-A fold lasts FinetuneConfig.total_steps optimizer steps (schedule.steps, else its epochs); with
-run.eval_steps an epoch is that many optimizer steps (the loader's a freshly shuffled pass each time,
-the feature cache's draws running on across epochs).
+A fold starts from the run's initial encoder (every fold from the same weights) and a fresh head. Each
+optimizer step = `accumulation` micro-batches on each process; the micro-batch at place (micro * world +
+rank) of step s draws its dropout, mixup, SpecAugment masks and noise from seeds derived from (run.seed,
+fold, s, place). Every run.eval_every epochs (and after the last) the model is scored on the valid split
+(if the task has one) and on the test clips; the reported epoch is the best valid one, or the last
+(ctx.select), or, with run.average_epochs, the model of the averaged weights (maeast.finetune.select).
+Its classifier is exported to RUN/fold{k}/classifier and its scores to result.json; a fold of a "fold_mean"
+run also keeps its test scores per epoch ("test_by_epoch"). A fold lasts its mode's total_steps optimizer
+steps (schedule.steps, else its epochs); with run.eval_steps an epoch is that many optimizer steps (the
+loader's a freshly shuffled pass each time, the feature cache's draws running on across epochs).
+
+The fold's folder is a maeast.train.run.Run: its log, checkpoints, key trace (run.trace_keys), the stop
+after run.stop_at steps (a checkpoint inside the epoch; --resume continues there, the loader where it
+was) and the one line of a dead process (run.collective_timeout) are the Run's.
 """
 
 from __future__ import annotations
@@ -18,30 +21,21 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from maeast.artifacts import latest_checkpoint
-from maeast.train import distributed as dist
-from maeast.train import rng
-from maeast.train.checkpoint import load_train_state, save_checkpoint
-from maeast.train.logging import RunLogger, cut_log
-from maeast.train.trainer import Micro, Trainer
 from maeast.errors import MaeastError
 from maeast.files import write_json
-from maeast.finetune.augment import mixup, noise_roll, spec_augment
-from maeast.finetune.data import class_weights, make_loader, selections
-from maeast.finetune.evaluate import predict
-from maeast.finetune.metrics import score
+from maeast.finetune.modes import fold_schedule
 from maeast.finetune.select import WeightSum, average_window
-from maeast.finetune.sources import CacheSource, LoaderSource
-from maeast.finetune.utterances import evaluation_loader, whole_clips
-from maeast.model import Encoder
-from maeast.model.heads import Classifier, Head, make_head, pooled_layers
+from maeast.train import distributed as dist
+from maeast.train.checkpoint import load_train_state
+from maeast.train.run import Run
+from maeast.train.trainer import Micro, Trainer
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -65,220 +59,185 @@ def part_name(fold: int | None) -> str:
     return "main" if fold is None else f"fold{fold}"
 
 
-def build_model(ctx, fold: int | None) -> tuple[Encoder, Head, torch.nn.Module]:
-    """(encoder with the run's initial weights, a fresh head, the module the engine trains)."""
-    cfg = ctx.cfg
-    encoder = Encoder(ctx.model_cfg)
-    encoder.load_state_dict(ctx.encoder_state)
-    torch.manual_seed(rng.seed("head_init", cfg.run.seed, fold or 0))
-    head = make_head(cfg.head_spec, encoder, len(ctx.corpus.labels))
-    if cfg.run.freeze_encoder:
-        encoder.requires_grad_(False)
-        return encoder.to(ctx.device).eval(), head, head
-    return encoder, head, Classifier(encoder, head, cfg.head_spec.weighted)
-
-
-def sources(ctx, fold: int | None, encoder: Encoder) -> tuple[object, dict[str, object]]:
-    """(training source, {"valid"?, "test": evaluation source}) for one fold."""
-    cfg, corpus = ctx.cfg, ctx.corpus
-    picks = selections(corpus, fold)
-    weighted, stats = cfg.head_spec.weighted, cfg.head_spec.stats
-    common = dict(clip_seconds=ctx.clip_seconds, fbank=ctx.fbank, workers=cfg.data.num_workers, on_error=cfg.data.on_error)
-    epoch_batches = cfg.run.eval_steps * ctx.accum if cfg.run.eval_steps else cfg.data.epoch_batches
-    if cfg.run.freeze_encoder and cfg.run.cache_features:
-        def cached(selection):
-            return ctx.cached(selection.split).take(selection.rows(ctx.cached(selection.split).keys, corpus))
-        pooled = cached(picks["train"])
-        weights = torch.tensor(class_weights(corpus, picks["train"]))[pooled.labels] if cfg.data.balanced else None
-        train = CacheSource(pooled, ctx.micro, ctx.world, ctx.rank, rng.seed("data_order", cfg.run.seed, fold or 0),
-                            ctx.device, weights=weights, batches=epoch_batches)
-        evals = {name: CacheSource(cached(sel), cfg.data.eval_batch_size, 1, 0, 0, ctx.device, shuffle=False)
-                 for name, sel in picks.items() if name != "train"}
-        return train, evals
-    encode = None
-    if cfg.run.freeze_encoder:
-        def encode(batch):
-            with torch.no_grad():
-                return pooled_layers(encoder, batch.features, batch.padding_mask, weighted, stats=stats)
-    loader = make_loader(corpus, picks["train"], train=True, batch_size=ctx.micro,
-                         seed=rng.seed("data_order", cfg.run.seed, fold or 0), shuffle_buffer=cfg.data.shuffle_buffer,
-                         epoch_batches=epoch_batches, rank=ctx.rank, world_size=ctx.world, balanced=cfg.data.balanced,
-                         **common)
-    train = LoaderSource(loader, picks["train"], corpus, ctx.device, encode)
-    evals = {}
-    for name, sel in picks.items():
-        if name != "train":
-            eval_loader = evaluation_loader(corpus, sel, whole=whole_clips(corpus, sel.split, evaluation=True),
-                                            batch_size=cfg.data.eval_batch_size, max_seconds=cfg.data.eval_max_seconds,
-                                            **common)
-            evals[name] = LoaderSource(eval_loader, sel, corpus, ctx.device, encode)
-    return train, evals
-
-
-def logits(engine, x: torch.Tensor, pad: torch.Tensor | None, frozen: bool,
-           generator: torch.Generator | None = None) -> torch.Tensor:
-    """The engine's module on one micro-batch: the head alone (pooled features) or the whole classifier (fbank)."""
-    return engine.forward(x) if frozen else engine.forward(x, pad, generator)
-
-
-def evaluate_sources(engine, evals: dict, metric: str, frozen: bool) -> dict[str, dict]:
-    """Score the engine's model on each evaluation source (every process runs every batch)."""
-    engine.eval()
-    try:
-        out = {}
-        for name, source in evals.items():
-            preds = predict(lambda x, pad: logits(engine, x, pad, frozen), source.epoch(0))
-            out[name] = score(metric, preds.logits, preds.labels)
-    finally:
-        engine.train()
-    return out
-
-
 @dataclass
 class Classification:
-    """Fine-tuning's use of the trainer: the classifier's logits against the (augmented) targets."""
+    """Fine-tuning's use of the trainer: the mode's logits against the (augmented) targets."""
 
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     classes: int
-    frozen: bool  # the engine trains the head alone, on pooled features (no augmentation)
-    augment: object  # the config's augment section
-    noise_unit: float | None = None  # augment.noise: 1.0 on dataset-normalized features, None on raw log-mel
+    mode: object  # maeast.finetune.modes.Mode
     dropout_stream: str = "finetune_dropout"
     draw_stream: str = "augment"
 
     def __call__(self, engine, item, generator: torch.Generator) -> Micro:
         x, pad, labels, keys = item
-        targets = targets_of(labels, self.classes)
-        if not self.frozen:  # SSAST's order: mixup, SpecAugment, noise and roll
-            a = self.augment
-            x, pad, targets = mixup(x, pad, targets, a.mixup, a.mixup_alpha, generator)
-            x = spec_augment(x, pad, a.freq_mask, a.time_mask, generator)
-            if a.noise:
-                x, pad = noise_roll(x, pad, self.noise_unit, generator)
-        out = logits(engine, x, pad, self.frozen, generator)
+        x, pad, targets = self.mode.augment(x, pad, targets_of(labels, self.classes), generator)
+        out = self.mode.logits(engine.forward, x, pad, generator)
         return Micro(self.loss_fn(out, targets), len(keys), keys)
 
 
-def train_fold(ctx, fold: int | None) -> dict:
-    """Fine-tune and score one fold (resuming from its latest checkpoint when ctx.resume); its result."""
-    cfg, task, started = ctx.cfg, ctx.task, time.perf_counter()
-    part = cfg.run_dir / part_name(fold)
-    encoder, _, module = build_model(ctx, fold)
-    train, evals = sources(ctx, fold, encoder)
-    steps_per_epoch = len(train) // ctx.accum
-    if steps_per_epoch == 0:
-        raise MaeastError(f"fold {fold}: {len(train)} micro-batches per epoch is fewer than the {ctx.accum} of one "
-                          f"optimizer step; lower optim.global_batch")
-    last = cfg.total_steps(steps_per_epoch)
-    epochs = -(-last // steps_per_epoch)  # the last one cut short where schedule.steps ends inside it
-    engine = ctx.make_engine(module, last, steps_per_epoch)
-    checkpoint = latest_checkpoint(part) if ctx.resume else None
-    window = average_window(cfg.run.average_epochs, epochs)
-    epoch, step, best, history, by_epoch, weights = 0, 0, None, [], {}, WeightSum()
-    if checkpoint is not None:
-        engine.load(checkpoint.parent, checkpoint.name)
-        state = load_train_state(checkpoint)
-        epoch, step, best, history = state["epoch"], state["step"], json.loads(state["best"]), json.loads(state["history"])
-        by_epoch = json.loads(state.get("test_by_epoch", "{}"))
-        weights = WeightSum.load(checkpoint)
-        if dist.is_main():
-            shutil.rmtree(part / "best", ignore_errors=True)
-            if (checkpoint / "best").is_dir():
-                shutil.copytree(checkpoint / "best", part / "best")
-    if dist.is_main():
-        part.mkdir(parents=True, exist_ok=True)
-        cut_log(part, step)
-    dist.barrier()
-    logger = RunLogger(part, step, last, dist.is_main(), ctx.console, label=f"{ctx.task.name} {part.name}")
-    mode = ("frozen encoder" + (", cached features" if cfg.run.cache_features else "")) if cfg.run.freeze_encoder \
-        else "full fine-tuning"
-    logger.event(f"{task.name} {part_name(fold)}: {'resumed at' if checkpoint else 'started'} epoch {epoch} of "
-                 f"{epochs}, {steps_per_epoch} steps per epoch, {mode}", step=step, fold=fold)
-    use = Classification(LOSSES[task.loss], len(ctx.corpus.labels), cfg.run.freeze_encoder, cfg.augment,
-                         noise_unit=1.0 if ctx.fbank.norm_std is not None else None)
-    trainer = Trainer(engine, use, cfg.run.seed, ctx.world, ctx.rank, ctx.accum, part, logger,
-                      checkpoint=lambda: latest_checkpoint(part))
-    try:
-        while epoch < epochs:
-            engine.train()
-            stream = _Stream(train.epoch(epoch), ctx)
-            for _ in range(min(steps_per_epoch, last - step)):
+@dataclass
+class FoldState:
+    """Where a fold is, saved with each of its checkpoints (beside the engine's state)."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    taken: int = 0  # optimizer steps of the current epoch completed (a checkpoint inside an epoch: run.stop_at)
+    best: dict | None = None
+    history: list = field(default_factory=list)
+    by_epoch: dict = field(default_factory=dict)
+    loader: dict | None = None  # the training loader's state, inside an epoch
+    weights: WeightSum = field(default_factory=WeightSum)
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "taken": self.taken, "best": json.dumps(self.best),
+                "history": json.dumps(self.history), "test_by_epoch": json.dumps(self.by_epoch),
+                **({"loader": self.loader} if self.loader is not None else {})}
+
+    @classmethod
+    def load(cls, checkpoint: Path) -> "FoldState":
+        s = load_train_state(checkpoint)
+        return cls(s["epoch"], s["step"], int(s.get("taken", 0)), json.loads(s["best"]), json.loads(s["history"]),
+                   json.loads(s.get("test_by_epoch", "{}")), s.get("loader"), WeightSum.load(checkpoint))
+
+
+class Fold:
+    """One fold's model, sources, engine and Run, and where it is."""
+
+    def __init__(self, ctx, fold: int | None):
+        self.ctx, self.fold, self.mode = ctx, fold, ctx.mode
+        self.part = ctx.cfg.run_dir / part_name(fold)
+        self.encoder, self.module = self.mode.build(fold)
+        self.train_source, self.evals = self.mode.sources(fold, self.encoder)
+        self.steps_per_epoch = len(self.train_source) // ctx.accum
+        if self.steps_per_epoch == 0:
+            raise MaeastError(f"fold {fold}: {len(self.train_source)} micro-batches per epoch is fewer than the "
+                              f"{ctx.accum} of one optimizer step; lower optim.global_batch")
+        self.last = self.mode.total_steps(ctx.cfg, self.steps_per_epoch)
+        self.epochs = -(-self.last // self.steps_per_epoch)  # the last one cut short where schedule.steps ends in it
+        self.window = average_window(ctx.cfg.run.average_epochs, self.epochs)
+        self.engine = self.mode.engine(self.module, fold_schedule(ctx.cfg, self.last, self.steps_per_epoch))
+        self.run = Run(ctx.cfg.run, self.part, ctx.console, label=f"{ctx.task.name} {self.part.name}")
+        checkpoint = self.run.latest() if ctx.resume else None
+        self.state, self.resumed = FoldState(), checkpoint is not None
+        if checkpoint is not None:
+            self.engine.load(checkpoint.parent, checkpoint.name)
+            self.state = FoldState.load(checkpoint)
+            if dist.is_main():
+                shutil.rmtree(self.part / "best", ignore_errors=True)
+                if (checkpoint / "best").is_dir():
+                    shutil.copytree(checkpoint / "best", self.part / "best")
+        dist.barrier()
+        use = Classification(LOSSES[ctx.task.loss], len(ctx.corpus.labels), self.mode)
+        self.trainer = Trainer(self.engine, use, ctx.cfg.run.seed, ctx.world, ctx.rank, ctx.accum, self.run)
+
+    def announce(self) -> None:
+        st = self.state
+        where = (f"resumed at epoch {st.epoch}" + (f", step {st.taken} of it" if st.taken else "")
+                 if self.resumed else f"started epoch {st.epoch}")
+        self.run.event(f"{self.ctx.task.name} {part_name(self.fold)}: {where} of {self.epochs}, "
+                       f"{self.steps_per_epoch} steps per epoch, {self.mode.describe(self.ctx.cfg)}",
+                       step=st.step, fold=self.fold)
+
+    def train(self) -> bool:
+        """Epochs to the fold's last step; True when run.stop_at stopped the session inside the fold."""
+        st, run = self.state, self.run
+        while st.epoch < self.epochs:
+            self.engine.train()
+            stream = _Stream(self.train_source.epoch(st.epoch, st.taken * self.ctx.accum, st.loader), self.ctx)
+            for _ in range(min(self.steps_per_epoch - st.taken, self.last - st.step)):
                 if stream.peek() is None:
                     break  # one process skipped empty batches: this epoch ends a step early
-                step += 1
-                record = trainer.step(stream.take, number=step, key=(fold or 0, step))
-                logger.train({**record, "epoch": epoch + 1}, log=step % cfg.run.log_every == 0 or step == last)
+                st.step, st.taken = st.step + 1, st.taken + 1
+                record = self.trainer.step(stream.take, number=st.step, key=(self.fold or 0, st.step))
+                run.log(record, epoch=st.epoch + 1)
+                if run.stopping(st.step) and st.taken < self.steps_per_epoch and st.step < self.last:
+                    st.loader = self.train_source.state_dict()
+                    stream.close()
+                    self.save()
+                    return True
             stream.close()
-            epoch += 1
-            if window is not None and window[0] <= epoch <= window[1]:
-                weights.add(engine.full_state_dict())  # a collective under ZeRO; every rank keeps the sum
-            if epoch % cfg.run.eval_every == 0 or epoch == epochs:
-                scores = evaluate_sources(engine, evals, task.metric, cfg.run.freeze_encoder)
-                history.append({"epoch": epoch, "step": step, **{k: v[task.metric] for k, v in scores.items()}})
-                logger.eval(history[-1], f"epoch {epoch} (step {step}): " + ", ".join(
-                    f"{k} {task.metric} {100 * history[-1][k]:.2f}%" for k in ("valid", "test") if k in history[-1]))
-                if ctx.select == "fold_mean":
-                    by_epoch[str(epoch)] = scores["test"]
-                if best is None or ctx.select != "valid" or scores["valid"][task.metric] > best["valid"][task.metric]:
-                    best = {"epoch": epoch, "step": step, **scores}
-                    exported = "last" if ctx.select == "fold_mean" else ctx.select  # the epoch over folds comes later
-                    ctx.export(engine.full_state_dict(), encoder, part / "best", fold, best, exported)
-            if epoch % cfg.run.save_every == 0 or epoch == epochs:
-                state = {"epoch": epoch, "step": step, "best": json.dumps(best), "history": json.dumps(history),
-                         "test_by_epoch": json.dumps(by_epoch)}
-                saved = save_fold_checkpoint(engine, part, step, state, part / "best", cfg.run.keep,
-                                             weights if window is not None else None)
-                logger.event(f"checkpoint {saved}", step=step)
-        selected_by = ctx.select
-        if window is not None:
-            best = averaged(ctx, encoder, evals, weights, window, part, fold, step)
-            logger.event(f"weights of epochs {window[0]}-{window[1]} averaged: test {task.metric} "
-                         f"{100 * best['test'][task.metric]:.2f}%", step=step)
-            selected_by = "average"
-    finally:
-        logger.close()
-    result = {"fold": fold, "metric": task.metric, "selected_by": selected_by,
+            st.epoch, st.taken, st.loader = st.epoch + 1, 0, None
+            self.end_epoch()
+            if run.stopping(st.step) and st.epoch < self.epochs:
+                return True
+        return False
+
+    def end_epoch(self) -> None:
+        """After an epoch: the weight sum of run.average_epochs, the evaluation and the checkpoint when due."""
+        st, cfg, task = self.state, self.ctx.cfg, self.ctx.task
+        if self.window is not None and self.window[0] <= st.epoch <= self.window[1]:
+            st.weights.add(self.engine.full_state_dict())  # a collective under ZeRO; every rank keeps the sum
+        if self.run.due(st.epoch, cfg.run.eval_every, last=self.epochs):
+            scores = self.mode.evaluate(self.engine.forward, self.engine, self.evals)
+            st.history.append({"epoch": st.epoch, "step": st.step, **{k: v[task.metric] for k, v in scores.items()}})
+            self.run.eval(st.history[-1], f"epoch {st.epoch} (step {st.step}): " + ", ".join(
+                f"{k} {task.metric} {100 * st.history[-1][k]:.2f}%" for k in ("valid", "test") if k in st.history[-1]))
+            self.keep_best(scores)
+        if self.run.due(st.epoch, cfg.run.save_every, last=self.epochs) or self.run.stopping(st.step):
+            self.save()
+
+    def keep_best(self, scores: dict) -> None:
+        st, select, metric = self.state, self.ctx.select, self.ctx.task.metric
+        if select == "fold_mean":
+            st.by_epoch[str(st.epoch)] = scores["test"]
+        if st.best is None or select != "valid" or scores["valid"][metric] > st.best["valid"][metric]:
+            st.best = {"epoch": st.epoch, "step": st.step, **scores}
+            exported = "last" if select == "fold_mean" else select  # the epoch over folds comes later
+            self.mode.export(self.engine.full_state_dict(), self.encoder, self.part / "best", self.fold, st.best,
+                             exported)
+
+    def save(self) -> None:
+        """Every process: the engine's checkpoint and the fold's state, with best/ (a copy of the best classifier
+        so far) and the running weight sum of run.average_epochs."""
+        best_dir, weights = self.part / "best", self.state.weights if self.window is not None else None
+
+        def extra(folder: Path) -> None:
+            if best_dir.is_dir():
+                shutil.copytree(best_dir, folder / "best")
+            if weights is not None:
+                weights.save(folder)
+        self.run.save(self.engine, self.state.step, self.state.to_dict(), extra=extra)
+
+    def finish(self) -> tuple[dict, str]:
+        """The reported scores and how they were chosen: the selected epoch's, or the averaged weights'."""
+        if self.window is None:
+            return self.state.best, self.ctx.select
+        mean = self.state.weights.mean()
+        plain = self.mode.plain(self.fold)
+        plain.load_state_dict(mean)
+        scores = self.mode.evaluate(plain, plain, self.evals)
+        best = {"epoch": self.window[1], "step": self.state.step, **scores}
+        self.mode.export(mean, self.encoder, self.part / "best", self.fold, best, "average")
+        self.run.event(f"weights of epochs {self.window[0]}-{self.window[1]} averaged: test {self.ctx.task.metric} "
+                       f"{100 * best['test'][self.ctx.task.metric]:.2f}%", step=self.state.step)
+        return best, "average"
+
+
+def train_fold(ctx, fold: int | None) -> dict | None:
+    """Fine-tune and score one fold (resuming from its latest checkpoint when ctx.resume); its result, or None
+    when run.stop_at stopped the session inside it."""
+    started = time.perf_counter()
+    f = Fold(ctx, fold)
+    with f.run.session(f.state.step, f.last):
+        f.announce()
+        if f.train():
+            return None
+        best, selected_by = f.finish()
+    result = {"fold": fold, "metric": ctx.task.metric, "selected_by": selected_by,
               "epoch": best["epoch"], "step": best["step"], "test": best["test"], "valid": best.get("valid"),
-              "history": history, "seconds": time.perf_counter() - started,
-              "classifier": str(part / "classifier")}
-    if window is not None:
-        result["averaged"] = list(window)
-    if by_epoch:
-        result["test_by_epoch"] = by_epoch
+              "history": f.state.history, "seconds": time.perf_counter() - started,
+              "classifier": str(f.part / "classifier")}
+    if f.window is not None:
+        result["averaged"] = list(f.window)
+    if f.state.by_epoch:
+        result["test_by_epoch"] = f.state.by_epoch
     if dist.is_main():
-        shutil.rmtree(part / "classifier", ignore_errors=True)
-        (part / "best").rename(part / "classifier")
-        write_json(part / "result.json", result)
+        shutil.rmtree(f.part / "classifier", ignore_errors=True)
+        (f.part / "best").rename(f.part / "classifier")
+        write_json(f.part / "result.json", result)
     dist.barrier()
     return result
-
-
-def averaged(ctx, encoder: Encoder, evals: dict, weights: WeightSum, window: tuple[int, int], part: Path,
-             fold: int | None, step: int) -> dict:
-    """Score and export the model of the averaged weights (every rank holds the sum and evaluates it)."""
-    mean = weights.mean()
-    _, _, plain = build_model(ctx, fold)
-    plain.load_state_dict(mean)
-    scores = evaluate_sources(_Plain(plain.to(ctx.device)), evals, ctx.task.metric, ctx.cfg.run.freeze_encoder)
-    best = {"epoch": window[1], "step": step, **scores}
-    ctx.export(mean, encoder, part / "best", fold, best, "average")
-    return best
-
-
-class _Plain:
-    """A plain module where evaluate_sources expects an engine: the averaged model, in float32."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module = module
-
-    def eval(self) -> None:
-        self.module.eval()
-
-    def train(self) -> None:
-        self.module.train()
-
-    def forward(self, *inputs):
-        return self.module(*inputs)
 
 
 class _Stream:
@@ -298,8 +257,8 @@ class _Stream:
             if item[3]:
                 self.ahead = item
             elif self.ctx.world * self.ctx.accum > 1:
-                raise MaeastError("a training batch held only held-out-fold clips; raise data.shuffle_buffer so "
-                                  "the folds mix (several processes must step in lockstep)")
+                raise MaeastError("a training batch held no readable clip (bad samples skipped?); several processes "
+                                  "must step in lockstep: check the shards with `maeast shard inspect --verify`")
         return self.ahead
 
     def close(self) -> None:
@@ -318,16 +277,3 @@ def is_finished(part: Path) -> dict | None:
     """A fold's result.json, if it finished."""
     file = part / "result.json"
     return json.loads(file.read_text()) if file.is_file() else None
-
-
-def save_fold_checkpoint(engine, part_dir: Path, step: int, state: dict, best_dir: Path | None, keep: int,
-                         weights: WeightSum | None = None) -> Path:
-    """Every process calls this at the same step: the engine's checkpoint (DeepSpeed state, this
-    process's state) plus best/, a copy of the best classifier so far, and the running weight sum of
-    run.average_epochs."""
-    def extra(folder: Path) -> None:
-        if best_dir is not None and best_dir.is_dir():
-            shutil.copytree(best_dir, folder / "best")
-        if weights is not None:
-            weights.save(folder)
-    return save_checkpoint(engine, part_dir, step, state, None, keep, extra=extra)

@@ -4,8 +4,9 @@
     cfg = load_finetune_config("finetune_small", task="esc50", checkpoint="runs/pretrain_small/encoder")
     result = finetune(cfg)            # result.summary == {"mean": ..., "std": ...} of the test metric
 
-Every fold runs on maeast.engine's Engine (the same DeepSpeed setup, ZeRO JSONs, checkpoints and logs)
-and its one Trainer, with schedule.name's schedule (maeast.train.optim: "linear", warmup then linear
+Every fold runs on maeast.train's Engine (the same DeepSpeed setup, ZeRO JSONs, checkpoints and logs), its one
+Trainer and a Run (maeast.train.run: folder, log, stop, key trace, collective timeout), in the mode chosen
+once (maeast.finetune.modes: a head on frozen features, or full fine-tuning), with schedule.name's schedule (maeast.train.optim: "linear", warmup then linear
 decay to final_lr_scale x lr over the run's steps, or "step", SSAST's per-epoch decay); layer-wise lr
 decay and head_lr are the optim section's group scales. With run.select "fold_mean" every fold is
 reported at the epoch whose test metric averaged over the folds is best (maeast.finetune.select).
@@ -15,20 +16,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from maeast.artifacts import features_of, initial_encoder, write_classifier
+from maeast.artifacts import features_of, initial_encoder
 from maeast.configio import from_dict, load_yaml, merge, to_dict
 from maeast.train import distributed as dist
-from maeast.train.config import ScheduleConfig, accumulation
-from maeast.train.ds_config import deepspeed_config, read_zero_json
-from maeast.train.optim import StepDecay
-from maeast.train.trainer import check_resume
+from maeast.train.config import accumulation
+from maeast.train.ds_config import read_zero_json
+from maeast.train.run import RESUME_FREE, check_resume, start
 from maeast.errors import MaeastError
 from maeast.files import write_json
 from maeast.features import FbankConfig
@@ -43,9 +42,13 @@ from maeast.finetune.select import select_over_folds
 from maeast.finetune.tasks import Task, get_task
 from maeast.finetune.utterances import evaluation_loader, whole_clips
 from maeast.model import Encoder, ModelConfig
-from maeast.model.heads import head_record
+from maeast.finetune.modes import fold_schedule, mode_of  # noqa: F401 (fold_schedule: the fold's schedule)
 
 RATES = ("dropout", "attn_dropout", "act_dropout", "layerdrop")
+
+FINETUNE_FREE = ("run.save_every", "run.eval_every", "run.folds")
+"""Fine-tuning's keys a resume may change (beside maeast.train.run.RESUME_FREE): when it saves and evaluates,
+and which folds it runs."""
 
 
 @dataclass
@@ -68,22 +71,14 @@ class RunContext:
     resume: bool
     clip_seconds: float
     """Every clip is cropped or padded to this (data.clip_seconds, else the task's or the custom corpus's)."""
+    folds: list[int | None] = field(default_factory=lambda: [None])
+    """The folds this run trains, in order (None: the task's fixed splits)."""
     select: str = "last"
     """How the reported epoch is chosen: run.select, else "valid" where the task has a valid split, else "last"."""
     console: object = None
     caches: dict[str, Pooled] = field(default_factory=dict)
-
-    def make_engine(self, module: torch.nn.Module, total_steps: int, steps_per_epoch: int):
-        """The engine over module for a fold of total_steps optimizer steps."""
-        from maeast.train.engine import Engine  # deepspeed
-
-        cfg, peak = self.cfg, self.cfg.peak_lr
-        frozen = cfg.run.freeze_encoder
-        optim = dataclasses.replace(cfg.optim, lr=peak, layer_decay=1.0 if frozen else cfg.optim.layer_decay,
-                                    head_lr=1.0 if frozen else cfg.optim.head_lr)
-        schedule = fold_schedule(cfg, total_steps, steps_per_epoch)
-        ds_config = deepspeed_config(optim, self.micro, self.world, self.zero, self.device.type == "cuda")
-        return Engine(module, optim, schedule, ds_config)
+    mode: object = None
+    """The mode (maeast.finetune.modes): a head on frozen features, or full fine-tuning."""
 
     def cached(self, split: str) -> Pooled:
         """The frozen encoder's pooled features of every clip of a split, computed once per run."""
@@ -97,36 +92,12 @@ class RunContext:
                                        clip_seconds=self.clip_seconds, fbank=self.fbank,
                                        workers=cfg.data.num_workers, on_error=cfg.data.on_error)
             started = time.perf_counter()
-            self.caches[split] = encode(encoder.to(self.device), loader, cfg.head_spec.weighted, self.device,
-                                         cfg.head_spec.stats)
+            spec = self.mode.spec
+            self.caches[split] = encode(encoder.to(self.device), loader, spec.weighted, self.device, spec.stats)
             if dist.is_main() and self.console is not None:
                 self.console.print(f"cached the frozen encoder's features of {len(self.caches[split])} clips of split "
                                    f"{split} in {time.perf_counter() - started:.1f} s", highlight=False)
         return self.caches[split]
-
-    def export(self, weights: dict, encoder: Encoder, folder: Path, fold: int | None, best: dict,
-               selected_by: str) -> None:
-        """Write weights (the engine's full_state_dict, or the averaged ones) as a classifier folder."""
-        cfg, frozen = self.cfg, self.cfg.run.freeze_encoder
-        if frozen:
-            encoder_w, head_w = self.encoder_state, weights
-        else:
-            encoder_w = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
-            head_w = {k[len("head."):]: v for k, v in weights.items() if k.startswith("head.")}
-        info = {"task": self.task.name, "labels": self.corpus.labels, "multi_label": self.corpus.multi_label,
-                "metric": self.task.metric, "head": head_record(cfg.head_spec, encoder, cfg.protocol),
-                "clip_seconds": self.clip_seconds, "shards": str(self.corpus.dir),
-                "train_split": self.corpus.train_split,
-                "seeded_split": dataclasses.asdict(cfg.seeded_split) if self.task.from_corpus else None,
-                "fold": fold, "epoch": best["epoch"], "step": best["step"],
-                "selected_by": selected_by, "frozen": frozen, "checkpoint": cfg.checkpoint,
-                "scores": {k: best[k][self.task.metric] for k in ("valid", "test") if k in best}}
-        if dist.is_main():
-            shutil.rmtree(folder, ignore_errors=True)
-            pretraining = self.encoder_info.get("pretraining") or {"init": "random", "preset": cfg.model.preset,
-                                                                    "seed": cfg.run.seed}
-            write_classifier(folder, encoder_w, head_w, self.model_cfg, self.fbank, pretraining, info)
-        dist.barrier()
 
 
 @dataclass
@@ -136,6 +107,8 @@ class FinetuneResult:
     metric: str
     folds: list[dict]
     seconds: float = 0.0
+    stopped: bool = False
+    """run.stop_at ended the session inside a fold: `folds` holds the folds finished before it."""
 
     @property
     def values(self) -> list[float]:
@@ -148,11 +121,38 @@ class FinetuneResult:
 
 def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | None = None, resume: bool = False,
              console=None) -> FinetuneResult:
-    """Fine-tune (or continue, with resume) the run in cfg.run_dir; every process of the world calls this."""
-    from maeast.train.engine import init_distributed  # deepspeed only from here on
-
-    init_distributed()
+    """Fine-tune (or continue, with resume) the run in cfg.run_dir; every process of the world calls this.
+    With run.stop_at the session stops inside a fold (result.stopped; --resume continues it)."""
+    start(cfg.run)
     started = time.perf_counter()
+    ctx = open_context(cfg, deepspeed_config_path, resume, console)
+    run_dir, task, results = cfg.run_dir, ctx.task, []
+    for fold in ctx.folds:
+        done = (is_finished(run_dir / part_name(fold)) if resume else None) or train_fold(ctx, fold)
+        if done is None:  # run.stop_at: the session ends inside this fold
+            return FinetuneResult(run_dir, task.name, task.metric, results, time.perf_counter() - started, True)
+        results.append(done)
+    if ctx.select == "fold_mean" and cfg.run.average_epochs is None:
+        results = select_over_folds(results, task.metric)
+        if dist.is_main():
+            for r in results:  # a fold whose report did not move is left as it was (its file untouched)
+                if json.loads(json.dumps(r)) != is_finished(run_dir / part_name(r["fold"])):
+                    write_json(run_dir / part_name(r["fold"]) / "result.json", r)
+    result = FinetuneResult(run_dir, task.name, task.metric, results, time.perf_counter() - started)
+    if dist.is_main():
+        write_json(run_dir / "results.json", {
+            "task": task.name, "metric": task.metric, "frozen": cfg.run.freeze_encoder, "protocol": cfg.protocol,
+            "checkpoint": cfg.checkpoint,
+            **data_report(cfg, ctx.corpus, ctx.clip_seconds),
+            "folds": [{"fold": r["fold"], task.metric: r["test"][task.metric], "epoch": r["epoch"],
+                       "selected_by": r["selected_by"], "seconds": r["seconds"]} for r in results],
+            **result.summary, "seconds": result.seconds})
+    return result
+
+
+def open_context(cfg: FinetuneConfig, deepspeed_config_path, resume: bool, console) -> RunContext:
+    """The corpus, the initial encoder, its features, the batch and the mode every fold shares; the run folder
+    checked against --resume and its config written."""
     world, rank, device = dist.world_size(), dist.rank(), dist.device()
     dist.set_threads(cfg.run.threads, loader_threads=cfg.data.num_workers)  # an oversubscribed core stalls OpenMP
     corpus = open_corpus(get_task(cfg.task), cfg.shards, cfg.data.train_split, cfg.seeded_split,
@@ -168,50 +168,28 @@ def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | Non
     state, model_cfg, info = initial_encoder(cfg.checkpoint, ModelConfig.from_dict({**cfg.model.random_init(), **rates}),
                                              cfg.run.seed)
     model_cfg = dataclasses.replace(model_cfg, **rates)
-    if cfg.data.fbank:  # the preset asked for, normalized with the fine-tuning corpus's statistics for it
-        fbank = corpus_features(corpus.dir, cfg.data.fbank)
-    elif cfg.checkpoint is not None:  # the features the checkpoint records (its statistics included)
-        fbank = features_of(info)
-    else:
-        fbank = corpus_features(corpus.dir, "mae_ast")
+    fbank = run_features(cfg, corpus, info)
     check_features(clip_seconds, model_cfg, fbank)
     micro = cfg.data.batch_size or max(cfg.optim.global_batch // world, 1)
     accum = accumulation(cfg.optim.global_batch, micro, world)
     zero = deepspeed_config_path if isinstance(deepspeed_config_path, dict) else read_zero_json(deepspeed_config_path)
-    run_dir = cfg.run_dir
-    prepare_run_dir(cfg, run_dir, folds, resume, {"model": model_cfg.to_dict(), "fbank": fbank.name,
-                                                  "checkpoint": cfg.checkpoint, "micro_batch": micro,
-                                                  "accumulation": accum, "world_size": world})
+    prepare_run_dir(cfg, cfg.run_dir, folds, resume, {"model": model_cfg.to_dict(), "fbank": fbank.name,
+                                                      "checkpoint": cfg.checkpoint, "micro_batch": micro,
+                                                      "accumulation": accum, "world_size": world})
     ctx = RunContext(cfg, task, corpus, device, world, rank, model_cfg, state, info, fbank, micro, accum, zero,
-                     resume, clip_seconds, choose_select(cfg, task), console)
-    results = []
-    for fold in folds:
-        done = is_finished(run_dir / part_name(fold)) if resume else None
-        results.append(done or train_fold(ctx, fold))
-    if ctx.select == "fold_mean" and cfg.run.average_epochs is None:
-        results = select_over_folds(results, task.metric)
-        if dist.is_main():
-            for r in results:  # a fold whose report did not move is left as it was (its file untouched)
-                if json.loads(json.dumps(r)) != is_finished(run_dir / part_name(r["fold"])):
-                    write_json(run_dir / part_name(r["fold"]) / "result.json", r)
-    result = FinetuneResult(run_dir, task.name, task.metric, results, time.perf_counter() - started)
-    if dist.is_main():
-        write_json(run_dir / "results.json", {
-            "task": task.name, "metric": task.metric, "frozen": cfg.run.freeze_encoder, "protocol": cfg.protocol,
-            "checkpoint": cfg.checkpoint,
-            **data_report(cfg, corpus, clip_seconds),
-            "folds": [{"fold": r["fold"], task.metric: r["test"][task.metric], "epoch": r["epoch"],
-                       "selected_by": r["selected_by"], "seconds": r["seconds"]} for r in results],
-            **result.summary, "seconds": result.seconds})
-    return result
+                     resume, clip_seconds, folds, choose_select(cfg, task), console)
+    ctx.mode = mode_of(cfg)(ctx)  # frozen or full: chosen here, once
+    return ctx
 
 
-def fold_schedule(cfg: FinetuneConfig, total_steps: int, steps_per_epoch: int) -> ScheduleConfig | StepDecay:
-    """The learning-rate schedule of one fold (maeast.train.optim) as schedule.name asks."""
-    s, warmup = cfg.schedule, min(cfg.schedule.warmup_steps, total_steps - 1)
-    if s.name == "step":
-        return StepDecay(steps_per_epoch, s.decay_start, s.decay_every, s.decay_gamma, warmup)
-    return ScheduleConfig(steps=total_steps, warmup_steps=warmup, power=1.0, end_lr=cfg.peak_lr * s.final_lr_scale)
+def run_features(cfg: FinetuneConfig, corpus: Corpus, info: dict) -> FbankConfig:
+    """The fbank recipe of the run: data.fbank's preset with the fine-tuning corpus's statistics, else the
+    checkpoint's own (its statistics included), else mae_ast's with the corpus's."""
+    if cfg.data.fbank:
+        return corpus_features(corpus.dir, cfg.data.fbank)
+    if cfg.checkpoint is not None:
+        return features_of(info)
+    return corpus_features(corpus.dir, "mae_ast")
 
 
 def choose_select(cfg: FinetuneConfig, task: Task) -> str:
@@ -267,7 +245,7 @@ def prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, folds: list, resume: boo
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise MaeastError(f"nothing to resume in {run_dir}: no config.yaml there; run without --resume")
-        check_resume(saved_config(run_dir), cfg, run_dir / "config.yaml")
+        check_resume(saved_config(run_dir), cfg, run_dir / "config.yaml", RESUME_FREE + FINETUNE_FREE)
     elif started:
         raise MaeastError(f"{run_dir} already holds a fine-tuning run ({started[0]}); pass --resume to continue it "
                           f"or set --run.dir to a new folder")

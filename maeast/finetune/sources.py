@@ -32,8 +32,17 @@ class LoaderSource:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def epoch(self, epoch: int) -> Iterator[MicroBatch]:
-        self.loader.set_epoch(epoch)
+    def state_dict(self) -> dict:
+        """Where the loader is in its epoch (exactly: a resume from it neither repeats nor skips a clip)."""
+        return self.loader.state_dict()
+
+    def epoch(self, epoch: int, skip: int = 0, state: dict | None = None) -> Iterator[MicroBatch]:
+        """The epoch's micro-batches; inside an epoch, from the loader's saved `state` (which knows the
+        `skip` micro-batches already taken)."""
+        if state is not None:
+            self.loader.load_state_dict(state)
+        else:
+            self.loader.set_epoch(epoch)
         for batch in selected(self.loader, self.selection, self.corpus):
             if not len(batch):
                 yield batch.features, None, batch.labels, []
@@ -70,7 +79,11 @@ class CacheSource:
                        else torch.multinomial(self.weights, n, replacement=True, generator=generator))
         return torch.cat(out)[start - (start // n) * n:][:count]
 
-    def epoch(self, epoch: int) -> Iterator[MicroBatch]:
+    def state_dict(self) -> None:
+        return None  # an epoch is a function of (seed, epoch): a resume skips the micro-batches taken
+
+    def epoch(self, epoch: int, skip: int = 0, state: dict | None = None) -> Iterator[MicroBatch]:
+        """The epoch's micro-batches, less the first `skip` (taken before a stop inside the epoch)."""
         if self.shuffle and self.weights is None and self.batches is None:
             generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 7))
             batches = epoch_rows(len(self.pooled), self.micro, self.world, self.rank, generator)
@@ -80,6 +93,6 @@ class CacheSource:
             batches = [rows[(b * self.world + self.rank) * self.micro:][:self.micro] for b in range(len(self))]
         else:  # evaluation: every clip once, in order, on every process
             batches = list(torch.arange(len(self.pooled)).split(self.micro))
-        for rows in batches:
+        for rows in batches[skip:]:
             part = self.pooled.take(rows.tolist())
             yield part.x.to(self.device), None, part.labels.to(self.device), part.keys

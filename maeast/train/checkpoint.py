@@ -7,7 +7,6 @@
     RUN/checkpoints/latest             the newest complete tag (written atomically)
     RUN/checkpoints/universal/step_N   DeepSpeed's universal form of step_N, made (once, atomically) when
                                        a run resumes it with another layout (maeast.train.layout)
-    RUN/encoder/                       the final export: encoder.safetensors + encoder.json
 
 Every process writes into `checkpoints/.tmp-step_N`; after a barrier rank 0 renames it to `step_N`
 and then replaces `latest`. A process killed at any point leaves the previous checkpoint and
@@ -22,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from maeast.artifacts import PREFIX, checkpoints_dir, complete_checkpoints, features_record, write_encoder, write_model
+from maeast.artifacts import PREFIX, checkpoints_dir, complete_checkpoints, write_encoder, write_model
 from maeast.train import distributed as dist
 from maeast.errors import MaeastError
 from maeast.files import write_text
@@ -126,28 +125,3 @@ def universal_copy(checkpoint: Path, convert: Callable[[Path, Path], None]) -> P
         raise MaeastError(f"rank 0 could not convert {checkpoint} to a universal checkpoint (its line says why); "
                           f"resume with the process count and ZeRO JSON that saved it")
     return out
-
-
-def publish_encoder(checkpoint: Path, run_dir: Path) -> Path:
-    """Rank 0: copy a checkpoint's encoder files to RUN/encoder, swapping the folder in whole."""
-    out = Path(run_dir) / "encoder"
-    if not dist.is_main():
-        return out
-    tmp, old = out.with_name(".encoder-tmp"), out.with_name(".encoder-old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name in ("encoder.safetensors", "encoder.json"):
-        shutil.copy2(Path(checkpoint) / name, tmp / name)
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out
-
-
-def model_meta(cfg, features, step: int, samples: int, extra: dict | None = None) -> dict:
-    """What the JSON files record: model config, the features the run trained on, the run's provenance."""
-    return {"model": cfg.model.to_dict(), "features": features_record(features),
-            "pretraining": {"step": step, "samples": samples, "run_dir": str(cfg.run.dir),
-                            "shards": list(cfg.data.shards), "max_seconds": cfg.data.max_seconds, **(extra or {})}}
