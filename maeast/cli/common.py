@@ -27,6 +27,15 @@ def friendly(fn):
         except OSError as e:  # disk full, permissions, a file vanishing mid-run
             err_console.print(f"[bold red]error:[/] {e.strerror or e}: {e.filename or ''}", highlight=False)
             raise typer.Exit(2)
+        except RuntimeError as e:  # a collective failed outside a Run's session (which names the step itself)
+            from maeast.train.distributed import is_peer_failure
+            if not is_peer_failure(e):
+                raise
+            err_console.print(f"[bold red]error:[/] a collective failed outside the training steps "
+                              f"({type(e).__name__}): another process died or stalled past run.collective_timeout; "
+                              f"see its output, then rerun (with --resume if the run has a checkpoint)",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: work already finished is kept")
             raise typer.Exit(130)
