@@ -15,7 +15,7 @@ real audio: espeak-ng sentences and sox plucked chords of about 10 s (benchmarks
 with per-sample checksums on (the default) and off; the loaders take turns epoch by epoch. Cores per H100 = clips/s one H100 trains x CPU seconds per clip. The clips/s come from
 the last GPU run recorded by `make gpu-check` (benchmarks/results/gpu-check-*.json, its "step flash"
 row, base model, 10 s clips) when there is one, else from the analytic FLOPs of a base-model step
-(benchmarks/mfu.py) at 50% of the H100's dense bf16 peak (989 TFLOP/s), said so in the output.
+(maeast.model.flops, benchmarks/mfu.py's count) at 50% of the H100's dense bf16 peak (989 TFLOP/s), said so in the output.
 
     python benchmarks/cores_per_gpu.py [--clips 32] [--seconds 10] [--batch 8] [--repeats 3]
 """
@@ -31,11 +31,12 @@ from pathlib import Path
 import torch
 from harness import Bench, spread
 from loader import make_corpus
-from mfu import real_waves, step_flops
+from mfu import real_waves
 
 from maeast.features import fbank, get_config
 from maeast.loaders import LoaderConfig, StreamingLoader
 from maeast.model import make_config
+from maeast.model.flops import step_flops
 from maeast.shards.build import build_shards
 
 H100_BF16_DENSE = 989e12  # FLOP/s, NVIDIA's H100 SXM datasheet (dense, without sparsity)

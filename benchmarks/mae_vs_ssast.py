@@ -40,10 +40,12 @@ from maeast.features import fbank
 from maeast.model import MAEAST, make_config, param_groups
 from maeast.model.decoder import gather_tokens
 from maeast.model.encoder import Encoder
+from maeast.model.flops import encoder_parts, mae_parts, visible_tokens
 from maeast.model.init import init_weights
 from maeast.model.losses import mae_loss
 from maeast.model.masking import MASKS
 from maeast.precision import autocast
+from maeast.train.mfu import mfu
 
 TOKENS = {"patch": {"patch_time": 16, "patch_freq": 16}, "frame": {"patch_time": 2, "patch_freq": 128}}
 VARIANTS = [("mae", "patch"), ("ssast", "patch"), ("mae", "frame"), ("ssast", "frame")]
@@ -75,24 +77,16 @@ class SSASTStyle(nn.Module):
         return loss
 
 
-def layer_flops(tokens: int, dim: int, ffn: int) -> float:
-    """Forward matmul FLOPs of one transformer layer on one sequence."""
-    return 2 * tokens * (4 * dim * dim + 2 * dim * ffn) + 4 * tokens * tokens * dim
-
-
-def step_flops(cfg, kind: str, batch: int, n: int) -> float:
-    """Training FLOPs (3 x forward matmuls) of one step on batch x n tokens."""
-    k = max(1, round(0.25 * n)) if kind == "mae" else n
-    m = n - max(1, round(0.25 * n))
-    p = cfg.patch_dim
-    fwd = 2 * n * p * cfg.dim + cfg.depth * layer_flops(k, cfg.dim, cfg.ffn_dim)
-    head_dim = cfg.dim
+def step_flops(cfg, kind: str, batch: int, n: int) -> int:
+    """Training FLOPs (3 x forward matmuls, maeast.model.flops' convention) of one step on batch x n
+    tokens. MAE-AST: the model's own count (mae_parts, K = visible_tokens); SSAST-style: the projection
+    and the encoder on all n tokens (encoder_parts), the two heads at the encoder's width and InfoNCE's
+    logits on the same M = n - K masked tokens."""
+    k = visible_tokens(cfg, n)
     if kind == "mae":
-        fwd += cfg.decoder_depth * layer_flops(n, cfg.decoder_dim, cfg.decoder_ffn_dim)
-        fwd += 0 if cfg.decoder_dim == cfg.dim else 2 * k * cfg.dim * cfg.decoder_dim
-        head_dim = cfg.decoder_dim
-    fwd += 2 * 2 * m * head_dim * p + 2 * m * m * p  # two heads, InfoNCE logits
-    return 3 * batch * fwd
+        return 3 * batch * sum(mae_parts(cfg, n, k).values())
+    m, p = n - k, cfg.patch_dim
+    return 3 * batch * (sum(encoder_parts(cfg, n).values()) + 2 * 2 * m * cfg.dim * p + 2 * m * m * p)
 
 
 def rss_bytes() -> int:
@@ -191,7 +185,7 @@ def run_workers(bench: Bench, specs: dict[str, dict]) -> tuple[dict[str, dict], 
                  tflops_per_s=flops / seconds.min / 1e12)
         if "device_name" in r:
             peak = next((v for k, v in PEAK_BF16.items() if k in r["device_name"]), None)
-            r["mfu"] = flops / seconds.min / peak if peak else None
+            r["mfu"] = mfu(flops, seconds.min, peak) if peak else None
     return results, {name: t.seconds for name, t in timed.items()}
 
 

@@ -1,18 +1,18 @@
 """MFU of one MAE-AST pretraining step: FLOPs counted from the config, time measured, and the peak that
 this same run measures on this same device, so that the ratio means as much on a 2-core CPU as on an H100.
 
-FLOPs (`step_flops`): 2 per multiply-add, matrix products only: the token projection (on every token,
-as MAEAST.forward runs it), the encoder's layers on the K visible tokens, the decoder's layers on all
-N tokens, each layer's q/k/v/out and FFN linears plus attention's scores (QK^T) and values (AV), the
-two heads on the M masked tokens and InfoNCE's M x M logits. LayerNorm, softmax, GELU, dropout, the
-losses' elementwise work and the optimizer are left out. A training step counts 3 x the forward
-(backward = 2 x forward, the usual MFU convention of Kaplan et al. and PaLM; the projection's input
-gradient, which autograd skips, is counted all the same). Layerdrop is off here, so every step runs
-every layer.
+FLOPs (maeast.model.flops.step_flops, the count behind the training log's MFU): 2 per multiply-add,
+matrix products only: the token projection (on every token, as MAEAST.forward runs it), the encoder's
+layers on the K visible tokens, the decoder's layers on all N tokens, each layer's q/k/v/out and FFN
+linears plus attention's scores (QK^T) and values (AV), the two heads on the M masked tokens and
+InfoNCE's M x M logits. LayerNorm, softmax, GELU, dropout, the losses' elementwise work and the
+optimizer are left out. A training step counts 3 x the forward (backward = 2 x forward, the usual MFU
+convention of Kaplan et al. and PaLM; the projection's input gradient, which autograd skips, is counted
+all the same). Layerdrop is off here, so every step runs every layer.
 
-Peak: the FLOP/s of a large square matmul (2048 on CPU, 8192 on CUDA), timed in turns with the steps
-(so that load from elsewhere falls on both alike): fp32 on CPU (what the step runs in there), bf16 on
-CUDA (the step runs under bf16 autocast there).
+Peak: the FLOP/s of a large square matmul (maeast.train.mfu.matmul_case, 2048 on CPU, 8192 on CUDA),
+timed in turns with the steps (so that load from elsewhere falls on both alike): fp32 on CPU (what the
+step runs in there), bf16 on CUDA (the step runs under bf16 autocast there).
 
 The input is the log-mel fbank of real audio: the committed fixture clips (espeak-ng speech and a
 fluidsynth chord, tests/fixtures/fbank/reference.npz), looped to the clip length, each row shifted,
@@ -38,40 +38,13 @@ from harness import Bench, add_arguments, spread
 
 from maeast.features import fbank, get_config
 from maeast.model import MAEAST, make_config, param_groups
+from maeast.model.flops import forward_flops, step_flops
 from maeast.model.masking import visible_count
 from maeast.precision import autocast
+from maeast.train.mfu import matmul_case, mfu, peak_size
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "fbank" / "reference.npz"
 ATTENTION = ("default", "flash", "math")
-
-
-# --- the analytic count --------------------------------------------------------------------------
-
-def layer_flops(tokens: int, dim: int, ffn: int) -> int:
-    """Forward FLOPs of one transformer layer on one sequence of `tokens`: q/k/v/out (4 D^2) and the
-    FFN (2 D F) per token, and attention's scores and values (2 L^2 D each)."""
-    return 2 * tokens * (4 * dim * dim + 2 * dim * ffn) + 4 * tokens * tokens * dim
-
-
-def forward_flops(cfg, frames: int) -> dict[str, int]:
-    """Forward FLOPs of one unpadded clip of `frames` fbank frames, by part."""
-    n = cfg.tokens_for(frames)
-    k = visible_count(n, cfg.mask_ratio)
-    m = n - k
-    p = cfg.patch_dim
-    return {
-        "projection": 2 * n * p * cfg.dim,
-        "encoder": cfg.depth * layer_flops(k, cfg.dim, cfg.ffn_dim),
-        "decoder_projection": 0 if cfg.decoder_dim == cfg.dim else 2 * k * cfg.dim * cfg.decoder_dim,
-        "decoder": cfg.decoder_depth * layer_flops(n, cfg.decoder_dim, cfg.decoder_ffn_dim),
-        "heads": 2 * (2 * m * cfg.decoder_dim * p),
-        "infonce": 2 * m * m * p,
-    }
-
-
-def step_flops(cfg, batch: int, frames: int) -> int:
-    """Training FLOPs of one step on `batch` clips of `frames` frames: 3 x the forward."""
-    return 3 * batch * sum(forward_flops(cfg, frames).values())
 
 
 # --- what is measured ----------------------------------------------------------------------------
@@ -96,24 +69,6 @@ def sdpa_backend(attention: str):
 
 def sync(device: torch.device):
     return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-
-
-def matmul_case(device: torch.device, size: int):
-    """A size x size matmul on `device` (bf16 on CUDA, fp32 on CPU) -> (a call, the FLOPs of one call)."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    gen = torch.Generator(device).manual_seed(0)
-    a, b = (torch.randn(size, size, generator=gen, device=device, dtype=dtype) for _ in range(2))
-    calls = 10 if device.type == "cuda" else 1  # a GPU call is too short to time alone
-
-    def run():
-        for _ in range(calls):
-            torch.mm(a, b)
-
-    return run, 2 * size**3 * calls
-
-
-def peak_size(device: torch.device) -> int:
-    return 8192 if device.type == "cuda" else 2048
 
 
 def matmul_peak(bench: Bench, device: torch.device, size: int, repeats: int = 5) -> float:
@@ -185,7 +140,7 @@ def measure(bench: Bench, preset: str, batch: int, seconds: float, device: torch
     return {"preset": preset, "batch": batch, "seconds": seconds, "device": str(device), "attention": attention,
             "compiled": compiled, "tokens": cfg.tokens_for(features.shape[1]), "step_s": step_s,
             "first_step_s": first_s, "clips_per_s": batch / step_s.median, "flops": flops,
-            "achieved_flops": flops / step_s.median, "peak_flops": peak, "mfu": flops / step_s.median / peak,
+            "achieved_flops": flops / step_s.median, "peak_flops": peak, "mfu": mfu(flops, step_s.median, peak),
             "peak_mem_mb": peak_mem_mb,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
 

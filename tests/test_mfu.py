@@ -1,9 +1,11 @@
-"""benchmarks/mfu.py's FLOPs count: against a hand count for the tiny preset, and against torch's own
-FLOP counter on the tiny model's forward and backward."""
+"""maeast.model.flops, the FLOPs count of benchmarks/mfu.py and of the training log's MFU: against a hand
+count for the tiny preset, and against torch's own FLOP counter on the tiny model's forward and backward;
+the per-micro-batch counts (pretrain_flops, classifier_flops) and maeast.train.mfu's peak."""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,11 +13,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from mfu import Step, features_for, forward_flops, layer_flops, matmul_peak, measure, real_waves, step_flops  # noqa: E402
+from mfu import Step, features_for, matmul_peak, measure, real_waves  # noqa: E402
 
 from maeast.configio import load_yaml  # noqa: E402
 from maeast.pretrain.config import build_config  # noqa: E402
-from maeast.model import MAEAST, make_config  # noqa: E402
+from maeast.model import MAEAST, Classifier, Encoder, Head, make_config  # noqa: E402
+from maeast.model.flops import (classifier_flops, encoder_parts, forward_flops, layer_flops,  # noqa: E402
+                                pretrain_flops, step_flops)
+from maeast.train.mfu import mfu, peak_flops  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "maeast" / "configs" / "pretrain_tiny.yaml"
 
@@ -97,3 +102,49 @@ def test_step_updates_the_weights():
     assert step() == 2
     assert all(p.grad is None for p in model.parameters())  # zeroed after the update
     assert sum(not torch.equal(a, p) for a, p in zip(before, model.parameters())) > len(before) // 2
+
+
+def test_count_matches_torch_flop_counter_on_frame_tokens():
+    """Frame tokens of 2 s: N = 99, not a multiple of 4, so K = floor(0.25 N) = 24 (the model's), not 25."""
+    cfg = make_config("tiny", patch_time=2, patch_freq=128)
+    model = MAEAST(cfg).train()
+    features = features_for(2, 2.0, torch.device("cpu"))
+    with FlopCounterMode(display=False) as forward:
+        model(features, generator=torch.Generator().manual_seed(0))
+    assert cfg.tokens_for(features.shape[1]) == 99
+    assert forward.get_total_flops() == 2 * sum(forward_flops(cfg, features.shape[1]).values())
+
+
+def test_micro_batch_counts_agree_with_step_flops(tiny):
+    cfg, frames = tiny
+    assert pretrain_flops(cfg, [frames] * 8) == step_flops(cfg, 8, frames) == 542_638_080
+    assert pretrain_flops(cfg, torch.full((8,), frames)) == step_flops(cfg, 8, frames)
+    assert classifier_flops(cfg, [frames] * 8) == 3 * 8 * sum(encoder_parts(cfg, cfg.tokens_for(frames)).values())
+    # each clip counts at its own length: the padding of a batch is not counted
+    lengths = torch.tensor([frames, 120, 40, 15])  # 96, 56, 16 and 0 tokens
+    assert pretrain_flops(cfg, lengths) == sum(step_flops(cfg, 1, f) for f in (frames, 120, 40))
+    assert classifier_flops(cfg, lengths) == sum(classifier_flops(cfg, [f]) for f in (frames, 120, 40))
+    assert pretrain_flops(cfg, [15]) == classifier_flops(cfg, [15]) == 0  # shorter than a token
+
+
+def test_classifier_count_matches_torch_flop_counter(tiny):
+    """Full fine-tuning's forward is the encoder on every token plus the head's Linear, which the count
+    leaves out (here 2 x 64 x 10 per clip, under 0.01% of the rest)."""
+    cfg, frames = tiny
+    classes = 10
+    model = Classifier(Encoder(cfg), Head(1, cfg.dim, classes, norm="none"), weighted=False).train()
+    features = features_for(2, 2.0, torch.device("cpu"))
+    with FlopCounterMode(display=False) as forward:
+        model(features, generator=torch.Generator().manual_seed(0))
+    head = 2 * 2 * cfg.dim * classes
+    assert 3 * (forward.get_total_flops() - head) == classifier_flops(cfg, [frames, frames])
+    assert head < 1e-4 * forward.get_total_flops()
+
+
+def test_peak_flops_is_quick_and_mfu_divides():
+    started = time.perf_counter()
+    peak = peak_flops("cpu", seconds_budget=0.2, repeats=3)
+    assert peak > 1e8  # FLOP/s: any CPU does more than 0.1 GFLOP/s in fp32
+    assert time.perf_counter() - started < 30  # a busy shared machine: generous
+    assert peak_flops(torch.device("cpu"), size=256, repeats=1) > 0
+    assert mfu(6e9, 2.0, 1e10) == pytest.approx(0.3)

@@ -2,7 +2,8 @@
 
 Defaults are the official MAE-AST patch model (AlanBaade/MAE-AST-Public, config/pretrain/mae_ast.yaml
 plus the fairseq model and criterion defaults). `make_config(name, **overrides)` picks a preset;
-`to_dict` / `from_dict` round-trip through JSON so that an exported encoder can be rebuilt.
+`to_dict` / `from_dict` round-trip the architecture through JSON so that an exported encoder can be
+rebuilt (run choices such as `compile` stay out of it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from maeast.model.masking import MASKS
 from maeast.model.norm import INPUT_NORMS
 
 INITS = ("official", "mae")
+RUN_CHOICES = ("compile",)
+"""Fields of how a run trains the model, not of the model: to_dict leaves them out, from_dict defaults them."""
 
 
 @dataclass
@@ -107,6 +110,10 @@ class ModelConfig:
     """'official': normal(0, 0.02) in the transformers (fairseq init_bert_params), PyTorch defaults
     for the token projection and heads, uniform mask token; 'mae': xavier-uniform linears and a
     normal(0, 0.02) mask token (facebookresearch/mae)."""
+    compile: bool = False
+    """torch.compile each transformer block (MAEAST.compile_blocks) before training; the first steps
+    then wait for the compilation. A run choice, not architecture: the records of the model (to_dict:
+    encoder.json, model.json, checkpoints) leave it out."""
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -139,6 +146,7 @@ class ModelConfig:
         need(self.input_norm in INPUT_NORMS, f"input_norm {self.input_norm!r} is not one of {tuple(INPUT_NORMS)}")
         need(self.init in INITS, f"init {self.init!r} is not one of {INITS}")
         need(self.mask_type in MASKS, f"mask_type {self.mask_type!r} is not one of {tuple(MASKS)}")
+        need(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
 
     @property
     def freq_cols(self) -> int:
@@ -155,7 +163,8 @@ class ModelConfig:
         return (frames // self.patch_time) * self.freq_cols
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The architecture, as the model's records hold it: every field but the run choices (RUN_CHOICES)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_CHOICES}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
