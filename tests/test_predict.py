@@ -74,3 +74,12 @@ def test_bad_input_is_one_line(setup, tmp_path):
         predict_files(classifier, audio / "broken.wav")
     result = CliRunner().invoke(app, ["predict", str(audio), "--checkpoint", str(tmp_path / "nope")])
     assert result.exit_code != 0 and "not found" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(setup):
+    classifier, audio = setup
+    cpu = predict_files(classifier, audio / "fox.wav", hop_seconds=0.25)
+    gpu = predict_files(classifier, audio / "fox.wav", hop_seconds=0.25, device="cuda")  # bf16 autocast
+    assert gpu.files[0].scores.device.type == "cpu" and len(gpu.files[0].windows) == len(cpu.files[0].windows)
+    assert torch.allclose(gpu.files[0].scores, cpu.files[0].scores, atol=0.02)

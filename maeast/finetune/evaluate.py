@@ -8,7 +8,8 @@ fold of the train split (cross-validation) or the task's test split, cropped fro
 or whole where the task scores whole clips (Task.eval_whole, maeast.finetune.utterances).
 A custom run's test clips are found again the way the run found them: its own test split, or the part
 of its train split that the seeded split recorded in classifier.json carves out.
-`predict` is shared with the fine-tuning loop, so a re-evaluation reproduces the run's figures.
+`predict` is shared with the fine-tuning loop, so a re-evaluation reproduces the run's figures; the classifier
+runs in maeast.precision's inference precision (bf16 autocast on CUDA, as the engine fine-tuned it; fp32 on CPU).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from maeast.finetune.data import open_corpus, selected, selections
 from maeast.finetune.metrics import score, summarize
 from maeast.finetune.tasks import get_task
 from maeast.finetune.utterances import evaluation_loader, whole_clips
+from maeast.precision import inference_autocast
 
 
 @dataclass
@@ -114,9 +116,14 @@ def evaluate_run(run: str | Path, task: str | None = None, data: str | Path | No
                                    fbank=features_of(info), workers=workers, on_error="skip")
         batches = ((b.features.to(device), _to(b.padding_mask, device), b.labels, b.keys)
                    for b in selected(loader, selection, corpus))
-        preds = predict(lambda x, pad: model(x, pad), batches)
+        preds = predict(lambda x, pad: _forward(model, x, pad), batches)
         report.folds.append(FoldScore(fold, score(the_task.metric, preds.logits, preds.labels), folder))
     return report
+
+
+def _forward(model, x, pad):
+    with inference_autocast(x.device):  # bf16 on CUDA, as the fine-tuning engine ran and scored it
+        return model(x, pad)
 
 
 def _to(t, device):

@@ -43,7 +43,7 @@ from maeast.audio import resample
 from maeast.errors import MaeastError
 from maeast.features import fbank
 from maeast.model import Encoder
-from maeast.precision import autocast
+from maeast.precision import inference_autocast
 from maeast.shards.format import SAMPLE_RATE
 
 DEFAULT_CHUNK_SECONDS = 10.0
@@ -158,7 +158,7 @@ class AudioEncoder(nn.Module):
             for row, j in enumerate(group):
                 clip, start, n = pieces[j][:3]
                 x[row, :n], pad[row, :n] = feats[clip][start:start + n], False
-            with autocast(x.device):  # bf16 on CUDA, as in training
+            with inference_autocast(x.device):  # bf16 on CUDA, as in training
                 out = self.encoder(x, pad if bool(pad.any()) else None, layer_results=layer is not None)
             h = out.x if layer is None else torch.stack(out.layers, 1) if layer == "all" else out.layers[layer]
             for row, j in enumerate(group):  # h [b, N, D] or [b, L, N, D]

@@ -4,7 +4,8 @@ Each file is read as 16 kHz mono (maeast.audio), turned into the fbank the class
 into windows of the classifier's clip length, one every `hop_seconds`, the last one ending at the file's
 end (a file shorter than a window is one window of its own length). Each window gets class scores
 (softmax, or sigmoid for a multi-label classifier); a file's scores are the mean over its windows.
-Files that cannot be read, or are shorter than one token, are skipped and listed.
+Files that cannot be read, or are shorter than one token, are skipped and listed. The classifier runs in
+maeast.precision's inference precision: bf16 autocast on CUDA, fp32 on the CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from maeast.artifacts import features_of, load_classifier
 from maeast.errors import MaeastError
 from maeast.features import fbank
 from maeast.inference.files import check_some, find_audio, read_found
+from maeast.precision import inference_autocast
 from maeast.shards.format import SAMPLE_RATE
 
 
@@ -74,7 +76,8 @@ def predict_files(checkpoint: str | Path, audio: str | Path, hop_seconds: float 
         with torch.no_grad():
             for first in range(0, len(starts), batch_size):
                 batch = torch.stack([x[s:s + size] for s in starts[first:first + batch_size]])  # [b, W, F]
-                logits = model(batch).float()
+                with inference_autocast(device):  # bf16 on CUDA, as the classifier was fine-tuned
+                    logits = model(batch).float()
                 scores.append(logits.sigmoid() if out.multi_label else logits.softmax(dim=-1))
         scores = torch.cat(scores).cpu()  # [windows, C]
         out.files.append(FilePrediction(key, clip.duration, scores.mean(dim=0),

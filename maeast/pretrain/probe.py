@@ -27,6 +27,7 @@ from maeast.errors import MaeastError
 from maeast.features import FbankConfig
 from maeast.loaders import LoaderConfig, StreamingLoader
 from maeast.model.heads import pooled_layers
+from maeast.precision import module_autocast
 from maeast.probing import fbank_stats, score_features
 from maeast.shards.format import read_index
 
@@ -94,11 +95,10 @@ class OnlineProbe:
         started = time.perf_counter()
         was_training = encoder.training
         encoder.eval()
-        weight = next(encoder.parameters())
-        bf16 = weight.dtype == torch.bfloat16  # DeepSpeed's bf16 weights: the forward under autocast, as Engine.forward
+        device = next(encoder.parameters()).device
         try:
-            with torch.autocast(weight.device.type, torch.bfloat16, enabled=bf16):
-                x = [torch.cat([self._pooled(encoder, b, weight.device) for b in s.batches])
+            with module_autocast(encoder):  # the engine's precision: bf16 when its weights are
+                x = [torch.cat([self._pooled(encoder, b, device) for b in s.batches])
                      for s in (self.train, self.test)]  # [N, D] each
         finally:
             encoder.train(was_training)
