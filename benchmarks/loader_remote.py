@@ -2,8 +2,8 @@
 and loopback HTTP (http.server with ranges), by maeast's streaming loader and, side by side on the same
 objects, by webdataset's own WebDataset pipeline with the same decode and fbank.
 
-The servers are the test suite's (tests/servers.py): moto in server mode as a subprocess with dummy
-credentials, and a threaded http.server answering Range requests, both on 127.0.0.1 only.
+The servers are those the test suite runs too (benchmarks/servers.py): moto in server mode as a
+subprocess with dummy credentials, and a threaded http.server answering Range requests, both on 127.0.0.1 only.
 maeast reads s3:// through s3fs (maeast.shards.storage); webdataset has no s3:// opener of its own and
 reads http(s) with curl (its gopen), so it gets the same S3 objects as presigned http URLs and the
 same HTTP URLs. The peer pipeline (WebDataset -> shuffle -> decode -> batched -> WebLoader) decodes with
@@ -17,22 +17,18 @@ from __future__ import annotations
 import functools
 import json
 import os
-import subprocess
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import webdataset as wds
+from servers import ACCESS_KEY, SECRET, moto_server, s3_env, serve_folder
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.servers: the test suite's loopback servers
-from tests.servers import ACCESS_KEY, SECRET, RangeHandler, free_port, s3_env, serve, wait_for  # noqa: E402
-
-from maeast.loaders import LoaderConfig, StreamingLoader  # noqa: E402
-from maeast.loaders.lengths import make_batch  # noqa: E402
-from maeast.loaders.stream import Errors, Sample, decode_window  # noqa: E402
-from maeast.shards.format import audio_part, read_index, shard_paths  # noqa: E402
+from maeast.loaders import LoaderConfig, StreamingLoader
+from maeast.loaders.lengths import make_batch
+from maeast.loaders.stream import Errors, Sample, decode_window
+from maeast.shards.format import audio_part, read_index, shard_paths
 
 BUCKET = "maeast-bench"
 
@@ -50,41 +46,31 @@ def served(shards: Path, split: str = "train"):
     """The shard folder on local disk, in a moto bucket and behind http.server, for the duration; the
     S3 environment (endpoint, dummy credentials) is set for this process and its loader workers."""
     names = [p.name for p in shard_paths(shards, split)]
-    port = free_port()
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in s3_env(endpoint)}
-    handler = type("Handler", (RangeHandler,), {"__init__": lambda self, *a, **k: RangeHandler.__init__(
-        self, *a, directory=str(shards.parent), **k)})
-    http, base = serve(handler)
-    try:
-        wait_for(port, moto)
-        os.environ.update(s3_env(endpoint))
-        import boto3
+    with moto_server() as endpoint, serve_folder(shards.parent) as base:
+        saved = {k: os.environ.get(k) for k in s3_env(endpoint)}
+        try:
+            os.environ.update(s3_env(endpoint))
+            import boto3
 
-        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ACCESS_KEY,
-                              aws_secret_access_key=SECRET, region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        for path in sorted(shards.iterdir()):
-            if path.is_file():
-                client.upload_file(str(path), BUCKET, f"{shards.name}/{path.name}")
-        presigned = [client.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": f"{shards.name}/{n}"},
-                                                   ExpiresIn=24 * 3600) for n in names]
-        yield Places(folders={"local": str(shards), "s3": f"s3://{BUCKET}/{shards.name}",
-                              "http": f"{base}/{shards.name}"},
-                     peer_urls={"local": [str(shards / n) for n in names], "s3": presigned,
-                                "http": [f"{base}/{shards.name}/{n}" for n in names]})
-    finally:
-        http.shutdown()
-        http.server_close()
-        moto.terminate()
-        moto.wait(10)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+            client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ACCESS_KEY,
+                                  aws_secret_access_key=SECRET, region_name="us-east-1")
+            client.create_bucket(Bucket=BUCKET)
+            for path in sorted(shards.iterdir()):
+                if path.is_file():
+                    client.upload_file(str(path), BUCKET, f"{shards.name}/{path.name}")
+            presigned = [client.generate_presigned_url("get_object", ExpiresIn=24 * 3600,
+                                                       Params={"Bucket": BUCKET, "Key": f"{shards.name}/{n}"})
+                         for n in names]
+            yield Places(folders={"local": str(shards), "s3": f"s3://{BUCKET}/{shards.name}",
+                                  "http": f"{base}/{shards.name}"},
+                         peer_urls={"local": [str(shards / n) for n in names], "s3": presigned,
+                                    "http": [f"{base}/{shards.name}/{n}" for n in names]})
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def _decode(sample: dict, clip_samples: int, sample_rate: int) -> tuple[str, torch.Tensor, list[int]] | None:

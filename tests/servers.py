@@ -7,6 +7,8 @@
 - http_server: Python's http.server over a folder (with Range requests, as object stores answer them).
 - faulty: a proxy in front of either that, seeded, resets connections mid-body, answers 503 and cuts
   bodies short at random offsets, on a chosen fraction of requests.
+The servers themselves (moto's, the ranged http.server, the dummy credentials) are benchmarks/servers.py,
+which benchmarks/loader_remote.py runs too; this module adds the fixtures, the bucket and the proxy.
 """
 
 from __future__ import annotations
@@ -16,13 +18,10 @@ import http.client
 import http.server
 import json
 import random
-import re
 import socket
 import struct
-import subprocess
 import sys
 import threading
-import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -30,42 +29,15 @@ from pathlib import Path
 
 import pytest
 
-ACCESS_KEY = "maeast-test-access-key"
-SECRET = "maeast-test-secret-Zq7vX2pL9"
-"""The dummy secret every S3 test runs with; tests grep run folders and messages for it."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(port: int, proc: subprocess.Popen | None = None, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with status {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # as test_mfu imports mfu
+from servers import ACCESS_KEY, SECRET, moto_server, s3_env, serve, serve_folder  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """http://127.0.0.1:PORT of a moto S3 server for the whole session."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(port, proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @dataclass
@@ -89,12 +61,6 @@ class S3:
 
     def get(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-
-
-def s3_env(endpoint: str) -> dict[str, str]:
-    """The environment a user of an S3-compatible store sets (here: moto, with dummy credentials)."""
-    return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-            "MAEAST_S3_ENDPOINT_URL": endpoint}
 
 
 @pytest.fixture
@@ -133,65 +99,13 @@ def credentials_checked(endpoint: str):
         reset(previous)
 
 
-class RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """http.server's file handler, plus single byte ranges (206), as object stores and CDNs serve them."""
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def send_head(self):
-        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-        path = Path(self.translate_path(self.path))
-        if match is None or not path.is_file():
-            return super().send_head()
-        size = path.stat().st_size
-        start, end = int(match[1]), min(int(match[2] or size - 1), size - 1)
-        if start >= size:
-            self.send_error(416)
-            return None
-        f = open(path, "rb")
-        f.seek(start)
-        self.send_response(206)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.send_header("Content-Length", str(end - start + 1))
-        self.end_headers()
-        return _Limited(f, end - start + 1)
-
-
-class _Limited:
-    """A file object copyfile() reads only `left` bytes of."""
-
-    def __init__(self, f, left: int):
-        self.f, self.left = f, left
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(self.left if n < 0 else min(n, self.left))
-        self.left -= len(data)
-        return data
-
-    def close(self) -> None:
-        self.f.close()
-
-
-def serve(handler, port: int = 0) -> tuple[http.server.ThreadingHTTPServer, str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
 @pytest.fixture
 def http_server(tmp_path):
     """(folder, base URL): files put under the folder are served at base URL + relative path."""
     root = tmp_path / "www"
     root.mkdir()
-    handler = type("Handler", (RangeHandler,), {"__init__": lambda self, *a, **k: RangeHandler.__init__(
-        self, *a, directory=str(root), **k)})
-    server, url = serve(handler)
-    yield root, url
-    server.shutdown()
-    server.server_close()
+    with serve_folder(root) as url:
+        yield root, url
 
 
 KINDS = ("reset", "503", "cut", "short")
