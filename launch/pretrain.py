@@ -12,9 +12,10 @@ offload settings: batch, optimizer and schedule come from the config. `maeast pr
 same function as one process.
 
 --resume continues the run on any number of processes (README "When nodes fail"): ZeRO-1/-2 and
-ZeRO-3 through DeepSpeed's universal checkpoint, stage 0 as is; mid-epoch, processes x
-data.num_workers must equal the saved run's. If a process dies or stalls, the others stop within
-run.collective_timeout seconds with one line naming it, the last step and the last good checkpoint.
+ZeRO-3 through DeepSpeed's universal checkpoint, stage 0 as is; mid-epoch too, on any processes x
+data.num_workers (maeast/loaders/elastic.py re-deals the rest of the epoch). If a process dies or
+stalls, the others stop within run.collective_timeout seconds with one line naming it, the last step
+and the last good checkpoint.
 """
 
 from __future__ import annotations
