@@ -13,6 +13,7 @@ import random
 import shutil
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -103,6 +104,21 @@ def build_demo(out: Path, size: str = "small", seed: int = 0, workers: int = 2,
     Summary: {"size", "seed", "workers", "seconds", "corpora": {name: {"path", "files",
     "hours", "seconds" (wall time until that corpus was done), "work_seconds"}}}.
     """
+    _check_arguments(size, seed, workers, corpora)
+    check_tools()
+    out = Path(out)
+    _prepare(out, tuple(corpora))
+    (out / MARKER).write_text(json.dumps({"size": size, "seed": seed, "status": "building"}) + "\n")
+    start = time.perf_counter()
+    plan = _plan(out, size, seed, corpora)
+    runner = _render(plan, corpora, workers, progress)
+    _write_metadata(out, plan, runner, corpora)
+    summary = _summary(out, plan, runner, size, seed, workers, time.perf_counter() - start)
+    (out / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _check_arguments(size: str, seed: int, workers: int, corpora: tuple[str, ...]) -> None:
     if size not in SIZES:
         raise MaeastError(f"unknown demo size {size!r}: choose one of {', '.join(SIZES)}")
     if not isinstance(seed, int) or seed < 0:
@@ -112,70 +128,93 @@ def build_demo(out: Path, size: str = "small", seed: int = 0, workers: int = 2,
     unknown = sorted(set(corpora) - set(CORPORA))
     if unknown or not corpora:
         raise MaeastError(f"unknown demo corpora {unknown}: choose among {', '.join(CORPORA)}")
-    check_tools()
-    out = Path(out)
-    _prepare(out, tuple(corpora))
-    (out / MARKER).write_text(json.dumps({"size": size, "seed": seed, "status": "building"}) + "\n")
-    start = time.perf_counter()
 
-    noise_jobs, jobs = [], []
+
+@dataclass
+class _Plan:
+    """Every task of the chosen corpora, drawn from the seed, and what their metadata files need after."""
+
+    noise_jobs: list = field(default_factory=list)  # (corpus, fn, task): the keyword corpus' noise, rendered first
+    jobs: list = field(default_factory=list)  # (corpus, fn, task): the rest, longer tasks first
+    speakers: list = field(default_factory=list)  # keywords.SpeakerTask
+    clips: list = field(default_factory=list)  # the esc50 clips (events.plan)
+    chapters: list = field(default_factory=list)  # unlabelled.ChapterTask
+    recorded: list = field(default_factory=list)  # recordings.RecordingTask
+    found: list = field(default_factory=list)  # installed recording sources
+    missing: list = field(default_factory=list)  # recording sources not installed
+
+
+def _plan(out: Path, size: str, seed: int, corpora: tuple[str, ...]) -> _Plan:
+    """Draw every corpus' tasks (one random stream per corpus) and make their folders."""
+    plan = _Plan()
     if "speech_commands" in corpora:
         kw_root = out / "speech_commands"
         (kw_root / keywords.NOISE_DIR).mkdir(parents=True)
-        noises, speakers = keywords.plan(kw_root, size, corpus_rng("speech_commands", seed))
-        noise_jobs = [("speech_commands", make_noise, n) for n in noises]
-        jobs += [("speech_commands", keywords.speak, t) for t in speakers]
+        noises, plan.speakers = keywords.plan(kw_root, size, corpus_rng("speech_commands", seed))
+        plan.noise_jobs = [("speech_commands", make_noise, n) for n in noises]
+        plan.jobs += [("speech_commands", keywords.speak, t) for t in plan.speakers]
     if "esc50" in corpora:  # longer tasks go first, so that the pool ends evenly
         esc_root = out / "esc50"
         (esc_root / "audio").mkdir(parents=True)
-        clips = events.plan(esc_root, size, corpus_rng("esc50", seed))
-        batches = [events.RenderTask(str(esc_root / "audio"), tuple(clips[i:i + EVENT_BATCH]))
-                   for i in range(0, len(clips), EVENT_BATCH)]
-        jobs = [("esc50", events.render, b) for b in batches] + jobs
+        plan.clips = events.plan(esc_root, size, corpus_rng("esc50", seed))
+        batches = [events.RenderTask(str(esc_root / "audio"), tuple(plan.clips[i:i + EVENT_BATCH]))
+                   for i in range(0, len(plan.clips), EVENT_BATCH)]
+        plan.jobs = [("esc50", events.render, b) for b in batches] + plan.jobs
     if "librispeech" in corpora:
         ls_root = out / "librispeech"
-        chapters = unlabelled.plan(ls_root, size, corpus_rng("librispeech", seed))
-        jobs = [("librispeech", unlabelled.perform, t) for t in chapters] + jobs
-        found, missing = recordings.installed()
-        recorded = recordings.plan(ls_root, size, corpus_rng("recordings", seed), found)
-        jobs = [("librispeech", recordings.perform, t) for t in recorded] + jobs
+        plan.chapters = unlabelled.plan(ls_root, size, corpus_rng("librispeech", seed))
+        plan.jobs = [("librispeech", unlabelled.perform, t) for t in plan.chapters] + plan.jobs
+        plan.found, plan.missing = recordings.installed()
+        plan.recorded = recordings.plan(ls_root, size, corpus_rng("recordings", seed), plan.found)
+        plan.jobs = [("librispeech", recordings.perform, t) for t in plan.recorded] + plan.jobs
+    return plan
 
-    totals = {c: sum(_planned_files(t) for c2, _, t in noise_jobs + jobs if c2 == c)
+
+def _render(plan: _Plan, corpora: tuple[str, ...], workers: int, progress: bool) -> _Runner:
+    """Run every task of the plan, noise first (keyword clips mix in these recordings), with a bar per corpus."""
+    totals = {c: sum(_planned_files(t) for c2, _, t in plan.noise_jobs + plan.jobs if c2 == c)
               for c in corpora}
     with Progress(TextColumn("[bold]{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), disable=not progress) as bar:
         runner = _Runner(workers, bar, {c: bar.add_task(c, total=totals[c]) for c in corpora})
         try:
-            runner.run(noise_jobs)  # first: keyword clips mix in these recordings
-            runner.run(jobs)
+            runner.run(plan.noise_jobs)
+            runner.run(plan.jobs)
         finally:
             runner.close()
+    return runner
 
+
+def _write_metadata(out: Path, plan: _Plan, runner: _Runner, corpora: tuple[str, ...]) -> None:
+    """Each corpus' lists and metadata files, as the real corpus has them."""
     if "speech_commands" in corpora:
-        keywords.write_lists(kw_root, speakers)
+        keywords.write_lists(out / "speech_commands", plan.speakers)
     if "esc50" in corpora:
-        events.write_meta(esc_root, clips)
+        events.write_meta(out / "esc50", plan.clips)
     if "librispeech" in corpora:
+        ls_root = out / "librispeech"
         per_speaker: dict[int, float] = {}
         for corpus, task, files in runner.results:
             if corpus == "librispeech":
                 per_speaker[task.speaker] = per_speaker.get(task.speaker, 0.0) + sum(s for _, s in files)
-        unlabelled.write_speakers(ls_root, chapters, per_speaker)
+        unlabelled.write_speakers(ls_root, plan.chapters, per_speaker)
         with open(ls_root / "SPEAKERS.TXT", "a") as f:
-            f.writelines(recordings.speaker_rows(recorded, per_speaker))
+            f.writelines(recordings.speaker_rows(plan.recorded, per_speaker))
+
+
+def _summary(out: Path, plan: _Plan, runner: _Runner, size: str, seed: int, workers: int, seconds: float) -> dict:
     summary = {"size": size, "seed": seed, "workers": workers,
-               "seconds": round(time.perf_counter() - start, 2),
+               "seconds": round(seconds, 2),
                "corpora": {c: {"path": str(out / c), "files": s["files"],
                                "hours": round(s["audio_seconds"] / 3600, 4),
                                "seconds": round(s["seconds"], 2),
                                "work_seconds": round(s["work_seconds"], 2)}
                            for c, s in runner.stats.items()}}
-    if "librispeech" in corpora:
+    if "librispeech" in runner.stats:
         summary["recordings"] = {src.name: round(sum(sec for c, t, files in runner.results if c == "librispeech"
                                                      and getattr(t, "source", None) == src.name
-                                                     for _, sec in files) / 3600, 4) for src in found}
-        summary["recordings_missing"] = {src.name: src.package for src in missing}
-    (out / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
+                                                     for _, sec in files) / 3600, 4) for src in plan.found}
+        summary["recordings_missing"] = {src.name: src.package for src in plan.missing}
     return summary
 
 
