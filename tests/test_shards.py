@@ -11,7 +11,7 @@ import pytest
 
 from maeast.errors import MaeastError
 from maeast.shards.build import build_shards
-from maeast.shards.format import FORMAT, decode_flac, iter_tar, read_index, shard_paths
+from maeast.shards.format import FORMAT, decode_audio, iter_tar, read_index, shard_paths
 from maeast.shards.inspect import verify_shards
 from tests.conftest import pluck, speak
 
@@ -33,7 +33,7 @@ def test_folder_recipe_packs_labels_and_rejects(mixed_folder, tmp_path):
     assert len(samples) == 10
     for key, parts in samples:
         meta = json.loads(parts["json"])
-        wav, sr = decode_flac(parts["flac"])
+        wav, sr = decode_audio(parts["flac"])
         assert meta["key"] == key and sr == 16000 and len(wav) == meta["num_samples"]
         assert meta["sha256"] == {"flac": hashlib.sha256(parts["flac"]).hexdigest()}
         assert meta["label_ids"] == [index["labels"].index(meta["labels"][0])]

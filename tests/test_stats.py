@@ -17,7 +17,7 @@ from maeast.errors import MaeastError
 from maeast.features import fbank, get_config
 from maeast.features.stats import Moments, corpus_features, corpus_stats, write_stats
 from maeast.files import write_json
-from maeast.shards.format import (SCHEMA, decode_flac, encode_flac, encode_meta, read_index, sha256_file,
+from maeast.shards.format import (SCHEMA, decode_audio, encode_audio, encode_meta, read_index, sha256_file,
                                   shard_name, tar_member)
 from tests.conftest import SENTENCES, pluck, speak
 
@@ -48,7 +48,7 @@ def shard_dir(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
             with tarfile.open(root / name, "w") as tar:
                 for j, wav in enumerate(members):
                     key = f"{split}{number}_{j}"
-                    tar_member(tar, f"{key}.flac", encode_flac(wav))
+                    tar_member(tar, f"{key}.flac", encode_audio(wav))
                     tar_member(tar, f"{key}.json", encode_meta({"key": key, "split": split, "num_samples": len(wav)}))
             entries.append({"name": name, "samples": len(members), "bytes": (root / name).stat().st_size,
                             "sha256": sha256_file(root / name)})
@@ -57,7 +57,7 @@ def shard_dir(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
     write_json(root / "index.json", {"schema": SCHEMA, "corpus": "tiny", "recipe": "hand", "sample_rate": 16000,
                                      "labels": [], "multi_label": False, "splits": splits, "rejects": {"count": 0},
                                      "report": {}, "build": {}}, sort_keys=True)
-    stored = [decode_flac(encode_flac(w))[0] for w in clips[:6]]
+    stored = [decode_audio(encode_audio(w))[0] for w in clips[:6]]
     return root, stored  # what the train shards hold: the clips after 16-bit FLAC, in order
 
 

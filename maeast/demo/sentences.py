@@ -66,11 +66,3 @@ def sentence(rng: random.Random) -> str:
         s = f"{_clause(rng)}."
     s = s.replace(" a a", " an a").replace(" a e", " an e").replace(" a i", " an i")
     return s[0].upper() + s[1:]
-
-
-def passage(rng: random.Random, words: int) -> str:
-    """Sentences until at least `words` words."""
-    out: list[str] = []
-    while sum(len(s.split()) for s in out) < words:
-        out.append(sentence(rng))
-    return " ".join(out)
