@@ -28,7 +28,7 @@ def setup(esc50, sc_v1, tmp_path_factory):  # noqa: F811  (fixtures of tests.off
     cfg = load_config("pretrain_tiny", ["--data.shards", f"[{out / 'esc50'}]", "--data.min_seconds", "0.5",
                                         "--data.max_seconds", "1.0", "--eval.every", "0", "--run.dir",
                                         str(out / "pre"), "--schedule.steps", "2", "--schedule.warmup_steps", "1",
-                                        "--run.save_every", "2"])
+                                        "--run.save_every_steps", "2"])
     done = pretrain(cfg)
     return out, done.encoder
 

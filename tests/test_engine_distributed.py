@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "pretrain.py"
 # 3 steps of 4 clips: within the first epoch of every slot of the tiny corpus.
 STEPS = ["schedule.steps=3", "schedule.warmup_steps=1", "data.batch_size=2", "optim.global_batch=4", "eval.every=3",
-         "eval.batches=2", "run.save_every=3", "run.log_every=1", "run.trace_keys=true"]
+         "eval.batches=2", "run.save_every_steps=3", "run.log_every=1", "run.trace_keys=true"]
 TIMEOUT = 300
 
 

@@ -79,7 +79,7 @@ def test_saved_layout_recorded_or_inferred(tmp_path):
 
 # 2 slots (2 processes x 1 worker, or 1 x 2) of 2 clips, 4 per step: epoch 0 of the tiny corpus ends within 8 steps
 RUN = ["schedule.steps=8", "schedule.warmup_steps=1", "data.batch_size=2", "optim.global_batch=4", "eval.every=0",
-       "run.save_every=2", "run.log_every=1", "run.trace_keys=true", "run.collective_timeout=30"]
+       "run.save_every_steps=2", "run.log_every=1", "run.trace_keys=true", "run.collective_timeout=30"]
 ZERO_JSON = {stage: str(ROOT / "launch" / f"ds_zero{stage}.json") for stage in (2, 3)}
 
 

@@ -25,7 +25,7 @@ from tests.conftest import make_demo_shards
 ROOT = Path(__file__).resolve().parents[1]
 ZERO = {0: None, 1: ROOT / "launch" / "ds_zero1.json", 2: ROOT / "launch" / "ds_zero2.json"}
 SHORT = ["schedule.steps=6", "schedule.warmup_steps=2", "data.batch_size=2", "optim.global_batch=4",
-         "eval.every=3", "eval.batches=2", "run.save_every=3", "run.log_every=1", "run.trace_keys=true"]
+         "eval.every=3", "eval.batches=2", "run.save_every_steps=3", "run.log_every=1", "run.trace_keys=true"]
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_kill_during_save_keeps_the_last_good_checkpoint(shards, full_runs, tmp_
 
 
 def test_non_finite_loss_stops_before_the_update(shards, tmp_path, monkeypatch):
-    cfg = tiny(shards, tmp_path, "run.save_every=1")
+    cfg = tiny(shards, tmp_path, "run.save_every_steps=1")
     forward, calls = MAEAST.forward, []
 
     def poisoned(self, *args, **kwargs):
@@ -210,10 +210,10 @@ def test_corpus_statistics_reach_the_loader_and_the_export(shards, tmp_path):
     folder = tmp_path / "shards"
     shutil.copytree(shards, folder)
     write_stats(folder, "mae_ast", {"mean": -6.5, "std": 3.25, "clips": 1, "frames": 100, "split": "train"})
-    result = pretrain(tiny(folder, tmp_path / "run", "schedule.steps=2", "schedule.warmup_steps=1", "eval.every=0", "run.save_every=2"))
+    result = pretrain(tiny(folder, tmp_path / "run", "schedule.steps=2", "schedule.warmup_steps=1", "eval.every=0", "run.save_every_steps=2"))
     _, info = read_encoder(result.encoder)
     assert features_of(info) == get_config("mae_ast").with_stats(-6.5, 3.25)
-    plain = pretrain(tiny(shards, tmp_path / "plain", "schedule.steps=2", "schedule.warmup_steps=1", "eval.every=0", "run.save_every=2"))
+    plain = pretrain(tiny(shards, tmp_path / "plain", "schedule.steps=2", "schedule.warmup_steps=1", "eval.every=0", "run.save_every_steps=2"))
     assert features_of(read_encoder(plain.encoder)[1]) == get_config("mae_ast")
     assert result.losses != plain.losses  # the same clips and masks, normalized otherwise
 

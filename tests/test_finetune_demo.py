@@ -41,10 +41,10 @@ def test_full_fine_tuning_learns_and_the_frozen_random_baseline_does_not_reach_i
                                          run_dir=str(tmp_path / "full"),
                                          overrides=FRAMES + ["--schedule.epochs", "30", "--optim.lr", "2e-3",
                                                              "--schedule.warmup_steps", "50",
-                                                             "--schedule.final_lr_scale", "0", "--run.eval_every", "30"]))
+                                                             "--schedule.final_lr_scale", "0", "--run.eval_every_epochs", "30"]))
     frozen = finetune(load_finetune_config("finetune_tiny", task="speechcommands_v1", shards=str(keywords),
                                            run_dir=str(tmp_path / "frozen"), freeze_encoder=True,
-                                           overrides=FRAMES + ["--schedule.epochs", "30", "--run.eval_every", "30"]))
+                                           overrides=FRAMES + ["--schedule.epochs", "30", "--run.eval_every_epochs", "30"]))
     full_acc, frozen_acc = full.summary["mean"], frozen.summary["mean"]
     print(f"tiny demo keywords test: full {full_acc:.3f}, frozen {frozen_acc:.3f}, majority class {chance:.3f}")
     assert full_acc > 2 * chance and full_acc > 0.4, (full_acc, chance)

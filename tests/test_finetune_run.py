@@ -29,7 +29,7 @@ from tests.conftest import build, make_corpus, step_keys
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
 RUN = ["--data.clip_seconds", "1", "--data.valid_fraction", "0", "--data.test_fraction", "0.25",
-       "--schedule.epochs", "3", "--run.trace_keys", "true", "--run.save_every", "5"]
+       "--schedule.epochs", "3", "--run.trace_keys", "true", "--run.save_every_epochs", "5"]
 
 
 @pytest.fixture(scope="module")

@@ -200,7 +200,7 @@ def test_fine_tunes_a_pretraining_run_of_the_engine(shards, tmp_path):
     cfg = load_config("pretrain_tiny", ["--data.shards", f"[{shards / 'esc50'}]", "--data.min_seconds", "0.5",
                                         "--data.max_seconds", "1.0", "--eval.every", "0", "--run.dir",
                                         str(tmp_path / "pre"), "--schedule.steps", "2", "--schedule.warmup_steps", "1",
-                                        "--run.save_every", "2", "--run.threads", "1"])
+                                        "--run.save_every_steps", "2", "--run.threads", "1"])
     done = pretrain(cfg)
     assert done.encoder is not None
     for checkpoint in (done.encoder, tmp_path / "pre", done.checkpoint):

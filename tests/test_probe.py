@@ -28,7 +28,7 @@ def tiny_run(shards, run_dir, *extra: str):
     from maeast.pretrain import load_config
     return load_config("pretrain_tiny", ["--data.shards", f"[{shards / 'esc50'}]", "--data.min_seconds", "0.5",
                                          "--data.max_seconds", "1.0", "--eval.every", "0", "--run.dir", str(run_dir),
-                                         "--schedule.steps", "4", "--schedule.warmup_steps", "1", "--run.save_every", "4",
+                                         "--schedule.steps", "4", "--schedule.warmup_steps", "1", "--run.save_every_steps", "4",
                                          "--eval.probe_shards", str(shards / "sc1"), *extra])
 
 

@@ -18,7 +18,7 @@ from tests.servers import ACCESS_KEY, SECRET
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["schedule.steps=6", "schedule.warmup_steps=2", "data.batch_size=2", "optim.global_batch=4",
-         "eval.every=3", "eval.batches=2", "run.save_every=3", "run.log_every=1", "run.trace_keys=true"]
+         "eval.every=3", "eval.batches=2", "run.save_every_steps=3", "run.log_every=1", "run.trace_keys=true"]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_two_processes_from_s3_follow_one_process_from_disk(shards, s3, tmp_path
     same steps and the same losses (the loader's stream is a function of its slots, wherever the bytes are)."""
     url = s3.upload(shards, "two/shards")
     steps = ["schedule.steps=3", "schedule.warmup_steps=1", "data.batch_size=2", "optim.global_batch=4",
-             "eval.every=3", "eval.batches=2", "run.save_every=3", "run.log_every=1", "run.trace_keys=true"]
+             "eval.every=3", "eval.batches=2", "run.save_every_steps=3", "run.log_every=1", "run.trace_keys=true"]
     one = pretrain(load_config("pretrain_tiny", [*steps, f"data.shards=[{shards}]", f"run.dir={tmp_path / 'one'}",
                                                  "data.num_workers=2"]))
     port, procs = str(free_port()), []

@@ -38,7 +38,7 @@ from maeast.shards.format import read_index
 ARCHITECTURE = ("n_mels", "patch_time", "patch_freq", "input_norm", "input_scale", "dim", "depth", "heads",
                 "ffn_dim", "pre_norm")
 """Encoder fields a random-init baseline must share with the checkpoint."""
-FREE_KEYS = ("run.save_every", "run.keep", "run.log_every", "run.threads")
+FREE_KEYS = ("run.save_every_epochs", "run.keep", "run.log_every", "run.threads")
 """Config keys that do not change a run's result: a finished run that differs only in them is reused."""
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maeast.configio import from_dict, load_yaml, merge, parse_overrides, save_yaml, to_dict
-from maeast.train.config import resolve_config_path, shipped_configs
+from maeast.train.config import renamed, resolve_config_path, shipped_configs
 from maeast.errors import MaeastError
 from maeast.finetune.custom import SeededSplit
 from maeast.finetune.sections import (AugmentSection, DataSection, HeadSection, ModelSection, OptimSection,
@@ -116,8 +116,13 @@ class FinetuneConfig:
         return self.mode.peak_lr(self)
 
 
+RENAMED = {"run.save_every": "run.save_every_epochs", "run.eval_every": "run.eval_every_epochs"}
+"""Keys renamed since a run folder may have been written (old -> new): maeast.train.config.renamed."""
+
+
 def build_finetune_config(data: dict) -> FinetuneConfig:
     """Defaults <- the task's recipe <- `data` (a partial nested dict that names the task or keeps the default)."""
+    data = renamed(data, RENAMED, saved=False)
     task = get_task(str(data.get("task", FinetuneConfig.task)))
     return from_dict(FinetuneConfig, merge(merge(to_dict(FinetuneConfig()), task.recipe), data))
 

@@ -2,10 +2,10 @@
 
 Cross-validation corpora (ESC-50, IEMOCAP) keep every clip in split "train" with its `fold` in the
 sample JSON. `open_corpus` reads those folds once (key -> fold); a fold's training pass streams the
-split and drops the held-out fold's clips from each batch (`Selection.rows`), its test pass keeps
-only them. So no clip is ever in both the training and the test pass of a fold. The training
-loader's batch is enlarged by 1 / (share of clips kept), so the batches that reach the model hold
-about data.batch_size clips.
+split keeping only the other folds' clips, its test pass only the fold's (`Selection.keep_rule`: the
+loader's keep-rule, maeast.loaders.keep, applied by key where each worker plans its stream, before
+shuffling and batching). So no clip is ever in both the training and the test pass of a fold, a
+held-out clip is never decoded, and every batch holds data.batch_size kept clips.
 
 A custom corpus without its own valid or test split (maeast.finetune.custom) has them carved out of
 its train split the same way: `part_of` (key -> "train", "valid" or "test", by key hash) takes the
@@ -14,14 +14,14 @@ place of the folds, and each pass keeps its part's clips. A cross-validation tas
 a fold's training pass keeps the other folds' "train" part, its valid pass their "valid" part, so
 the dev clips are never trained on and never come from the tested fold.
 
-What the passes need of every clip (its fold, length and class) is read once from the samples' JSON
-(`scan`), and only when the run needs it: folds, a dev share, whole clips in training (the longest
-clip sets the padding cap) or class-balanced sampling (the class counts set the weights).
+What the passes need of every clip (its shard, fold, length and class) is read once from the
+samples' JSON (`scan_shards`), and only when the run needs it: folds, a dev share, whole clips in
+training (the longest clip sets the padding cap) or class-balanced sampling (the class counts set
+the weights); a carved part of a custom corpus reads its clips' shards when its pass first needs them.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -33,7 +33,7 @@ from maeast.errors import MaeastError
 from maeast.features import FbankConfig, get_config
 from maeast.finetune.custom import CustomPlan, SeededSplit, resolve_custom
 from maeast.finetune.tasks import Task
-from maeast.loaders import LoaderConfig, StreamingLoader
+from maeast.loaders import Keep, LoaderConfig, StreamingLoader
 from maeast.shards.format import INDEX, iter_meta, read_index, shard_paths
 from maeast.shards.storage import exists, is_url, join, redact
 
@@ -56,6 +56,8 @@ class Corpus:
     """Opened for class-balanced training (data.balanced): key -> class id of every clip of the train split."""
     longest: float | None = None
     """Task without a crop (clip_seconds None): the longest clip of the train split, in seconds."""
+    shard_keys: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    """Split -> shard name -> its sample keys in order, for the splits read so far (keys_by_shard)."""
 
     @property
     def part_of(self) -> dict[str, str]:
@@ -87,6 +89,12 @@ class Corpus:
         """The folds present (cross-validation tasks), else [] ."""
         return sorted(set(self.fold_of.values()))
 
+    def keys_by_shard(self, split: str) -> dict[str, list[str]]:
+        """Shard name -> its sample keys of a split (from the samples' JSON, read once per split)."""
+        if split not in self.shard_keys:
+            _scanned(self, split)
+        return self.shard_keys[split]
+
     def shard_count(self, split: str) -> int:
         return len(self.index["splits"][split]["shards"])
 
@@ -111,7 +119,8 @@ def open_corpus(task: Task, shards: str | Path, train_split: str | None = None,
         resolved, plan = resolve_custom(folder, index, train_split, seeded or SeededSplit())
         corpus = Corpus(folder, resolved, index, resolved.train_split, plan=plan)
         if balanced:
-            corpus.label_of = {key: int(meta["label_ids"][0]) for key, meta in scan(folder, corpus.train_split).items()}
+            clips = _scanned(corpus, corpus.train_split)
+            corpus.label_of = {key: int(meta["label_ids"][0]) for key, meta in clips.items()}
         return corpus
     if index["corpus"] not in task.corpora:
         raise MaeastError(f"{folder} holds corpus {index['corpus']!r}; task {task.name} reads "
@@ -123,7 +132,7 @@ def open_corpus(task: Task, shards: str | Path, train_split: str | None = None,
                               f"which task {task.name} needs")
     corpus = Corpus(folder, task, index, split)
     if task.cross_validation or task.dev_fraction or balanced or task.clip_seconds is None:
-        clips = scan(folder, split)
+        clips = _scanned(corpus, split)
         if task.cross_validation:
             corpus.fold_of = folds_of(clips, folder)
         if task.dev_fraction:
@@ -135,9 +144,24 @@ def open_corpus(task: Task, shards: str | Path, train_split: str | None = None,
     return corpus
 
 
+def scan_shards(folder: Path, split: str) -> dict[str, dict[str, dict]]:
+    """Shard name -> key -> JSON of every sample of a split, in index order (the audio members are seeked
+    over, never read)."""
+    index = read_index(folder)
+    names = [entry["name"] for entry in index["splits"][split]["shards"]]
+    return {name: dict(iter_meta(path)) for name, path in zip(names, shard_paths(folder, split, index))}
+
+
 def scan(folder: Path, split: str) -> dict[str, dict]:
     """key -> JSON of every sample of a split (the audio members are seeked over, never read)."""
-    return {key: meta for shard in shard_paths(folder, split) for key, meta in iter_meta(shard)}
+    return {key: meta for clips in scan_shards(folder, split).values() for key, meta in clips.items()}
+
+
+def _scanned(corpus: Corpus, split: str) -> dict[str, dict]:
+    """scan, keeping each shard's keys in the corpus (Corpus.keys_by_shard) for the passes' keep-rules."""
+    shards = scan_shards(corpus.dir, split)
+    corpus.shard_keys[split] = {name: list(clips) for name, clips in shards.items()}
+    return {key: meta for clips in shards.values() for key, meta in clips.items()}
 
 
 def folds_of(clips: dict[str, dict], folder: Path) -> dict[str, int]:
@@ -175,17 +199,16 @@ class Selection:
                 and (self.part is None or corpus.part_of.get(key) == self.part))
 
     def rows(self, keys: list[str], corpus: Corpus) -> list[int]:
-        """Indices of the batch rows this pass keeps."""
+        """Indices of the keys this pass keeps (rows of cached features, of the class counts)."""
         if self.folds is None and self.part is None:
             return list(range(len(keys)))
         return [i for i, k in enumerate(keys) if self.keeps(k, corpus)]
 
-    def share(self, corpus: Corpus) -> float:
-        """Fraction of the split's clips kept."""
+    def keep_rule(self, corpus: Corpus) -> Keep | None:
+        """The loader's keep-rule for this pass (maeast.loaders.keep); None when it reads every clip of its split."""
         if self.folds is None and self.part is None:
-            return 1.0
-        every = corpus.part_of if self.part is not None else corpus.fold_of
-        return sum(self.keeps(k, corpus) for k in every) / max(len(every), 1)
+            return None
+        return Keep.of(corpus.keys_by_shard(self.split), lambda key: self.keeps(key, corpus))
 
 
 def selections(corpus: Corpus, fold: int | None) -> dict[str, Selection]:
@@ -212,7 +235,8 @@ def selections(corpus: Corpus, fold: int | None) -> dict[str, Selection]:
 def make_loader(corpus: Corpus, selection: Selection, *, train: bool, batch_size: int, clip_seconds: float,
                 fbank: str | FbankConfig, seed: int, workers: int, shuffle_buffer: int, epoch_batches: int | None,
                 on_error: str, rank: int = 0, world_size: int = 1, balanced: bool = False) -> StreamingLoader:
-    """A finetune-mode loader over a selection's split: random crops and shuffling in training,
+    """A finetune-mode loader over a selection's clips (its split, only the clips it keeps, chosen before
+    batching: every batch holds batch_size of them): random crops and shuffling in training,
     crops from the start in shard order for evaluation (pass rank 0 of 1 to read all of it).
     fbank: a preset name or the whole recipe (dataset statistics included). A task without a crop
     pads each batch to its longest clip only; balanced training draws its clips by class_weights
@@ -221,26 +245,16 @@ def make_loader(corpus: Corpus, selection: Selection, *, train: bool, batch_size
     if per_rank < 1:
         raise MaeastError(f"{corpus.dir} split {selection.split!r} has {corpus.shard_count(selection.split)} shard(s) "
                           f"for {world_size} processes; rebuild with a smaller --shard-size or use fewer processes")
-    enlarged = math.ceil(batch_size / selection.share(corpus)) if train else batch_size
     config = LoaderConfig(shards=[str(corpus.dir)], split=selection.split, mode="finetune", clip_seconds=clip_seconds,
-                          random_crop=train, batch_size=enlarged, num_workers=min(workers, per_rank),
+                          random_crop=train, batch_size=batch_size, num_workers=min(workers, per_rank),
                           shuffle_buffer=shuffle_buffer if train else 0, seed=seed, fbank=get_config(fbank).name,
                           epoch_batches=epoch_batches if train else None, on_error=on_error,
                           pad_to_longest=corpus.task.clip_seconds is None,
                           class_weights=class_weights(corpus, selection) if train and balanced else None)
-    return StreamingLoader(config, rank, world_size, get_config(fbank))
-
-
-def take_rows(batch: Batch, rows: list[int]) -> Batch:
-    if len(rows) == len(batch):
-        return batch
-    index = torch.tensor(rows, dtype=torch.long)
-    mask = None if batch.padding_mask is None else batch.padding_mask[index]
-    labels = None if batch.labels is None else batch.labels[index]
-    return Batch(batch.features[index], mask, labels, [batch.keys[i] for i in rows])
+    return StreamingLoader(config, rank, world_size, get_config(fbank), keep=selection.keep_rule(corpus))
 
 
 def selected(loader, selection: Selection, corpus: Corpus) -> Iterator[Batch]:
-    """The loader's batches with only the selection's clips (possibly empty batches)."""
-    for batch in loader:
-        yield take_rows(batch, selection.rows(batch.keys, corpus))
+    """The loader's batches, unchanged: a loader from make_loader (or evaluation_loader) already keeps only the
+    selection's clips. Kept for the callers that still wrap their loader in it; to be removed."""
+    yield from loader

@@ -3,7 +3,7 @@
 A fold starts from the run's initial encoder (every fold from the same weights) and a fresh head. Each
 optimizer step = `accumulation` micro-batches on each process; the micro-batch at place (micro * world +
 rank) of step s draws its dropout, mixup, SpecAugment masks and noise from seeds derived from (run.seed,
-fold, s, place). Every run.eval_every epochs (and after the last) the model is scored on the valid split
+fold, s, place). Every run.eval_every_epochs epochs (and after the last) the model is scored on the valid split
 (if the task has one) and on the test clips; the reported epoch is the best valid one, or the last
 (ctx.select), or, with run.average_epochs, the model of the averaged weights (maeast.finetune.select).
 Its classifier is exported to RUN/fold{k}/classifier and its scores to result.json; a fold of a "fold_mean"
@@ -168,13 +168,13 @@ class Fold:
         st, cfg, task = self.state, self.ctx.cfg, self.ctx.task
         if self.window is not None and self.window[0] <= st.epoch <= self.window[1]:
             st.weights.add(self.engine.full_state_dict())  # a collective under ZeRO; every rank keeps the sum
-        if self.run.due(st.epoch, cfg.run.eval_every, last=self.epochs):
+        if self.run.due(st.epoch, cfg.run.eval_every_epochs, last=self.epochs):
             scores = self.mode.evaluate(self.engine.forward, self.engine, self.evals)
             st.history.append({"epoch": st.epoch, "step": st.step, **{k: v[task.metric] for k, v in scores.items()}})
             self.run.eval(st.history[-1], f"epoch {st.epoch} (step {st.step}): " + ", ".join(
                 f"{k} {task.metric} {100 * st.history[-1][k]:.2f}%" for k in ("valid", "test") if k in st.history[-1]))
             self.keep_best(scores)
-        if self.run.due(st.epoch, cfg.run.save_every, last=self.epochs) or self.run.stopping(st.step):
+        if self.run.due(st.epoch, cfg.run.save_every_epochs, last=self.epochs) or self.run.stopping(st.step):
             self.save()
 
     def keep_best(self, scores: dict) -> None:

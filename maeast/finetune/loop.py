@@ -25,7 +25,7 @@ import torch
 from maeast.artifacts import features_of, initial_encoder
 from maeast.configio import from_dict, load_yaml, merge, to_dict
 from maeast.train import distributed as dist
-from maeast.train.config import accumulation
+from maeast.train.config import accumulation, renamed
 from maeast.train.ds_config import read_zero_json
 from maeast.train.run import RESUME_FREE, check_resume, start
 from maeast.errors import MaeastError
@@ -33,7 +33,7 @@ from maeast.files import write_json
 from maeast.features import FbankConfig
 from maeast.features.stats import corpus_features
 from maeast.finetune.cache import Pooled, encode
-from maeast.finetune.config import FinetuneConfig, save_finetune_config
+from maeast.finetune.config import RENAMED, FinetuneConfig, save_finetune_config
 from maeast.finetune.custom import describe
 from maeast.finetune.data import Corpus, Selection, open_corpus
 from maeast.finetune.fold import is_finished, part_name, train_fold
@@ -46,7 +46,7 @@ from maeast.finetune.modes import fold_schedule, mode_of  # noqa: F401 (fold_sch
 
 RATES = ("dropout", "attn_dropout", "act_dropout", "layerdrop")
 
-FINETUNE_FREE = ("run.save_every", "run.eval_every", "run.folds")
+FINETUNE_FREE = ("run.save_every_epochs", "run.eval_every_epochs", "run.folds")
 """Fine-tuning's keys a resume may change (beside maeast.train.run.RESUME_FREE): when it saves and evaluates,
 and which folds it runs."""
 
@@ -262,7 +262,7 @@ def saved_config(run_dir: Path) -> FinetuneConfig:
     holds the whole resolved config of its day, so a key it lacks is younger than the run and takes the
     default, the behaviour before it (not today's task recipe). A frozen run saved before head.frozen
     existed trained MAE's linear probe, so that is what it says (a resume under today's default is refused)."""
-    data = load_yaml(Path(run_dir) / "config.yaml")
+    data = renamed(load_yaml(Path(run_dir) / "config.yaml"), RENAMED, saved=True)
     if (data.get("run") or {}).get("freeze_encoder") and "frozen" not in (data.get("head") or {}):
         data = merge(data, {"head": {"frozen": "linear_probe"}})
     return from_dict(FinetuneConfig, merge(to_dict(FinetuneConfig()), data))

@@ -74,6 +74,9 @@ class Mode:
         """An encoder with the run's initial weights."""
         encoder = Encoder(self.ctx.model_cfg)
         encoder.load_state_dict(self.ctx.encoder_state)
+        if self.cfg.model.compile:
+            for block in encoder.transformer.blocks:
+                block.compile()
         return encoder
 
     def head(self, encoder: Encoder, fold: int | None):

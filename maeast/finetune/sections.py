@@ -36,6 +36,9 @@ class ModelSection:
     """Dropout after the FFN activation (full fine-tuning)."""
     layerdrop: float = 0.0
     """Probability of skipping an encoder layer in training (off: SSAST fine-tunes without it)."""
+    compile: bool = False
+    """torch.compile each of the encoder's transformer blocks before training (as pretraining's model.compile);
+    the first steps of each clip length pay the compilation. A run choice: the weights and exports are the same."""
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -43,6 +46,8 @@ class ModelSection:
         for name in ("dropout", "attn_dropout", "act_dropout", "layerdrop"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise MaeastError(f"model.{name} {getattr(self, name)} must be in [0, 1)")
+        if not isinstance(self.compile, bool):
+            raise MaeastError(f"model.compile {self.compile!r} must be true or false")
         for name in ("patch_time", "patch_freq"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -268,7 +273,7 @@ class RunSection(RunConfig):
     runs/finetune/{task}-{frozen|full}-{random|the checkpoint's run name}."""
     seed: int = 0
     """Seed of the random encoder's weights, the head's, dropout, augmentation and the clip order."""
-    save_every: int = 1
+    save_every_epochs: int = 1
     """Checkpoint every this many epochs (and after the last)."""
     keep: int = 1
     """Checkpoints kept per fold (the newest)."""
@@ -280,11 +285,11 @@ class RunSection(RunConfig):
     """Frozen encoder: encode every clip once and train the head on the cached pooled features."""
     folds: list[int] | None = None
     """Cross-validation tasks: the folds to hold out (None: every fold of the shards)."""
-    eval_every: int = 1
+    eval_every_epochs: int = 1
     """Evaluate every this many epochs (and after the last)."""
     eval_steps: int | None = None
     """Evaluate every this many optimizer steps (s3prl's eval_step; and after the last step): an epoch is
-    then this many steps (run.eval_every, save_every and schedule.epochs count those), each drawn from a
+    then this many steps (run.eval_every_epochs, save_every_epochs and schedule.epochs count those), each drawn from a
     freshly shuffled pass of the loader (the feature cache's draws run on across epochs instead); None:
     an epoch is one pass over the train clips."""
     select: str | None = None
@@ -300,8 +305,9 @@ class RunSection(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.eval_every, int) or self.eval_every < 1:
-            raise MaeastError(f"run.eval_every {self.eval_every!r} must be an integer >= 1")
+        for name in ("save_every_epochs", "eval_every_epochs"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise MaeastError(f"run.{name} {getattr(self, name)!r} must be an integer >= 1")
         if self.eval_steps is not None and (not isinstance(self.eval_steps, int) or self.eval_steps < 1):
             raise MaeastError(f"run.eval_steps {self.eval_steps!r} must be an integer >= 1 (or null: by epochs)")
         if self.select is not None and self.select not in SELECT:

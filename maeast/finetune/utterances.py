@@ -84,7 +84,8 @@ def _length(sample: Sample) -> int:
 def evaluation_loader(corpus: Corpus, selection: Selection, *, whole: bool, batch_size: int, max_seconds: float,
                       clip_seconds: float, fbank: str | FbankConfig, workers: int, on_error: str):
     """The batches an evaluation pass (or a frozen encoder's feature cache) reads: whole clips, or clips
-    cropped from their start to clip_seconds (the streaming loader, shard order)."""
+    cropped from their start to clip_seconds (the streaming loader, shard order). Either reads only the
+    selection's clips, chosen by key before batching (WholeClips.__iter__, the loader's keep-rule)."""
     if whole:
         return WholeClips(corpus, selection, fbank, batch_size, max_seconds, on_error)
     return make_loader(corpus, selection, train=False, batch_size=batch_size, clip_seconds=clip_seconds, fbank=fbank,

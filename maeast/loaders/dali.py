@@ -29,7 +29,7 @@ from maeast.errors import MaeastError
 from maeast.loaders import lengths
 from maeast.loaders.config import LoaderConfig
 from maeast.loaders.loader import dist_rank_world
-from maeast.loaders.sources import check_labels, derive_seed, load_sources
+from maeast.loaders.sources import LOADER_STREAMS, check_labels, derive_seed, load_sources
 from maeast.loaders.state import LoaderState, SingleStreamState
 from maeast.loaders.baddata import Errors
 from maeast.loaders.stream import check_shard
@@ -106,9 +106,10 @@ class DaliLoader(SingleStreamState):
         window = self.window
         threads = max(c.num_workers, 1) * c.threads_per_worker
         gpu = self.device.type == "cuda"
+        seed = derive_seed(c.seed, epoch, LOADER_STREAMS["dali_reader"]) % (1 << 31)
 
         @dali.pipeline_def(batch_size=c.batch_size, num_threads=threads, device_id=self.device.index if gpu else None,
-                           seed=derive_seed(c.seed, epoch, 7) % (1 << 31), prefetch_queue_depth=c.prefetch)
+                           seed=seed, prefetch_queue_depth=c.prefetch)
         def pipeline():
             encoded, meta = fn.readers.webdataset(
                 paths=[str(s.path) for s in self.shards],
@@ -155,7 +156,8 @@ class DaliLoader(SingleStreamState):
                 return None
             rows = keep.nonzero().squeeze(1)
             wave, length, metas = wave[rows.to(wave.device)], length[rows], [metas[i] for i in rows.tolist()]
-        generator = torch.Generator().manual_seed(derive_seed(c.seed, self.state.epoch, self.rank, position, 3))
+        seed = derive_seed(c.seed, self.state.epoch, self.rank, position, LOADER_STREAMS["crop"])
+        generator = torch.Generator().manual_seed(seed)
         label_ids = [m.get("label_ids", []) for m in metas] if c.finetune else None
         return lengths.collate(
             wave, length.clamp_max(self.window), [m["key"] for m in metas], label_ids, finetune=c.finetune,

@@ -54,11 +54,11 @@ Item = tuple[int, int]
 
 
 def loader_quotas(loader) -> Quotas:
-    """A StreamingLoader's epoch quotas as a function of the layout (its own config and sources)."""
+    """A StreamingLoader's epoch quotas as a function of the layout (its own config, sources and keep-rule)."""
     c = loader.config
     return lambda epoch, world_size, num_workers: quotas(
         loader.sources, c.seed, epoch, world_size, num_workers, c.batch_size, c.drop_last, c.epoch_batches,
-        0.0 if c.finetune else c.min_seconds)
+        0.0 if c.finetune else c.min_seconds, getattr(loader, "keep", None))
 
 
 def slots(world_size: int, num_workers: int) -> int:

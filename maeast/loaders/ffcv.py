@@ -25,7 +25,7 @@ from maeast.features import get_config
 from maeast.files import write_json
 from maeast.loaders.config import LoaderConfig
 from maeast.loaders.loader import StreamingLoader, dist_rank_world
-from maeast.loaders.sources import derive_seed, load_sources
+from maeast.loaders.sources import LOADER_STREAMS, derive_seed, load_sources
 from maeast.loaders.state import LoaderState, SingleStreamState
 from maeast.loaders.baddata import Errors
 from maeast.loaders.stream import read_shard
@@ -168,7 +168,7 @@ class FFCVLoader(SingleStreamState):
         """This rank's clips in this epoch's order (all ranks the same count)."""
         order = list(range(self.meta["samples"]))
         if self.config.shuffle_buffer:
-            random.Random(derive_seed(self.config.seed, self.state.epoch, 8)).shuffle(order)
+            random.Random(derive_seed(self.config.seed, self.state.epoch, LOADER_STREAMS["ffcv_order"])).shuffle(order)
         return np.array(order[self.rank::self.world_size][: self.per_rank], dtype=np.uint64)
 
     def _ffcv_loader(self, indices: np.ndarray):

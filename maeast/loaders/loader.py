@@ -5,6 +5,8 @@
         ...
     state = loader.state_dict()       # saved with the checkpoint (JSON-serializable)
     loader.load_state_dict(state)     # on resume: neither repeats nor skips a clip of the epoch
+
+    StreamingLoader(config, rank, world_size, keep=Keep.of(keys_by_shard, rule))  # only some clips (keep.py)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from maeast.errors import MaeastError
 from maeast.features import FbankConfig, get_config
 from maeast.loaders.config import LoaderConfig
 from maeast.loaders.elastic import deal
+from maeast.loaders.keep import Keep
 from maeast.loaders.sources import check_labels, check_slots, load_sources, quotas
 from maeast.loaders.state import LoaderState, new_stats
 from maeast.loaders.stream import Plan
@@ -39,13 +42,18 @@ class StreamingLoader:
     """Batches (maeast.batch.Batch) from webdataset shards on CPU worker processes."""
 
     def __init__(self, config: LoaderConfig, rank: int | None = None, world_size: int | None = None,
-                 features: FbankConfig | None = None):
-        """features: the fbank recipe, in place of the preset config.fbank names (e.g. with corpus statistics)."""
+                 features: FbankConfig | None = None, keep: Keep | None = None):
+        """features: the fbank recipe, in place of the preset config.fbank names (e.g. with corpus statistics).
+        keep: read only these clips of the split (a fold's, a carved part's; maeast.loaders.keep), chosen
+        before shuffling and batching; None: every clip."""
         self.config = config
+        self.keep = keep
         self.features = get_config(features or config.fbank)
         self.rank, self.world_size = dist_rank_world(rank, world_size)
         self.sources = load_sources(config.shards, config.split, config.weights)
         check_slots(self.sources, self.world_size, config.num_workers)
+        if keep is not None:
+            keep.check(self.sources)
         if config.finetune:
             check_labels(self.sources)
         self.state = LoaderState.fresh(0, config.seed, self.world_size, config.num_workers, self.rank)
@@ -81,7 +89,7 @@ class StreamingLoader:
         if self.state.rest is not None:  # a re-dealt rest of the epoch (maeast.loaders.elastic)
             return [len(items) for items in self._dealt()]
         return quotas(self.sources, c.seed, self.state.epoch, self.world_size, c.num_workers, c.batch_size,
-                      c.drop_last, c.epoch_batches, 0.0 if c.finetune else c.min_seconds)[self.rank]
+                      c.drop_last, c.epoch_batches, 0.0 if c.finetune else c.min_seconds, self.keep)[self.rank]
 
     def _dealt(self) -> list[list[tuple[int, int]]]:
         return deal(self.state.rest, self.rank, self.world_size, self.config.num_workers, self.state.dealt)
@@ -103,7 +111,7 @@ class StreamingLoader:
         rest = None if state.rest is None else {**state.rest, "items": self._dealt()}
         quotas = self.quotas()
         plan = Plan(c, self.sources, self.rank, self.world_size, state.epoch, quotas, list(state.batches),
-                    list(state.positions), self.features, rest, state.first_worker(quotas))
+                    list(state.positions), self.features, rest, state.first_worker(quotas), self.keep)
         total, done = sum(plan.quotas), sum(state.batches)
         if done >= total:
             return

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from maeast.errors import MaeastError
+from maeast.loaders.keep import Keep
 from maeast.shards.format import SHORT_STEP_SECONDS, index_format, read_index, shard_paths
 from maeast.shards.storage import Location, exists, is_url, list_names, redact
 
@@ -111,6 +112,24 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
+LOADER_STREAMS = {
+    "shard_deal": 1,    # sources.slot_shards: a source's shards shuffled before the deal, by (epoch, source)
+    "pass_order": 2,    # sources.pass_order: a slot's shards in a later pass, by (epoch, source, slot, pass)
+    "crop": 3,          # stream.materialize, dali: the crop offsets of a batch, by (epoch, slot or rank, position)
+    "shuffle": 4,       # stream.planned_batches: the shuffle buffer of a pass, by (epoch, slot, pass)
+    "mix": 5,           # stream._mixed: which source the next clip comes from, by (epoch, slot)
+    "bucket": 6,        # stream.planned_batches: the order of a pool's batches (lengths.bucket), by (epoch, slot, pass)
+    "dali_reader": 7,   # dali: the DALI reader's shuffling, by epoch
+    "cache_order": 7,   # finetune.sources.CacheSource: an epoch's permutation of the cached features, by epoch
+    "class_repeat": 8,  # stream._repeated: class-balanced repeats of a pass's clips, by (epoch, slot, pass)
+    "ffcv_order": 8,    # ffcv: the order of an epoch's samples, by epoch
+    "cache_draws": 9,   # finetune.sources.CacheSource.draws: pass p of the endless draws, by pass
+}
+"""The data's random streams: each draw is seeded by derive_seed(data seed, *key, id), the id LAST (the run's
+own streams, maeast.train.rng.STREAMS, put theirs second). Ids are fixed forever (changing one changes every
+run's data). An id may serve two streams whose keys differ in length or that never meet in one run."""
+
+
 def check_slots(sources: list[Source], world_size: int, workers: int) -> None:
     slots = world_size * max(workers, 1)
     for s in sources:
@@ -124,7 +143,7 @@ def check_slots(sources: list[Source], world_size: int, workers: int) -> None:
 def slot_shards(source: Source, source_id: int, seed: int, epoch: int, slot: int, slots: int) -> list[Shard]:
     """The shards one slot reads in this epoch's first pass, in reading order."""
     order = list(source.shards)
-    random.Random(derive_seed(seed, epoch, source_id, 1)).shuffle(order)
+    random.Random(derive_seed(seed, epoch, source_id, LOADER_STREAMS["shard_deal"])).shuffle(order)
     return order[slot::slots]
 
 
@@ -133,34 +152,36 @@ def pass_order(shards: list[Shard], seed: int, epoch: int, source_id: int, slot:
     if pass_no == 0:
         return list(shards)
     order = list(shards)
-    random.Random(derive_seed(seed, epoch, source_id, slot, pass_no, 2)).shuffle(order)
+    random.Random(derive_seed(seed, epoch, source_id, slot, pass_no, LOADER_STREAMS["pass_order"])).shuffle(order)
     return order
 
 
 def quotas(sources: list[Source], seed: int, epoch: int, world_size: int, workers: int, batch_size: int,
-           drop_last: bool, epoch_batches: int | None, min_seconds: float = 0.0) -> list[list[int]]:
+           drop_last: bool, epoch_batches: int | None, min_seconds: float = 0.0,
+           keep: Keep | None = None) -> list[list[int]]:
     """Batches each worker of each rank yields this epoch: [rank][worker]; every rank sums to the same.
 
     Without epoch_batches, a worker's quota is one pass over its shards' clips of at least
-    min_seconds (from index.json's counts), and ranks with more are trimmed, largest worker first,
-    to the smallest rank's total.
+    min_seconds (from index.json's counts), or over their kept clips given a keep-rule (keep.Keep's
+    counts), and ranks with more are trimmed, largest worker first, to the smallest rank's total.
+    With epoch_batches, a rank's batches are shared evenly by its workers whose shards make a batch.
     """
     w = max(workers, 1)
     slots = world_size * w
+    count = (lambda shard: shard.usable(min_seconds)) if keep is None else keep.count
     per_slot = np.zeros(slots, dtype=np.int64)
     for i, source in enumerate(sources):
         for slot in range(slots):
-            per_slot[slot] += sum(s.usable(min_seconds) for s in slot_shards(source, i, seed, epoch, slot, slots))
+            per_slot[slot] += sum(count(s) for s in slot_shards(source, i, seed, epoch, slot, slots))
     batches = per_slot // batch_size if drop_last else -(-per_slot // batch_size)
     table = batches.reshape(world_size, w)
     if epoch_batches is not None:
-        even = [epoch_batches // w + (k < epoch_batches % w) for k in range(w)]
-        return [list(even) for _ in range(world_size)]
+        return [_even(epoch_batches, [int(x) for x in row]) for row in table]
     total = int(table.sum(axis=1).min())
     if total == 0:
         raise MaeastError(f"a rank has no batch of batch_size={batch_size} usable clips this epoch (pretraining "
-                          f"skips clips under min_seconds={min_seconds:g}); lower batch_size or min_seconds, or "
-                          f"set drop_last false")
+                          f"skips clips under min_seconds={min_seconds:g}; a keep-rule, the clips it leaves out); "
+                          f"lower batch_size or min_seconds, or set drop_last false")
     out = []
     for row in table:
         row = [int(x) for x in row]
@@ -168,4 +189,15 @@ def quotas(sources: list[Source], seed: int, epoch: int, world_size: int, worker
             k = max(range(w), key=lambda j: (row[j], j))
             row[k] -= 1
         out.append(row)
+    return out
+
+
+def _even(epoch_batches: int, row: list[int]) -> list[int]:
+    """A rank's epoch_batches over its workers, evenly, leaving out a worker whose shards make no batch (it would
+    find none to yield: every clip of its shards left out by a keep-rule or under min_seconds); every worker if
+    none does (its worker then says so)."""
+    readers = [k for k, n in enumerate(row) if n] or list(range(len(row)))
+    out = [0] * len(row)
+    for j, k in enumerate(readers):
+        out[k] = epoch_batches // len(readers) + (j < epoch_batches % len(readers))
     return out

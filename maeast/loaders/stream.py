@@ -3,14 +3,16 @@
 A worker's batches are planned from sample metadata (key, JSON) before any audio is decoded:
 
   its shards (sources.slot_shards) -> samples (format.iter_tar through storage, each checked against
-  its JSON's sha256s in format 2, or after check_shard in format 1) -> clips under
-  min_seconds dropped (pretraining) -> shuffle buffer (webdataset.shuffle, seeded) -> batches
+  its JSON's sha256s in format 2, or after check_shard in format 1) -> clips a keep-rule leaves out
+  dropped, by key (keep.Keep: a fold, a carved part) -> clips under min_seconds dropped (pretraining)
+  -> class-balanced repeats (fine-tuning) -> shuffle buffer (webdataset.shuffle, seeded) -> batches
   (lengths.bucket) -> per batch: each clip's window (crop offset, from its JSON length) decoded from
   its FLAC (soundfile, seeking) or
   wav (a slice of the bytes) -> lengths.make_batch (padding, fbank, mask, labels)
 
-Everything random is seeded by (seed, epoch, rank, worker, ...), so the plan is a pure function of
-those numbers: a resumed worker walks it again without decoding up to where the caller stopped.
+Everything random is seeded by (seed, epoch, rank, worker, ..., the draw's id in sources.LOADER_STREAMS),
+so the plan is a pure function of those numbers (and of the keep-rule, which draws none): a resumed
+worker walks it again without decoding up to where the caller stopped.
 A worker's stream never ends: after its shards it starts another, reshuffled pass (one source) or
 keeps mixing (several sources); its quota decides how many batches of it make the epoch.
 What a worker process runs with these (its own plan, or a re-dealt rest of an epoch) is
@@ -39,7 +41,8 @@ from maeast.loaders import lengths
 from maeast.loaders.baddata import Errors
 from maeast.loaders.cache import ShardCache
 from maeast.loaders.config import LoaderConfig
-from maeast.loaders.sources import Shard, Source, derive_seed, pass_order, slot_shards
+from maeast.loaders.keep import Keep
+from maeast.loaders.sources import LOADER_STREAMS, Shard, Source, derive_seed, pass_order, slot_shards
 from maeast.shards.format import audio_part, check_members, iter_tar, parse_pcm16_wav, verify_shard
 from maeast.shards.storage import open_stream
 
@@ -71,6 +74,7 @@ class Plan:
     features: FbankConfig  # the fbank recipe (the config's preset unless the loader was given one)
     rest: dict | None = None  # a re-dealt rest: {"world_size", "num_workers"} of its layout, "items" per worker
     first_worker: int = 0  # the worker whose turn the DataLoader's worker 0 takes (state.first_worker)
+    keep: Keep | None = None  # the clips of the split this loader reads (None: every clip)
 
     @property
     def workers(self) -> int:
@@ -162,7 +166,7 @@ def _mixed(plan: Plan, slot: int, errors: Errors) -> Iterator[Sample]:
 
     streams = [endless(i) for i in range(len(plan.sources))]
     weights = [s.weight for s in plan.sources]
-    rng = random.Random(derive_seed(plan.config.seed, plan.epoch, slot, 5))
+    rng = random.Random(derive_seed(plan.config.seed, plan.epoch, slot, LOADER_STREAMS["mix"]))
     while True:
         yield next(streams[rng.choices(range(len(streams)), weights)[0]])
 
@@ -182,14 +186,17 @@ def planned_batches(plan: Plan, worker: int, errors: Errors) -> Iterator[list[Sa
         if segment_no:
             errors.count("wrapped_passes")
         samples = iter(segment)
+        if plan.keep is not None:
+            samples = (s for s in samples if s.key in plan.keep)
         if not cfg.finetune:
             samples = (s for s in samples if _long_enough(s, min_samples, errors))
         if cfg.class_weights is not None:
-            samples = _repeated(samples, cfg.class_weights, derive_seed(cfg.seed, plan.epoch, slot, segment_no, 8))
+            seed = derive_seed(cfg.seed, plan.epoch, slot, segment_no, LOADER_STREAMS["class_repeat"])
+            samples = _repeated(samples, cfg.class_weights, seed)
         if cfg.shuffle_buffer:
-            rng = random.Random(derive_seed(cfg.seed, plan.epoch, slot, segment_no, 4))
+            rng = random.Random(derive_seed(cfg.seed, plan.epoch, slot, segment_no, LOADER_STREAMS["shuffle"]))
             samples = wds.shuffle(cfg.shuffle_buffer, cfg.shuffle_buffer, rng=rng)(samples)
-        rng = random.Random(derive_seed(cfg.seed, plan.epoch, slot, segment_no, 6))
+        rng = random.Random(derive_seed(cfg.seed, plan.epoch, slot, segment_no, LOADER_STREAMS["bucket"]))
         size = lambda s: min(int(s.meta["num_samples"]), max_samples)  # noqa: E731
         made = 0
         for batch in lengths.bucket(samples, size, cfg.batch_size, pool, rng, cfg.drop_last):
@@ -197,7 +204,8 @@ def planned_batches(plan: Plan, worker: int, errors: Errors) -> Iterator[list[Sa
             yield batch
         if not made:
             raise MaeastError(f"worker {worker} of rank {plan.rank} found no usable batch in a whole pass over its "
-                              f"shards of {plan.sources[0].dir} (all clips bad or under min_seconds?)")
+                              f"shards of {plan.sources[0].dir} (all clips bad, under min_seconds or left out by a "
+                              f"keep-rule?)")
 
 
 def _repeated(samples: Iterator[Sample], weights: list[float], seed: int) -> Iterator[Sample]:
@@ -266,7 +274,8 @@ def materialize(samples: list[Sample], plan: Plan, worker: int, position: int, e
     if cfg.finetune and cfg.pad_to_longest:
         size = min(size, int(lens.max()))
     slot = plan.rank * plan.workers + worker  # like the shard deal: the stream is a function of the slot
-    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, plan.epoch, slot, position, 3))
+    seed = derive_seed(cfg.seed, plan.epoch, slot, position, LOADER_STREAMS["crop"])
+    generator = torch.Generator().manual_seed(seed)
     starts = lengths.offsets(lens, size, cfg.random_crop or not cfg.finetune, generator).tolist()
     kept = lens.clamp_max(size)
     wave = torch.zeros(len(samples), size)  # [B, size]

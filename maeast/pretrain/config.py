@@ -23,7 +23,7 @@ from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
 from maeast.loaders.config import LoaderConfig
 from maeast.model.config import PRESETS, ModelConfig
-from maeast.train.config import (OptimConfig, RunConfig, ScheduleConfig, positive, positive_int,
+from maeast.train.config import (OptimConfig, RunConfig, ScheduleConfig, positive, positive_int, renamed,
                                  resolve_config_path, shipped_configs)
 
 __all__ = ["PretrainConfig", "EvalConfig", "PretrainRun", "build_config", "load_config", "save_config",
@@ -75,14 +75,14 @@ class PretrainRun(RunConfig):
 
     dir: str = "runs/pretrain"
     """Run directory: config.yaml, ds_config.json, log.jsonl, tensorboard/, checkpoints/, encoder/."""
-    save_every: int = 25_000
+    save_every_steps: int = 25_000
     """Save a checkpoint every this many optimizer steps (and always at the end)."""
 
     def __post_init__(self):
         super().__post_init__()
         if not self.dir:
             raise MaeastError("run.dir is empty; give the run directory")
-        positive_int("run.save_every", self.save_every)
+        positive_int("run.save_every_steps", self.save_every_steps)
 
 
 def _default_data() -> LoaderConfig:
@@ -143,9 +143,14 @@ def expand_model(section: dict) -> dict:
     return {**PRESETS[preset], **section}
 
 
-def build_config(data: dict) -> PretrainConfig:
-    """PretrainConfig from a (partial) nested dict over the defaults."""
-    data = dict(data)
+RENAMED = {"run.save_every": "run.save_every_steps"}
+"""Keys renamed since a run folder may have been written (old -> new): maeast.train.config.renamed."""
+
+
+def build_config(data: dict, saved: bool = False) -> PretrainConfig:
+    """PretrainConfig from a (partial) nested dict over the defaults; saved: a run folder's config.yaml (keys
+    renamed since are read under their new names)."""
+    data = renamed(data, RENAMED, saved)
     if "model" in data:
         if not isinstance(data["model"], dict):
             raise MaeastError("config model must be a mapping of ModelConfig fields (and an optional preset)")

@@ -163,7 +163,7 @@ def steps(s: Session, result: PretrainResult) -> None:
         if s.probe is not None and run.due(s.step, cfg.eval.probe_every):
             probed = {"step": s.step, **s.probe.score(engine.module.encoder)}
             run.eval(probed, probe_line(probed), kind="probe")
-        if run.due(s.step, cfg.run.save_every):
+        if run.due(s.step, cfg.run.save_every_steps):
             state = {"step": s.step, "samples": s.samples, "world_size": s.layout.world_size,
                      "layout": s.layout.to_dict(), "loader": s.loader.state_dict()}
             extra = {"loss": record["loss"], **({"eval": result.eval} if result.eval else {})}

@@ -22,7 +22,7 @@ from maeast.train.checkpoint import load_train_states
 from maeast.train.layout import Layout, read_run_ds_config, resume_route, saved_layout
 from maeast.train.run import RESUME_FREE, Run, check_resume
 
-PRETRAIN_FREE = ("run.save_every", "eval.every", "eval.batches")
+PRETRAIN_FREE = ("run.save_every_steps", "eval.every", "eval.batches")
 """Pretraining's keys a resume may change: when it saves and evaluates (saving and evaluating draw nothing)."""
 
 LAYOUT_KEYS = ("data.num_workers",)
@@ -50,7 +50,7 @@ def resume_point(cfg: PretrainConfig, run: Run, resume: bool, ds_config: dict, l
     checkpoint = run.resumable(resume)
     if checkpoint is None:
         return None
-    check_resume(build_config(load_yaml(run.dir / "config.yaml")), cfg, run.dir / "config.yaml",
+    check_resume(build_config(load_yaml(run.dir / "config.yaml"), saved=True), cfg, run.dir / "config.yaml",
                  RESUME_FREE + PRETRAIN_FREE + LAYOUT_KEYS)
     saved = saved_layout(checkpoint, read_run_ds_config(run.dir))
     route = resume_route(saved, layout, checkpoint)

@@ -34,7 +34,8 @@ from maeast.train.checkpoint import clear_partial, save_checkpoint
 from maeast.train.config import RunConfig
 from maeast.train.logging import RunLogger, cut_log
 
-RESUME_FREE = ("run.stop_at", "run.log_every", "run.threads", "run.keep", "run.trace_keys", "run.collective_timeout")
+RESUME_FREE = ("run.stop_at", "run.log_every", "run.threads", "run.keep", "run.trace_keys", "run.collective_timeout",
+               "model.compile")
 """Keys of the run section a resumed run may change: they touch neither the weights nor the loss curve.
 Each recipe adds its own (its save and evaluation cadence, its process layout)."""
 
