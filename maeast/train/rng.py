@@ -7,7 +7,8 @@ Stream ids are fixed forever (changing one changes every run's numbers); the loa
 crops draw from their own seeds (data.seed), not from these: their stream ids are named in
 maeast.loaders.sources.LOADER_STREAMS (there the id is the last part of the key, here the second).
 A slot is a micro-batch's place in its step's global batch (micro * world + rank,
-maeast.train.trainer), not a process: a resume on another layout gives every slot the batch it had (maeast.loaders.elastic), so its masks and dropout stay the same.
+maeast.train.trainer), not a process: a resume on another layout gives every slot the batch it had
+(maeast.loaders.elastic), so its masks and dropout stay the same.
 """
 
 from __future__ import annotations
