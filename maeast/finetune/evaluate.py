@@ -26,7 +26,7 @@ from maeast.artifacts import classifier_folders, features_of, load_classifier
 from maeast.errors import MaeastError
 from maeast.finetune.cache import unique_rows
 from maeast.finetune.custom import SeededSplit
-from maeast.finetune.data import open_corpus, selected, selections
+from maeast.finetune.data import open_corpus, selections
 from maeast.finetune.metrics import score, summarize
 from maeast.finetune.tasks import get_task
 from maeast.finetune.utterances import evaluation_loader, whole_clips
@@ -44,7 +44,7 @@ class Predictions:
 def predict(forward: Callable, batches: Iterable) -> Predictions:
     """forward(x, padding_mask) -> logits over batches of (x, padding_mask, labels, keys); once per key."""
     keys, logits, labels = [], [], []
-    for x, pad, y, k in batches:
+    for x, pad, y, k, *_ in batches:
         if not len(k):
             continue
         logits.append(forward(x, pad).float().cpu())
@@ -115,7 +115,7 @@ def evaluate_run(run: str | Path, task: str | None = None, data: str | Path | No
                                    batch_size=batch_size, max_seconds=max_seconds, clip_seconds=info["clip_seconds"],
                                    fbank=features_of(info), workers=workers, on_error="skip")
         batches = ((b.features.to(device), _to(b.padding_mask, device), b.labels, b.keys)
-                   for b in selected(loader, selection, corpus))
+                   for b in loader)
         preds = predict(lambda x, pad: _forward(model, x, pad), batches)
         report.folds.append(FoldScore(fold, score(the_task.metric, preds.logits, preds.labels), folder))
     return report

@@ -70,10 +70,10 @@ class Classification:
     draw_stream: str = "augment"
 
     def __call__(self, engine, item, generator: torch.Generator) -> Micro:
-        x, pad, labels, keys = item
-        x, pad, targets = self.mode.augment(x, pad, targets_of(labels, self.classes), generator)
+        x, pad, targets = self.mode.augment(item.x, item.padding_mask, targets_of(item.labels, self.classes),
+                                            generator)
         out = self.mode.logits(engine.forward, x, pad, generator)
-        return Micro(self.loss_fn(out, targets), len(keys), keys)
+        return Micro(self.loss_fn(out, targets), len(item.keys), item.keys, flops=self.mode.flops(item))
 
 
 @dataclass
@@ -129,7 +129,8 @@ class Fold:
                     shutil.copytree(checkpoint / "best", self.part / "best")
         dist.barrier()
         use = Classification(LOSSES[ctx.task.loss], len(ctx.corpus.labels), self.mode)
-        self.trainer = Trainer(self.engine, use, ctx.cfg.run.seed, ctx.world, ctx.rank, ctx.accum, self.run)
+        self.trainer = Trainer(self.engine, use, ctx.cfg.run.seed, ctx.world, ctx.rank, ctx.accum, self.run,
+                               peak_flops=ctx.peak_flops)
 
     def announce(self) -> None:
         st = self.state
@@ -254,7 +255,7 @@ class _Stream:
                     raise MaeastError("the training loader ran out of clips before the epoch's steps; check the "
                                       "shards (bad samples skipped?)")
                 return None
-            if item[3]:
+            if item.keys:
                 self.ahead = item
             elif self.ctx.world * self.ctx.accum > 1:
                 raise MaeastError("a training batch held no readable clip (bad samples skipped?); several processes "

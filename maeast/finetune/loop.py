@@ -27,6 +27,7 @@ from maeast.configio import from_dict, load_yaml, merge, to_dict
 from maeast.train import distributed as dist
 from maeast.train.config import accumulation, renamed
 from maeast.train.ds_config import read_zero_json
+from maeast.train.mfu import peak_flops
 from maeast.train.run import RESUME_FREE, check_resume, start
 from maeast.errors import MaeastError
 from maeast.files import write_json
@@ -79,6 +80,8 @@ class RunContext:
     caches: dict[str, Pooled] = field(default_factory=dict)
     mode: object = None
     """The mode (maeast.finetune.modes): a head on frozen features, or full fine-tuning."""
+    peak_flops: float | None = None
+    """The device's measured matmul FLOP/s (maeast.train.mfu), for the MFU figure of the training log."""
 
     def cached(self, split: str) -> Pooled:
         """The frozen encoder's pooled features of every clip of a split, computed once per run."""
@@ -179,6 +182,7 @@ def open_context(cfg: FinetuneConfig, deepspeed_config_path, resume: bool, conso
     ctx = RunContext(cfg, task, corpus, device, world, rank, model_cfg, state, info, fbank, micro, accum, zero,
                      resume, clip_seconds, folds, choose_select(cfg, task), console)
     ctx.mode = mode_of(cfg)(ctx)  # frozen or full: chosen here, once
+    ctx.peak_flops = peak_flops(device)
     return ctx
 
 

@@ -31,6 +31,7 @@ from maeast.finetune.metrics import score
 from maeast.finetune.sources import CacheSource, LoaderSource
 from maeast.finetune.utterances import evaluation_loader, whole_clips
 from maeast.model import Encoder
+from maeast.model.flops import classifier_flops
 from maeast.model.heads import FROZEN_PROTOCOLS, Classifier, HeadSpec, head_record, make_head, pooled_layers
 from maeast.train import distributed as dist
 from maeast.train import rng
@@ -230,6 +231,9 @@ class FrozenHead(Mode):
     def augment(self, x, pad, targets, generator):
         return x, pad, targets  # the encoder saw its clips unaugmented when the features were made
 
+    def flops(self, item) -> None:
+        return None  # the head's few FLOPs: no MFU figure
+
     def logits(self, call: Callable, x, pad, generator=None) -> torch.Tensor:
         return call(x)  # pooled features [B, L, D] -> the head's logits
 
@@ -290,6 +294,10 @@ class FullFinetune(Mode):
 
     def logits(self, call: Callable, x, pad, generator=None) -> torch.Tensor:
         return call(x, pad, generator)  # fbank -> the classifier's logits
+
+    def flops(self, item) -> int:
+        """Training FLOPs of a micro-batch (maeast.model.flops), from its clips' frame counts on the CPU."""
+        return classifier_flops(self.ctx.model_cfg, item.frames)
 
     def split(self, weights: dict) -> tuple[dict, dict]:
         return ({k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")},

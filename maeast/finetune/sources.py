@@ -1,29 +1,37 @@
-"""What a fold's training and evaluation passes iterate: (x, padding_mask, labels, keys) micro-batches.
+"""What a fold's training and evaluation passes iterate: MicroBatch(x, padding_mask, labels, keys, frames).
 
-    LoaderSource: shards -> loader -> the selection's rows -> fbank [B, T, F] (full fine-tuning), or
-                  the frozen encoder's pooled features [B, L, D] computed on the fly (no cache);
+    LoaderSource: shards -> loader (only the selection's clips, chosen before batching) -> fbank [B, T, F]
+                  (full fine-tuning), or the frozen encoder's pooled features [B, L, D] computed on the
+                  fly (no cache);
     CacheSource:  cached pooled features [N, L, D] of a frozen encoder, in a fresh order every epoch
                   (class-balanced draws with replacement when given weights; a fixed number of
                   micro-batches per epoch when given batches, the draws running on across epochs).
 
-Both have len() (micro-batches per epoch and process) and epoch(e) (that epoch's micro-batches).
+Both have len() (micro-batches per epoch and process), epoch(e) (that epoch's micro-batches, or its rest
+after a stop inside it) and state_dict() (what that rest needs).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 
 from maeast.finetune.cache import Pooled, epoch_rows
-from maeast.finetune.data import Corpus, Selection, selected
+from maeast.finetune.data import Corpus, Selection
 from maeast.loaders.sources import derive_seed
 
-MicroBatch = tuple[torch.Tensor, "torch.Tensor | None", torch.Tensor, list[str]]
+
+class MicroBatch(NamedTuple):
+    x: torch.Tensor  # fbank [B, T, F] or pooled features [B, L, D], on the device
+    padding_mask: torch.Tensor | None  # [B, T] True = padding, on the device
+    labels: torch.Tensor  # [B] or [B, C]
+    keys: list[str]
+    frames: torch.Tensor | None = None  # [B] real fbank frames of each clip, on the CPU (FLOP counts); None: pooled
 
 
 class LoaderSource:
-    """A loader's batches, cut to a selection; `encode` (frozen, uncached) maps a Batch to pooled features."""
+    """A loader's batches of the selection's clips; `encode` (frozen, uncached) maps a Batch to pooled features."""
 
     def __init__(self, loader, selection: Selection, corpus: Corpus, device: torch.device,
                  encode: Callable | None = None):
@@ -43,15 +51,13 @@ class LoaderSource:
             self.loader.load_state_dict(state)
         else:
             self.loader.set_epoch(epoch)
-        for batch in selected(self.loader, self.selection, self.corpus):
-            if not len(batch):
-                yield batch.features, None, batch.labels, []
-                continue
+        for batch in self.loader:
+            frames = batch.frames()  # on the CPU, before the batch moves
             batch = batch.to(self.device)
             if self.encode is None:
-                yield batch.features, batch.padding_mask, batch.labels, batch.keys
+                yield MicroBatch(batch.features, batch.padding_mask, batch.labels, batch.keys, frames)
             else:
-                yield self.encode(batch), None, batch.labels, batch.keys
+                yield MicroBatch(self.encode(batch), None, batch.labels, batch.keys)
 
 
 class CacheSource:
@@ -95,4 +101,4 @@ class CacheSource:
             batches = list(torch.arange(len(self.pooled)).split(self.micro))
         for rows in batches[skip:]:
             part = self.pooled.take(rows.tolist())
-            yield part.x.to(self.device), None, part.labels.to(self.device), part.keys
+            yield MicroBatch(part.x.to(self.device), None, part.labels.to(self.device), part.keys)
