@@ -56,11 +56,6 @@ def rows(cls: type, prefix: str = "") -> list[Row]:
     return out
 
 
-def undocumented(*classes: type) -> list[str]:
-    """Keys without documentation (the test keeps this empty)."""
-    return [r.key for cls in classes for r in rows(cls) if not r.doc]
-
-
 def _type_name(kind) -> str:
     text = str(kind) if not isinstance(kind, type) else kind.__name__
     return text.replace("typing.", "").replace("NoneType", "None")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from maeast.cli import app
-from maeast.configref import configs, markdown, rows, undocumented
+from maeast.configref import configs, markdown, rows
 from maeast.pretrain.config import load_config
 from maeast.finetune.config import load_finetune_config
 
@@ -15,7 +15,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 
 
 def test_every_key_is_documented():
-    assert undocumented(*configs().values()) == []
+    assert [r.key for cls in configs().values() for r in rows(cls) if not r.doc] == []
 
 
 def test_the_reference_lists_every_key_a_config_accepts():

@@ -50,6 +50,10 @@ def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, classes: int) -
     return torch.bincount(flat, minlength=classes * classes).view(classes, classes)
 
 
+METRICS = ("accuracy", "map")
+"""The metrics a task scores with (score's names)."""
+
+
 def score(metric: str, logits: torch.Tensor, labels: torch.Tensor) -> dict:
     """{metric: value, "clips": N} (+ "confusion" for accuracy, "ap" per class for mAP)."""
     logits = logits.float()
@@ -60,10 +64,7 @@ def score(metric: str, logits: torch.Tensor, labels: torch.Tensor) -> dict:
         labels = labels if labels.ndim == 1 else labels.argmax(dim=1)
         return {"accuracy": accuracy(logits, labels), "clips": len(labels),
                 "confusion": confusion_matrix(logits, labels, logits.shape[1]).tolist()}
-    raise ValueError(f"unknown metric {metric!r}")
-
-
-METRICS = ("accuracy", "map")
+    raise ValueError(f"unknown metric {metric!r}; one of {', '.join(METRICS)}")
 
 
 def summarize(values: list[float]) -> dict[str, float]:

@@ -1,7 +1,9 @@
-"""The DeepSpeed config, generated from PretrainConfig: one source of truth for batch, clipping and schedule.
+"""The DeepSpeed config, generated from a recipe's optim section and micro batch: one source of truth for batch,
+clipping and schedule.
 
 A JSON under launch/ adds only ZeRO, precision and offload knobs (ZERO_KEYS). Batch and clipping are
-ours (OWNED_KEYS); the optimizer and schedule are torch objects handed to DeepSpeed. A JSON that sets an
+ours (train_batch_size, train_micro_batch_size_per_gpu, gradient_accumulation_steps, gradient_clipping: a
+JSON may repeat our value but never differ); the optimizer and schedule are torch objects handed to DeepSpeed. A JSON that sets an
 owned key to anything else, or names an optimizer or scheduler, is an error naming the key.
 
 Precision: "bf16": {"enabled": "auto"} means bf16 weights (fp32 master copy in the optimizer) on CUDA,
@@ -15,10 +17,6 @@ from pathlib import Path
 
 from maeast.train.config import accumulation
 from maeast.errors import MaeastError
-
-OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-              "gradient_clipping", "optimizer", "scheduler")
-"""Set from PretrainConfig only: a JSON may repeat our value but never differ."""
 
 ZERO_KEYS = ("zero_optimization", "bf16", "communication_data_type", "zero_allow_untested_optimizer",
              "zero_force_ds_cpu_optimizer", "wall_clock_breakdown", "prescale_gradients",

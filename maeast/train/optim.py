@@ -111,5 +111,5 @@ class _Factor:
         self.peak, self.schedule = peak, dataclasses.asdict(schedule)  # plain numbers in checkpoints
 
     def __call__(self, step: int) -> float:
-        kind, fn = SCHEDULES[self.kind]
-        return fn(step, self.peak, kind(**self.schedule)) / self.peak
+        kind, _ = SCHEDULES[self.kind]
+        return schedule_lr(step, self.peak, kind(**self.schedule)) / self.peak
