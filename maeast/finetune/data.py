@@ -24,11 +24,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from maeast.batch import Batch
 from maeast.errors import MaeastError
 from maeast.features import FbankConfig, get_config
 from maeast.finetune.custom import CustomPlan, SeededSplit, resolve_custom
@@ -252,9 +250,3 @@ def make_loader(corpus: Corpus, selection: Selection, *, train: bool, batch_size
                           pad_to_longest=corpus.task.clip_seconds is None,
                           class_weights=class_weights(corpus, selection) if train and balanced else None)
     return StreamingLoader(config, rank, world_size, get_config(fbank), keep=selection.keep_rule(corpus))
-
-
-def selected(loader, selection: Selection, corpus: Corpus) -> Iterator[Batch]:
-    """The loader's batches, unchanged: a loader from make_loader (or evaluation_loader) already keeps only the
-    selection's clips. Kept for the callers that still wrap their loader in it; to be removed."""
-    yield from loader

@@ -19,7 +19,7 @@ import torch
 
 from maeast.finetune.cache import Pooled, epoch_rows
 from maeast.finetune.data import Corpus, Selection
-from maeast.loaders.sources import derive_seed
+from maeast.loaders.sources import LOADER_STREAMS, derive_seed
 
 
 class MicroBatch(NamedTuple):
@@ -80,7 +80,7 @@ class CacheSource:
         """Rows [start, start + count) of the endless sequence of passes."""
         n, out = len(self.pooled), []
         for p in range(start // n, (start + count - 1) // n + 1):
-            generator = torch.Generator().manual_seed(derive_seed(self.seed, p, 9))
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, p, LOADER_STREAMS["cache_draws"]))
             out.append(torch.randperm(n, generator=generator) if self.weights is None
                        else torch.multinomial(self.weights, n, replacement=True, generator=generator))
         return torch.cat(out)[start - (start // n) * n:][:count]
@@ -91,7 +91,7 @@ class CacheSource:
     def epoch(self, epoch: int, skip: int = 0, state: dict | None = None) -> Iterator[MicroBatch]:
         """The epoch's micro-batches, less the first `skip` (taken before a stop inside the epoch)."""
         if self.shuffle and self.weights is None and self.batches is None:
-            generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 7))
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, LOADER_STREAMS["cache_order"]))
             batches = epoch_rows(len(self.pooled), self.micro, self.world, self.rank, generator)
         elif self.shuffle:
             step = self.micro * self.world
