@@ -186,11 +186,11 @@ def test_class_balanced_draws_are_balanced(skewed_corpus):
     pooled = Pooled([str(i) for i in range(100)], torch.zeros(100, 1, 4), labels)
     w = torch.tensor([100 / (3 * 90), 100 / (3 * 9), 100 / (3 * 1)])[labels]
     source = CacheSource(pooled, micro=10, world=1, rank=0, seed=3, device=torch.device("cpu"), weights=w)
-    seen = Counter(int(y) for e in range(20) for _, _, ys, _ in source.epoch(e) for y in ys)
+    seen = Counter(int(y) for e in range(20) for item in source.epoch(e) for y in item.labels)
     assert len(source) == 10 and all(abs(n / 2000 - 1 / 3) < 0.05 for n in seen.values()), seen
     # run.eval_steps: epochs of a fixed number of batches, the draws running on across them (two ranks share them)
     fixed = [CacheSource(pooled, micro=10, world=2, rank=r, seed=3, device=torch.device("cpu"), batches=3) for r in (0, 1)]
-    rows = [[int(k) for e in range(2) for _, _, _, keys in source.epoch(e) for k in keys] for source in fixed]
+    rows = [[int(k) for e in range(2) for item in source.epoch(e) for k in item.keys] for source in fixed]
     assert len(fixed[0]) == 3 and len(rows[0]) == len(rows[1]) == 60
     interleaved = [k for b in range(6) for r in (0, 1) for k in rows[r][10 * b:10 * b + 10]]
     assert interleaved == fixed[0].draws(0, 120).tolist()  # passes of 100: every clip once in 0-99
