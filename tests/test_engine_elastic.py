@@ -130,7 +130,7 @@ def planned_steps(shards: Path, world: int, workers: int, epoch: int) -> list[li
     cfg = load_config("pretrain_tiny", [*RUN, f"data.shards=[{shards}]", f"data.num_workers={workers}"])
     ranks = []
     for rank in range(world):
-        loader = StreamingLoader(cfg.data, rank, world)
+        loader = StreamingLoader(cfg.loader_config(), rank, world)
         loader.set_epoch(epoch)
         ranks.append([batch.keys for batch in loader])
     accum = cfg.optim.global_batch // (cfg.data.batch_size * world)

@@ -22,6 +22,7 @@ from maeast.configio import to_dict
 from maeast.errors import MaeastError
 from maeast.finetune import evaluate_run, finetune, load_finetune_config
 from maeast.finetune.custom import SeededSplit, clip_length, read_clips
+from maeast.loaders import StreamConfig
 from maeast.finetune.data import make_loader, open_corpus, selections
 from maeast.finetune.tasks import TASK_NAMES, get_task
 from maeast.shards.build import build_shards
@@ -100,7 +101,7 @@ def cli(*args: str):
 
 def pass_keys(corpus, selection, train: bool) -> list[str]:
     loader = make_loader(corpus, selection, train=train, batch_size=4, clip_seconds=1.0, fbank="mae_ast", seed=3,
-                         workers=0, shuffle_buffer=100, epoch_batches=None, on_error="fail")
+                         shuffle_buffer=100, epoch_batches=None, stream=StreamConfig(num_workers=0, on_error="fail"))
     return [k for b in loader for k in b.keys]
 
 

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from maeast.features import get_config
 from maeast.finetune import evaluate_run, finetune, load_finetune_config
+from maeast.loaders import StreamConfig
 from maeast.finetune.data import Selection, class_weights, make_loader, open_corpus, scan, selections
 from maeast.finetune.sources import CacheSource
 from maeast.finetune.cache import Pooled
@@ -130,7 +131,8 @@ def test_layer_weights_learn():
 def test_whole_clip_batches_see_every_frame_with_the_padding_masked(lengths_corpus):
     corpus = open_corpus(get_task("custom"), lengths_corpus)
     preset = get_config("mae_ast")
-    reader = WholeClips(corpus, Selection("train"), preset, batch_size=4, max_seconds=8.0, on_error="fail")
+    reader = WholeClips(corpus, Selection("train"), preset, batch_size=4, max_seconds=8.0,
+                        stream=StreamConfig(num_workers=0, on_error="fail"))
     batches = list(reader)
     keys = [k for b in batches for k in b.keys]
     assert sorted(keys) == sorted(scan(corpus.dir, "train")) and len(keys) == 11
@@ -139,7 +141,8 @@ def test_whole_clip_batches_see_every_frame_with_the_padding_masked(lengths_corp
     assert samples / 16000 > 10.0
     # the streaming loader, its crop as long as the clip: every frame of it, as a reference
     reference = make_loader(corpus, Selection("train"), train=False, batch_size=16, clip_seconds=samples / 16000,
-                            fbank=preset, seed=0, workers=0, shuffle_buffer=0, epoch_batches=None, on_error="fail")
+                            fbank=preset, seed=0, shuffle_buffer=0, epoch_batches=None,
+                            stream=StreamConfig(num_workers=0, on_error="fail"))
     whole = next(b.features[b.keys.index(long_key)] for b in reference if long_key in b.keys)  # [T, F]
     for batch in batches:
         frames = batch.features.shape[1]
@@ -173,12 +176,14 @@ def test_class_balanced_draws_are_balanced(skewed_corpus):
     assert weights[corpus.labels.index("music")] == pytest.approx(12 / (2 * 2))  # N / (C n_c)
     # The stream: each clip repeated Poisson(weight) times per pass.
     loader = make_loader(corpus, selection, train=True, batch_size=4, clip_seconds=0.5, fbank="mae_ast", seed=1,
-                         workers=0, shuffle_buffer=50, epoch_batches=60, on_error="fail", balanced=True)
+                         shuffle_buffer=50, epoch_batches=60,
+                         stream=StreamConfig(num_workers=0, on_error="fail"), balanced=True)
     drawn = Counter(int(label) for batch in loader for label in batch.labels)
     total = sum(drawn.values())  # about 4 x 60 (a pass's last batch may be short)
     assert total > 180 and all(abs(n / total - 0.5) < 0.12 for n in drawn.values()), drawn
     plain = make_loader(corpus, selection, train=True, batch_size=4, clip_seconds=0.5, fbank="mae_ast", seed=1,
-                        workers=0, shuffle_buffer=50, epoch_batches=60, on_error="fail")
+                        shuffle_buffer=50, epoch_batches=60,
+                        stream=StreamConfig(num_workers=0, on_error="fail"))
     drawn = Counter(int(label) for batch in plain for label in batch.labels)
     assert drawn[corpus.labels.index("music")] / sum(drawn.values()) < 0.3  # without: about 2 in 12
     # The feature cache: draws with replacement by weight.

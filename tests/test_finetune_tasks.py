@@ -22,6 +22,7 @@ from maeast.artifacts import initial_encoder, write_encoder
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
 from maeast.finetune import evaluate_run, finetune, load_finetune_config
+from maeast.loaders import StreamConfig
 from maeast.finetune.data import make_loader, open_corpus, selections
 from maeast.finetune.tasks import get_task
 from maeast.model import MAEAST, make_config
@@ -49,7 +50,7 @@ def tiny(task: str, data: Path, run: Path, *overrides: str, **flags):
 
 def pass_keys(corpus, selection, train: bool) -> list[str]:
     loader = make_loader(corpus, selection, train=train, batch_size=2, clip_seconds=1.0, fbank="mae_ast", seed=3,
-                         workers=0, shuffle_buffer=100, epoch_batches=None, on_error="fail")
+                         shuffle_buffer=100, epoch_batches=None, stream=StreamConfig(num_workers=0, on_error="fail"))
     return [k for b in loader for k in b.keys]
 
 

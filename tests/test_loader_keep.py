@@ -19,7 +19,7 @@ import maeast.loaders.stream as stream
 from maeast.errors import MaeastError
 from maeast.finetune.data import Corpus, Selection, make_loader, open_corpus, selections
 from maeast.finetune.tasks import get_task
-from maeast.loaders import Keep, LoaderConfig, StreamingLoader
+from maeast.loaders import Keep, LoaderConfig, StreamConfig, StreamingLoader
 from maeast.loaders.elastic import loader_quotas, regroup
 from maeast.loaders.sources import LOADER_STREAMS
 from maeast.shards.build import build_shards
@@ -62,10 +62,10 @@ def kept_keys(corpus: Corpus, selection: Selection) -> list[str]:
     return sorted(k for k in corpus.fold_of if selection.keeps(k, corpus))
 
 
-def loader_for(corpus, selection, train=True, **kw) -> StreamingLoader:
-    args = dict(batch_size=BATCH, clip_seconds=1.0, fbank="mae_ast", seed=3, workers=2, shuffle_buffer=8,
-                epoch_batches=None, on_error="fail")
-    return make_loader(corpus, selection, train=train, **{**args, **kw})
+def loader_for(corpus, selection, train=True, workers=2, **kw) -> StreamingLoader:
+    args = dict(batch_size=BATCH, clip_seconds=1.0, fbank="mae_ast", seed=3, shuffle_buffer=8, epoch_batches=None)
+    stream = StreamConfig(num_workers=workers, on_error="fail")
+    return make_loader(corpus, selection, train=train, stream=stream, **{**args, **kw})
 
 
 def test_a_held_out_fold_leaves_full_batches_and_every_kept_clip_once(corpus):

@@ -3,6 +3,7 @@ resume, no credential anywhere in the run folder, two processes following one; f
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -55,14 +56,21 @@ def test_finetuning_from_s3_matches_local_disk(s3, tmp_path):
     build(make_corpus(tmp_path / "corpus", speech=6, music=6), tmp_path / "shards")
     url = s3.upload(tmp_path / "shards", "labelled/shards")
     runs = {}
-    for name, shards in (("local", tmp_path / "shards"), ("remote", url)):
+    cache = tmp_path / "cache"  # the data section's stream keys, as in pretraining: a local copy of each shard
+    for name, shards, extra in (("local", tmp_path / "shards", []), ("remote", url, []),
+                                ("cached", url, [f"data.cache_dir={cache}"])):
         cfg = load_finetune_config("finetune_tiny", task="custom", shards=str(shards), run_dir=str(tmp_path / name),
-                                   overrides=["schedule.epochs=1"])
+                                   overrides=["schedule.epochs=1", *extra])
         runs[name] = finetune(cfg)
     scores = {name: [{k: v for k, v in fold.items() if k not in ("seconds", "classifier")} for fold in run.folds]
               for name, run in runs.items()}
     assert scores["remote"] == scores["local"] and scores["local"][0]["history"]  # the same clips, steps and scores
+    assert scores["cached"] == scores["local"]
     assert url in (tmp_path / "remote" / "config.yaml").read_text()
+    index = json.loads((tmp_path / "shards" / "index.json").read_text())
+    shas = {shard["sha256"] for shard in index["splits"]["train"]["shards"]}
+    cached = {p.stem for p in cache.rglob("*.tar")}  # entries are named by their sha256
+    assert shas and cached == shas
 
 
 @pytest.mark.slow

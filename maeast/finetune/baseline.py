@@ -22,6 +22,7 @@ from maeast.finetune.data import Selection, open_corpus, selections
 from maeast.finetune.metrics import summarize
 from maeast.finetune.tasks import get_task
 from maeast.finetune.utterances import evaluation_loader, whole_clips
+from maeast.loaders import StreamConfig
 from maeast.probing import fbank_stats, logistic_regression
 
 BATCH = 64
@@ -32,7 +33,7 @@ def split_stats(corpus, split: str, clip_seconds: float, fbank) -> tuple[list[st
     """(keys, fbank statistics [N, 2F], labels [N]) of every clip of a split, each once."""
     loader = evaluation_loader(corpus, Selection(split), whole=whole_clips(corpus, split, evaluation=True),
                                batch_size=BATCH, max_seconds=MAX_SECONDS, clip_seconds=clip_seconds, fbank=fbank,
-                               workers=0, on_error="skip")
+                               stream=StreamConfig(num_workers=0))
     keys, xs, ys = [], [], []
     for batch in loader:
         keys += batch.keys

@@ -31,7 +31,7 @@ from maeast.errors import MaeastError
 from maeast.features import FbankConfig, get_config
 from maeast.finetune.custom import CustomPlan, SeededSplit, resolve_custom
 from maeast.finetune.tasks import Task
-from maeast.loaders import Keep, LoaderConfig, StreamingLoader
+from maeast.loaders import Keep, LoaderConfig, StreamConfig, StreamingLoader
 from maeast.shards.format import INDEX, iter_meta, read_index, shard_paths
 from maeast.shards.storage import exists, is_url, join, redact
 
@@ -231,22 +231,24 @@ def selections(corpus: Corpus, fold: int | None) -> dict[str, Selection]:
 
 
 def make_loader(corpus: Corpus, selection: Selection, *, train: bool, batch_size: int, clip_seconds: float,
-                fbank: str | FbankConfig, seed: int, workers: int, shuffle_buffer: int, epoch_batches: int | None,
-                on_error: str, rank: int = 0, world_size: int = 1, balanced: bool = False) -> StreamingLoader:
+                fbank: str | FbankConfig, seed: int, shuffle_buffer: int, epoch_batches: int | None,
+                stream: StreamConfig, rank: int = 0, world_size: int = 1, balanced: bool = False) -> StreamingLoader:
     """A finetune-mode loader over a selection's clips (its split, only the clips it keeps, chosen before
     batching: every batch holds batch_size of them): random crops and shuffling in training,
     crops from the start in shard order for evaluation (pass rank 0 of 1 to read all of it).
     fbank: a preset name or the whole recipe (dataset statistics included). A task without a crop
     pads each batch to its longest clip only; balanced training draws its clips by class_weights
-    (the corpus opened with balanced=True)."""
+    (the corpus opened with balanced=True). stream: how the workers read (the run's data section; its
+    num_workers capped at the split's shards per process)."""
     per_rank = corpus.shard_count(selection.split) // world_size
     if per_rank < 1:
         raise MaeastError(f"{corpus.dir} split {selection.split!r} has {corpus.shard_count(selection.split)} shard(s) "
                           f"for {world_size} processes; rebuild with a smaller --shard-size or use fewer processes")
-    config = LoaderConfig(shards=[str(corpus.dir)], split=selection.split, mode="finetune", clip_seconds=clip_seconds,
-                          random_crop=train, batch_size=batch_size, num_workers=min(workers, per_rank),
+    config = LoaderConfig(**{**stream.stream_fields(), "num_workers": min(stream.num_workers, per_rank)},
+                          shards=[str(corpus.dir)], split=selection.split, mode="finetune", clip_seconds=clip_seconds,
+                          random_crop=train, batch_size=batch_size,
                           shuffle_buffer=shuffle_buffer if train else 0, seed=seed, fbank=get_config(fbank).name,
-                          epoch_batches=epoch_batches if train else None, on_error=on_error,
+                          epoch_batches=epoch_batches if train else None,
                           pad_to_longest=corpus.task.clip_seconds is None,
                           class_weights=class_weights(corpus, selection) if train and balanced else None)
     return StreamingLoader(config, rank, world_size, get_config(fbank), keep=selection.keep_rule(corpus))

@@ -30,6 +30,7 @@ from maeast.finetune.data import open_corpus, selections
 from maeast.finetune.metrics import score, summarize
 from maeast.finetune.tasks import get_task
 from maeast.finetune.utterances import evaluation_loader, whole_clips
+from maeast.loaders import StreamConfig
 from maeast.precision import inference_autocast
 
 
@@ -113,7 +114,7 @@ def evaluate_run(run: str | Path, task: str | None = None, data: str | Path | No
         selection = selections(corpus, fold)["test"]
         loader = evaluation_loader(corpus, selection, whole=whole_clips(corpus, selection.split, evaluation=True),
                                    batch_size=batch_size, max_seconds=max_seconds, clip_seconds=info["clip_seconds"],
-                                   fbank=features_of(info), workers=workers, on_error="skip")
+                                   fbank=features_of(info), stream=StreamConfig(num_workers=workers))
         batches = ((b.features.to(device), _to(b.padding_mask, device), b.labels, b.keys)
                    for b in loader)
         preds = predict(lambda x, pad: _forward(model, x, pad), batches)

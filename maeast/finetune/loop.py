@@ -93,7 +93,7 @@ class RunContext:
             loader = evaluation_loader(self.corpus, Selection(split), whole=whole_clips(self.corpus, split, False),
                                        batch_size=cfg.data.eval_batch_size, max_seconds=cfg.data.eval_max_seconds,
                                        clip_seconds=self.clip_seconds, fbank=self.fbank,
-                                       workers=cfg.data.num_workers, on_error=cfg.data.on_error)
+                                       stream=cfg.data)
             started = time.perf_counter()
             spec = self.mode.spec
             self.caches[split] = encode(encoder.to(self.device), loader, spec.weighted, self.device, spec.stats)

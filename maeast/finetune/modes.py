@@ -134,8 +134,7 @@ class Mode:
         to what the engine's module takes (None: its fbank)."""
         ctx, cfg, corpus = self.ctx, self.cfg, self.ctx.corpus
         picks = selections(corpus, fold)
-        common = dict(clip_seconds=ctx.clip_seconds, fbank=ctx.fbank, workers=cfg.data.num_workers,
-                      on_error=cfg.data.on_error)
+        common = dict(clip_seconds=ctx.clip_seconds, fbank=ctx.fbank, stream=cfg.data)
         loader = make_loader(corpus, picks["train"], train=True, batch_size=ctx.micro, seed=self.order_seed(fold),
                              shuffle_buffer=cfg.data.shuffle_buffer, epoch_batches=self.epoch_batches(),
                              rank=ctx.rank, world_size=ctx.world, balanced=cfg.data.balanced, **common)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from maeast.train.config import OptimConfig, RunConfig
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
+from maeast.loaders.config import StreamConfig
 from maeast.model.config import PRESETS
 from maeast.model.heads import FROZEN_PROTOCOLS, NORMS
 
@@ -60,8 +61,9 @@ class ModelSection:
 
 
 @dataclass
-class DataSection:
-    """Which shards, how clips are cut, how batches are read."""
+class DataSection(StreamConfig):
+    """Which shards, how clips are cut, how batches are read (the workers' reading: maeast.loaders.StreamConfig,
+    as in pretraining)."""
 
     shards: str | None = None
     """Shard folder of the task's corpus; None: the task's default (shards/{corpus}; custom has none)."""
@@ -83,14 +85,10 @@ class DataSection:
     balanced: bool = False
     """Draw the training clips class-balanced, every class equally often in expectation (SUPERB KS1:
     s3prl's WeightedRandomSampler, weight N / clips of the class; maeast.finetune.data.class_weights)."""
-    num_workers: int = 2
-    """Loader worker processes (capped at the shard count of a split)."""
     shuffle_buffer: int = 2000
     """Clips in each worker's shuffle buffer (large enough to mix the folds of a fold-sorted tar)."""
     fbank: str | None = None
     """Fbank preset; None: the checkpoint's own (mae_ast for a random encoder)."""
-    on_error: str = "skip"
-    """Bad data: "skip" (warn, count) or "fail"."""
     valid_fraction: float | None = None
     """Task custom, a corpus without its own valid split: share of its train clips carved out (by key
     hash) to select the epoch on; None: 0.1; 0: no valid pass, the last epoch is reported."""
@@ -102,6 +100,7 @@ class DataSection:
     share one test set)."""
 
     def __post_init__(self):
+        super().__post_init__()
         if self.clip_seconds is not None and not self.clip_seconds >= 0.1:
             raise MaeastError(f"data.clip_seconds {self.clip_seconds} must be at least 0.1 s")
         for name in ("batch_size", "epoch_batches"):

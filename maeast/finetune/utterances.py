@@ -20,6 +20,8 @@ from maeast.features import FbankConfig, get_config
 from maeast.finetune.data import Corpus, Selection, make_loader
 from maeast.loaders import lengths
 from maeast.loaders.baddata import Errors
+from maeast.loaders.cache import ShardCache
+from maeast.loaders.config import StreamConfig
 from maeast.loaders.sources import load_sources
 from maeast.loaders.stream import Sample, decode_window, read_shard
 
@@ -31,9 +33,9 @@ class WholeClips:
     """Every clip of a selection, whole, in length-bucketed batches padded to their longest clip."""
 
     def __init__(self, corpus: Corpus, selection: Selection, fbank: str | FbankConfig, batch_size: int,
-                 max_seconds: float, on_error: str):
+                 max_seconds: float, stream: StreamConfig):
         self.corpus, self.selection, self.fbank = corpus, selection, get_config(fbank)
-        self.batch_size, self.on_error = batch_size, on_error
+        self.batch_size, self.stream = batch_size, stream
         self.source = load_sources([str(corpus.dir)], selection.split)[0]
         self.max_samples = round(max_seconds * self.source.sample_rate)
 
@@ -41,10 +43,11 @@ class WholeClips:
         """Evaluation reads the same clips in the same order every time."""
 
     def __iter__(self) -> Iterator[Batch]:
-        errors = Errors(self.on_error)
+        errors = Errors(self.stream.on_error)
+        cache = ShardCache(self.stream.cache_dir, self.stream.cache_gb) if self.stream.cache_dir else None
         pool: list[Sample] = []
         for shard in self.source.shards:
-            for sample in read_shard(shard, True, errors):
+            for sample in read_shard(shard, self.stream.verify_checksums, errors, cache):
                 if self.selection.keeps(sample.key, self.corpus):
                     pool.append(sample)
                 if len(pool) == POOL:
@@ -82,14 +85,14 @@ def _length(sample: Sample) -> int:
 
 
 def evaluation_loader(corpus: Corpus, selection: Selection, *, whole: bool, batch_size: int, max_seconds: float,
-                      clip_seconds: float, fbank: str | FbankConfig, workers: int, on_error: str):
+                      clip_seconds: float, fbank: str | FbankConfig, stream: StreamConfig):
     """The batches an evaluation pass (or a frozen encoder's feature cache) reads: whole clips, or clips
     cropped from their start to clip_seconds (the streaming loader, shard order). Either reads only the
     selection's clips, chosen by key before batching (WholeClips.__iter__, the loader's keep-rule)."""
     if whole:
-        return WholeClips(corpus, selection, fbank, batch_size, max_seconds, on_error)
+        return WholeClips(corpus, selection, fbank, batch_size, max_seconds, stream)
     return make_loader(corpus, selection, train=False, batch_size=batch_size, clip_seconds=clip_seconds, fbank=fbank,
-                       seed=0, workers=workers, shuffle_buffer=0, epoch_batches=None, on_error=on_error)
+                       seed=0, shuffle_buffer=0, epoch_batches=None, stream=stream)
 
 
 def whole_clips(corpus: Corpus, split: str, evaluation: bool) -> bool:

@@ -14,7 +14,7 @@ Three backends with one batch contract and one fbank (maeast.features):
 
 from __future__ import annotations
 
-from maeast.loaders.config import LoaderConfig
+from maeast.loaders.config import BatchConfig, LoaderConfig, StreamConfig
 from maeast.loaders.keep import Keep
 from maeast.loaders.loader import StreamingLoader
 from maeast.loaders.state import merge_states
@@ -32,4 +32,4 @@ def build_loader(config: LoaderConfig, rank: int | None = None, world_size: int 
     return StreamingLoader(config, rank, world_size)
 
 
-__all__ = ["Keep", "LoaderConfig", "StreamingLoader", "build_loader", "merge_states"]
+__all__ = ["BatchConfig", "Keep", "LoaderConfig", "StreamConfig", "StreamingLoader", "build_loader", "merge_states"]

@@ -1,12 +1,15 @@
-"""LoaderConfig: everything that decides which clips a loader yields, in what order and what shape.
-
-The training config embeds it; every field is checked in __post_init__ so that a bad value is a
+"""The loader's configs, one inside the next: every field is checked in __post_init__, so that a bad value is a
 one-line MaeastError before any worker starts.
+
+    StreamConfig   how workers read shards (workers, threads, prefetch, pinning, checksums, bad data, the cache
+                   of remote shards): what every recipe's data section embeds
+    BatchConfig    + which clips (shards, weights, split) and how they batch: pretraining's data section
+    LoaderConfig   + mode (pretrain or finetune), backend and fine-tuning's clip options: what a loader takes
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from maeast.errors import MaeastError
 from maeast.shards.storage import is_url, redact
@@ -18,8 +21,52 @@ FBANK_ON = ("loader", "device")
 
 
 @dataclass
-class LoaderConfig:
-    """How to stream batches out of one or more shard folders."""
+class StreamConfig:
+    """How a loader's workers read shards: the part of the data section every recipe shares (pretraining's
+    `data`, fine-tuning's `data`), so that each gets the workers, prefetch, pinning, checks, bad-data rule
+    and the local cache of remote shards alike."""
+
+    num_workers: int = 2
+    """Worker processes per rank (0 reads in the calling process)."""
+    threads_per_worker: int = 1
+    """torch intra-op threads in each worker (fbank); DALI's CPU threads for backend "dali"."""
+    prefetch: int = 2
+    """Batches each worker prepares ahead (DataLoader's prefetch_factor)."""
+    pin_memory: bool = False
+    """Pin batches in page-locked memory (only useful with a CUDA device)."""
+    verify_checksums: bool = True
+    """Check the data against its checksums: in format-2 folders each sample's members as they are read
+    (no extra read); in format-1 folders (built before per-member checksums) the whole shard against
+    index.json before reading it (one extra read)."""
+    on_error: str = "skip"
+    """Bad data (a sample whose member differs from its checksum, a truncated tar, an undecodable
+    sample, a remote shard unreachable after retries): "skip" logs one line naming shard and key and
+    counts it in stats, "fail" raises a MaeastError naming it."""
+    cache_dir: str | None = None
+    """A local folder keeping copies of remote shards, so later epochs read local disk (None: no cache).
+    Entries are written atomically, checked on use (a corrupt one is fetched again), and evicted least
+    recently used first beyond cache_gb. Safe to share between ranks and runs on one machine."""
+    cache_gb: float = 100.0
+    """The most the cache_dir may hold, in GB (1e9 bytes)."""
+
+    def __post_init__(self):
+        _at_least("num_workers", self.num_workers, 0)
+        _at_least("threads_per_worker", self.threads_per_worker, 1)
+        _at_least("prefetch", self.prefetch, 1)
+        _choice("on_error", self.on_error, ON_ERROR)
+        if self.cache_dir is not None:
+            self.cache_dir = str(self.cache_dir)
+        if not self.cache_gb > 0:
+            raise MaeastError(f"loader: cache_gb {self.cache_gb} must be positive")
+
+    def stream_fields(self) -> dict:
+        """This section's StreamConfig fields, to hand to a LoaderConfig."""
+        return {f.name: getattr(self, f.name) for f in fields(StreamConfig)}
+
+
+@dataclass
+class BatchConfig(StreamConfig):
+    """Which clips a pretraining loader reads and how it batches them: pretraining's data section."""
 
     shards: list[str] = field(default_factory=list)
     """Shard folders written by `maeast shard build` (each with an index.json): local paths or URLs
@@ -31,18 +78,8 @@ class LoaderConfig:
     proportion to the folders' sample counts, i.e. plain concatenation."""
     split: str = "train"
     """Which split of every folder to read."""
-    mode: str = "pretrain"
-    """"pretrain": clips of a batch cropped (random offset) to its shortest clip, capped at
-    max_seconds, clips under min_seconds skipped, no labels. "finetune": every clip cropped or
-    zero-padded to clip_seconds, with a padding mask, and labels."""
-    backend: str = "stream"
-    """"stream" (webdataset on CPU workers), "dali" (the `dali` extra) or "ffcv" (the `ffcv` extra)."""
     batch_size: int = 8
     """Clips per batch on each rank."""
-    num_workers: int = 2
-    """Worker processes per rank (0 reads in the calling process)."""
-    threads_per_worker: int = 1
-    """torch intra-op threads in each worker (fbank); DALI's CPU threads for backend "dali"."""
     shuffle_buffer: int = 1000
     """Clips held in each worker's shuffle buffer; 0 keeps shard order (evaluation)."""
     bucket_batches: int = 8
@@ -54,16 +91,6 @@ class LoaderConfig:
     """Pretraining: the most audio a clip of a batch keeps (longer batches are cropped)."""
     min_seconds: float = 2.0
     """Pretraining: clips shorter than this are skipped (counted in stats["short"])."""
-    clip_seconds: float | None = None
-    """Fine-tuning: every clip is cropped or padded to this length (required in finetune mode)."""
-    random_crop: bool = True
-    """Fine-tuning: crop clips longer than clip_seconds at a random offset (False: from the start)."""
-    pad_to_longest: bool = False
-    """Fine-tuning: pad a batch only to its longest clip (clip_seconds then caps it) instead of clip_seconds."""
-    class_weights: list[float] | None = None
-    """Fine-tuning (stream backend): draw clips class-balanced: a clip of class c is yielded k ~ Poisson(
-    class_weights[c]) times per pass, before the shuffle buffer (maeast.finetune.data.class_weights gives
-    torch's WeightedRandomSampler's expected draws); None: every clip once."""
     fbank: str = "mae_ast"
     """Fbank preset of maeast.features (the same for every backend)."""
     epoch_batches: int | None = None
@@ -72,24 +99,6 @@ class LoaderConfig:
     worker runs out early, so every rank always yields exactly this many batches."""
     drop_last: bool = False
     """Drop the short last batch of each worker's pass (default: yield it smaller)."""
-    on_error: str = "skip"
-    """Bad data (a sample whose member differs from its checksum, a truncated tar, an undecodable
-    sample, a remote shard unreachable after retries): "skip" logs one line naming shard and key and
-    counts it in stats, "fail" raises a MaeastError naming it."""
-    verify_checksums: bool = True
-    """Check the data against its checksums: in format-2 folders each sample's members as they are read
-    (no extra read); in format-1 folders (built before per-member checksums) the whole shard against
-    index.json before reading it (one extra read)."""
-    cache_dir: str | None = None
-    """A local folder keeping copies of remote shards, so later epochs read local disk (None: no cache).
-    Entries are written atomically, checked on use (a corrupt one is fetched again), and evicted least
-    recently used first beyond cache_gb. Safe to share between ranks and runs on one machine."""
-    cache_gb: float = 100.0
-    """The most the cache_dir may hold, in GB (1e9 bytes)."""
-    prefetch: int = 2
-    """Batches each worker prepares ahead (DataLoader's prefetch_factor)."""
-    pin_memory: bool = False
-    """Pin batches in page-locked memory (only useful with a CUDA device)."""
     fbank_on: str = "loader"
     """Where the fbank is computed (backend stream, pretraining): "loader" in the workers, which yield
     features; "device" where the batch is used: the workers yield cropped waveforms (with pin_memory, in
@@ -97,6 +106,7 @@ class LoaderConfig:
     On a GPU this takes the fbank off the CPU cores: benchmarks/cores_per_gpu.py measures both."""
 
     def __post_init__(self):
+        super().__post_init__()
         if isinstance(self.shards, str):
             self.shards = [self.shards]
         self.shards = [str(s) for s in self.shards]
@@ -109,51 +119,73 @@ class LoaderConfig:
                                   f"give one weight per folder")
             if any(not w >= 0 for w in self.weights) or sum(self.weights) <= 0:
                 raise MaeastError(f"loader: weights {self.weights} must be >= 0 with a positive sum")
-        _choice("mode", self.mode, MODES)
-        _choice("backend", self.backend, BACKENDS)
-        _choice("on_error", self.on_error, ON_ERROR)
         _choice("fbank_on", self.fbank_on, FBANK_ON)
-        if self.fbank_on == "device" and (self.backend != "stream" or self.mode != "pretrain"):
-            raise MaeastError(f"loader: fbank_on device serves pretraining on the stream backend (this loader: "
-                              f"{self.mode}, backend {self.backend}); set fbank_on: loader")
         _at_least("batch_size", self.batch_size, 1)
-        _at_least("num_workers", self.num_workers, 0)
-        _at_least("threads_per_worker", self.threads_per_worker, 1)
         _at_least("shuffle_buffer", self.shuffle_buffer, 0)
         _at_least("bucket_batches", self.bucket_batches, 1)
-        _at_least("prefetch", self.prefetch, 1)
-        if self.cache_dir is not None:
-            self.cache_dir = str(self.cache_dir)
-        if not self.cache_gb > 0:
-            raise MaeastError(f"loader: cache_gb {self.cache_gb} must be positive")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise MaeastError(f"loader: seed {self.seed!r} must be a non-negative integer")
         if not self.max_seconds > 0:
             raise MaeastError(f"loader: max_seconds {self.max_seconds} must be positive")
         if not 0 <= self.min_seconds <= self.max_seconds:
             raise MaeastError(f"loader: min_seconds {self.min_seconds} must be in [0, max_seconds={self.max_seconds}]")
+        if self.epoch_batches is not None:
+            _at_least("epoch_batches", self.epoch_batches, 1)
+        secret = [s for s in self.shards if is_url(s) and redact(s) != s]
+        if secret:
+            raise MaeastError(f"loader: shard URL {redact(secret[0])} carries credentials (user:password@ or a query "
+                              f"string), which would be saved with the run; give them in the environment "
+                              f"(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS)")
+        from maeast.features import get_config
+        get_config(self.fbank)  # an unknown preset is a one-line error here, not in a worker
+
+    def loader(self, **changes) -> "LoaderConfig":
+        """The whole loader config of this section (mode pretrain, backend stream), with `changes`."""
+        return LoaderConfig(**{**{f.name: getattr(self, f.name) for f in fields(BatchConfig)}, **changes})
+
+
+@dataclass
+class LoaderConfig(BatchConfig):
+    """How to stream batches out of one or more shard folders: BatchConfig's clips and batches, in pretraining
+    or fine-tuning mode, on a backend."""
+
+    mode: str = "pretrain"
+    """"pretrain": clips of a batch cropped (random offset) to its shortest clip, capped at
+    max_seconds, clips under min_seconds skipped, no labels. "finetune": every clip cropped or
+    zero-padded to clip_seconds, with a padding mask, and labels."""
+    backend: str = "stream"
+    """"stream" (webdataset on CPU workers), "dali" (the `dali` extra) or "ffcv" (the `ffcv` extra)."""
+    clip_seconds: float | None = None
+    """Fine-tuning: every clip is cropped or padded to this length (required in finetune mode)."""
+    random_crop: bool = True
+    """Fine-tuning: crop clips longer than clip_seconds at a random offset (False: from the start)."""
+    pad_to_longest: bool = False
+    """Fine-tuning: pad a batch only to its longest clip (clip_seconds then caps it) instead of clip_seconds."""
+    class_weights: list[float] | None = None
+    """Fine-tuning (stream backend): draw clips class-balanced: a clip of class c is yielded k ~ Poisson(
+    class_weights[c]) times per pass, before the shuffle buffer (maeast.finetune.data.class_weights gives
+    torch's WeightedRandomSampler's expected draws); None: every clip once."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        _choice("mode", self.mode, MODES)
+        _choice("backend", self.backend, BACKENDS)
+        if self.fbank_on == "device" and (self.backend != "stream" or self.mode != "pretrain"):
+            raise MaeastError(f"loader: fbank_on device serves pretraining on the stream backend (this loader: "
+                              f"{self.mode}, backend {self.backend}); set fbank_on: loader")
         if self.mode == "finetune":
             if self.clip_seconds is None:
                 raise MaeastError("loader: finetune mode needs clip_seconds (e.g. 1.0 for keywords, 5.0 for ESC-50)")
             if not self.clip_seconds >= 0.025:
                 raise MaeastError(f"loader: clip_seconds {self.clip_seconds} must hold at least one 25 ms frame")
-        if self.epoch_batches is not None:
-            _at_least("epoch_batches", self.epoch_batches, 1)
         if self.class_weights is not None and (not self.finetune or any(not w >= 0 for w in self.class_weights)):
             raise MaeastError("loader: class_weights are per-class draws of a fine-tuning loader, each >= 0")
         remote = [s for s in self.shards if is_url(s)]
-        secret = [s for s in remote if redact(s) != s]
-        if secret:
-            raise MaeastError(f"loader: shard URL {redact(secret[0])} carries credentials (user:password@ or a query "
-                              f"string), which would be saved with the run; give them in the environment "
-                              f"(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS)")
         if remote and self.backend != "stream":
             raise MaeastError(f"loader: backend {self.backend} reads local files only, not {redact(remote[0])}; use "
                               f"backend stream for URLs (or copy the shards to local disk)")
         if self.backend == "ffcv" and len(self.shards) != 1:
             raise MaeastError("loader: backend ffcv reads exactly one .beton file (loader.shards: [file.beton])")
-        from maeast.features import get_config
-        get_config(self.fbank)  # an unknown preset is a one-line error here, not in a worker
 
     @property
     def finetune(self) -> bool:

@@ -14,14 +14,13 @@ The DeepSpeed config is generated from these sections by maeast.train.ds_config.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from maeast.configio import from_dict, load_yaml, merge, parse_overrides, save_yaml, to_dict
 from maeast.errors import MaeastError
 from maeast.features import get_config as get_fbank
-from maeast.loaders.config import LoaderConfig
+from maeast.loaders.config import BatchConfig, LoaderConfig
 from maeast.model.config import PRESETS, ModelConfig
 from maeast.train.config import (OptimConfig, RunConfig, ScheduleConfig, positive, positive_int, renamed,
                                  resolve_config_path, shipped_configs)
@@ -85,26 +84,21 @@ class PretrainRun(RunConfig):
         positive_int("run.save_every_steps", self.save_every_steps)
 
 
-def _default_data() -> LoaderConfig:
+def _default_data() -> BatchConfig:
     # The official mix: AudioSet and LibriSpeech, in proportion to their clip counts.
-    return LoaderConfig(shards=["shards/audioset", "shards/librispeech"], batch_size=8)
+    return BatchConfig(shards=["shards/audioset", "shards/librispeech"], batch_size=8)
 
 
 @dataclass
 class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: LoaderConfig = field(default_factory=_default_data)
+    data: BatchConfig = field(default_factory=_default_data)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: PretrainRun = field(default_factory=PretrainRun)
 
     def __post_init__(self):
-        if self.data.mode != "pretrain":
-            raise MaeastError(f"data.mode is {self.data.mode!r}; pretraining reads clips in mode 'pretrain'")
-        if self.data.backend != "stream":
-            raise MaeastError(f"data.backend {self.data.backend!r}: the pretraining engine resumes exactly only "
-                              f"with the 'stream' loader; set data.backend: stream")
         n_mels = get_fbank(self.data.fbank).n_mels
         if n_mels != self.model.n_mels:
             raise MaeastError(f"data.fbank {self.data.fbank!r} gives {n_mels} mel bins but model.n_mels is "
@@ -124,11 +118,15 @@ class PretrainConfig:
     def last_step(self) -> int:
         return self.run.stop_at or self.schedule.steps
 
+    def loader_config(self) -> LoaderConfig:
+        """The training stream's loader config (mode pretrain, backend stream)."""
+        return self.data.loader()
+
     def eval_loader_config(self) -> LoaderConfig:
         """The held-out stream: the eval split, no shuffling, fixed seed, read in the process."""
-        return dataclasses.replace(self.data, shards=list(self.eval.shards or self.data.shards), split=self.eval.split,
-                                   weights=None if self.eval.shards else self.data.weights, shuffle_buffer=0,
-                                   num_workers=0, epoch_batches=self.eval.batches, seed=0)
+        return self.data.loader(shards=list(self.eval.shards or self.data.shards), split=self.eval.split,
+                                weights=None if self.eval.shards else self.data.weights, shuffle_buffer=0,
+                                num_workers=0, epoch_batches=self.eval.batches, seed=0)
 
 
 def expand_model(section: dict) -> dict:
@@ -143,8 +141,10 @@ def expand_model(section: dict) -> dict:
     return {**PRESETS[preset], **section}
 
 
-RENAMED = {"run.save_every": "run.save_every_steps"}
-"""Keys renamed since a run folder may have been written (old -> new): maeast.train.config.renamed."""
+RENAMED = {"run.save_every": "run.save_every_steps", **{f"data.{k}": None for k in (
+    "mode", "backend", "clip_seconds", "random_crop", "pad_to_longest", "class_weights")}}
+"""Keys renamed since a run folder may have been written (old -> new; None: a key pretraining never used,
+no longer offered): maeast.train.config.renamed."""
 
 
 def build_config(data: dict, saved: bool = False) -> PretrainConfig:

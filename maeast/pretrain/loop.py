@@ -99,7 +99,7 @@ def open_session(cfg: PretrainConfig, deepspeed_config_path, resume: bool, conso
                                  where=str(deepspeed_config_path or "default"))
     cfg = layerdrop_for_stage(cfg, zero_stage(ds_config))
     features = corpus_features(cfg.data.shards, cfg.data.fbank)  # normalized when `maeast shard stats` ran
-    loader = StreamingLoader(cfg.data, rank, world, features)  # bad shards are an error before anything is written
+    loader = StreamingLoader(cfg.loader_config(), rank, world, features)  # bad shards: an error before any write
     eval_loader = (lambda: StreamingLoader(cfg.eval_loader_config(), 0, 1, features)) if cfg.eval.every else None
     if eval_loader is not None:
         eval_loader()  # a missing eval split is an error now, not at the first evaluation

@@ -153,17 +153,21 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
                       f"shipped: {', '.join(shipped_configs())}")
 
 
-def renamed(data: dict, names: dict[str, str], saved: bool) -> dict:
-    """A config dict with the keys renamed since (names: old "section.key" -> new "section.key") moved to their
-    new names when `saved` (a run folder's config.yaml, written in its day), else refused in one line naming
-    the new key (a YAML or an override of today)."""
+def renamed(data: dict, names: dict[str, str | None], saved: bool) -> dict:
+    """A config dict with the keys renamed since (names: old "section.key" -> new "section.key", or None for a
+    key no longer offered) moved to their new names, or dropped, when `saved` (a run folder's config.yaml,
+    written in its day); else refused in one line naming the fix (a YAML or an override of today)."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for old, new in names.items():
         section, key = old.split(".")
         if isinstance(out.get(section), dict) and key in out[section]:
             if not saved:
-                raise MaeastError(f"config key {old} is now {new} (its unit is in its name): rename it")
-            out[section][new.split(".")[1]] = out[section].pop(key)
+                raise MaeastError(f"config key {old} is now {new} (its unit is in its name): rename it" if new else
+                                  f"config key {old} is not one of this recipe's (it never had an effect here): "
+                                  f"delete it")
+            value = out[section].pop(key)
+            if new:
+                out[section][new.split(".")[1]] = value
     return out
 
 
