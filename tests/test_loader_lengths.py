@@ -10,7 +10,7 @@ import torch
 
 from maeast.features import fbank
 from maeast.loaders import lengths
-from maeast.shards.format import decode_flac, encode_flac
+from maeast.shards.format import decode_audio, encode_audio
 from tests.conftest import pluck, speak
 
 
@@ -23,7 +23,7 @@ def clips(tmp_path) -> list[torch.Tensor]:
         wav, sr = sf.read(str(p), dtype="float32")
         if sr != 16000:  # espeak-ng writes 22050 Hz
             wav = soxr.resample(wav, sr, 16000).astype("float32")
-        out.append(torch.from_numpy(decode_flac(encode_flac(wav))[0]))
+        out.append(torch.from_numpy(decode_audio(encode_audio(wav))[0]))
     return out
 
 

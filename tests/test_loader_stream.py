@@ -18,7 +18,7 @@ from maeast.errors import MaeastError
 from maeast.features import fbank, get_config
 from maeast.loaders import LoaderConfig, StreamingLoader, build_loader
 from maeast.shards.build import build_shards
-from maeast.shards.format import decode_flac, iter_tar, shard_paths
+from maeast.shards.format import decode_audio, iter_tar, shard_paths
 from tests.conftest import build, corpus_keys, make_corpus, pluck, speak
 
 
@@ -70,7 +70,7 @@ def test_min_seconds_off_the_grid_fills_the_epoch(shards):
 def test_finetune_pads_masks_and_labels(shards):
     loader = StreamingLoader(cfg(shards, mode="finetune", clip_seconds=3.0, random_crop=False, shuffle_buffer=0))
     assert loader.labels == ["music", "speech"] and not loader.multi_label
-    audio = {k: (decode_flac(p["flac"])[0], json.loads(p["json"])) for path in shard_paths(shards, "train")
+    audio = {k: (decode_audio(p["flac"])[0], json.loads(p["json"])) for path in shard_paths(shards, "train")
              for k, p in iter_tar(path)}
     keys = []
     for batch in loader:
@@ -208,7 +208,7 @@ def test_decoding_a_window_equals_slicing_the_whole_clip(shards):
     gen = torch.Generator().manual_seed(0)
     for path in shard_paths(shards, "train")[:4]:
         for key, parts in iter_tar(path):
-            whole, _ = decode_flac(parts["flac"])
+            whole, _ = decode_audio(parts["flac"])
             sample = Sample(key, parts["flac"], json.loads(parts["json"]))
             for _ in range(3):
                 size = int(torch.randint(400, len(whole) + 1, (1,), generator=gen))

@@ -10,8 +10,8 @@ A run saved with N processes x W workers resumes on M processes x V workers as f
   - mid-epoch, any M x V: the *rest* of the epoch is the batches every old slot's plan still had to
     yield (from its saved position up to its quota), each named by (old slot, plan position). They
     are put in the order the uninterrupted run would have fed them (`flat_order`: step after step,
-    within a step the micro-batch slots micro * N + rank of maeast.train.trainer), and dealt over the
-    new layout so that every step's micro-batch slot k gets the batch it had in that order: flat item
+    within a step the micro-batch places micro * N + rank of maeast.train.trainer), and dealt over the
+    new layout so that every step's micro-batch place k gets the batch it had in that order: flat item
     j goes to new rank j % M (trainer slot k = micro * M + rank), the rank's i-th item to its worker
     i % V (the DataLoader takes workers round-robin). A worker walks each old slot's plan it has items
     of without decoding (as a resumed worker walks its own) and crops a batch with its old slot's
@@ -89,7 +89,7 @@ def rest_of_epoch(state: dict, quotas: Quotas, step_batches: int) -> dict:
 
 
 def flat_order(rest: dict) -> list[Item]:
-    """The rest as the uninterrupted run feeds it: step after step, each step's micro-batch slots
+    """The rest as the uninterrupted run feeds it: step after step, each step's micro-batch places
     (micro * N + rank) in order. An old rank's workers take turns through the epoch (DataLoader
     round-robin, a worker leaving the turn when its quota is done), and the rank's i-th batch after the
     save is micro i % accum of step i // accum after it."""

@@ -6,8 +6,8 @@
 One optimizer step = `accumulation` micro-batches on each of the world's processes, so a step always
 sees optim.global_batch clips. The micro-batch at place (micro * world + rank) of step s gets its masks,
 dropout and layerdrop from seeds derived from (run.seed, s, place), and the loader's stream is a
-function of its slots too: the same global batch, and the same loss curve to float tolerance, on 1
-process with 2 workers as on 2 processes with 1 worker each. Resume is exact because every random
+function of its slots ((rank, worker) pairs) too: the same global batch, and the same loss curve to
+float tolerance, on 1 process with 2 workers as on 2 processes with 1 worker each. Resume is exact because every random
 draw is a function of (seed, step, place) and the loader restores its position. The run folder, its
 logger, cadence, stop, key trace and the one line of a dead process are maeast.train.run's.
 """

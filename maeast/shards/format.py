@@ -71,19 +71,12 @@ def encode_audio(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE, codec: st
     return buf.getvalue()
 
 
-def encode_flac(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
-    return encode_audio(waveform, sample_rate, "flac")
-
-
 def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
     """FLAC or wav bytes -> (float32 mono waveform, sample rate)."""
     wav, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
     if wav.ndim > 1:
         wav = wav.mean(axis=1)
     return wav, sr
-
-
-decode_flac = decode_audio
 
 
 def index_codec(index: dict) -> str:
