@@ -164,11 +164,11 @@ def test_resolved_config_is_plain_yaml():
 
 
 def test_named_random_streams_are_fixed_and_leave_the_global_rng_alone():
+    from maeast.streams import RUN_STREAMS, derive_seed
     from maeast.train import rng
-    from maeast.loaders.sources import derive_seed
 
     # Changing an id changes every run's numbers (and breaks resuming older runs exactly).
-    assert rng.STREAMS == {"masks": 1, "dropout": 2, "eval_masks": 0x5EED, "head_init": 11, "finetune_dropout": 12,
+    assert RUN_STREAMS == {"masks": 1, "dropout": 2, "eval_masks": 0x5EED, "head_init": 11, "finetune_dropout": 12,
                            "augment": 13, "data_order": 14}
     assert rng.seed("augment", 7, 3, 5, 1) == derive_seed(7, 13, 3, 5, 1)
     torch.manual_seed(123)

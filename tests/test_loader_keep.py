@@ -21,7 +21,7 @@ from maeast.finetune.data import Corpus, Selection, make_loader, open_corpus, se
 from maeast.finetune.tasks import get_task
 from maeast.loaders import Keep, LoaderConfig, StreamConfig, StreamingLoader
 from maeast.loaders.elastic import loader_quotas, regroup
-from maeast.loaders.sources import LOADER_STREAMS
+from maeast.streams import LOADER_STREAMS
 from maeast.shards.build import build_shards
 from maeast.shards.format import iter_meta, shard_paths
 from tests.conftest import build, corpus_keys, make_corpus

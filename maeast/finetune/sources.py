@@ -19,7 +19,7 @@ import torch
 
 from maeast.finetune.cache import Pooled, epoch_rows
 from maeast.finetune.data import Corpus, Selection
-from maeast.loaders.sources import LOADER_STREAMS, derive_seed
+from maeast.streams import LOADER_STREAMS, derive_seed
 
 
 class MicroBatch(NamedTuple):

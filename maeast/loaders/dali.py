@@ -29,7 +29,8 @@ from maeast.errors import MaeastError
 from maeast.loaders import lengths
 from maeast.loaders.config import LoaderConfig
 from maeast.loaders.loader import dist_rank_world
-from maeast.loaders.sources import LOADER_STREAMS, check_labels, derive_seed, load_sources
+from maeast.loaders.sources import check_labels, load_sources
+from maeast.streams import LOADER_STREAMS, derive_seed
 from maeast.loaders.state import LoaderState, SingleStreamState
 from maeast.loaders.baddata import Errors
 from maeast.loaders.stream import check_shard

@@ -25,7 +25,8 @@ from maeast.features import get_config
 from maeast.files import write_json
 from maeast.loaders.config import LoaderConfig
 from maeast.loaders.loader import StreamingLoader, dist_rank_world
-from maeast.loaders.sources import LOADER_STREAMS, derive_seed, load_sources
+from maeast.loaders.sources import load_sources
+from maeast.streams import LOADER_STREAMS, derive_seed
 from maeast.loaders.state import LoaderState, SingleStreamState
 from maeast.loaders.baddata import Errors
 from maeast.loaders.stream import read_shard

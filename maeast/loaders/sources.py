@@ -18,6 +18,7 @@ from maeast.errors import MaeastError
 from maeast.loaders.keep import Keep
 from maeast.shards.format import SHORT_STEP_SECONDS, index_format, read_index, shard_paths
 from maeast.shards.storage import Location, exists, is_url, list_names, redact
+from maeast.streams import LOADER_STREAMS, derive_seed
 
 
 @dataclass(frozen=True)
@@ -105,29 +106,6 @@ def check_labels(sources: list[Source]) -> None:
         if other.labels != first.labels or other.multi_label != first.multi_label:
             raise MaeastError(f"{other.dir} and {first.dir} have different label vocabularies; "
                               f"fine-tune on folders built with the same labels")
-
-
-def derive_seed(*parts: int) -> int:
-    """One 63-bit seed from a tuple of ints (seed, epoch, slot, ...), independent per tuple."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
-
-
-LOADER_STREAMS = {
-    "shard_deal": 1,    # sources.slot_shards: a source's shards shuffled before the deal, by (epoch, source)
-    "pass_order": 2,    # sources.pass_order: a slot's shards in a later pass, by (epoch, source, slot, pass)
-    "crop": 3,          # stream.materialize, dali: the crop offsets of a batch, by (epoch, slot or rank, position)
-    "shuffle": 4,       # stream.planned_batches: the shuffle buffer of a pass, by (epoch, slot, pass)
-    "mix": 5,           # stream._mixed: which source the next clip comes from, by (epoch, slot)
-    "bucket": 6,        # stream.planned_batches: the order of a pool's batches (lengths.bucket), by (epoch, slot, pass)
-    "dali_reader": 7,   # dali: the DALI reader's shuffling, by epoch
-    "cache_order": 7,   # finetune.sources.CacheSource: an epoch's permutation of the cached features, by epoch
-    "class_repeat": 8,  # stream._repeated: class-balanced repeats of a pass's clips, by (epoch, slot, pass)
-    "ffcv_order": 8,    # ffcv: the order of an epoch's samples, by epoch
-    "cache_draws": 9,   # finetune.sources.CacheSource.draws: pass p of the endless draws, by pass
-}
-"""The data's random streams: each draw is seeded by derive_seed(data seed, *key, id), the id LAST (the run's
-own streams, maeast.train.rng.STREAMS, put theirs second). Ids are fixed forever (changing one changes every
-run's data). An id may serve two streams whose keys differ in length or that never meet in one run."""
 
 
 def check_slots(sources: list[Source], world_size: int, workers: int) -> None:

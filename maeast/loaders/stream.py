@@ -42,7 +42,8 @@ from maeast.loaders.baddata import Errors
 from maeast.loaders.cache import ShardCache
 from maeast.loaders.config import LoaderConfig
 from maeast.loaders.keep import Keep
-from maeast.loaders.sources import LOADER_STREAMS, Shard, Source, derive_seed, pass_order, slot_shards
+from maeast.loaders.sources import Shard, Source, pass_order, slot_shards
+from maeast.streams import LOADER_STREAMS, derive_seed
 from maeast.shards.format import audio_part, check_members, iter_tar, parse_pcm16_wav, verify_shard
 from maeast.shards.storage import open_stream
 
