@@ -92,8 +92,9 @@ wait_idle() {  # until the node takes jobs (idle, mixed or allocated), at most $
 }
 
 up() {
-    command -v slurmctld >/dev/null && command -v munged >/dev/null \
-        || die "slurm-wlm and munge are not installed: make slurm-up installs them (apt-get install slurm-wlm munge)"
+    if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+        die "slurm-wlm and munge are not installed: make slurm-up installs them (apt-get install slurm-wlm munge)"
+    fi
     [ "$(id -u)" = 0 ] || die "the test cluster runs its daemons as root; run as root"
     mkdir -p "$DIR"/{state,spool,log}
     if running "$DIR/slurmctld.pid" && running "$DIR/slurmd.pid"; then

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by launch/slurm/pretrain.sbatch and finetune.sbatch (README "Slurm"): one srun task per node
 # starts torchrun, which starts GPUS_PER_NODE processes; Slurm's warning signal becomes a checkpoint and a
 # requeue. The sourcing script sets GPUS_PER_NODE, PORT, PYTHON, SAVE_SECONDS and MAX_REQUEUES, then calls
@@ -41,6 +42,9 @@ train() {
         --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 --shutdown-timeout "$SAVE_SECONDS" \
         "$@" &
     srun_pid=$!
+    if [ "$signalled" = USR1 ]; then  # it came before srun had started
+        kill -USR1 "$srun_pid" 2>/dev/null || true
+    fi
     while :; do  # a trapped signal interrupts `wait`: wait again until srun has ended
         wait "$srun_pid"
         rc=$?
@@ -54,9 +58,10 @@ train() {
         fi
         echo "maeast-slurm: the processes stopped on USR1 (exit $rc); requeueing job $SLURM_JOB_ID: it continues" \
              "from the checkpoint they saved"
-        scontrol requeue "$SLURM_JOB_ID"
-        sleep 60 &  # Slurm ends this shell as it requeues the job
-        wait $!
+        if scontrol requeue "$SLURM_JOB_ID"; then
+            sleep 60 &  # Slurm ends this shell as it requeues the job
+            wait $!
+        fi
     fi
     return "$rc"
 }
