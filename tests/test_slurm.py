@@ -7,6 +7,7 @@ slurmctld, slurmd and munge; `make test-slurm` installs them and brings it up, a
   issue 27: --run.resume auto and exit 75 on USR1);
 - the signal path of launch/slurm/torchrun.sh with a stand-in trainer that keeps that contract
   (tests/fixtures/preemptible.py): USR1 requeues and resumes, TERM (scancel) does not requeue;
+- finetune.sbatch fine-tunes a tiny random-init model on a labelled corpus (2 processes);
 - shards.sbatch as an array of parts and a dependent merge: the files of a build on one machine.
 
 Skipped where Slurm is not installed."""
@@ -178,6 +179,18 @@ def test_a_signalled_job_saves_requeues_and_sees_every_clip_once(cluster, shards
     assert len({k for step in plan for k in step}) == 4 * per_epoch
 
 
+def test_a_fine_tuning_job_runs_to_its_end(cluster, labelled, tmp_path):
+    output = tmp_path / "job.out"
+    jid = submit(cluster, ROOT / "launch" / "slurm" / "finetune.sbatch", "--schedule.epochs", "1",
+                 sbatch=("--nodes=1", "--gpus-per-node=0", "--time=10", f"--output={output}"),
+                 TASK="custom", DATA=labelled[1], CHECKPOINT="", CONFIG="finetune_tiny", RUN_DIR=tmp_path / "run",
+                 GPUS_PER_NODE=2, PORT=free_port(), RESUME="auto" if RESUME_AUTO else "")
+    record = wait_for(cluster, jid, 600, output)
+    assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", tail(output)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "fine-tuning custom (finetune_tiny)" in output.read_text() and results["task"] == "custom", tail(output)
+
+
 # ---- the signal path of torchrun.sh, with a stand-in trainer ---------------------------------------------------------
 
 def stand_in_job(env: dict, tmp_path: Path, steps: int) -> tuple[int, Path, Path]:
@@ -240,10 +253,17 @@ def test_term_saves_and_is_not_requeued(cluster, tmp_path):
 
 # ---- shards.sbatch: an array of parts, then the merge -------------------------------------------------------------
 
-def test_an_array_of_parts_and_a_dependent_merge_give_the_files_of_one_build(cluster, tmp_path):
-    corpus = make_corpus(tmp_path / "corpus")
-    whole = tmp_path / "whole"
-    build_shards("folder", corpus, whole, shard_size_mb=0.1)
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> tuple[Path, Path]:
+    """A folder corpus of speech and music (real synthesized audio) and its shards, built on one machine."""
+    root = tmp_path_factory.mktemp("labelled")
+    corpus = make_corpus(root / "corpus")
+    build_shards("folder", corpus, root / "shards", shard_size_mb=0.1)
+    return corpus, root / "shards"
+
+
+def test_an_array_of_parts_and_a_dependent_merge_give_the_files_of_one_build(cluster, labelled, tmp_path):
+    corpus, whole = labelled
     out = tmp_path / "parts"
     variables = dict(RECIPE="folder", ROOT=corpus, OUT=out, SHARD_SIZE=0.1, WORKERS=1)
     script = ROOT / "launch" / "slurm" / "shards.sbatch"
