@@ -63,8 +63,10 @@ def build(
         progress.stop()
     if part is not None:
         lo, hi = record["range"]
-        console.print(f"part {part}: items {lo}-{hi - 1} of {record['total']} packed into {redact(out)}/{PARTS}; "
-                      f"once every part is done: maeast shard merge {redact(out)}", highlight=False)
+        total = record["total"]
+        held = f"items {lo}-{hi - 1} of {total}" if hi > lo else f"no item (N is over the {total} items)"
+        console.print(f"part {part}: {held} packed into {redact(out)}/{PARTS}; once every part is done: "
+                      f"maeast shard merge {redact(out)}", highlight=False)
     else:
         print_index(index, redact(out))
 
