@@ -16,7 +16,8 @@ PRETRAIN_CONFIG ?= pretrain_small
 FINETUNE_CONFIG ?= finetune_small
 DEMO_RESULTS ?= runs/demo_results
 
-.PHONY: all env apt test test-fast torchaudio-ref demo demo-data demo-shards demo-pretrain bench hear-validator hear-check clean
+.PHONY: all env apt test test-fast torchaudio-ref demo demo-data demo-shards demo-pretrain bench hear-validator hear-check clean \
+        slurm-up slurm-down test-slurm
 
 all: test
 
@@ -70,6 +71,22 @@ test: env torchaudio-ref hear-validator
 
 test-fast: env torchaudio-ref
 	MAEAST_TORCHAUDIO=$(abspath $(TORCHAUDIO_REF))/site $(PY) -m pytest -q -m "not slow"
+
+# A one-node Slurm cluster on 127.0.0.1 (launch/slurm/cluster.sh: slurmctld, slurmd and munge as root, no cgroups,
+# its generated slurm.conf, state and logs in /tmp/maeast-slurm) for the scripts of launch/slurm/; then
+# `export SLURM_CONF=/tmp/maeast-slurm/slurm.conf` reaches it. slurm-wlm and munge are installed for these targets only.
+# `make test-slurm` runs tests/test_slurm.py on it (about 1.5 minutes; `make test` skips it where sbatch is missing).
+SLURM_PKGS := slurm-wlm munge
+
+slurm-up:
+	@$(MAKE) --no-print-directory apt APT_PKGS="$(SLURM_PKGS)"
+	launch/slurm/cluster.sh up
+
+slurm-down:
+	launch/slurm/cluster.sh down
+
+test-slurm: env slurm-up
+	$(PY) -m pytest -q tests/test_slurm.py
 
 # The stamp is written only after a complete run, so an interrupted one is redone from scratch.
 $(DEMO)/.complete-$(DEMO_SIZE): | env

@@ -1,4 +1,5 @@
-"""`maeast shard build|inspect`: pack corpora into shards and look at what was packed."""
+"""`maeast shard build|merge|inspect`: pack corpora into shards (on one machine, or in parts merged after) and
+look at what was packed."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from maeast.errors import MaeastError
 from maeast.shards.build import Packed, build_shards
 from maeast.shards.format import read_index
 from maeast.shards.inspect import verify_shards
+from maeast.shards.parts import PARTS, build_part, merge_parts
 from maeast.shards.recipes import RECIPES
 from maeast.shards.storage import redact
 
@@ -44,15 +46,54 @@ def build(
     codec: str = typer.Option("flac", "--codec", help="Audio in the shards: flac (about half the size) or wav "
                               "(16-bit PCM: no decoding, 1.3-1.5x the streaming loader's clips/s on CPU)."),
     option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="Recipe option KEY=VALUE (repeatable)."),
+    part: Optional[str] = typer.Option(None, "--part", help="I/N: pack only part I of N (numbered from 1) into "
+                                       "OUT/.parts, e.g. one Slurm array task each; then `maeast shard merge OUT`."),
 ) -> None:
     """Pack a corpus into shards; run the same command again to resume an interrupted build."""
     options = parse_options(option)
+    progress, advance, begin = packing_progress(f"packing {recipe}" + (f" part {part}" if part else ""))
+    arguments = dict(options=options, shard_size_mb=shard_size, workers=workers, sample_rate=sample_rate,
+                     codec=codec, progress=advance, on_start=begin)
+    try:
+        if part is not None:
+            record = build_part(recipe, root, out, part, **arguments)
+        else:
+            index = build_shards(recipe, root, out, **arguments)
+    finally:
+        progress.stop()
+    if part is not None:
+        lo, hi = record["range"]
+        total = record["total"]
+        held = f"items {lo}-{hi - 1} of {total}" if hi > lo else f"no item (N is over the {total} items)"
+        console.print(f"part {part}: {held} packed into {redact(out)}/{PARTS}; once every part is done: "
+                      f"maeast shard merge {redact(out)}", highlight=False)
+    else:
+        print_index(index, redact(out))
+
+
+@app.command("merge")
+@friendly
+def merge(
+    out: str = typer.Argument(..., help="The --out of the parts (`maeast shard build ... --part I/N`): a folder or "
+                              "a URL."),
+) -> None:
+    """Write the shards and index.json of a build from its finished parts: the files of a build on one machine."""
+    progress, advance, begin = packing_progress("merging parts")
+    try:
+        index = merge_parts(out, progress=advance, on_start=begin)
+    finally:
+        progress.stop()
+    print_index(index, redact(out))
+
+
+def packing_progress(title: str):
+    """A progress bar over the items of a build: (the bar, its per-item callback, its start callback)."""
     hours = 0.0
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:>7.1f} files/s"), TextColumn("{task.fields[hours]:.3f} h packed"),
                TextColumn("{task.fields[rejects]} rejected"), TimeElapsedColumn(), TimeRemainingColumn()]
     progress = Progress(*columns, console=console, transient=False)
-    task = progress.add_task(f"packing {recipe}", total=None, start=False, rate=0.0, hours=0.0, rejects=0)
+    task = progress.add_task(title, total=None, start=False, rate=0.0, hours=0.0, rejects=0)
     rejects = 0
 
     def begin(total: int) -> None:
@@ -70,12 +111,7 @@ def build(
         progress.update(task, advance=1, hours=hours, rejects=rejects,
                         rate=progress.tasks[task].completed / elapsed)
 
-    try:
-        index = build_shards(recipe, root, out, options=options, shard_size_mb=shard_size, workers=workers,
-                             sample_rate=sample_rate, codec=codec, progress=advance, on_start=begin)
-    finally:
-        progress.stop()
-    print_index(index, redact(out))
+    return progress, advance, begin
 
 
 @app.command("inspect")

@@ -9,6 +9,9 @@ in place, or uploaded and read back when the output is a bucket: maeast.shards.s
 (its hash, samples, label counts, and the rejects met while it was open) goes to `.build/`. Running the
 same command again keeps every shard whose record and hash agree and carries on after the last of them;
 index.json is written last, so a folder with an index is a finished build.
+
+Array jobs: maeast.shards.parts packs shares of the items on many machines (`--part I/N`) and merges them
+through this module's writers into the same files.
 """
 
 from __future__ import annotations
@@ -184,7 +187,7 @@ def _idx_name(name: str) -> str:
     return name.removesuffix(".tar") + ".idx"
 
 
-def _fingerprint(scan: Scan, params: BuildParams) -> str:
+def build_fingerprint(scan: Scan, params: BuildParams) -> str:
     h = hashlib.sha256()
     fields = {k: v for k, v in params.__dict__.items() if (k, v) != ("codec", "flac")}  # as before codecs existed
     h.update(json.dumps([scan.corpus, scan.labels, scan.multi_label, fields, FORMAT], sort_keys=True).encode())
@@ -220,14 +223,14 @@ def _load_records(sink: Sink, fingerprint: str) -> dict[str, list[dict]]:
     return kept
 
 
-def _splits_in_order(items: Iterable[Item]) -> dict[str, list[tuple[int, Item]]]:
+def splits_in_order(items: Iterable[Item]) -> dict[str, list[tuple[int, Item]]]:
     splits: dict[str, list[tuple[int, Item]]] = {}
     for i, item in enumerate(items):
         splits.setdefault(item.split, []).append((i, item))
     return dict(sorted(splits.items()))
 
 
-def _check_scan(scan: Scan) -> dict[str, int]:
+def check_scan(scan: Scan) -> dict[str, int]:
     vocabulary = scan.labels or sorted({name for item in scan.items for name in item.labels})
     scan.labels = list(vocabulary)
     label_ids = {name: i for i, name in enumerate(vocabulary)}
@@ -261,7 +264,7 @@ def build_shards(recipe: str, root: Path, out: str | Path, *, options: dict | No
         sink.check(RECORDS)  # a bucket that is missing or may not be written stops us before the recipe's scan
         root = Path(root).resolve()
         scan = run_recipe(recipe, root, options)
-        label_ids = _check_scan(scan)
+        label_ids = check_scan(scan)
         if on_start:
             on_start(len(scan.items))
         sink.prepare(RECORDS)
@@ -270,53 +273,80 @@ def build_shards(recipe: str, root: Path, out: str | Path, *, options: dict | No
 
 def _build(sink: Sink, scan: Scan, label_ids: dict[str, int], params: BuildParams, recipe: str, root: Path,
            workers: int, progress: Callable[[Packed], None] | None) -> dict:
-    fingerprint = _fingerprint(scan, params)
+    fingerprint = build_fingerprint(scan, params)
+    index = finished(sink, fingerprint)
+    if index is not None:
+        return index
+    splits = splits_in_order(scan.items)
+    writers, starts, ends = resume_splits(sink, scan.corpus, {s: [i for i, _ in e] for s, e in splits.items()},
+                                          params, fingerprint)
+    tasks = []
+    for split, entries in splits.items():
+        for i, item in entries:
+            if i >= starts[split]:
+                tasks.append((i, item, scan.corpus, label_ids, params, root))
+            elif progress:
+                progress(Packed(i, item.key))
+    write_splits(writers, ends, ((task[1].split, p) for p, task in zip(packed(tasks, workers), tasks)), progress)
+    index = write_index(sink, about(scan), params, fingerprint, recipe)
+    sink.remove_folder(RECORDS)
+    return index
+
+
+def finished(sink: Sink, fingerprint: str) -> dict | None:
+    """The folder's index when it is a finished build of this fingerprint with every shard there; otherwise
+    None, and a stale or damaged index is removed (kept shards are then verified by hash)."""
     index = sink.read_json(INDEX) or {}
     if (index.get("schema") == SCHEMA and index.get("build", {}).get("fingerprint") == fingerprint
             and _shards_intact(sink, index)):
         return index
-    sink.remove(INDEX)  # stale or damaged: rebuilt below, kept shards verified by hash
+    sink.remove(INDEX)
+    return None
 
+
+def resume_splits(sink: Sink, corpus: str, splits: dict[str, list[int]], params: BuildParams,
+                  fingerprint: str) -> tuple[dict[str, SplitWriter], dict[str, int], dict[str, int]]:
+    """Per split (its item indices in order): a writer that continues after the shards already built and
+    recorded, the first index still to pack, and the end (one past the last index). Shards past the kept
+    ones, and their records, are removed."""
     records = _load_records(sink, fingerprint)
-    splits = _splits_in_order(scan.items)
     limit = int(params.shard_size_mb * 1024 * 1024)
-    tasks, writers, ends = [], {}, {}
-    for split, entries in splits.items():
+    writers, starts, ends = {}, {}, {}
+    for split, indices in splits.items():
         chain = records.get(split, [])
-        start = chain[-1]["end"] if chain else entries[0][0]
-        writers[split] = SplitWriter(sink, scan.corpus, split, limit, fingerprint, first=len(chain),
+        starts[split] = chain[-1]["end"] if chain else indices[0]
+        ends[split] = indices[-1] + 1
+        writers[split] = SplitWriter(sink, corpus, split, limit, fingerprint, first=len(chain),
                                      codec=params.codec, sample_rate=params.sample_rate)
-        ends[split] = entries[-1][0] + 1
-        for i, item in entries:
-            if i >= start:
-                tasks.append((i, item, scan.corpus, label_ids, params, root))
-            elif progress:
-                progress(Packed(i, item.key))
     for split, chain in records.items():  # shards beyond the kept chain are stale
-        for stale in sink.list(f"{scan.corpus}-{split}-*.tar")[len(chain):]:
+        for stale in sink.list(f"{corpus}-{split}-*.tar")[len(chain):]:
             sink.remove(stale)
             sink.remove(_idx_name(stale))
     _clear_unkept_records(sink, records)
+    return writers, starts, ends
 
-    def write(packed_items: Iterable[Packed]):
-        for packed, (_, item, *_rest) in zip(packed_items, tasks):
-            writers[item.split].add(packed)
-            if progress:
-                progress(packed)
-            if packed.index + 1 == ends[item.split]:
-                writers[item.split].finish(ends[item.split])
 
+def packed(tasks: list[tuple], workers: int) -> Iterable[Packed]:
+    """_pack over the tasks, in their order, on `workers` processes."""
     if workers == 1 or len(tasks) < 2:
-        write(map(_pack, tasks))
-    else:
-        with mp.get_context("fork").Pool(workers) as pool:
-            write(pool.imap(_pack, tasks, chunksize=2))
+        yield from map(_pack, tasks)
+        return
+    with mp.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(_pack, tasks, chunksize=2)
+
+
+def write_splits(writers: dict[str, SplitWriter], ends: dict[str, int], stream: Iterable[tuple[str, Packed]],
+                 progress: Callable[[Packed], None] | None) -> None:
+    """Feed (split, packed item) pairs in order to the splits' writers; each split's last shard closes at
+    its end."""
+    for split, item in stream:
+        writers[split].add(item)
+        if progress:
+            progress(item)
+        if item.index + 1 == ends[split]:
+            writers[split].finish(ends[split])
     for split, writer in writers.items():  # splits with nothing left to do
         writer.finish(ends[split])
-
-    index = _write_index(sink, scan, params, fingerprint, recipe)
-    sink.remove_folder(RECORDS)
-    return index
 
 
 def _clear_unkept_records(sink: Sink, kept: dict[str, list[dict]]) -> None:
@@ -330,7 +360,13 @@ def _shards_intact(sink: Sink, index: dict) -> bool:
     return all(sink.size(s["name"]) == s["bytes"] for split in index["splits"].values() for s in split["shards"])
 
 
-def _write_index(sink: Sink, scan: Scan, params: BuildParams, fingerprint: str, recipe: str) -> dict:
+def about(scan: Scan) -> dict:
+    """What index.json says of the corpus, from the recipe's scan."""
+    return {"corpus": scan.corpus, "labels": scan.labels, "multi_label": scan.multi_label, "report": scan.report,
+            "items": len(scan.items)}
+
+
+def write_index(sink: Sink, facts: dict, params: BuildParams, fingerprint: str, recipe: str) -> dict:
     records = [sink.read_json(path) for path in sink.list(f"{RECORDS}/*.json")]
     records.sort(key=lambda r: (r["split"], r["number"], r["name"] is None))
     splits: dict[str, dict] = {}
@@ -352,13 +388,13 @@ def _write_index(sink: Sink, scan: Scan, params: BuildParams, fingerprint: str, 
     reasons = Counter(reason.split(":")[0] for _, _, reason in rejects)
     sink.write_text(REJECTS, "key\tsource\treason\n" + "".join("\t".join(row) + "\n" for row in rejects))
     index = {
-        "schema": SCHEMA, "format": FORMAT, "corpus": scan.corpus, "recipe": recipe,
+        "schema": SCHEMA, "format": FORMAT, "corpus": facts["corpus"], "recipe": recipe,
         "sample_rate": params.sample_rate, "codec": params.codec,
-        "labels": scan.labels, "multi_label": scan.multi_label, "splits": splits,
+        "labels": facts["labels"], "multi_label": facts["multi_label"], "splits": splits,
         "rejects": {"count": len(rejects), "reasons": dict(sorted(reasons.items())), "file": REJECTS},
-        "report": scan.report,
+        "report": facts["report"],
         "build": {"maeast": __version__, "shard_size_mb": params.shard_size_mb,
-                  "min_seconds": params.min_seconds, "items": len(scan.items), "fingerprint": fingerprint},
+                  "min_seconds": params.min_seconds, "items": facts["items"], "fingerprint": fingerprint},
     }
     sink.write_json(INDEX, index)
     return index

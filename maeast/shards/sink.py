@@ -66,16 +66,18 @@ class Sink:
         except StorageError as e:
             raise MaeastError(f"cannot write to {e}") from None
 
-    def prepare(self, records: str) -> None:
-        """Make the folder and its `records` subfolder and drop partial files an interrupted build left."""
+    def prepare(self, records: str, leftovers: str = "*") -> None:
+        """Make the folder and its `records` subfolder and drop the partial files of names matching
+        `leftovers` (a glob) that an interrupted build left."""
         if self.fs is None:
             (self.root / records).mkdir(parents=True, exist_ok=True)
-        for partial in self.staging.glob(".*.partial"):
+        for partial in self.staging.glob(self.partial(leftovers).name):
             partial.unlink()
 
     def partial(self, name: str) -> Path:
-        """The local file a shard (or its index) is written to before it is published."""
-        return self.staging / f".{name}.partial"
+        """The local file a shard (or its index, or any file named with a folder: "a/b") is written to
+        before it is published."""
+        return self.staging / f".{name.replace('/', '%')}.partial"
 
     def publish(self, partial: Path, name: str, size: int | None = None, sha256: str | None = None) -> None:
         """Put a finished local file under its final name; remotely, upload it and check what reads back
