@@ -5,6 +5,7 @@ torchrun restarting a run on the node that survives another's loss."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from maeast.train.preempt import EXIT_RESTART, stop_requests, votes
 from maeast.train.run import continues, resume_mode
 from tests.conftest import build, make_corpus, make_demo_shards, step_keys
 from tests.test_engine_distributed import ROOT, TIMEOUT, clean_env, launch_env_vars, start_env_vars
-from tests.test_engine_elastic import args, assert_curve_follows, assert_epochs, in_process, losses, planned_steps
+from tests.test_engine_elastic import args, assert_curve_follows, assert_epochs, in_process, losses
 from tests.test_finetune_run import RUN as FINETUNE_RUN
 from tests.test_finetune_run import config as finetune_config
 from tests.test_finetune_run import train_losses
@@ -225,3 +226,66 @@ def test_a_second_signal_or_the_grace_exits_at_once(grace):
     assert err.strip() == (f"preempted ({'SIGUSR1' if grace == 1 else 'SIGUSR1, SIGTERM'}) at step 3 of RUN: "
                            f"{reason} before the checkpoint was saved; stopped at once (checkpoints are atomic: "
                            f"nothing half-written is ever loaded); run again with --run.resume auto to continue")
+
+
+# ---- torchrun: a node lost, the run restarted on the one left ---------------------------------------
+
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (torchrun starts its workers in sessions of their own, so a process
+    group does not hold them)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and its descendants (listed first, so that none is missed)."""
+    for p in process_tree(pid):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_on_the_node_left(shards, reference, tmp_path):
+    """Two torchrun agents on 127.0.0.1 as two nodes (--nnodes 1:2); after the first checkpoint one agent and its
+    worker are killed: the other's worker fails its collective within run.collective_timeout and exits, its agent
+    rendezvous again alone and the restarted worker resumes (run.resume auto) on 1 process by itself."""
+    from maeast.train.distributed import free_port
+    run_dir = tmp_path / "run"
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nnodes", "1:2", "--nproc-per-node", "1",
+                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "preempt",
+                "--max-restarts", "3", "--local-addr", "127.0.0.1"]
+    cmd = [*torchrun, str(ROOT / "launch" / "pretrain.py"), *args(shards, run_dir, 2, "data.num_workers=1"),
+           "--run.resume", "auto", "--run.collective_timeout", "20", "--run.trace_keys", "true"]
+    outs = [tmp_path / f"agent{i}.txt" for i in range(2)]
+    agents = []
+    try:
+        for out in outs:  # the first agent hosts the rendezvous store: the second is the node that is lost
+            agents.append(subprocess.Popen(cmd, env=clean_env(), cwd=ROOT, stdout=out.open("w"),
+                                           stderr=subprocess.STDOUT, start_new_session=True))
+        wait_for_steps(run_dir / "log.jsonl", 3, agents)  # step 2 saved, step 3 done
+        kill_tree(agents[1].pid)
+        agents[1].wait(timeout=TIMEOUT)
+        assert agents[0].wait(timeout=2 * TIMEOUT) == 0, outs[0].read_text()[-5000:]
+    finally:
+        for agent in agents:
+            kill_tree(agent.pid)
+    text = outs[0].read_text()
+    assert re.search(r"error: rank\(s\) [01] of 2 stopped answering", text), text[-5000:]
+    assert re.search(r"resumed at step \d+ of 8: 1 process\(es\)", text), text[-5000:]
+    assert "continued with 1 process(es), ZeRO stage 2, fp32 through DeepSpeed's universal checkpoint" in text
+    epoch = assert_epochs(run_dir, shards, saved=(2, 1), now=(1, 1))  # every clip of epoch 0 exactly once
+    assert_curve_follows(run_dir, reference, range(1, epoch + 1))  # float tolerance of the uninterrupted run
+    assert (run_dir / "encoder" / "encoder.safetensors").is_file()
