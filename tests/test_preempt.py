@@ -21,7 +21,8 @@ from maeast.errors import MaeastError
 from maeast.finetune import finetune
 from maeast.train.config import RunConfig
 from maeast.train.logging import read_log
-from maeast.train.preempt import EXIT_RESTART, stop_requests, votes
+from maeast.train import preempt
+from maeast.train.preempt import EXIT_RESTART, requested, stop_requests, votes
 from maeast.train.run import continues, resume_mode
 from tests.conftest import build, make_corpus, make_demo_shards, step_keys
 from tests.test_engine_distributed import ROOT, TIMEOUT, clean_env, launch_env_vars, start_env_vars
@@ -183,7 +184,8 @@ def test_auto_starts_an_empty_folder_and_refuses_another_run_in_one_line(shards,
 
 # ---- the signals themselves -------------------------------------------------------------------------
 
-def test_handlers_record_requests_and_are_restored(tmp_path):
+def test_handlers_record_requests_and_are_restored(monkeypatch):
+    monkeypatch.setattr(preempt, "SAME_REQUEST_S", 1e9)  # this process must not exit at once
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1)
     with stop_requests(600.0):
         assert votes() == {"SIGTERM": 0.0, "SIGUSR1": 0.0}
@@ -191,13 +193,17 @@ def test_handlers_record_requests_and_are_restored(tmp_path):
         assert votes() == {"SIGTERM": 0.0, "SIGUSR1": 1.0}
         with stop_requests(600.0):  # nested: the outer scope's request stands
             assert votes()["SIGUSR1"] == 1.0
+            signal.raise_signal(signal.SIGTERM)  # at once: the same request delivered twice (Slurm and torchrun)
+        assert votes() == {"SIGTERM": 1.0, "SIGUSR1": 1.0} and requested() == ["SIGUSR1", "SIGTERM"]
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1)) == before
     assert votes() == {"SIGTERM": 0.0, "SIGUSR1": 0.0}
 
 
 WAITS = textwrap.dedent("""
     import sys, time
+    from maeast.train import preempt
     from maeast.train.preempt import requested, stop_requests
+    preempt.SAME_REQUEST_S = 0.0  # a second signal is one however soon it comes
     with stop_requests(float(sys.argv[1]), lambda: "at step 3 of RUN"):
         print("ready", flush=True)
         while not requested():

@@ -115,8 +115,9 @@ class RunConfig:
     the run's; --resume with run.resume auto is auto."""
     preempt_grace: float = 120.0
     """Seconds after a SIGTERM or SIGUSR1 (preemption, a time limit) within which the run must have saved its
-    checkpoint at the next step boundary and exited (code 75, "restart me"); past it, or on a second signal,
-    the process exits at once with the same code (checkpoints are atomic: the last complete one stays whole).
+    checkpoint at the next step boundary and exited (code 75, "restart me"); past it, or on a second signal
+    (5 s or more after the first), the process exits at once with the same code (checkpoints are atomic: the
+    last complete one stays whole).
     Keep it under the scheduler's kill delay (Slurm's --signal=B:TERM@SECONDS, KillWait)."""
 
     def __post_init__(self):

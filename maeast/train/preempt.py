@@ -9,8 +9,9 @@
 A signal only records a request. The step loop reads it at the next step boundary, where every process
 learns (from the step's all-reduce) whether any of them was asked, so all stop after the same step, save a
 checkpoint there and exit with EXIT_RESTART; the launcher (torchrun --max-restarts, Slurm --requeue) decides
-what happens next, and `--run.resume auto` continues the run. A second signal, or run.preempt_grace seconds
-after the first without the process having finished its save, ends the process at once with the same code.
+what happens next, and `--run.resume auto` continues the run. A second signal (SAME_REQUEST_S or more after the
+first), or run.preempt_grace seconds after the first without the process having finished its save, ends the
+process at once with the same code.
 Nothing is corrupted by that: checkpoints are atomic (maeast.train.checkpoint: a save becomes visible only once
 every process has written it), so a kill mid-save leaves the previous checkpoint whole, and the next start
 clears the half-written folder.
@@ -23,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Callable
 
 from maeast.errors import MaeastError
@@ -33,6 +35,11 @@ EXIT_RESTART = 75
 STOP_SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGUSR1": signal.SIGUSR1}
 """The signals that ask a run to save and stop (Slurm sends SIGTERM at preemption and at the time limit, or
 the signal of --signal, e.g. USR1, before it; torchrun forwards SIGTERM to its workers)."""
+
+
+SAME_REQUEST_S = 5.0
+"""Signals within this many seconds of the first are the same request: Slurm signals every process of a job
+step, and torchrun forwards the SIGTERM it got to its workers too, so a worker gets it twice at once."""
 
 
 class Preempted(MaeastError):
@@ -50,6 +57,7 @@ class _Requests:
         self.previous: dict[int, object] = {}
         self.pid: int | None = None
         self.timer: threading.Timer | None = None
+        self.first = 0.0  # time.monotonic() of the first request
 
 
 _requests = _Requests()
@@ -97,9 +105,14 @@ def _on_signal(signum: int, frame) -> None:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
-    r.received.append(signal.Signals(signum).name)
-    if len(r.received) > 1:
-        exit_now(f"a second signal ({r.received[-1]}) came")
+    name = signal.Signals(signum).name
+    if r.received:
+        if time.monotonic() - r.first < SAME_REQUEST_S:  # delivered twice: the scheduler's and the launcher's
+            r.received += [name] if name not in r.received else []
+            return
+        r.received.append(name)
+        exit_now(f"a second signal ({name}) came")
+    r.received, r.first = [name], time.monotonic()
     grace_s = r.scopes[-1][0] if r.scopes else 0.0
     r.timer = threading.Timer(grace_s, exit_now, args=(f"run.preempt_grace ({grace_s:g} s) ran out",))
     r.timer.daemon = True
