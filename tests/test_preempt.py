@@ -58,6 +58,14 @@ def wait_for_steps(log: Path, steps: int, procs: list[subprocess.Popen]) -> None
         time.sleep(0.05)
 
 
+def stop_signal(proc: subprocess.Popen) -> None:
+    """SIGTERM to a process held still (SIGSTOP, SIGTERM, SIGCONT): it cannot run on to its last step between the
+    test's look at its log and the signal, however busy the machine."""
+    proc.send_signal(signal.SIGSTOP)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
+
+
 def preempted(proc: subprocess.Popen, run_dir: Path) -> int:
     """A process that a stop signal ended: exit code 75 and the one line, whose checkpoint is the latest and
     holds its step; returns the step."""
@@ -78,7 +86,7 @@ def preempted(proc: subprocess.Popen, run_dir: Path) -> int:
 def test_sigterm_saves_where_it_is_and_auto_resume_is_the_uninterrupted_run(shards, reference, tmp_path):
     procs = start_env_vars(args(shards, tmp_path, 2, "data.num_workers=2", *ONLY_AT_THE_END), world=1)
     wait_for_steps(tmp_path / "log.jsonl", 2, procs)
-    procs[0].send_signal(signal.SIGTERM)
+    stop_signal(procs[0])
     step = preempted(procs[0], tmp_path)
     assert 2 <= step < 8  # a checkpoint where it stopped, not at run.save_every_steps
     assert sorted(losses(tmp_path)) == list(range(1, step + 1))
@@ -97,7 +105,7 @@ def test_two_processes_one_signalled_both_stop_at_the_same_step(shards, referenc
     procs = start_env_vars(args(shards, tmp_path, 2, "data.num_workers=1", *ONLY_AT_THE_END), world=2)
     try:
         wait_for_steps(tmp_path / "log.jsonl", 2, procs)
-        procs[1].send_signal(signal.SIGTERM)  # one rank only: the step's all-reduce tells the other
+        stop_signal(procs[1])  # one rank only: the step's all-reduce tells the other
         steps = [preempted(p, tmp_path) for p in procs]
     finally:
         for p in procs:
@@ -130,7 +138,7 @@ def test_finetune_sigterm_inside_a_fold_then_auto_resume(corpus, tmp_path):
     proc = subprocess.Popen(cmd, env=clean_env(), cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_for_steps(run_dir / "main" / "log.jsonl", 1, [proc])
-        proc.send_signal(signal.SIGTERM)
+        stop_signal(proc)
         step = preempted(proc, run_dir / "main")
     finally:
         proc.kill()
