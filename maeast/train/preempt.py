@@ -74,7 +74,7 @@ def requested() -> list[str]:
 
 
 @contextlib.contextmanager
-def stop_requests(grace_s: float, where: Callable[[], str] = lambda: "before its first step"):
+def stop_requests(grace_s: float, where: Callable[[], str] = lambda: "outside the training steps"):
     """Record SIGTERM and SIGUSR1 as stop requests while open (scopes nest: the outermost installs the handlers
     and restores the previous ones on exit, forgetting the requests; `where` describes the run for the line of
     an exit at once). Only the main thread can take signals: elsewhere nothing is installed."""
@@ -123,7 +123,7 @@ def exit_now(reason: str) -> None:
     """End the process at once with EXIT_RESTART, after one line on stderr (from the handler or the grace timer,
     whatever the main thread is doing: a save, an evaluation, a collective waiting for a peer)."""
     r = _requests
-    where = r.scopes[-1][1]() if r.scopes else "before its first step"
+    where = r.scopes[-1][1]() if r.scopes else "outside the training steps"
     names = ", ".join(dict.fromkeys(r.received))
     sys.stderr.write(f"preempted ({names}) {where}: {reason} before the checkpoint was saved; stopped at once "
                      f"(checkpoints are atomic: nothing half-written is ever loaded); run again with --run.resume "
