@@ -159,7 +159,7 @@ def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | Non
 
 def open_context(cfg: FinetuneConfig, deepspeed_config_path, resume: bool, console) -> RunContext:
     """The corpus, the initial encoder, its features, the batch and the mode every fold shares; the run folder
-    checked against --resume and its config written."""
+    checked against run.resume (and --resume) and its config written."""
     world, rank, device = dist.world_size(), dist.rank(), dist.device()
     dist.set_threads(cfg.run.threads, loader_threads=cfg.data.num_workers)  # an oversubscribed core stalls OpenMP
     corpus = open_corpus(get_task(cfg.task), cfg.shards, cfg.data.train_split, cfg.seeded_split,
