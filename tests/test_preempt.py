@@ -281,14 +281,15 @@ def test_torchrun_restarts_on_the_node_left(shards, reference, tmp_path):
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nnodes", "1:2", "--nproc-per-node", "1",
                 "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "preempt",
                 "--max-restarts", "3", "--local-addr", "127.0.0.1"]
-    cmd = [*torchrun, str(ROOT / "launch" / "pretrain.py"), *args(shards, run_dir, 2, "data.num_workers=1"),
-           "--run.resume", "auto", "--run.collective_timeout", "20", "--run.trace_keys", "true"]
+    script = [str(ROOT / "launch" / "pretrain.py"), *args(shards, run_dir, 2, "data.num_workers=1"),
+              "--run.resume", "auto", "--run.collective_timeout", "20", "--run.trace_keys", "true"]
     outs = [tmp_path / f"agent{i}.txt" for i in range(2)]
     agents = []
     try:
-        for out in outs:  # the first agent hosts the rendezvous store: the second is the node that is lost
-            agents.append(subprocess.Popen(cmd, env=clean_env(), cwd=ROOT, stdout=out.open("w"),
-                                           stderr=subprocess.STDOUT, start_new_session=True))
+        for i, out in enumerate(outs):  # the first agent hosts the rendezvous store; the second's node is lost
+            agents.append(subprocess.Popen([*torchrun, "--rdzv-conf", f"is_host={i == 0}", *script], env=clean_env(),
+                                           cwd=ROOT, stdout=out.open("w"), stderr=subprocess.STDOUT,
+                                           start_new_session=True))
         wait_for_steps(run_dir / "log.jsonl", 3, agents)  # step 2 saved, step 3 done
         kill_tree(agents[1].pid)
         agents[1].wait(timeout=TIMEOUT)
