@@ -16,6 +16,15 @@ ZeRO-3 through DeepSpeed's universal checkpoint, stage 0 as is; mid-epoch too, o
 data.num_workers (maeast/loaders/elastic.py re-deals the rest of the epoch). If a process dies or
 stalls, the others stop within run.collective_timeout seconds with one line naming it, the last step
 and the last good checkpoint.
+
+SIGTERM or SIGUSR1 (preemption, a time limit) stops every process after the same step with a checkpoint
+there; each prints `preempted (SIGTERM) at step N: checkpoint RUN/checkpoints/step_N saved; run again with
+--run.resume auto to continue` and exits 75 ("restart me"). With --run.resume auto the same command line
+continues the run when its folder holds one and starts it when not, so a launcher can simply rerun it:
+
+    torchrun --nnodes 1:4 --nproc-per-node 8 --max-restarts 10 --rdzv-backend c10d \
+        --rdzv-endpoint HOST:29400 --rdzv-id myrun launch/pretrain.py --deepspeed_config launch/ds_zero2.json \
+        --config pretrain_patch_chunk --run.dir /shared/runs/patch_chunk --run.resume auto
 """
 
 from __future__ import annotations
@@ -23,10 +32,11 @@ from __future__ import annotations
 import sys
 
 from maeast.train.distributed import take_local_rank
+from maeast.train.preempt import Preempted
 from maeast.errors import MaeastError
 
 USAGE = ("usage: deepspeed launch/pretrain.py --deepspeed_config JSON --config NAME_OR_YAML [--resume] "
-         "[--section.key VALUE ...]")
+         "[--run.resume auto] [--section.key VALUE ...]")
 
 
 def parse(argv: list[str]) -> tuple[str | None, str | None, bool, list[str]]:
@@ -64,6 +74,9 @@ def main(argv: list[str]) -> int:
         if config is None:
             raise MaeastError(f"--config is required; {USAGE}")
         pretrain(load_config(config, overrides), deepspeed_config_path=ds_config, resume=resume)
+    except Preempted as e:  # a stop signal: saved; the launcher restarts (torchrun) or requeues (Slurm) the run
+        print(e, file=sys.stderr)
+        return e.exit_code
     except MaeastError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

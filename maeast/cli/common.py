@@ -9,18 +9,23 @@ from rich.console import Console
 from rich.markup import escape
 
 from maeast.errors import MaeastError
+from maeast.train.preempt import Preempted
 
 console = Console()
 err_console = Console(stderr=True)
 
 
 def friendly(fn):
-    """Wrap a command so that a MaeastError (or a missing file) is one line on stderr, exit 2."""
+    """Wrap a command so that a MaeastError (or a missing file) is one line on stderr, exit 2; a run that a stop
+    signal ended after its checkpoint (Preempted) is one line too, exit 75 (maeast.train.preempt: restart me)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except Preempted as e:
+            err_console.print(escape(str(e)), highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code)
         except MaeastError as e:
             err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)

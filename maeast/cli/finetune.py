@@ -37,11 +37,13 @@ def finetune_command(
     fold: int | None = typer.Option(None, "--fold", help="Cross-validation tasks: run only this fold (default: all)."),
     deepspeed_config: Path | None = typer.Option(None, "--deepspeed-config", "--deepspeed_config",
                                                  help="ZeRO/precision/offload JSON (launch/ds_zero*.json)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in run.dir (finished folds are kept)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in run.dir (finished folds are kept; "
+                                "run.resume must; --run.resume auto: continue it if there is one, else start)."),
 ) -> None:
     """Fine-tune an encoder on a downstream task and report the test metric per fold, mean and std.
     Extra --section.key VALUE arguments override the config (e.g. --optim.lr 5e-5 --run.dir runs/esc50;
-    custom: --data.valid_fraction, --data.test_fraction, --data.split_seed, --data.clip_seconds)."""
+    custom: --data.valid_fraction, --data.test_fraction, --data.split_seed, --data.clip_seconds). SIGTERM or
+    SIGUSR1 saves the fold's checkpoint after the current step and exits 75; --run.resume auto continues it."""
     from maeast.finetune import finetune, load_finetune_config
     from maeast.finetune.tasks import get_task
     get_task(task)

@@ -24,11 +24,13 @@ def pretrain_command(
     deepspeed_config: Path | None = typer.Option(None, "--deepspeed-config", "--deepspeed_config",
                                                  help="ZeRO/precision/offload JSON (launch/ds_zero*.json); "
                                                  "default: ZeRO stage 0, bf16 on CUDA, fp32 on CPU."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in run.dir from its latest checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in run.dir from its latest checkpoint "
+                                "(run.resume must; --run.resume auto: continue it if there is one, else start)."),
 ) -> None:
     """Pretrain MAE-AST as one process on the DeepSpeed engine. Extra --section.key VALUE arguments override
     the config (e.g. --optim.lr 2e-4 --run.dir runs/mine). For many processes or nodes use
-    `deepspeed launch/pretrain.py`."""
+    `deepspeed launch/pretrain.py` (or torchrun). SIGTERM or SIGUSR1 saves a checkpoint after the current step
+    and exits 75; --run.resume auto continues it."""
     from maeast.pretrain import load_config, pretrain
     cfg = load_config(config, list(ctx.args))
     result = pretrain(cfg, deepspeed_config_path=deepspeed_config, resume=resume)

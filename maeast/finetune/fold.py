@@ -12,8 +12,9 @@ steps (schedule.steps, else its epochs); with run.eval_steps an epoch is that ma
 loader's a freshly shuffled pass each time, the feature cache's draws running on across epochs).
 
 The fold's folder is a maeast.train.run.Run: its log, checkpoints, key trace (run.trace_keys), the stop
-after run.stop_at steps (a checkpoint inside the epoch; --resume continues there, the loader where it
-was) and the one line of a dead process (run.collective_timeout) are the Run's.
+after run.stop_at steps or at a stop signal (SIGTERM, SIGUSR1: every process after the same step; a
+checkpoint inside the epoch; --resume or run.resume auto continues there, the loader where it was) and
+the one line of a dead process (run.collective_timeout) are the Run's.
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ class Fold:
                        step=st.step, fold=self.fold)
 
     def train(self) -> bool:
-        """Epochs to the fold's last step; True when run.stop_at stopped the session inside the fold."""
+        """Epochs to the fold's last step; True when run.stop_at or a stop signal (run.stopping) stopped the
+        session inside the fold, after a checkpoint (inside the epoch: with the loader's place in it)."""
         st, run = self.state, self.run
         while st.epoch < self.epochs:
             self.engine.train()
@@ -217,12 +219,12 @@ class Fold:
 
 def train_fold(ctx, fold: int | None) -> dict | None:
     """Fine-tune and score one fold (resuming from its latest checkpoint when ctx.resume); its result, or None
-    when run.stop_at stopped the session inside it."""
+    when run.stop_at stopped the session inside it (a stop signal: the session raises Preempted)."""
     started = time.perf_counter()
     f = Fold(ctx, fold)
     with f.run.session(f.state.step, f.last):
         f.announce()
-        if f.train():
+        if f.train() or f.run.preempted:  # preempted at the fold's last step: saved; the next session finishes it
             return None
         best, selected_by = f.finish()
     result = {"fold": fold, "metric": ctx.task.metric, "selected_by": selected_by,

@@ -28,7 +28,8 @@ from maeast.train import distributed as dist
 from maeast.train.config import accumulation, renamed
 from maeast.train.ds_config import read_zero_json
 from maeast.train.mfu import peak_flops
-from maeast.train.run import RESUME_FREE, check_resume, start
+from maeast.train.preempt import stop_requests
+from maeast.train.run import RESUME_FREE, check_resume, continues, resume_mode, start
 from maeast.errors import MaeastError
 from maeast.files import write_json
 from maeast.features import FbankConfig
@@ -70,6 +71,7 @@ class RunContext:
     accum: int
     zero: dict
     resume: bool
+    """Whether this session continues the run in the folder (run.resume and --resume, decided once)."""
     clip_seconds: float
     """Every clip is cropped or padded to this (data.clip_seconds, else the task's or the custom corpus's)."""
     folds: list[int | None] = field(default_factory=lambda: [None])
@@ -124,17 +126,19 @@ class FinetuneResult:
 
 def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | None = None, resume: bool = False,
              console=None) -> FinetuneResult:
-    """Fine-tune (or continue, with resume) the run in cfg.run_dir; every process of the world calls this.
-    With run.stop_at the session stops inside a fold (result.stopped; --resume continues it)."""
+    """Fine-tune (or continue, with resume: the --resume flag, else run.resume) the run in cfg.run_dir; every
+    process of the world calls this. With run.stop_at the session stops inside a fold (result.stopped;
+    --resume continues it); a SIGTERM or SIGUSR1 stops it there too, after a checkpoint, raising Preempted."""
     start(cfg.run)
     started = time.perf_counter()
-    ctx = open_context(cfg, deepspeed_config_path, resume, console)
-    run_dir, task, results = cfg.run_dir, ctx.task, []
-    for fold in ctx.folds:
-        done = (is_finished(run_dir / part_name(fold)) if resume else None) or train_fold(ctx, fold)
-        if done is None:  # run.stop_at: the session ends inside this fold
-            return FinetuneResult(run_dir, task.name, task.metric, results, time.perf_counter() - started, True)
-        results.append(done)
+    with stop_requests(cfg.run.preempt_grace):  # between folds too: the next fold's first step stops
+        ctx = open_context(cfg, deepspeed_config_path, resume, console)
+        run_dir, task, results = cfg.run_dir, ctx.task, []
+        for fold in ctx.folds:
+            done = (is_finished(run_dir / part_name(fold)) if ctx.resume else None) or train_fold(ctx, fold)
+            if done is None:  # run.stop_at: the session ends inside this fold
+                return FinetuneResult(run_dir, task.name, task.metric, results, time.perf_counter() - started, True)
+            results.append(done)
     if ctx.select == "fold_mean" and cfg.run.average_epochs is None:
         results = select_over_folds(results, task.metric)
         if dist.is_main():
@@ -155,7 +159,7 @@ def finetune(cfg: FinetuneConfig, deepspeed_config_path: str | Path | dict | Non
 
 def open_context(cfg: FinetuneConfig, deepspeed_config_path, resume: bool, console) -> RunContext:
     """The corpus, the initial encoder, its features, the batch and the mode every fold shares; the run folder
-    checked against --resume and its config written."""
+    checked against run.resume (and --resume) and its config written."""
     world, rank, device = dist.world_size(), dist.rank(), dist.device()
     dist.set_threads(cfg.run.threads, loader_threads=cfg.data.num_workers)  # an oversubscribed core stalls OpenMP
     corpus = open_corpus(get_task(cfg.task), cfg.shards, cfg.data.train_split, cfg.seeded_split,
@@ -176,11 +180,11 @@ def open_context(cfg: FinetuneConfig, deepspeed_config_path, resume: bool, conso
     micro = cfg.data.batch_size or max(cfg.optim.global_batch // world, 1)
     accum = accumulation(cfg.optim.global_batch, micro, world)
     zero = deepspeed_config_path if isinstance(deepspeed_config_path, dict) else read_zero_json(deepspeed_config_path)
-    prepare_run_dir(cfg, cfg.run_dir, folds, resume, {"model": model_cfg.to_dict(), "fbank": fbank.name,
-                                                      "checkpoint": cfg.checkpoint, "micro_batch": micro,
-                                                      "accumulation": accum, "world_size": world})
+    continuing = prepare_run_dir(cfg, cfg.run_dir, folds, resume, {
+        "model": model_cfg.to_dict(), "fbank": fbank.name, "checkpoint": cfg.checkpoint, "micro_batch": micro,
+        "accumulation": accum, "world_size": world})
     ctx = RunContext(cfg, task, corpus, device, world, rank, model_cfg, state, info, fbank, micro, accum, zero,
-                     resume, clip_seconds, folds, choose_select(cfg, task), console)
+                     continuing, clip_seconds, folds, choose_select(cfg, task), console)
     ctx.mode = mode_of(cfg)(ctx)  # frozen or full: chosen here, once
     ctx.peak_flops = peak_flops(device)
     return ctx
@@ -242,23 +246,26 @@ def check_features(clip_seconds: float, model_cfg, features: FbankConfig) -> Non
                           f"({model_cfg.patch_time} frames)")
 
 
-def prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, folds: list, resume: bool, model: dict) -> None:
-    """Check the run folder against --resume; save the resolved config and the encoder's description."""
+def prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, folds: list, resume: bool, model: dict) -> bool:
+    """Check the run folder against run.resume (and the --resume flag: maeast.train.run.continues, the rules of
+    every recipe; a fold that has begun is what a folder holds, its config.yaml what --resume needs); save the
+    resolved config and the encoder's description. Whether this session continues the run there."""
     started = [part_name(f) for f in folds if (run_dir / part_name(f) / "checkpoints").is_dir()
                or (run_dir / part_name(f) / "result.json").is_file()]
-    if resume:
-        if not (run_dir / "config.yaml").is_file():
+    has_config = (run_dir / "config.yaml").is_file()
+    continuing = continues(resume_mode(cfg.run, resume), run_dir, started[0] if started else None,
+                           "a fine-tuning run", "no config.yaml there", resumable=has_config)
+    if continuing:
+        if not has_config:
             raise MaeastError(f"nothing to resume in {run_dir}: no config.yaml there; run without --resume")
         check_resume(saved_config(run_dir), cfg, run_dir / "config.yaml", RESUME_FREE + FINETUNE_FREE)
-    elif started:
-        raise MaeastError(f"{run_dir} already holds a fine-tuning run ({started[0]}); pass --resume to continue it "
-                          f"or set --run.dir to a new folder")
     dist.barrier()
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         save_finetune_config(cfg, run_dir / "config.yaml")
         (run_dir / "model.json").write_text(json.dumps(model, indent=2) + "\n")
     dist.barrier()
+    return continuing
 
 
 def saved_config(run_dir: Path) -> FinetuneConfig:

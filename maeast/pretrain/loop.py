@@ -9,7 +9,8 @@ dropout and layerdrop from seeds derived from (run.seed, s, place), and the load
 function of its slots ((rank, worker) pairs) too: the same global batch, and the same loss curve to
 float tolerance, on 1 process with 2 workers as on 2 processes with 1 worker each. Resume is exact because every random
 draw is a function of (seed, step, place) and the loader restores its position. The run folder, its
-logger, cadence, stop, key trace and the one line of a dead process are maeast.train.run's.
+logger, cadence, stop (run.stop_at, or SIGTERM / SIGUSR1: a checkpoint at the step every process stops
+after, then exit code 75), key trace and the one line of a dead process are maeast.train.run's.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from maeast.train.checkpoint import universal_copy
 from maeast.train.ds_config import deepspeed_config, read_zero_json, zero_stage
 from maeast.train.layout import Layout
 from maeast.train.mfu import peak_flops
+from maeast.train.preempt import stop_requests
 from maeast.train.run import Run, start
 from maeast.train.trainer import Micro, Trainer
 from maeast.errors import MaeastError
@@ -73,17 +75,20 @@ class Session:
 
 def pretrain(cfg: PretrainConfig, deepspeed_config_path: str | Path | dict | None = None, resume: bool = False,
              console=None) -> PretrainResult:
-    """Train (or continue, with resume) the run in cfg.run.dir; every process of the world calls this."""
+    """Train (or continue, with resume: the --resume flag, else run.resume) the run in cfg.run.dir; every process
+    of the world calls this. A SIGTERM or SIGUSR1 from here on stops every process after the same step, with a
+    checkpoint there, and raises Preempted (maeast.train.preempt)."""
     start(cfg.run)
     started = time.perf_counter()
-    s = open_session(cfg, deepspeed_config_path, resume, console)
-    result = PretrainResult(s.run.dir, s.step, s.resumed.checkpoint if s.resumed else None, None)
-    with s.run.session(s.step, cfg.last_step):
-        announce(s, s.trainer.accum)
-        steps(s, result)
-        if result.checkpoint is not None:
-            result.encoder = publish_encoder(result.checkpoint, s.run.dir)
-            s.run.event(f"encoder exported to {result.encoder}", step=result.step)
+    with stop_requests(cfg.run.preempt_grace):  # a signal while the session opens: the first step stops
+        s = open_session(cfg, deepspeed_config_path, resume, console)
+        result = PretrainResult(s.run.dir, s.step, s.resumed.checkpoint if s.resumed else None, None)
+        with s.run.session(s.step, cfg.last_step):
+            announce(s, s.trainer.accum)
+            steps(s, result)
+            if result.checkpoint is not None and not s.run.preempted:  # preempted: the next session exports
+                result.encoder = publish_encoder(result.checkpoint, s.run.dir)
+                s.run.event(f"encoder exported to {result.encoder}", step=result.step)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -147,7 +152,9 @@ def announce(s: Session, accum: int) -> None:
 
 
 def steps(s: Session, result: PretrainResult) -> None:
-    """Optimizer steps to cfg.last_step, with the evaluations, probes and checkpoints they are due for."""
+    """Optimizer steps to cfg.last_step, with the evaluations, probes and checkpoints they are due for; a stop
+    signal on any process ends them all after the same step, with a checkpoint there (the loader's state in it:
+    the resume is exact)."""
     cfg, run, engine = s.cfg, s.run, s.engine
     stream = endless(s.loader)
     while s.step < cfg.last_step:
@@ -163,12 +170,14 @@ def steps(s: Session, result: PretrainResult) -> None:
         if s.probe is not None and run.due(s.step, cfg.eval.probe_every):
             probed = {"step": s.step, **s.probe.score(engine.module.encoder)}
             run.eval(probed, probe_line(probed), kind="probe")
-        if run.due(s.step, cfg.run.save_every_steps):
+        if run.due(s.step, cfg.run.save_every_steps) or run.stopping(s.step):
             state = {"step": s.step, "samples": s.samples, "world_size": s.layout.world_size,
                      "layout": s.layout.to_dict(), "loader": s.loader.state_dict()}
             extra = {"loss": record["loss"], **({"eval": result.eval} if result.eval else {})}
             result.checkpoint = run.save(engine, s.step, state, model_meta(cfg, s.features, s.step, s.samples, extra))
         result.step = s.step
+        if run.stopping(s.step):  # run.stop_at (the last step anyway), or a stop signal: the run leaves Preempted
+            break
 
 
 @dataclass

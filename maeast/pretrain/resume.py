@@ -45,8 +45,9 @@ class Resumed:
 
 def resume_point(cfg: PretrainConfig, run: Run, resume: bool, ds_config: dict, layout: Layout,
                  loader: StreamingLoader) -> Resumed | None:
-    """Check the run folder against --resume, its config against this one and its checkpoint's layout against
-    this run's (before this session rewrites ds_config.json); returns what to resume (None: a new run)."""
+    """Check the run folder against run.resume (and the --resume flag), its config against this one and its
+    checkpoint's layout against this run's (before this session rewrites ds_config.json); returns what to resume
+    (None: a new run)."""
     checkpoint = run.resumable(resume)
     if checkpoint is None:
         return None

@@ -3,7 +3,8 @@
     OptimConfig      AdamW and the global batch it steps on
     ScheduleConfig   warmup, then polynomial decay over optimizer steps
     RunConfig        the folder, seed, checkpoints kept, log cadence, threads, where a session stops, the key
-                     trace, the collective timeout: what maeast.train.run.Run owns for every recipe
+                     trace, the collective timeout, what a folder holding a run means (resume) and the
+                     grace of a stop signal: what maeast.train.run.Run owns for every recipe
 
 A recipe's config (maeast.pretrain.config, maeast.finetune.config) embeds these, with its own defaults where
 they differ, and adds its own sections; the loaders' LoaderConfig is its data section. Defaults here are
@@ -17,6 +18,9 @@ from importlib import resources
 from pathlib import Path
 
 from maeast.errors import MaeastError
+
+RESUME_MODES = ("no", "must", "auto")
+"""run.resume: refuse a folder that holds a run, continue it (refuse one without), continue it if there is one."""
 
 
 @dataclass
@@ -80,7 +84,8 @@ class ScheduleConfig:
 @dataclass
 class RunConfig:
     """What every run has, pretraining or fine-tuning: its folder, seed, checkpoints, log, threads, where this
-    session stops, the key trace and how long a collective waits for a dead process."""
+    session stops, the key trace, how long a collective waits for a dead process, whether it continues the run
+    its folder holds and how long a stop signal may take."""
 
     dir: str | None = None
     """Run directory."""
@@ -102,6 +107,18 @@ class RunConfig:
     """Seconds a collective (all-reduce, barrier) may wait for the other processes before the run stops
     with a line naming the processes that failed, the last step and the last good checkpoint (the
     backend's own default is 30 minutes). Raise it when a save or an evaluation takes longer."""
+    resume: str = "no"
+    """What to do with a run folder that already holds a run: "no" (refuse it: a new run needs a new
+    folder), "must" (continue its latest checkpoint, refuse a folder without one; what --resume sets), "auto"
+    (continue it when it has a complete checkpoint, else start fresh: for launchers that restart or requeue
+    the same command, e.g. torchrun --max-restarts or Slurm --requeue). Continuing checks the config against
+    the run's; --resume with run.resume auto is auto."""
+    preempt_grace: float = 120.0
+    """Seconds after a SIGTERM or SIGUSR1 (preemption, a time limit) within which the run must have saved its
+    checkpoint at the next step boundary and exited (code 75, "restart me"); past it, or on a second signal
+    (5 s or more after the first), the process exits at once with the same code (checkpoints are atomic: the
+    last complete one stays whole).
+    Keep it under the scheduler's kill delay (Slurm's --signal=B:TERM@SECONDS, KillWait)."""
 
     def __post_init__(self):
         if self.dir == "":
@@ -117,6 +134,11 @@ class RunConfig:
         positive("run.collective_timeout", self.collective_timeout)
         if not isinstance(self.trace_keys, bool):
             raise MaeastError(f"run.trace_keys {self.trace_keys!r} must be true or false")
+        if str(self.resume).lower() in ("no", "false", "off"):  # YAML reads a bare no as false
+            self.resume = "no"
+        if self.resume not in RESUME_MODES:
+            raise MaeastError(f"run.resume {self.resume!r} unknown; use one of: {', '.join(RESUME_MODES)}")
+        positive("run.preempt_grace", self.preempt_grace)
 
 
 def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:

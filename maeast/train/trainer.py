@@ -12,8 +12,10 @@ plus a loss function.
 
 The host waits on the device once per optimizer step: each micro-batch's loss and parts stay where they
 were computed, and just before the update one all-reduce carries every process's sums, its count of
-non-finite losses and its floating-point buffers (the input BatchNorm's running statistics, averaged);
-a non-finite loss anywhere stops every process there, before the update touches the weights.
+non-finite losses, its stop requests (a SIGTERM or SIGUSR1 it got: maeast.train.preempt) and its
+floating-point buffers (the input BatchNorm's running statistics, averaged); a non-finite loss anywhere
+stops every process there, before the update touches the weights, and a stop request anywhere makes every
+process's Run stop after this step (run.stopping), so that all save at the same step.
 """
 
 from __future__ import annotations
@@ -85,9 +87,11 @@ class Trainer:
             outs.append(out)
             if self.run.trace is not None:
                 self.run.trace.write("".join(f"{number}\t{place}\t{k}\n" for k in out.keys))
-        total = self._reduce(outs, engine.module)
+        requests = self.run.stop_votes()
+        total = self._reduce(outs, engine.module, requests)
         if total["bad"]:
             self._stop(outs, number)
+        self.run.agree(number, {name: total[name] for name in requests})
         engine.step()  # the update
         seconds = time.perf_counter() - t0
         micro_batches = self.accum * self.world
@@ -101,9 +105,9 @@ class Trainer:
         record.update(data_wait=wait / seconds, step_s=seconds)
         return record
 
-    def _reduce(self, outs: list[Micro], module: nn.Module) -> dict[str, float]:
-        """Every process's sums (loss, clips, audio, flops, parts, non-finite count) and its buffers' mean, in
-        one all-reduce and one wait for the device."""
+    def _reduce(self, outs: list[Micro], module: nn.Module, requests: dict[str, float]) -> dict[str, float]:
+        """Every process's sums (loss, clips, audio, flops, parts, non-finite count, stop requests by signal) and
+        its buffers' mean, in one all-reduce and one wait for the device."""
         device = outs[0].loss.device
         names = sorted(outs[0].parts)
         losses = torch.stack([o.loss.detach().double() for o in outs])  # [accum]
@@ -111,6 +115,7 @@ class Trainer:
         parts = [torch.stack([torch.as_tensor(o.parts[n], device=device).detach().double() for o in outs]).sum()
                  for n in names]
         bad = (~torch.isfinite(losses)).sum().double()
+        host += list(requests.values())
         figures = torch.stack([losses.sum(), *torch.tensor(host, dtype=torch.float64, device=device), *parts, bad])
         buffers = [b for b in module.buffers() if b.is_floating_point()] if self.world > 1 else []
         flat = torch.cat([figures, *(b.detach().double().reshape(-1).to(device) for b in buffers)])
@@ -120,7 +125,7 @@ class Trainer:
             b.copy_((flat[offset:offset + b.numel()] / self.world).view_as(b).to(b.dtype))
             offset += b.numel()
         values = flat[:len(figures)].tolist()  # the step's one wait for the device
-        return dict(zip(["loss", "clips", "audio_s", "flops", *names, "bad"], values))
+        return dict(zip(["loss", "clips", "audio_s", "flops", *requests, *names, "bad"], values))
 
     def _stop(self, outs: list[Micro], number: int) -> None:
         """A non-finite loss on some process: every process stops before the update, naming the step."""
