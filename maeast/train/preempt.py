@@ -101,9 +101,10 @@ def stop_requests(grace_s: float, where: Callable[[], str] = lambda: "outside th
 
 def _on_signal(signum: int, frame) -> None:
     r = _requests
-    if os.getpid() != r.pid:  # a forked loader worker inherited the handler: the default action
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+    if os.getpid() != r.pid:
+        # A forked loader worker inherited the handler, and a launcher that signals the whole process group
+        # (torchrun closing its workers, Slurm signalling a step) reaches it too: it lets the signal pass, so its
+        # main process can finish the step and save; it stops with its main process, as loader workers do.
         return
     name = signal.Signals(signum).name
     if r.received:
