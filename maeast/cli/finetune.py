@@ -52,6 +52,13 @@ def finetune_command(
                                freeze_encoder=True if freeze_encoder else None,
                                shards=str(data) if data else None, folds=[fold] if fold is not None else None)
     result = finetune(cfg, deepspeed_config_path=deepspeed_config, resume=resume, console=console)
+    from maeast.train.distributed import is_main
+    if not is_main():
+        return  # the table is rank 0's
+    if result.stopped:
+        console.print(f"stopped at run.stop_at {cfg.run.stop_at} after {len(result.folds)} finished fold(s); "
+                      f"--resume (or --run.resume auto) continues {result.run_dir}", highlight=False, soft_wrap=True)
+        return
     from rich.table import Table
     table = Table(title=f"{result.task} ({cfg.mode.title(cfg)}, "
                         f"{cfg.checkpoint or 'random init'}): test {result.metric}")
