@@ -7,7 +7,7 @@ VENV     := .venv
 PY       := $(VENV)/bin/python
 MAEAST   := $(VENV)/bin/maeast
 APT_PKGS := espeak-ng sox fluidsynth fluid-soundfont-gm ffmpeg libsndfile1 libopencv-dev libturbojpeg0-dev pkg-config tar \
-            warzone2100-data wesnoth-1.16-music openarena-data
+            warzone2100-data wesnoth-1.16-music openarena-data slurm-wlm munge
 DEMO     ?= data/demo
 DEMO_SIZE ?= full
 SHARDS   ?= shards/demo
@@ -75,7 +75,8 @@ test-fast: env torchaudio-ref
 # A one-node Slurm cluster on 127.0.0.1 (launch/slurm/cluster.sh: slurmctld, slurmd and munge as root, no cgroups,
 # its generated slurm.conf, state and logs in /tmp/maeast-slurm) for the scripts of launch/slurm/; then
 # `export SLURM_CONF=/tmp/maeast-slurm/slurm.conf` reaches it. slurm-wlm and munge are installed for these targets only.
-# `make test-slurm` runs tests/test_slurm.py on it (about 1.5 minutes; `make test` skips it where sbatch is missing).
+# `make test-slurm` runs tests/test_slurm.py on it alone; `make test` runs it too (about 1.5 minutes: the tests bring the
+# cluster up themselves when none is running), since `apt` installs slurm-wlm and munge with the other packages.
 SLURM_PKGS := slurm-wlm munge
 
 slurm-up:
