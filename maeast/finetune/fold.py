@@ -150,7 +150,7 @@ class Fold:
             stream = _Stream(self.train_source.epoch(st.epoch, st.taken * self.ctx.accum, st.loader), self.ctx)
             for _ in range(min(self.steps_per_epoch - st.taken, self.last - st.step)):
                 if stream.peek() is None:
-                    break  # one process skipped empty batches: this epoch ends a step early
+                    break  # the loader ran out (bad samples skipped): this epoch ends a step early
                 st.step, st.taken = st.step + 1, st.taken + 1
                 record = self.trainer.step(stream.take, number=st.step, key=(self.fold or 0, st.step))
                 run.log(record, epoch=st.epoch + 1)
@@ -244,24 +244,19 @@ def train_fold(ctx, fold: int | None) -> dict | None:
 
 
 class _Stream:
-    """An epoch's micro-batches with one batch of look-ahead, skipping empty ones where that is safe."""
+    """An epoch's micro-batches with one batch of look-ahead (the loader keeps only the selection's clips and never
+    yields an empty batch: a batch of which no clip decodes gives way to the next)."""
 
     def __init__(self, batches, ctx):
         self.batches, self.ctx, self.ahead = iter(batches), ctx, None
 
     def peek(self):
-        while self.ahead is None:
-            item = next(self.batches, None)
-            if item is None:
-                if self.ctx.world * self.ctx.accum > 1:
-                    raise MaeastError("the training loader ran out of clips before the epoch's steps; check the "
-                                      "shards (bad samples skipped?)")
-                return None
-            if item.keys:
-                self.ahead = item
-            elif self.ctx.world * self.ctx.accum > 1:
-                raise MaeastError("a training batch held no readable clip (bad samples skipped?); several processes "
-                                  "must step in lockstep: check the shards with `maeast shard inspect --verify`")
+        """The next micro-batch, or None where the epoch ends early (one process without accumulation only)."""
+        if self.ahead is None:
+            self.ahead = next(self.batches, None)
+            if self.ahead is None and self.ctx.world * self.ctx.accum > 1:
+                raise MaeastError("the training loader ran out of clips before the epoch's steps; check the "
+                                  "shards (bad samples skipped?)")
         return self.ahead
 
     def close(self) -> None:

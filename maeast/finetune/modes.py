@@ -40,30 +40,17 @@ from maeast.train.optim import StepDecay
 
 
 class Mode:
-    """What both modes share: the fold's encoder and head, the engine, evaluation and export."""
+    """What both modes share: the fold's encoder and head, the engine, evaluation and export.
+
+    Each mode adds what only the config decides, as static methods of cfg (maeast.finetune.config reads them
+    through mode_of): head_spec, protocol, epochs, peak_lr, describe and title; and what a fold does in it:
+    build, sources, augment, logits, flops, split (its weights into encoder and head) and plain."""
 
     name = ""
 
     def __init__(self, ctx):
         self.ctx, self.cfg = ctx, ctx.cfg
         self.spec = self.head_spec(self.cfg)
-
-    # ---- what the config decides (static: maeast.finetune.config reads them) ----
-    @staticmethod
-    def head_spec(cfg) -> HeadSpec:
-        raise NotImplementedError
-
-    @staticmethod
-    def protocol(cfg) -> str:
-        raise NotImplementedError
-
-    @staticmethod
-    def epochs(cfg) -> int:
-        raise NotImplementedError
-
-    @staticmethod
-    def peak_lr(cfg) -> float:
-        raise NotImplementedError
 
     @classmethod
     def total_steps(cls, cfg, steps_per_epoch: int) -> int:

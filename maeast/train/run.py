@@ -3,7 +3,8 @@
     start(cfg.run)                                        # the process group, with run.collective_timeout
     run = Run(cfg.run, folder, console, label="pretrain")
     checkpoint = run.resumable(resume)                    # the latest checkpoint, after run.resume / --resume
-    run.prepare(saved=..., now=cfg, free=RECIPE_FREE, files={"config.yaml": cfg})
+    check_resume(saved_cfg, cfg, where, RESUME_FREE + RECIPE_FREE)   # when it continues a run
+    run.prepare({"config.yaml": cfg})                     # the folder made, half-written saves cleared, files written
     with run.session(step, last):                         # log cut back, logger, key trace, stop signals; a dead
         record = trainer.step(...)                        # peer: one line; a signal: Preempted, one line
         run.log(record)
