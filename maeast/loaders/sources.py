@@ -118,11 +118,16 @@ def check_slots(sources: list[Source], world_size: int, workers: int) -> None:
                 f"or use fewer workers")
 
 
-def slot_shards(source: Source, source_id: int, seed: int, epoch: int, slot: int, slots: int) -> list[Shard]:
-    """The shards one slot reads in this epoch's first pass, in reading order."""
+def deal_order(source: Source, source_id: int, seed: int, epoch: int) -> list[Shard]:
+    """A source's shards in this epoch's deal order: slot k of n slots reads order[k::n] (slot_shards)."""
     order = list(source.shards)
     random.Random(derive_seed(seed, epoch, source_id, LOADER_STREAMS["shard_deal"])).shuffle(order)
-    return order[slot::slots]
+    return order
+
+
+def slot_shards(source: Source, source_id: int, seed: int, epoch: int, slot: int, slots: int) -> list[Shard]:
+    """The shards one slot reads in this epoch's first pass, in reading order."""
+    return deal_order(source, source_id, seed, epoch)[slot::slots]
 
 
 def pass_order(shards: list[Shard], seed: int, epoch: int, source_id: int, slot: int, pass_no: int) -> list[Shard]:
@@ -148,9 +153,10 @@ def quotas(sources: list[Source], seed: int, epoch: int, world_size: int, worker
     slots = world_size * w
     count = (lambda shard: shard.usable(min_seconds)) if keep is None else keep.count
     per_slot = np.zeros(slots, dtype=np.int64)
-    for i, source in enumerate(sources):
-        for slot in range(slots):
-            per_slot[slot] += sum(count(s) for s in slot_shards(source, i, seed, epoch, slot, slots))
+    for i, source in enumerate(sources):  # one deal per source, its counts summed per slot: O(shards + slots)
+        counts = np.array([count(s) for s in deal_order(source, i, seed, epoch)], dtype=np.int64)
+        counts = np.concatenate([counts, np.zeros(-len(counts) % slots, dtype=np.int64)])
+        per_slot += counts.reshape(-1, slots).sum(axis=0)  # column k: order[k::slots], slot k's shards
     batches = per_slot // batch_size if drop_last else -(-per_slot // batch_size)
     table = batches.reshape(world_size, w)
     if epoch_batches is not None:

@@ -27,7 +27,7 @@ import itertools
 import json
 import random
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -142,21 +142,28 @@ def _parse(key: str, parts: dict[str, bytes], shard: Shard, errors: Errors, per_
     return Sample(key, audio[1], meta, audio[0], shard.name)
 
 
-def _source_stream(plan: Plan, source_id: int, slot: int, errors: Errors) -> Iterator[Iterator[Sample]]:
+Reader = Callable[[Shard], Iterator[Sample]]
+"""A shard's samples in tar order: read_shard's, or (benchmarks/scale.py) samples made from index metadata."""
+
+
+def _source_stream(plan: Plan, source_id: int, slot: int, errors: Errors,
+                   read: Reader | None = None) -> Iterator[Iterator[Sample]]:
     """A slot's passes over one source's shards: pass 0 as dealt, later ones reshuffled."""
     cfg = plan.config
     source = plan.sources[source_id]
     mine = slot_shards(source, source_id, cfg.seed, plan.epoch, slot, plan.world_size * plan.workers)
-    cache = ShardCache(cfg.cache_dir, cfg.cache_gb) if cfg.cache_dir else None
+    if read is None:
+        cache = ShardCache(cfg.cache_dir, cfg.cache_gb) if cfg.cache_dir else None
+        read = functools.partial(read_shard, verify=cfg.verify_checksums, errors=errors, cache=cache)
     for pass_no in itertools.count():
         order = pass_order(mine, cfg.seed, plan.epoch, source_id, slot, pass_no)
-        yield itertools.chain.from_iterable(read_shard(s, cfg.verify_checksums, errors, cache) for s in order)
+        yield itertools.chain.from_iterable(read(s) for s in order)
 
 
-def _mixed(plan: Plan, slot: int, errors: Errors) -> Iterator[Sample]:
+def _mixed(plan: Plan, slot: int, errors: Errors, read: Reader | None = None) -> Iterator[Sample]:
     """Several sources: an endless stream, the next clip's source drawn by weight."""
     def endless(source_id):
-        for pass_no, pass_ in enumerate(_source_stream(plan, source_id, slot, errors)):
+        for pass_no, pass_ in enumerate(_source_stream(plan, source_id, slot, errors, read)):
             if pass_no:
                 errors.count("wrapped_passes")
             n = 0
@@ -172,14 +179,15 @@ def _mixed(plan: Plan, slot: int, errors: Errors) -> Iterator[Sample]:
         yield next(streams[rng.choices(range(len(streams)), weights)[0]])
 
 
-def planned_batches(plan: Plan, worker: int, errors: Errors) -> Iterator[list[Sample]]:
-    """The worker's endless plan of batches (samples with undecoded audio)."""
+def planned_batches(plan: Plan, worker: int, errors: Errors, read: Reader | None = None) -> Iterator[list[Sample]]:
+    """The worker's endless plan of batches (samples with undecoded audio); read: how a shard's samples are
+    read (None: read_shard, from its tar)."""
     cfg = plan.config
     slot = plan.rank * plan.workers + worker
     if len(plan.sources) == 1:
-        segments = _source_stream(plan, 0, slot, errors)
+        segments = _source_stream(plan, 0, slot, errors, read)
     else:
-        segments = iter([_mixed(plan, slot, errors)])
+        segments = iter([_mixed(plan, slot, errors, read)])
     min_samples = round(cfg.min_seconds * plan.sample_rate)
     max_samples = round(cfg.max_seconds * plan.sample_rate)
     pool = 1 if cfg.finetune else cfg.bucket_batches

@@ -16,21 +16,21 @@ import torch
 
 from maeast.errors import MaeastError
 from maeast.loaders.baddata import Errors
-from maeast.loaders.stream import Plan, Sample, materialize, planned_batches
+from maeast.loaders.stream import Plan, Reader, Sample, materialize, planned_batches
 
 
-def redealt_batches(plan: Plan, worker: int, errors: Errors,
-                    start: int) -> Iterator[tuple[Plan, int, int, list[Sample]]]:
+def redealt_batches(plan: Plan, worker: int, errors: Errors, start: int,
+                    read: Reader | None = None) -> Iterator[tuple[Plan, int, int, list[Sample]]]:
     """The worker's items of a re-dealt rest, (old slot, position) each, as (old plan, old worker, position,
     samples): every old slot's plan walked once, without decoding, as a resumed worker walks its own.
-    Errors count only while reading the batch of an item from `start` on."""
+    Errors count only while reading the batch of an item from `start` on. read: as planned_batches'."""
     n, w = int(plan.rest["world_size"]), int(plan.rest["num_workers"])
     config = dataclasses.replace(plan.config, num_workers=w)
     walks: dict[int, list] = {}  # old slot -> [its plan, the position of its last batch read, its batches]
     for index, (slot, position) in enumerate(plan.rest["items"][worker]):
         if slot not in walks:
             old = dataclasses.replace(plan, config=config, rank=slot // max(w, 1), world_size=n, rest=None)
-            walks[slot] = [old, -1, planned_batches(old, slot % max(w, 1), errors)]
+            walks[slot] = [old, -1, planned_batches(old, slot % max(w, 1), errors, read)]
         walk = walks[slot]
         if position <= walk[1]:
             raise MaeastError(f"re-dealt items of slot {slot} out of order ({position} after {walk[1]}); "
