@@ -5,8 +5,8 @@ MAEAST_S3_ENDPOINT_URL) and the fsspec filesystem behind each are maeast.shards.
 reads through them: read_bytes (a small object whole), exists, list_names (a folder's objects) and
 open_stream (an object front to back), each local path by plain file calls, each URL with retries.
 
-Remote objects are read front to back in CHUNK-sized ranged reads, one read ahead (memory: two chunks a
-stream). A transient fault (connection reset, timeout, HTTP 5xx, a body cut short) is retried with
+Remote objects are read front to back in ranged reads, one read ahead (memory: two chunks a stream): the
+first of FIRST_CHUNK bytes, each next one twice the last, up to CHUNK. A transient fault (connection reset, timeout, HTTP 5xx, a body cut short) is retried with
 backoff (RETRY) from the byte where the read stopped; when the tries run out the stream raises
 StorageError (an OSError: readers skip that shard). A permanent fault (404, 403, no such bucket, bad
 credentials) is a one-line MaeastError naming the URL, never a secret, and the fix.
@@ -29,7 +29,11 @@ from maeast.errors import MaeastError
 from maeast.shards.locations import Location, filesystem, is_url, join, local_path, redact  # noqa: F401
 
 CHUNK = 8 << 20
-"""Bytes per ranged read of a remote object."""
+"""Bytes per ranged read of a remote object, once under way (FIRST_CHUNK)."""
+
+FIRST_CHUNK = 256 << 10
+"""Bytes of a remote object's first ranged read; each next one doubles, up to CHUNK, so the first samples
+arrive after a small read instead of a whole CHUNK."""
 
 
 @dataclass(frozen=True)
@@ -184,10 +188,12 @@ def open_stream(location: Location, size: int | None = None) -> BinaryIO:
 
 
 class RangeReader(io.RawIOBase):
-    """An fsspec object read in CHUNK-sized ranges front to back, the next range fetched while this one is read."""
+    """An fsspec object read in ranges front to back, the next range fetched while this one is read: the first
+    of FIRST_CHUNK bytes (at most `chunk`), each next one doubling up to `chunk` (CHUNK)."""
 
     def __init__(self, location: str, size: int | None = None, chunk: int | None = None):
         self.location, self.chunk = location, chunk or CHUNK
+        self.next_size = min(FIRST_CHUNK, self.chunk)
         self.fs, self.path = filesystem(location)
         self.size = size if size is not None else retried(location, lambda: self.fs.size(self.path))
         if self.size is None:
@@ -204,8 +210,8 @@ class RangeReader(io.RawIOBase):
         start = self.next_start
         if start >= self.size:
             return None
-        end = min(start + self.chunk, self.size)
-        self.next_start = end
+        end = min(start + self.next_size, self.size)
+        self.next_start, self.next_size = end, min(2 * self.next_size, self.chunk)
         return self.pool.submit(retried, self.location, lambda: self._range(start, end))
 
     def _range(self, start: int, end: int) -> bytes:
