@@ -5,10 +5,11 @@ at 44.1 kHz stereo, --seconds long: AudioSet's clips are 10 s) in a temporary fo
 the folder recipe into a fresh folder per run, resampled to 16 kHz mono, as FLAC (the default codec)
 and as wav: --warmup untimed builds, then --repeats timed ones, the cases (1 and 2 workers x the two
 codecs) taking turns (benchmarks/harness.py). The figures are the median run's, with min-max beside
-them; per core is the 2-worker rate over 2 (the machine's cores; shared with other work, so noisy).
+them. A core's rate is clips per CPU second (this process and its workers, by getrusage) of the 2-worker
+builds: wall-clock rates on these shared cores swing with other work, the CPU cost much less.
 
 The projection: AudioSet-2M (--project-clips 2,000,000 clips, --project-hours 5,800 h) on --cores 32
-cores, from the per-core audio hours/s, assuming the build scales linearly with cores (its workers
+cores, from a core's audio hours (and clips) per CPU second, assuming the build scales linearly with cores (its workers
 share nothing but the output folder) and wav input: AudioSet's own files are compressed (AAC in m4a,
 or Opus), whose decoding this corpus does not include. Prints a table, then one JSON line with the figures.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -47,6 +49,12 @@ def make_corpus(root: Path, clips: int, seconds: float) -> None:
                             str(seconds), *synth], check=True)
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished child processes (the build's workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=120)
@@ -64,33 +72,37 @@ def main() -> None:
         in_mb = sum(p.stat().st_size for p in root.rglob("*.wav")) / 1e6
         runs = itertools.count()
 
-        def build(workers: int, codec: str):
+        def build(workers: int, codec: str) -> tuple[float, float]:
+            """One build: its audio hours, and the CPU seconds it took (this process and its workers)."""
             out = Path(tmp) / f"out{next(runs)}"
+            before = cpu_seconds()
             index = build_shards("folder", root, out, shard_size_mb=16, workers=workers, codec=codec)
+            cpu = cpu_seconds() - before
             shutil.rmtree(out)
-            return sum(s["hours"] for s in index["splits"].values())
+            return sum(s["hours"] for s in index["splits"].values()), cpu
 
         cases = {(w, c): (lambda w=w, c=c: build(w, c)) for c in CODECS for w in (1, 2)}
         results = bench.measure(cases, label="building shards")
     bench.update({"clips": args.clips, "clip_seconds": args.seconds, "input_mb": round(in_mb, 2), "cores": args.cores})
     rows = []
     for (workers, codec), r in results.items():
-        hours = r.values[0]
+        hours = r.values[0][0]
         figures = {"seconds": r.seconds, "clips_per_s": r.rate(args.clips), "input_mb_per_s": r.rate(in_mb),
-                   "audio_hours_per_s": r.rate(hours)}
+                   "audio_hours_per_s": r.rate(hours), "clips_per_cpu_s": r.stats(lambda v: args.clips / v[1])}
         for key, stats in figures.items():
             bench.record(f"{codec}.workers{workers}_{key}", stats)
         rows.append([codec, workers, spread(r.seconds, ".2f"), spread(figures["clips_per_s"], ".1f"),
                      spread(figures["input_mb_per_s"], ".1f"), spread(figures["audio_hours_per_s"], ".4f"),
-                     f"{results[(1, codec)].seconds.median / r.seconds.median:.2f}x"])
+                     f"{results[(1, codec)].seconds.median / r.seconds.median:.2f}x",
+                     spread(figures["clips_per_cpu_s"], ".1f")])
     bench.table(f"shard build: {args.clips} clips of {args.seconds:g} s, {in_mb:.1f} MB of wav input; median (min-max) "
                 f"of {args.repeats} run(s)", ["codec", "workers", "seconds", "clips/s", "input MB/s", "audio h/s",
-                                              "speed-up"], rows)
+                                              "speed-up", "clips per CPU s"], rows)
     projection = []
-    for codec in CODECS:
+    for codec in CODECS:  # a core's rate: clips per CPU second of the 2-worker builds (other work moves it less)
         r = results[(2, codec)]
-        per_core_clips = r.rate(args.clips).median / 2
-        per_core_hours = r.rate(r.values[0]).median / 2
+        per_core_clips = r.stats(lambda v: args.clips / v[1]).median
+        per_core_hours = r.stats(lambda v: v[0] / v[1]).median
         wall_h = args.project_hours / (per_core_hours * args.cores) / 3600
         bench.update({f"{codec}.clips_per_s_per_core": round(per_core_clips, 2),
                       f"{codec}.audio_hours_per_s_per_core": round(per_core_hours, 5),
@@ -101,7 +113,7 @@ def main() -> None:
                            f"{args.project_clips / (per_core_clips * args.cores) / 3600:.1f}"])
     bench.table(f"projected: AudioSet-2M ({args.project_clips:,} clips, {args.project_hours:,.0f} h) on {args.cores} "
                 f"cores, linear in cores, wav input (no AAC/Opus decoding)",
-                ["codec", "clips/s per core", "audio s/s per core", "wall h (by hours)", "wall h (by clips)"],
+                ["codec", "clips per CPU s", "audio s per CPU s", "wall h (by hours)", "wall h (by clips)"],
                 projection)
     bench.finish(own_load=2.0)
 
