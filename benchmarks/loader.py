@@ -17,9 +17,12 @@ clips/s, with min-max beside it.
 Then the storage rows (benchmarks/loader_remote.py): the FLAC shards read from local disk, loopback S3
 (moto) and loopback HTTP (http.server) by (e) maeast's stream and, on the same objects, (f) webdataset's
 own WebDataset pipeline with the same decode and fbank, epochs in turns; targets: remote >= 0.9x local,
-(e) >= 1.0x (f) at each place. Beside clips/s, the CPU ms per clip of each loader's worker processes
-(on a shared machine the clips/s of one epoch swing with other work, the CPU cost much less) and the
-seconds to an epoch's first batch (a fixed cost that short epochs such as these feel, long ones do not).
+(e) >= 1.0x (f) at each place. Beside clips/s: the steady clips/s after an epoch's first batch, the
+seconds to that first batch (a fixed cost that short epochs feel, long ones do not: its own column), and
+the CPU ms per clip of each loader's worker processes and receiving thread (on a shared machine the
+clips/s of one epoch swing with other work, the CPU cost much less; ratio_cpu_* compare them). Then a
+remote shard's first whole sample with the first ranged read of storage.FIRST_CHUNK against a whole
+storage.CHUNK, as every read went before.
 Then (a) and (b) in pretraining mode (crop to the batch's shortest clip, at most 10 s, clips under
 2 s skipped; the "vs (a)" of those rows is against (a) in pretraining mode), and the streaming loader
 feeding the small and base MAE-AST presets for a few training steps (the model gets the cores the
@@ -44,7 +47,7 @@ from pathlib import Path
 
 import torch
 from harness import Bench, Stats, spread
-from loader_remote import loaders as storage_loaders, served
+from loader_remote import first_sample_cases, loaders as storage_loaders, served
 
 from maeast.errors import MaeastError
 from maeast.loaders import LoaderConfig, StreamingLoader
@@ -128,10 +131,11 @@ def training(bench: Bench, shards: Path, preset: str, steps: int, batch_size: in
 
 def epoch_cpu(loader) -> tuple[int, float, float, float]:
     """One epoch; the clips it yielded, the CPU seconds its worker processes (and theirs, e.g. curl)
-    spent, counted when the epoch's workers exit (a cost that other work on the machine moves less),
+    spent, counted when the epoch's workers exit, and this thread's, which receives the batches (a cost
+    that other work on the machine moves less than clips/s; the loopback servers' threads are not in it),
     the seconds to its first batch (worker start, first request, shuffle buffer), and the clips/s after
     that first batch (the steady rate, which start-up does not touch)."""
-    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    before, start, main = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter(), time.thread_time()
     first, clips, first_clips = None, 0, 0
     for batch in loader:
         if first is None:
@@ -140,7 +144,8 @@ def epoch_cpu(loader) -> tuple[int, float, float, float]:
     end = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     steady = (clips - first_clips) / (end - first) if end > first else float("nan")
-    return clips, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, first, steady
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime + time.thread_time() - main
+    return clips, cpu, first, steady
 
 
 def storage(bench: Bench, shards: Path, common: dict) -> None:
@@ -155,6 +160,7 @@ def storage(bench: Bench, shards: Path, common: dict) -> None:
                                 warm_up={name: (lambda loader=loader: warm_up(loader)) for name, loader in made.items()},
                                 label=f"storage: {len(made)} loaders, epochs in turns")
         torch.set_num_threads(threads)
+        firsts = bench.measure(first_sample_cases(places), repeats=2 * bench.repeats, label="first sample of a shard")
     rates = {name: Stats.of(clips / t for (clips, *_), t in zip(r.values, r.times)) for name, r in results.items()}
     cpu = {name: Stats.of(1000 * s / clips for clips, s, *_ in r.values) for name, r in results.items()}
     first = {name: Stats.of(v[2] for v in r.values) for name, r in results.items()}
@@ -164,7 +170,7 @@ def storage(bench: Bench, shards: Path, common: dict) -> None:
         who, place = name.split(" ", 1)[1].split(", ")
         bench.record(f"{place}_{who}_clips_per_s", rate, digits=1)
         bench.record(f"{place}_{who}_steady_clips_per_s", steady[name], digits=1)
-        bench.record(f"{place}_{who}_worker_cpu_ms_per_clip", cpu[name], digits=2)
+        bench.record(f"{place}_{who}_cpu_ms_per_clip", cpu[name], digits=2)
         bench.record(f"{place}_{who}_first_batch_s", first[name], digits=3)
         ratios = [f"{table[name].median / table[name.replace(place, 'local')].median:.2f}x / "
                   f"{table[name].median / table[name.replace('(e) stream', '(f) webdataset')].median:.2f}x"
@@ -179,11 +185,20 @@ def storage(bench: Bench, shards: Path, common: dict) -> None:
         for place in ("local", "s3", "http"):
             figures[f"ratio_{key}stream_vs_webdataset_{place}"] = round(
                 table[f"(e) stream, {place}"].median / table[f"(f) webdataset, {place}"].median, 3)
+    for place in ("local", "s3", "http"):  # clips per CPU second, stream over webdataset: > 1, the stream is cheaper
+        figures[f"ratio_cpu_stream_vs_webdataset_{place}"] = round(
+            cpu[f"(f) webdataset, {place}"].median / cpu[f"(e) stream, {place}"].median, 3)
     bench.update(figures)
+    for name, r in firsts.items():
+        bench.record(f"first_sample_ms.{name.split(' (')[0].replace(', first read ', '_')}",
+                     Stats.of(1000 * t for t in r.times), digits=1)
+    bench.table(f"a remote shard's first whole sample, median (min-max) of {2 * bench.repeats}",
+                ["place, first ranged read", "ms"], [(name, spread(Stats.of(1000 * t for t in r.times), ".1f"))
+                                                     for name, r in firsts.items()])
     bench.table("storage: the same FLAC shards on local disk, loopback S3 (moto) and loopback HTTP, median (min-max) "
-                "epoch; steady: clips/s after the first batch; targets: remote >= 0.9x local, maeast >= 1.0x "
-                "webdataset", ["loader", "clips/s", "steady clips/s", "vs local / webdataset",
-                               "steady vs local / webdataset", "worker CPU ms/clip", "first batch s", "notes"], rows,
+                "epoch; steady: clips/s after the first batch; CPU: workers' and the receiving thread's; targets: "
+                "remote >= 0.9x local, maeast >= 1.0x webdataset", ["loader", "clips/s", "steady clips/s", "vs local / webdataset",
+                               "steady vs local / webdataset", "CPU ms/clip", "first batch s", "notes"], rows,
                 left=("loader", "notes"))
 
 

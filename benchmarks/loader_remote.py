@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,8 @@ from servers import ACCESS_KEY, SECRET, moto_server, s3_env, serve_folder
 from maeast.loaders import LoaderConfig, StreamingLoader
 from maeast.loaders.lengths import make_batch
 from maeast.loaders.stream import Errors, Sample, decode_window
-from maeast.shards.format import audio_part, read_index, shard_paths
+from maeast.shards import storage
+from maeast.shards.format import audio_part, iter_tar, read_index, shard_paths
 
 BUCKET = "maeast-bench"
 
@@ -136,3 +138,32 @@ def loaders(places: Places, config: dict) -> tuple[dict, dict]:
                                              "s3": "presigned URLs, curl",
                                              "http": "curl (webdataset's gopen)"}[place]
     return made, notes
+
+
+def first_sample(url: str, size: int, first_chunk: int) -> float:
+    """Seconds from opening a remote shard to its first whole sample, with a first ranged read of
+    first_chunk bytes (storage.FIRST_CHUNK; storage.CHUNK is how every read went before)."""
+    saved = storage.FIRST_CHUNK
+    storage.FIRST_CHUNK = first_chunk
+    try:
+        start = time.perf_counter()
+        samples = iter_tar(url, size=size)
+        next(samples)
+        seconds = time.perf_counter() - start
+        samples.close()
+        return seconds
+    finally:
+        storage.FIRST_CHUNK = saved
+
+
+def first_sample_cases(places: Places) -> dict:
+    """{row name: a call timing the first sample of the first shard} at each remote place, first read
+    FIRST_CHUNK (now) and CHUNK (before)."""
+    shard = shard_paths(places.folders["local"], "train")[0]
+    size = shard.stat().st_size
+    cases = {}
+    for place in ("s3", "http"):
+        url = f"{places.folders[place]}/{shard.name}"
+        for label, first in (("first read FIRST_CHUNK", storage.FIRST_CHUNK), ("first read CHUNK", storage.CHUNK)):
+            cases[f"{place}, {label} ({first >> 10} KB)"] = functools.partial(first_sample, url, size, first)
+    return cases

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import itertools
 import math
 import random
@@ -162,6 +163,8 @@ def layout(bench: Bench, corpus: Corpus, ranks: int, workers: int) -> dict:
     walk_s, slots = [], []
     with bench.status(f"{ranks} x {workers}: planning {ranks * workers} slots"):
         for rank in range(ranks):
+            if rank % 64 == 0:
+                gc.freeze()  # the slots planned so far: not the walks' garbage to scan (a worker holds only its own)
             plan = plan_of(corpus, cfg, rank, ranks, table)
             for worker in range(workers):
                 start = time.perf_counter()
