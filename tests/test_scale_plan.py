@@ -4,6 +4,7 @@ invariants benchmarks/scale.py checks at AudioSet size, here on small synthetic 
 
 from __future__ import annotations
 
+import io
 import itertools
 import random
 from pathlib import Path
@@ -122,3 +123,26 @@ def test_a_plan_from_metadata_shows_each_clip_once(world_size, workers):
     assert full - sum(map(sum, table)) >= 0
     if full == sum(map(sum, table)):  # nothing trimmed: every clip of at least min_seconds is seen
         assert set(seen) == long_enough
+
+
+def test_a_remote_read_starts_small_and_doubles(tmp_path, monkeypatch):
+    """The first ranged read is FIRST_CHUNK bytes, each next one twice the last up to CHUNK, and the object
+    comes back byte for byte."""
+    from maeast.shards import storage
+
+    data = np.random.default_rng(0).integers(0, 256, 3_500_000, dtype=np.uint8).tobytes()
+    (tmp_path / "object.tar").write_bytes(data)
+    monkeypatch.setattr(storage, "CHUNK", 1 << 20)
+    ranges = []
+    original = storage.RangeReader._range
+
+    def spy(self, start, end):
+        ranges.append((start, end))
+        return original(self, start, end)
+
+    monkeypatch.setattr(storage.RangeReader, "_range", spy)
+    with io.BufferedReader(storage.RangeReader(f"file://{tmp_path}/object.tar", len(data)), 1 << 20) as f:
+        assert f.read() == data  # open_stream reads a local file plainly; the reader is the remote one
+    sizes = [end - start for start, end in ranges]
+    assert sizes == [256 << 10, 512 << 10, 1 << 20, 1 << 20, len(data) - (2816 << 10)]
+    assert [start for start, _ in ranges] == [0] + list(itertools.accumulate(sizes))[:-1]

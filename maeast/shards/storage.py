@@ -8,9 +8,9 @@ open_stream (an object front to back), each local path by plain file calls, each
 Remote objects are read front to back in ranged reads, one read ahead (memory: two chunks a stream): the
 first of FIRST_CHUNK bytes, each next one twice the last, up to CHUNK. A transient fault (connection
 reset, timeout, HTTP 5xx, a body cut short) is retried with backoff (RETRY) from the byte where the read
-stopped; when the tries run out the stream raises
-StorageError (an OSError: readers skip that shard). A permanent fault (404, 403, no such bucket, bad
-credentials) is a one-line MaeastError naming the URL, never a secret, and the fix.
+stopped; when the tries run out the stream raises StorageError (an OSError: readers skip that shard). A
+permanent fault (404, 403, no such bucket, bad credentials) is a one-line MaeastError naming the URL,
+never a secret, and the fix.
 """
 
 from __future__ import annotations
