@@ -197,9 +197,9 @@ def storage(bench: Bench, shards: Path, common: dict) -> None:
                                                      for name, r in firsts.items()])
     bench.table("storage: the same FLAC shards on local disk, loopback S3 (moto) and loopback HTTP, median (min-max) "
                 "epoch; steady: clips/s after the first batch; CPU: workers' and the receiving thread's; targets: "
-                "remote >= 0.9x local, maeast >= 1.0x webdataset", ["loader", "clips/s", "steady clips/s", "vs local / webdataset",
-                               "steady vs local / webdataset", "CPU ms/clip", "first batch s", "notes"], rows,
-                left=("loader", "notes"))
+                "remote >= 0.9x local, maeast >= 1.0x webdataset",
+                ["loader", "clips/s", "steady clips/s", "vs local / webdataset", "steady vs local / webdataset",
+                 "CPU ms/clip", "first batch s", "notes"], rows, left=("loader", "notes"))
 
 
 def main() -> None:

@@ -264,7 +264,8 @@ def redeal(corpus: Corpus, old: dict, ranks: int, workers: int, step_batches: in
                for o, ow, p, b in redealt_batches(plan, worker, Errors("skip"), 0, corpus.read)]
         walk_s.append(time.perf_counter() - start)
         walk_ok &= all(old["slots"][slot][p] == ids for slot, p, ids in got)
-    walk_mb = max(peak_mb(lambda k=k: list(redealt_batches(plan, k, Errors("skip"), 0, corpus.read))) for k in range(workers))
+    walk_mb = max(peak_mb(lambda k=k: list(redealt_batches(plan, k, Errors("skip"), 0, corpus.read)))
+                  for k in range(workers))
     flat = flat_order(rest)[int(rest["begin"]):int(rest["end"])]
     dealt = [it for r in range(ranks) for share in deal(rest, r, ranks, workers) for it in share]
     items_once = sorted(dealt) == sorted(flat) and len(set(dealt)) == len(dealt)
