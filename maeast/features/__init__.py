@@ -7,6 +7,6 @@
 """
 
 from maeast.features.config import AUDIOSET_MEAN, AUDIOSET_STD, PRESETS, FbankConfig, get_config, num_frames
-from maeast.features.fbank import fbank, featurize
+from maeast.features.fbank import fbank, featurize, fit_frames
 
-__all__ = ["fbank", "featurize", "FbankConfig", "PRESETS", "get_config", "num_frames", "AUDIOSET_MEAN", "AUDIOSET_STD"]
+__all__ = ["fbank", "featurize", "fit_frames", "FbankConfig", "PRESETS", "get_config", "num_frames", "AUDIOSET_MEAN", "AUDIOSET_STD"]

@@ -27,6 +27,7 @@ from maeast.artifacts import write_classifier
 from maeast.finetune.augment import mixup, noise_roll, spec_augment
 from maeast.finetune.data import class_weights, make_loader, selections
 from maeast.finetune.evaluate import predict
+from maeast.finetune.inputs import SsastTrain, read_label_file
 from maeast.finetune.metrics import score
 from maeast.finetune.sources import CacheSource, LoaderSource
 from maeast.finetune.utterances import evaluation_loader, whole_clips
@@ -122,9 +123,15 @@ class Mode:
         ctx, cfg, corpus = self.ctx, self.cfg, self.ctx.corpus
         picks = selections(corpus, fold)
         common = dict(clip_seconds=ctx.clip_seconds, fbank=ctx.fbank, stream=cfg.data)
+        waves = self.wave_mixup > 0.0
         loader = make_loader(corpus, picks["train"], train=True, batch_size=ctx.micro, seed=self.order_seed(fold),
                              shuffle_buffer=cfg.data.shuffle_buffer, epoch_batches=self.epoch_batches(),
-                             rank=ctx.rank, world_size=ctx.world, balanced=cfg.data.balanced, **common)
+                             rank=ctx.rank, world_size=ctx.world, balanced=cfg.data.balanced,
+                             fbank_on="device" if waves else "loader", **common)
+        if waves or cfg.data.label_file:
+            relabel = read_label_file(cfg.data.label_file, corpus.labels) if cfg.data.label_file else None
+            loader = SsastTrain(loader, len(corpus.labels), self.wave_mixup, cfg.augment.mixup_alpha,
+                                rng.seed("augment", cfg.run.seed, fold or 0), relabel)
         evals = {}
         for name, sel in picks.items():
             if name != "train":
@@ -133,6 +140,11 @@ class Mode:
                                             max_seconds=cfg.data.eval_max_seconds, **common)
                 evals[name] = LoaderSource(batches, sel, corpus, ctx.device, encode)
         return LoaderSource(loader, picks["train"], corpus, ctx.device, encode), evals
+
+    @property
+    def wave_mixup(self) -> float:
+        """The chance of SSAST's waveform mixup in the training loader (data.input ssast, full fine-tuning)."""
+        return self.cfg.augment.mixup if self.name == "full" and self.cfg.data.input == "ssast" else 0.0
 
     def order_seed(self, fold: int | None) -> int:
         return rng.seed("data_order", self.cfg.run.seed, fold or 0)
@@ -270,10 +282,13 @@ class FullFinetune(Mode):
         return self.fbank_sources(fold, None)
 
     def augment(self, x, pad, targets, generator):
-        """SSAST's order: mixup, SpecAugment, noise and roll (noise in normalized units on normalized features)."""
-        a = self.cfg.augment
-        x, pad, targets = mixup(x, pad, targets, a.mixup, a.mixup_alpha, generator)
-        x = spec_augment(x, pad, a.freq_mask, a.time_mask, generator)
+        """SSAST's order: mixup (data.input ssast: on waveforms, in the loader, SsastTrain), SpecAugment (ssast:
+        masks at raw log-mel 0, FbankConfig.pad_value), noise and roll (noise in normalized units on
+        normalized features)."""
+        a, ssast = self.cfg.augment, self.cfg.data.input == "ssast"
+        if not ssast:
+            x, pad, targets = mixup(x, pad, targets, a.mixup, a.mixup_alpha, generator)
+        x = spec_augment(x, pad, a.freq_mask, a.time_mask, generator, self.ctx.fbank.pad_value if ssast else None)
         if a.noise:
             x, pad = noise_roll(x, pad, 1.0 if self.ctx.fbank.norm_std is not None else None, generator)
         return x, pad, targets
