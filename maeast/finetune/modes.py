@@ -127,7 +127,8 @@ class Mode:
         loader = make_loader(corpus, picks["train"], train=True, batch_size=ctx.micro, seed=self.order_seed(fold),
                              shuffle_buffer=cfg.data.shuffle_buffer, epoch_batches=self.epoch_batches(),
                              rank=ctx.rank, world_size=ctx.world, balanced=cfg.data.balanced,
-                             fbank_on="device" if waves else "loader", **common)
+                             fbank_on="device" if waves else "loader", from_start=cfg.data.input == "ssast",
+                             **common)
         if waves or cfg.data.label_file:
             relabel = read_label_file(cfg.data.label_file, corpus.labels) if cfg.data.label_file else None
             loader = SsastTrain(loader, len(corpus.labels), self.wave_mixup, cfg.augment.mixup_alpha,
