@@ -260,6 +260,9 @@ def test_label_file_of_ssast_is_read_by_key(tmp_path):
     assert clip_key("x/abcdefghijk_30.500.flac") == make_key("abcdefghijk", 30500)
     with pytest.raises(MaeastError, match="'/m/b' .* is not one of the corpus's labels"):
         read_label_file(str(path), ["/m/a", "/m/c"])
+    with pytest.raises(MaeastError, match="set --run.cache_features false"):
+        load_finetune_config("finetune_patch", task="audioset", freeze_encoder=True,
+                             overrides=["--data.label_file", str(path)])
     with pytest.raises(MaeastError, match="data.label_file .* not found"):
         load_finetune_config("finetune_patch", task="audioset", overrides=["--data.label_file", str(tmp_path / "no")])
 
@@ -291,3 +294,35 @@ def test_tiny_esc50_run_trains_and_exports_the_ssast_pipeline(esc_shards, tmp_pa
     encoder = load_encoder(folder)
     emb = encoder(torch.randn(2, 8000) * 0.1, 16000, tokens=True)
     assert emb.tokens[0].shape == (model.encoder.cfg.tokens_for(512), model.encoder.cfg.dim)
+
+
+# ---- the converter ------------------------------------------------------------------------------
+
+def test_converter_takes_an_official_checkpoint_with_overlapping_patches(voices, tmp_path):
+    """MAE-AST's nn.Unfold(kernel_size=(size_time, size_chan), stride=(stride_time, stride_chan))
+    (MAE-AST-Public mae_ast/models/mae_ast.py) with strides below the size: the converted encoder gets
+    stride_time/stride_freq and gives the official forward, transcribed here with the checkpoint's stride."""
+    import torch.nn.functional as F
+
+    import maeast
+    from maeast.convert import convert_official
+    from maeast.features import fbank
+    from tests.official_mae_ast import PATCH, YAML_TASK, fairseq_checkpoint, official_stack, official_state, small
+    m = small({**PATCH, "ast_kernel_stride_time": 10, "ast_kernel_stride_chan": 10})
+    state = official_state(m)
+    path = tmp_path / "ckpt.pt"
+    torch.save(fairseq_checkpoint(state, m, YAML_TASK), path)
+    convert_official(path, tmp_path / "out")
+    encoder = maeast.load_encoder(tmp_path / "out").encoder
+    assert (encoder.cfg.stride_time, encoder.cfg.stride_freq) == (10, 10)
+    feats = fbank(voices[0], 16000, "mae_ast")[None, :300]  # [1, 300, 128] real speech
+    x = (feats.unsqueeze(1) - state["batch_norm.running_mean"]) / torch.sqrt(state["batch_norm.running_var"] + 1e-5) * 0.5
+    patches = F.unfold(x, kernel_size=(16, 16), stride=(10, 10)).transpose(-1, -2)  # [1, N, 256]
+    official = F.linear(patches, state["post_extract_proj.weight"], state["post_extract_proj.bias"])
+    official, _ = official_stack(state, "encoder", official + state["enc_sine_pos_embed.pe"][:, :official.shape[1]], m)
+    ours = encoder(feats).x
+    assert ours.shape[1] == 29 * 12 == official.shape[1]
+    torch.testing.assert_close(ours, official, atol=1e-4, rtol=0)
+    with pytest.raises(MaeastError, match="patches 20 apart, more than their size 16"):
+        torch.save(fairseq_checkpoint(state, {**m, "ast_kernel_stride_time": 20}, YAML_TASK), path)
+        convert_official(path, tmp_path / "out2")

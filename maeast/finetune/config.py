@@ -53,6 +53,9 @@ class FinetuneConfig:
         if self.run.select == "fold_mean" and not task.cross_validation:
             raise MaeastError(f"run.select fold_mean averages over folds; task {task.name} has fixed splits: use "
                               f"valid or last")
+        if self.data.label_file and self.run.freeze_encoder and self.run.cache_features:
+            raise MaeastError("data.label_file relabels the streamed training clips; a frozen encoder's feature cache "
+                              "keeps the shards' labels: set --run.cache_features false")
         if self.checkpoint and (self.model.patch_time or self.model.patch_freq):
             raise MaeastError("model.patch_time / model.patch_freq shape a randomly initialized encoder; with "
                               "--checkpoint the tokens are the checkpoint's: drop them")
