@@ -245,6 +245,10 @@ def test_recipes_choose_the_ssast_pipeline_and_apply_input_builds_it():
         apply_input("ssast", get_task("audioset"), make_config("base", patch_time=8, patch_freq=8), state, mae)
     with pytest.raises(MaeastError, match="drop data.fbank"):
         apply_input("ssast", get_task("audioset"), base, state, mae, "mae_ast")
+    with pytest.raises(MaeastError, match="task voxceleb has no SSAST recipe"):
+        load_finetune_config("finetune_patch", task="voxceleb", overrides=["--data.input", "ssast"])
+    with pytest.raises(MaeastError, match="drop data.fbank"):
+        load_finetune_config("finetune_patch", task="esc50", overrides=["--data.fbank", "mae_ast"])
     with pytest.raises(MaeastError, match="data.input 'spectrogram' unknown"):
         load_finetune_config("finetune_patch", task="esc50", overrides=["--data.input", "spectrogram"])
 
@@ -277,8 +281,11 @@ def esc_shards(esc50, tmp_path_factory):  # noqa: F811  (a fixture of tests.offi
 
 
 def test_tiny_esc50_run_trains_and_exports_the_ssast_pipeline(esc_shards, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
     from maeast.artifacts import load_classifier
     from maeast.inference import load_encoder
+    from maeast.inference.onnx import export_onnx
+    from maeast.inference.predict import predict_files
     labels = tmp_path / "labels.json"  # a SSAST datafile relabelling one training clip
     labels.write_text(json.dumps({"data": [{"wav": "audio/2-114587-A-1.wav", "labels": "dog"}]}))
     cfg = load_finetune_config("finetune_tiny", task="esc50", shards=str(esc_shards), run_dir=str(tmp_path / "run"),
@@ -291,9 +298,20 @@ def test_tiny_esc50_run_trains_and_exports_the_ssast_pipeline(esc_shards, tmp_pa
     model, info = load_classifier(folder)
     assert (model.encoder.cfg.stride_time, model.encoder.cfg.stride_freq, model.encoder.cfg.input_norm) == (10, 10, "none")
     assert info["features"]["target_frames"] == 512 and info["features"]["name"] == "ssast_esc50"
-    encoder = load_encoder(folder)
-    emb = encoder(torch.randn(2, 8000) * 0.1, 16000, tokens=True)
-    assert emb.tokens[0].shape == (model.encoder.cfg.tokens_for(512), model.encoder.cfg.dim)
+    # inference rebuilds the grid: every clip becomes the 512 frames it was fine-tuned on (padding seen)
+    clip = speak("a dog barks", tmp_path / "dog.wav")  # under 2 s: one window of predict_files
+    wave = torch.from_numpy(load_clip(clip, 16000).waveform).float()
+    emb = load_encoder(folder)(wave, 16000, tokens=True)
+    assert emb.tokens[0].shape == (model.encoder.cfg.tokens_for(512), model.encoder.cfg.dim) == (600, 64)
+    feats, _ = featurize(wave[None], torch.tensor([len(wave)]), get_config("ssast_esc50"), 16000)  # [1, 512, F]
+    with torch.no_grad():
+        logits = model(feats)
+    scored = predict_files(folder, clip)
+    assert torch.allclose(scored.files[0].scores, logits.softmax(dim=-1)[0], atol=1e-5)
+    meta = export_onnx(folder, tmp_path / "c.onnx", classifier=True)  # the grid's strides travel with the graph
+    assert meta["tokens"]["stride_time"] == 10 and meta["features"]["target_frames"] == 512
+    (onnx_logits,) = onnxruntime.InferenceSession(str(tmp_path / "c.onnx")).run(None, {"fbank": feats.numpy()})
+    assert abs(onnx_logits - logits.numpy()).max() < 1e-4
 
 
 # ---- the converter ------------------------------------------------------------------------------

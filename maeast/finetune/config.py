@@ -17,6 +17,7 @@ from maeast.configio import from_dict, load_yaml, merge, parse_overrides, save_y
 from maeast.train.config import renamed, resolve_config_path, shipped_configs
 from maeast.errors import MaeastError
 from maeast.finetune.custom import SeededSplit
+from maeast.finetune.inputs import check_input
 from maeast.finetune.sections import (AugmentSection, DataSection, HeadSection, ModelSection, OptimSection,
                                       RunSection, ScheduleSection)
 from maeast.finetune.tasks import get_task
@@ -53,6 +54,7 @@ class FinetuneConfig:
         if self.run.select == "fold_mean" and not task.cross_validation:
             raise MaeastError(f"run.select fold_mean averages over folds; task {task.name} has fixed splits: use "
                               f"valid or last")
+        check_input(self.data.input, task, self.data.fbank)
         if self.data.label_file and self.run.freeze_encoder and self.run.cache_features:
             raise MaeastError("data.label_file relabels the streamed training clips; a frozen encoder's feature cache "
                               "keeps the shards' labels: set --run.cache_features false")

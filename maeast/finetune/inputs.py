@@ -38,7 +38,6 @@ from maeast.batch import Batch
 from maeast.errors import MaeastError
 from maeast.features import FbankConfig, get_config
 from maeast.finetune.augment import wave_mixup
-from maeast.finetune.sections import INPUTS  # noqa: F401  (data.input's names, checked there)
 from maeast.finetune.tasks import Task
 from maeast.model.config import ModelConfig
 from maeast.shards.recipes.audioset import YTID_LEN
@@ -57,17 +56,22 @@ WAVE_MIXUP_STREAM = 0x55A5
 """Seed part of SsastTrain's draws (a batch's draws are a function of run seed, fold, epoch and its keys)."""
 
 
+def check_input(name: str, task: Task, data_fbank: str | None) -> None:
+    """The config's choice of pipeline against its task (FinetuneConfig checks it before any work)."""
+    if name == "ssast" and task.ssast_fbank is None:
+        raise MaeastError(f"data.input ssast: task {task.name} has no SSAST recipe (SSAST's statistics and length "
+                          f"exist for audioset, esc50 and speechcommands_v2); set --data.input mae_ast")
+    if name == "ssast" and data_fbank is not None:
+        raise MaeastError(f"data.fbank {data_fbank!r} with data.input ssast: the SSAST pipeline uses the task's "
+                          f"{task.ssast_fbank} features; drop data.fbank or set --data.input mae_ast")
+
+
 def apply_input(name: str, task: Task, model_cfg: ModelConfig, state: dict, fbank: FbankConfig,
                 data_fbank: str | None = None) -> tuple[ModelConfig, dict, FbankConfig]:
     """(model config, encoder weights, features) of the run under input pipeline `name`; mae_ast: unchanged."""
+    check_input(name, task, data_fbank)
     if name == "mae_ast":
         return model_cfg, state, fbank
-    if task.ssast_fbank is None:
-        raise MaeastError(f"data.input ssast: task {task.name} has no SSAST recipe (SSAST's statistics and length "
-                          f"exist for audioset, esc50 and speechcommands_v2); set --data.input mae_ast")
-    if data_fbank is not None:
-        raise MaeastError(f"data.fbank {data_fbank!r} with data.input ssast: the SSAST pipeline uses the task's "
-                          f"{task.ssast_fbank} features; drop data.fbank or set --data.input mae_ast")
     shape = (model_cfg.patch_time, model_cfg.patch_freq)
     if shape not in SSAST_STRIDES:
         known = " or ".join(f"{t}x{f}" for t, f in SSAST_STRIDES)

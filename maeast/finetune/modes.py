@@ -144,8 +144,9 @@ class Mode:
 
     @property
     def wave_mixup(self) -> float:
-        """The chance of SSAST's waveform mixup in the training loader (data.input ssast, full fine-tuning)."""
-        return self.cfg.augment.mixup if self.name == "full" and self.cfg.data.input == "ssast" else 0.0
+        """The chance of SSAST's waveform mixup in the training loader: none here (a frozen encoder sees its
+        clips unaugmented); FullFinetune's under data.input ssast."""
+        return 0.0
 
     def order_seed(self, fold: int | None) -> int:
         return rng.seed("data_order", self.cfg.run.seed, fold or 0)
@@ -281,6 +282,10 @@ class FullFinetune(Mode):
 
     def sources(self, fold: int | None, encoder: Encoder):
         return self.fbank_sources(fold, None)
+
+    @property
+    def wave_mixup(self) -> float:
+        return self.cfg.augment.mixup if self.cfg.data.input == "ssast" else 0.0
 
     def augment(self, x, pad, targets, generator):
         """SSAST's order: mixup (data.input ssast: on waveforms, in the loader, SsastTrain), SpecAugment (ssast:
