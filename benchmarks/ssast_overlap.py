@@ -9,7 +9,8 @@ tokens summed to a loss, no optimizer step) on a batch of real 10 s clips (espea
 pluck), fbank'd by each pipeline's own preset. The cases take turns step by step (benchmarks/harness.py);
 "step s" is the median, min-max beside it. Timings on a shared CPU are noisy: the table says the load.
 
-    python benchmarks/ssast_overlap.py                  # base encoder (768 wide, 12 layers), batch 2, CPU
+    python benchmarks/ssast_overlap.py                  # base encoder (768 wide, 12 layers), batch 2, CPU:
+                                                        # ~17 min on 2 busy cores (16 steps of 25-90 s)
     python benchmarks/ssast_overlap.py --preset small   # 256 wide, 4 layers: seconds
 """
 

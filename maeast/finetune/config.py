@@ -55,9 +55,7 @@ class FinetuneConfig:
             raise MaeastError(f"run.select fold_mean averages over folds; task {task.name} has fixed splits: use "
                               f"valid or last")
         check_input(self.data.input, task, self.data.fbank)
-        if self.data.label_file and self.run.freeze_encoder and self.run.cache_features:
-            raise MaeastError("data.label_file relabels the streamed training clips; a frozen encoder's feature cache "
-                              "keeps the shards' labels: set --run.cache_features false")
+        self.mode.check(self)
         if self.checkpoint and (self.model.patch_time or self.model.patch_freq):
             raise MaeastError("model.patch_time / model.patch_freq shape a randomly initialized encoder; with "
                               "--checkpoint the tokens are the checkpoint's: drop them")

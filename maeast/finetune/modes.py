@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from maeast.artifacts import write_classifier
+from maeast.errors import MaeastError
 from maeast.finetune.augment import mixup, noise_roll, spec_augment
 from maeast.finetune.data import class_weights, make_loader, selections
 from maeast.finetune.evaluate import predict
@@ -52,6 +53,10 @@ class Mode:
     def __init__(self, ctx):
         self.ctx, self.cfg = ctx, ctx.cfg
         self.spec = self.head_spec(self.cfg)
+
+    @staticmethod
+    def check(cfg) -> None:
+        """Refuse, before any work, what the config asks and this mode cannot do."""
 
     @classmethod
     def total_steps(cls, cfg, steps_per_epoch: int) -> int:
@@ -165,6 +170,12 @@ class FrozenHead(Mode):
     @staticmethod
     def head_spec(cfg) -> HeadSpec:
         return FROZEN_PROTOCOLS[cfg.head.frozen]
+
+    @staticmethod
+    def check(cfg) -> None:
+        if cfg.data.label_file and cfg.run.cache_features:
+            raise MaeastError("data.label_file relabels the streamed training clips; a frozen encoder's feature cache "
+                              "keeps the shards' labels: set --run.cache_features false")
 
     @staticmethod
     def protocol(cfg) -> str:
