@@ -344,3 +344,19 @@ def test_converter_takes_an_official_checkpoint_with_overlapping_patches(voices,
     with pytest.raises(MaeastError, match="patches 20 apart, more than their size 16"):
         torch.save(fairseq_checkpoint(state, {**m, "ast_kernel_stride_time": 20}, YAML_TASK), path)
         convert_official(path, tmp_path / "out2")
+
+
+def test_hear_timestamps_follow_overlapping_rows(voices, tmp_path):
+    """An encoder whose token rows are stride_time frames apart: HEAR passes every hop of at most 50 ms
+    over those rows (not over patch_time), each stamped at the centre of its frames."""
+    from maeast.inference import hear
+    from tests.conftest import make_export
+    model = hear.load_model(str(make_export(tmp_path, stride_time=10, stride_freq=10)))
+    assert model.step == 5  # 10-frame rows (100 ms): two passes, 50 ms apart
+    audio = voices[0][None, :32000]  # 2 s of speech
+    emb, ms = hear.get_timestamp_embeddings(audio, model)
+    frames = get_config("mae_ast").num_frames(32000)
+    rows = [(frames - offset - 16) // 10 + 1 for offset in (0, 5)]
+    assert emb.shape == (1, sum(rows), 64) and ms.shape == (1, sum(rows))
+    assert torch.allclose(ms[0, :3], torch.tensor([0.0, 5.0, 10.0]) * 10 + 7.5 * 10 + 12.5)
+    assert float(ms[0].diff().max()) == 50.0
