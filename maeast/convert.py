@@ -73,7 +73,8 @@ def model_config(off: Official) -> ModelConfig:
 
     for axis in ("time", "chan"):  # nn.Unfold's stride: below the size, overlapping tokens (stride_time/_freq)
         size, stride = int(m[f"ast_kernel_size_{axis}"]), int(m[f"ast_kernel_stride_{axis}"])
-        need(1 <= stride <= size, f"patches {stride} apart, more than their size {size} (model.ast_kernel_stride_{axis})")
+        need(1 <= stride <= size,
+             f"patches {stride} apart, more than their size {size} (model.ast_kernel_stride_{axis})")
     need(str(m["activation_fn"]) == "gelu", f"activation {m['activation_fn']!r} (model.activation_fn)")
     need(not m["enc_conv_pos"], "enc_conv_pos_embed.*: convolutional positions (model.enc_conv_pos)")
     need(not m["dec_conv_pos"], "dec_conv_pos_embed.*: convolutional positions (model.dec_conv_pos)")

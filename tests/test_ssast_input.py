@@ -138,7 +138,8 @@ def test_waveform_mixup_equals_ssast_mixup_on_real_clips(voices):
     mean, std, target = SCRIPTS["ssast_audioset"]
     wave, lengths = batch_of(voices)
     targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
-    seed = next(s for s in range(100) if torch.randperm(2, generator=torch.Generator().manual_seed(s)).tolist() == [1, 0])
+    swaps = (s for s in range(100) if torch.randperm(2, generator=torch.Generator().manual_seed(s)).tolist() == [1, 0])
+    seed = next(swaps)  # a seed whose partners are each other
     mixed, mixed_targets = wave_mixup(wave, lengths, targets, 1.0, 10.0, torch.Generator().manual_seed(seed))
     replay = torch.Generator().manual_seed(seed)  # the documented draw order: partners, choice, weights
     perm, _ = torch.randperm(2, generator=replay), torch.rand(2, generator=replay)
@@ -229,7 +230,8 @@ def test_recipes_choose_the_ssast_pipeline_and_apply_input_builds_it():
     for task in TASKS:
         cfg = load_finetune_config("finetune_patch", task=task)
         assert cfg.data.input == ("ssast" if task in ("audioset", "esc50", "speechcommands_v2") else "mae_ast")
-    assert load_finetune_config("finetune_patch", task="esc50", overrides=["--data.input", "mae_ast"]).data.input == "mae_ast"
+    chosen = load_finetune_config("finetune_patch", task="esc50", overrides=["--data.input", "mae_ast"])
+    assert chosen.data.input == "mae_ast"
     base, frame = make_config("base"), make_config("base_frame")
     state = Encoder(make_config("tiny")).state_dict()
     mae = get_config("mae_ast")
@@ -255,7 +257,8 @@ def test_recipes_choose_the_ssast_pipeline_and_apply_input_builds_it():
 
 def test_label_file_of_ssast_is_read_by_key(tmp_path):
     rows = [{"wav": "/data/sls/audioset/--4gqARaEJE_0.000.flac", "labels": "/m/a,/m/c"},
-            {"wav": "/x/eval/abcdefghijk_30.500.wav", "labels": "/m/b"}, {"wav": "/y/1-100032-A-0.wav", "labels": "/m/a"}]
+            {"wav": "/x/eval/abcdefghijk_30.500.wav", "labels": "/m/b"},
+            {"wav": "/y/1-100032-A-0.wav", "labels": "/m/a"}]
     path = tmp_path / "enhanced.json"
     path.write_text(json.dumps({"data": rows}))
     read = read_label_file(str(path), ["/m/a", "/m/b", "/m/c"])
@@ -296,7 +299,8 @@ def test_tiny_esc50_run_trains_and_exports_the_ssast_pipeline(esc_shards, tmp_pa
     assert len(result.folds) == 1
     folder = tmp_path / "run" / "fold1" / "classifier"
     model, info = load_classifier(folder)
-    assert (model.encoder.cfg.stride_time, model.encoder.cfg.stride_freq, model.encoder.cfg.input_norm) == (10, 10, "none")
+    got = model.encoder.cfg
+    assert (got.stride_time, got.stride_freq, got.input_norm) == (10, 10, "none")
     assert info["features"]["target_frames"] == 512 and info["features"]["name"] == "ssast_esc50"
     # inference rebuilds the grid: every clip becomes the 512 frames it was fine-tuned on (padding seen)
     clip = speak("a dog barks", tmp_path / "dog.wav")  # under 2 s: one window of predict_files
@@ -334,7 +338,8 @@ def test_converter_takes_an_official_checkpoint_with_overlapping_patches(voices,
     encoder = maeast.load_encoder(tmp_path / "out").encoder
     assert (encoder.cfg.stride_time, encoder.cfg.stride_freq) == (10, 10)
     feats = fbank(voices[0], 16000, "mae_ast")[None, :300]  # [1, 300, 128] real speech
-    x = (feats.unsqueeze(1) - state["batch_norm.running_mean"]) / torch.sqrt(state["batch_norm.running_var"] + 1e-5) * 0.5
+    mean, var = state["batch_norm.running_mean"], state["batch_norm.running_var"]
+    x = (feats.unsqueeze(1) - mean) / torch.sqrt(var + 1e-5) * 0.5  # BatchNorm (eval) x 0.5
     patches = F.unfold(x, kernel_size=(16, 16), stride=(10, 10)).transpose(-1, -2)  # [1, N, 256]
     official = F.linear(patches, state["post_extract_proj.weight"], state["post_extract_proj.bias"])
     official, _ = official_stack(state, "encoder", official + state["enc_sine_pos_embed.pe"][:, :official.shape[1]], m)
