@@ -46,6 +46,8 @@ class Batch:
     def frames(self) -> torch.Tensor:
         """Real (unpadded) fbank frames of each clip, [B] int64, read where the batch is (call it on the
         loader's CPU batch, before `to(device)`, to learn the figures without waiting on a device)."""
+        if self.features is None and self.fbank.target_frames is not None:  # every clip cut or padded to it
+            return torch.full((len(self),), self.fbank.target_frames, dtype=torch.long)
         if self.features is None:
             return self.fbank.num_frames(self.lengths, self.sample_rate).long()
         if self.padding_mask is None:

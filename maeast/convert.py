@@ -21,8 +21,10 @@ Checked, then left out (no effect on any output of the official model):
     layer_norm.*                                   LayerNorm(feature_dim) that forward never calls
     encoder_mask_emb                               masked tokens are removed before the encoder
 Anything else, and configs our model cannot represent (convolutional positions, no sinusoidal
-positions, overlapping patches, non-GELU activations, waveform-normalized or delta features), is
-refused with a message naming the tensor or the config field. Half-precision weights become float32.
+positions, patches further apart than their size, non-GELU activations, waveform-normalized or delta
+features), is refused with a message naming the tensor or the config field. Half-precision weights
+become float32. Patches closer than their size (model.ast_kernel_stride_* below ast_kernel_size_*:
+nn.Unfold's overlapping tiles) become ModelConfig.stride_time / stride_freq.
 
 Positions: fairseq's fp16 training (common.fp16, as the official config) saved the sinusoid tables
 rounded to float16, up to 2.4e-4 off, and the released models were trained with those numbers. A
@@ -69,9 +71,10 @@ def model_config(off: Official) -> ModelConfig:
         if not ok:
             raise MaeastError(f"cannot convert: {what}; maeast's model has no counterpart")
 
-    need(m["ast_kernel_stride_time"] == m["ast_kernel_size_time"]
-         and m["ast_kernel_stride_chan"] == m["ast_kernel_size_chan"],
-         "patches whose stride differs from their size (model.ast_kernel_stride_*)")
+    for axis in ("time", "chan"):  # nn.Unfold's stride: below the size, overlapping tokens (stride_time/_freq)
+        size, stride = int(m[f"ast_kernel_size_{axis}"]), int(m[f"ast_kernel_stride_{axis}"])
+        need(1 <= stride <= size,
+             f"patches {stride} apart, more than their size {size} (model.ast_kernel_stride_{axis})")
     need(str(m["activation_fn"]) == "gelu", f"activation {m['activation_fn']!r} (model.activation_fn)")
     need(not m["enc_conv_pos"], "enc_conv_pos_embed.*: convolutional positions (model.enc_conv_pos)")
     need(not m["dec_conv_pos"], "dec_conv_pos_embed.*: convolutional positions (model.dec_conv_pos)")
@@ -93,6 +96,7 @@ def model_config(off: Official) -> ModelConfig:
     return ModelConfig(
         n_mels=int(t["feature_dim"]), patch_time=int(m["ast_kernel_size_time"]),
         patch_freq=int(m["ast_kernel_size_chan"]), input_norm="batchnorm", input_scale=0.5,
+        stride_time=_stride(m, "time"), stride_freq=_stride(m, "chan"),
         dim=int(m["encoder_embed_dim"]), depth=int(m["encoder_layers"]), heads=int(m["encoder_attention_heads"]),
         ffn_dim=int(m["encoder_ffn_embed_dim"]), pre_norm=bool(m["layer_norm_first"]),
         dropout=float(m["dropout"]), attn_dropout=float(m["attention_dropout"]),
@@ -105,6 +109,12 @@ def model_config(off: Official) -> ModelConfig:
         span_length=int(m["mask_length"]), span_prob=float(m["random_mask_prob"]) if spans else 1.45,
         mse_weight=float(c["reconstruction_weight"]), infonce_weight=float(c["classification_weight"]),
         init="official")
+
+
+def _stride(m: dict, axis: str) -> int | None:
+    """ModelConfig's stride of an official axis: None where the tokens do not overlap (stride = size)."""
+    stride = int(m[f"ast_kernel_stride_{axis}"])
+    return None if stride == int(m[f"ast_kernel_size_{axis}"]) else stride
 
 
 # ---- keys and shapes --------------------------------------------------------------------------------

@@ -229,8 +229,21 @@ def test_fbank_on_device_yields_waveforms_whose_features_match_the_loaders(shard
         assert torch.equal(moved.features, done.features) and moved.padding_mask is None and moved.labels is None
 
 
-def test_fbank_on_device_is_for_pretraining_on_the_stream_backend(shards):
-    with pytest.raises(MaeastError, match="fbank_on device serves pretraining"):
-        cfg(shards, mode="finetune", clip_seconds=1.0, fbank_on="device")
+def test_fbank_on_device_is_for_the_stream_backend(shards):
+    with pytest.raises(MaeastError, match="fbank_on device serves the stream backend"):
+        cfg(shards, backend="dali", fbank_on="device")
     with pytest.raises(MaeastError, match="fbank_on"):
         cfg(shards, fbank_on="gpu")
+
+
+def test_finetune_fbank_on_device_carries_labels(shards):
+    """Fine-tuning with fbank_on device (SSAST's waveform mixup): the waveforms come with their labels, and
+    Batch.to gives the features, mask and labels the workers would have."""
+    kw = dict(mode="finetune", clip_seconds=1.0, random_crop=False, shuffle_buffer=0)
+    by_loader = run(StreamingLoader(cfg(shards, **kw)))
+    by_device = run(StreamingLoader(cfg(shards, fbank_on="device", **kw)))
+    assert [b.keys for b in by_device] == [b.keys for b in by_loader]
+    for raw, done in zip(by_device, by_loader):
+        moved = raw.to("cpu")
+        assert raw.features is None and torch.equal(raw.labels, done.labels)
+        assert torch.equal(moved.features, done.features) and torch.equal(moved.labels, done.labels)

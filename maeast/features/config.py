@@ -26,6 +26,10 @@ WINDOWS = ("povey", "hanning", "hamming")
 # YuanGongND/ast and YuanGongND/ssast, also in Hugging Face's ASTFeatureExtractor).
 AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
+# ESC-50's and Speech Commands v2's, as YuanGongND/ssast's run scripts pass them (dataset_mean, dataset_std in
+# src/finetune/esc50/run_esc_patch.sh and src/finetune/speechcommands_v2_35/run_sc.sh).
+ESC50_MEAN, ESC50_STD = -6.6268077, 5.358466
+SPEECHCOMMANDS_MEAN, SPEECHCOMMANDS_STD = -6.845978, 5.5654526
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,10 @@ class FbankConfig:
     """Dataset mean of the raw log-mel; with norm_std, features become (x - mean) / (2 * std)."""
     norm_std: float | None = None
     """Dataset standard deviation of the raw log-mel (see norm_mean)."""
+    target_frames: int | None = None
+    """SSAST's --target_length: `featurize` cuts each clip's fbank to its first target_frames frames or pads
+    it with zero frames of raw log-mel (after normalization: `pad_value`), and the model sees them (no
+    padding mask). None: no fixed length (frames past a clip's end are masked out instead)."""
 
     def __post_init__(self):
         if not self.name:
@@ -74,6 +82,9 @@ class FbankConfig:
             raise MaeastError(f"fbank {self.name}: give both norm_mean and norm_std, or neither")
         if self.norm_std is not None and not self.norm_std > 0:
             raise MaeastError(f"fbank {self.name}: norm_std {self.norm_std} must be positive")
+        if self.target_frames is not None and (not isinstance(self.target_frames, int) or self.target_frames < 1):
+            raise MaeastError(f"fbank {self.name}: target_frames {self.target_frames!r} must be a positive integer "
+                              f"(or null: no fixed length)")
 
     # Geometry in samples, for a sample rate (16 kHz unless told).
     def win_length(self, sample_rate: int = SAMPLE_RATE) -> int:
@@ -100,6 +111,12 @@ class FbankConfig:
         """Whether fbank(..., normalize=True) applies (x - mean) / (2 * std)."""
         return self.norm_mean is not None
 
+    @property
+    def pad_value(self) -> float:
+        """What a zero cell of raw log-mel becomes (SSAST's padding frames and SpecAugment masks are zeros
+        before its normalization): -mean / (2 * std) with dataset statistics, else 0."""
+        return -self.norm_mean / (2.0 * self.norm_std) if self.normalized else 0.0
+
     def with_stats(self, mean: float, std: float) -> "FbankConfig":
         """The same recipe normalized with other dataset statistics (e.g. from `maeast shard stats`)."""
         return dataclasses.replace(self, norm_mean=float(mean), norm_std=float(std))
@@ -116,6 +133,17 @@ PRESETS: dict[str, FbankConfig] = {
     # htk_compat=True (no effect without energy), then (x - mean) / (2 * std), AudioSet's figures.
     "ssast": FbankConfig(name="ssast", n_mels=128, window="hanning", subtract_waveform_mean=True,
                          norm_mean=AUDIOSET_MEAN, norm_std=AUDIOSET_STD),
+    # SSAST's input pipeline per task (maeast.finetune.inputs): the ssast recipe with the task's statistics
+    # and fixed length, from YuanGongND/ssast's run scripts (--dataset_mean, --dataset_std, --target_length):
+    # src/finetune/audioset/run_as.sh (AudioSet-20K and the full set), src/finetune/esc50/run_esc_patch.sh
+    # and run_esc_frame.sh (ESC-50), src/finetune/speechcommands_v2_35/run_sc.sh (Speech Commands v2).
+    "ssast_audioset": FbankConfig(name="ssast_audioset", n_mels=128, window="hanning", subtract_waveform_mean=True,
+                                  norm_mean=AUDIOSET_MEAN, norm_std=AUDIOSET_STD, target_frames=1024),
+    "ssast_esc50": FbankConfig(name="ssast_esc50", n_mels=128, window="hanning", subtract_waveform_mean=True,
+                               norm_mean=ESC50_MEAN, norm_std=ESC50_STD, target_frames=512),
+    "ssast_speechcommands": FbankConfig(name="ssast_speechcommands", n_mels=128, window="hanning",
+                                        subtract_waveform_mean=True, norm_mean=SPEECHCOMMANDS_MEAN,
+                                        norm_std=SPEECHCOMMANDS_STD, target_frames=128),
 }
 
 

@@ -99,8 +99,12 @@ def featurize(wave: torch.Tensor, lengths: torch.Tensor, preset: str | FbankConf
     A frame of a padded clip that ends inside the clip (t < num_frames(length)) sees only the clip's
     samples, so one batched fbank gives each clip's own frames; frames past its end are zeroed and
     masked. A preset that subtracts the clip's mean first gets one fbank call per distinct length.
+    A preset with target_frames (SSAST's input) gives every clip exactly that many frames, the padding
+    at config.pad_value and seen by the model: the mask is None (`fit_frames`).
     """
     config = get_config(preset)
+    if config.target_frames is not None:
+        return _fixed_length(wave, lengths, config, sample_rate), None
     frames = config.num_frames(lengths, sample_rate).to(wave.device)  # [B]
     if bool((lengths == wave.shape[1]).all()):
         return fbank(wave, sample_rate, config), None
@@ -115,6 +119,28 @@ def featurize(wave: torch.Tensor, lengths: torch.Tensor, preset: str | FbankConf
                 out[rows, :t] = fbank(wave[rows, :length], sample_rate, config)
     mask = torch.arange(out.shape[1], device=wave.device).unsqueeze(0) >= frames.unsqueeze(1)  # [B, T]
     return out.masked_fill_(mask.unsqueeze(2), 0.0), mask
+
+
+def fit_frames(features: torch.Tensor, config: FbankConfig) -> torch.Tensor:
+    """Normalized features [T, F] or [B, T, F] -> exactly config.target_frames frames: SSAST's cut and pad
+    (YuanGongND/ssast src/dataloader.py _wav2fbank: `fbank[0:target_length]`, or ZeroPad2d of raw log-mel,
+    normalized afterwards), so padded frames hold config.pad_value."""
+    target, have = config.target_frames, features.shape[-2]
+    if have >= target:
+        return features[..., :target, :]
+    pad = features.new_full((*features.shape[:-2], target - have, features.shape[-1]), config.pad_value)
+    return torch.cat([features, pad], dim=-2)
+
+
+def _fixed_length(wave: torch.Tensor, lengths: torch.Tensor, config: FbankConfig, sample_rate: int) -> torch.Tensor:
+    """[B, N] zero-padded clips -> [B, target_frames, F]: each clip's fbank of its own samples (one call per
+    distinct length), cut or padded to the fixed length that the model sees, padding included."""
+    out = wave.new_full((wave.shape[0], config.target_frames, config.n_mels), config.pad_value)
+    for length in torch.unique(lengths).tolist():
+        rows = (lengths == length).nonzero().squeeze(1).to(wave.device)
+        if config.num_frames(length, sample_rate):
+            out[rows] = fit_frames(fbank(wave[rows, :length], sample_rate, config), config)
+    return out
 
 
 def _log_mel(frames, config, window, banks, sample_rate) -> torch.Tensor:

@@ -3,13 +3,16 @@
 Every draw comes from an explicit torch.Generator; inputs are never written in place.
 
 SpecAugment as SSAST applies it (torchaudio's FrequencyMasking / TimeMasking, one mask of each per
-clip): width w = floor(u * max_width), start = floor(v * (size - w)). SSAST masks normalized features
-with 0, the dataset mean; our features may be raw log-mel (the model normalizes them), so a masked
-cell takes its clip's mean over real frames instead, which is 0 for normalized features.
+clip): width w = floor(u * max_width), start = floor(v * (size - w)). SSAST masks the raw log-mel with
+0, *before* its normalization (src/dataloader.py __getitem__), so a masked cell ends up at
+(0 - mean) / (2 * std), not at the dataset mean: `fill` = FbankConfig.pad_value gives exactly that
+(data.input ssast). Without a fill (data.input mae_ast: raw log-mel that the model normalizes), a
+masked cell takes its clip's mean over real frames.
 
-Mixup as SSAST: with probability p a clip is mixed with another clip of the batch, weight
-lam ~ Beta(alpha, alpha) (alpha 10), targets mixed alike. SSAST mixes waveforms before the fbank;
-we mix fbank frames (log-mel), the usual choice when features come precomputed from the loader.
+Mixup as SSAST: with probability p a clip is mixed with another clip, weight lam ~ Beta(alpha, alpha)
+(alpha 10), targets mixed alike. SSAST mixes waveforms before the fbank (src/dataloader.py _wav2fbank):
+`wave_mixup`, data.input ssast, with the partner drawn from the batch (SSAST draws it from the whole
+set). data.input mae_ast mixes fbank frames instead (`mixup`), as the features come from the loader.
 
 Noise and roll as SSAST's --noise (src/dataloader.py, the last step of __getitem__, on the fbank
 normalized to (x - mean) / (2 * std)): uniform noise of a random amplitude, then a circular shift in time.
@@ -33,9 +36,9 @@ def _band(size: int, max_width: int, batch: int, generator: torch.Generator, dev
 
 
 def spec_augment(features: torch.Tensor, padding_mask: torch.Tensor | None, freq_mask: int, time_mask: int,
-                 generator: torch.Generator) -> torch.Tensor:
-    """features [B, T, F] -> a masked copy: one frequency band and one time band per clip set to the
-    clip's mean over its real frames; padded frames stay as they are."""
+                 generator: torch.Generator, fill: float | None = None) -> torch.Tensor:
+    """features [B, T, F] -> a masked copy: one frequency band and one time band per clip set to `fill`
+    (None: the clip's mean over its real frames); padded frames stay as they are."""
     if freq_mask == 0 and time_mask == 0:
         return features
     B, T, F = features.shape
@@ -48,6 +51,8 @@ def spec_augment(features: torch.Tensor, padding_mask: torch.Tensor | None, freq
     if time_mask:
         masked |= _band(T, time_mask, B, generator, features.device).unsqueeze(2)  # [B, T, 1]
     masked &= real.unsqueeze(2)
+    if fill is not None:
+        return features.masked_fill(masked, fill)
     return torch.where(masked, mean.view(B, 1, 1).to(features.dtype), features)
 
 
@@ -75,6 +80,32 @@ def mixup(features: torch.Tensor, padding_mask: torch.Tensor | None, targets: to
         partner = torch.where(chosen.to(padding_mask.device).unsqueeze(1), padding_mask[perm], padding_mask)
         padding_mask = padding_mask & partner
     return mixed, padding_mask, mixed_targets
+
+
+def wave_mixup(wave: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, prob: float, alpha: float,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-padded clips [B, N] with their lengths [B], targets [B, C] float -> (mixed clips, mixed targets):
+    SSAST's mixup on waveforms (YuanGongND/ssast src/dataloader.py _wav2fbank with filename2): for the
+    clips chosen with probability `prob`, both clips minus their means, the partner zero-padded or cut to
+    the clip's length, lam * clip + (1 - lam) * partner, minus its mean again; lam ~ Beta(alpha, alpha),
+    targets lam * own + (1 - lam) * partner's. A mixed clip keeps its length. Draws from `generator`, in
+    this order: the partners (randperm), the choice [B] (rand) and the weights (beta)."""
+    B, N = wave.shape
+    if prob == 0.0 or B < 2:
+        return wave, targets
+    perm = torch.randperm(B, generator=generator)  # [B]
+    chosen = torch.rand(B, generator=generator) < prob  # [B]
+    lam = torch.where(chosen, beta(alpha, B, generator), torch.ones(B))  # [B]
+    inside = (torch.arange(N).unsqueeze(0) < lengths.unsqueeze(1)).to(wave.device)  # [B, N]
+    count = lengths.clamp(min=1).to(wave.device, torch.float64)
+    mean = (wave.double() * inside).sum(dim=1) / count  # [B], in float64 as maeast.features.fbank
+    centred = (wave - mean.float().unsqueeze(1)) * inside  # [B, N]: zero past each clip's end
+    lam_w = lam.to(wave.device).unsqueeze(1)  # [B, 1]
+    mixed = (lam_w * centred + (1 - lam_w) * centred[perm.to(wave.device)]) * inside  # partner cut to the length
+    mixed = (mixed - ((mixed.double().sum(dim=1) / count).float()).unsqueeze(1)) * inside
+    out = torch.where(chosen.to(wave.device).unsqueeze(1), mixed, wave)
+    lam_t = lam.to(targets.device).unsqueeze(1)
+    return out, lam_t * targets + (1 - lam_t) * targets[perm.to(targets.device)]
 
 
 MAX_SHIFT = 10

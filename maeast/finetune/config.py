@@ -17,6 +17,7 @@ from maeast.configio import from_dict, load_yaml, merge, parse_overrides, save_y
 from maeast.train.config import renamed, resolve_config_path, shipped_configs
 from maeast.errors import MaeastError
 from maeast.finetune.custom import SeededSplit
+from maeast.finetune.inputs import check_input
 from maeast.finetune.sections import (AugmentSection, DataSection, HeadSection, ModelSection, OptimSection,
                                       RunSection, ScheduleSection)
 from maeast.finetune.tasks import get_task
@@ -53,6 +54,8 @@ class FinetuneConfig:
         if self.run.select == "fold_mean" and not task.cross_validation:
             raise MaeastError(f"run.select fold_mean averages over folds; task {task.name} has fixed splits: use "
                               f"valid or last")
+        check_input(self.data.input, task, self.data.fbank)
+        self.mode.check(self)
         if self.checkpoint and (self.model.patch_time or self.model.patch_freq):
             raise MaeastError("model.patch_time / model.patch_freq shape a randomly initialized encoder; with "
                               "--checkpoint the tokens are the checkpoint's: drop them")

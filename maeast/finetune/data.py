@@ -232,23 +232,26 @@ def selections(corpus: Corpus, fold: int | None) -> dict[str, Selection]:
 
 def make_loader(corpus: Corpus, selection: Selection, *, train: bool, batch_size: int, clip_seconds: float,
                 fbank: str | FbankConfig, seed: int, shuffle_buffer: int, epoch_batches: int | None,
-                stream: StreamConfig, rank: int = 0, world_size: int = 1, balanced: bool = False) -> StreamingLoader:
+                stream: StreamConfig, rank: int = 0, world_size: int = 1, balanced: bool = False,
+                fbank_on: str = "loader", from_start: bool = False) -> StreamingLoader:
     """A finetune-mode loader over a selection's clips (its split, only the clips it keeps, chosen before
     batching: every batch holds batch_size of them): random crops and shuffling in training,
     crops from the start in shard order for evaluation (pass rank 0 of 1 to read all of it).
     fbank: a preset name or the whole recipe (dataset statistics included). A task without a crop
     pads each batch to its longest clip only; balanced training draws its clips by class_weights
     (the corpus opened with balanced=True). stream: how the workers read (the run's data section; its
-    num_workers capped at the split's shards per process)."""
+    num_workers capped at the split's shards per process). fbank_on "device": the batches hold the cropped
+    waveforms with their labels, and compute their fbank where they go (Batch.to; waveform mixup).
+    from_start: training crops from each clip's start too (SSAST's input cuts every fbank at its start)."""
     per_rank = corpus.shard_count(selection.split) // world_size
     if per_rank < 1:
         raise MaeastError(f"{corpus.dir} split {selection.split!r} has {corpus.shard_count(selection.split)} shard(s) "
                           f"for {world_size} processes; rebuild with a smaller --shard-size or use fewer processes")
     config = LoaderConfig(**{**stream.stream_fields(), "num_workers": min(stream.num_workers, per_rank)},
                           shards=[str(corpus.dir)], split=selection.split, mode="finetune", clip_seconds=clip_seconds,
-                          random_crop=train, batch_size=batch_size,
+                          random_crop=train and not from_start, batch_size=batch_size,
                           shuffle_buffer=shuffle_buffer if train else 0, seed=seed, fbank=get_config(fbank).name,
                           epoch_batches=epoch_batches if train else None,
-                          pad_to_longest=corpus.task.clip_seconds is None,
+                          pad_to_longest=corpus.task.clip_seconds is None, fbank_on=fbank_on,
                           class_weights=class_weights(corpus, selection) if train and balanced else None)
     return StreamingLoader(config, rank, world_size, get_config(fbank), keep=selection.keep_rule(corpus))

@@ -39,6 +39,7 @@ from maeast.finetune.config import RENAMED, FinetuneConfig, save_finetune_config
 from maeast.finetune.custom import describe
 from maeast.finetune.data import Corpus, Selection, open_corpus
 from maeast.finetune.fold import is_finished, part_name, train_fold
+from maeast.finetune.inputs import apply_input
 from maeast.finetune.metrics import summarize
 from maeast.finetune.select import select_over_folds
 from maeast.finetune.tasks import Task, get_task
@@ -176,6 +177,7 @@ def open_context(cfg: FinetuneConfig, deepspeed_config_path, resume: bool, conso
                                              cfg.run.seed)
     model_cfg = dataclasses.replace(model_cfg, **rates)
     fbank = run_features(cfg, corpus, info)
+    model_cfg, state, fbank = apply_input(cfg.data.input, task, model_cfg, state, fbank, cfg.data.fbank)
     check_features(clip_seconds, model_cfg, fbank)
     micro = cfg.data.batch_size or max(cfg.optim.global_batch // world, 1)
     accum = accumulation(cfg.optim.global_batch, micro, world)

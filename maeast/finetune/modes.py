@@ -24,9 +24,11 @@ from typing import Callable
 import torch
 
 from maeast.artifacts import write_classifier
+from maeast.errors import MaeastError
 from maeast.finetune.augment import mixup, noise_roll, spec_augment
 from maeast.finetune.data import class_weights, make_loader, selections
 from maeast.finetune.evaluate import predict
+from maeast.finetune.inputs import SsastTrain, read_label_file
 from maeast.finetune.metrics import score
 from maeast.finetune.sources import CacheSource, LoaderSource
 from maeast.finetune.utterances import evaluation_loader, whole_clips
@@ -51,6 +53,10 @@ class Mode:
     def __init__(self, ctx):
         self.ctx, self.cfg = ctx, ctx.cfg
         self.spec = self.head_spec(self.cfg)
+
+    @staticmethod
+    def check(cfg) -> None:
+        """Refuse, before any work, what the config asks and this mode cannot do."""
 
     @classmethod
     def total_steps(cls, cfg, steps_per_epoch: int) -> int:
@@ -122,9 +128,16 @@ class Mode:
         ctx, cfg, corpus = self.ctx, self.cfg, self.ctx.corpus
         picks = selections(corpus, fold)
         common = dict(clip_seconds=ctx.clip_seconds, fbank=ctx.fbank, stream=cfg.data)
+        waves = self.wave_mixup > 0.0
         loader = make_loader(corpus, picks["train"], train=True, batch_size=ctx.micro, seed=self.order_seed(fold),
                              shuffle_buffer=cfg.data.shuffle_buffer, epoch_batches=self.epoch_batches(),
-                             rank=ctx.rank, world_size=ctx.world, balanced=cfg.data.balanced, **common)
+                             rank=ctx.rank, world_size=ctx.world, balanced=cfg.data.balanced,
+                             fbank_on="device" if waves else "loader", from_start=cfg.data.input == "ssast",
+                             **common)
+        if waves or cfg.data.label_file:
+            relabel = read_label_file(cfg.data.label_file, corpus.labels) if cfg.data.label_file else None
+            loader = SsastTrain(loader, len(corpus.labels), self.wave_mixup, cfg.augment.mixup_alpha,
+                                rng.seed("augment", cfg.run.seed, fold or 0), relabel)
         evals = {}
         for name, sel in picks.items():
             if name != "train":
@@ -133,6 +146,12 @@ class Mode:
                                             max_seconds=cfg.data.eval_max_seconds, **common)
                 evals[name] = LoaderSource(batches, sel, corpus, ctx.device, encode)
         return LoaderSource(loader, picks["train"], corpus, ctx.device, encode), evals
+
+    @property
+    def wave_mixup(self) -> float:
+        """The chance of SSAST's waveform mixup in the training loader: none here (a frozen encoder sees its
+        clips unaugmented); FullFinetune's under data.input ssast."""
+        return 0.0
 
     def order_seed(self, fold: int | None) -> int:
         return rng.seed("data_order", self.cfg.run.seed, fold or 0)
@@ -151,6 +170,12 @@ class FrozenHead(Mode):
     @staticmethod
     def head_spec(cfg) -> HeadSpec:
         return FROZEN_PROTOCOLS[cfg.head.frozen]
+
+    @staticmethod
+    def check(cfg) -> None:
+        if cfg.data.label_file and cfg.run.cache_features:
+            raise MaeastError("data.label_file relabels the streamed training clips; a frozen encoder's feature cache "
+                              "keeps the shards' labels: set --run.cache_features false")
 
     @staticmethod
     def protocol(cfg) -> str:
@@ -269,11 +294,18 @@ class FullFinetune(Mode):
     def sources(self, fold: int | None, encoder: Encoder):
         return self.fbank_sources(fold, None)
 
+    @property
+    def wave_mixup(self) -> float:
+        return self.cfg.augment.mixup if self.cfg.data.input == "ssast" else 0.0
+
     def augment(self, x, pad, targets, generator):
-        """SSAST's order: mixup, SpecAugment, noise and roll (noise in normalized units on normalized features)."""
-        a = self.cfg.augment
-        x, pad, targets = mixup(x, pad, targets, a.mixup, a.mixup_alpha, generator)
-        x = spec_augment(x, pad, a.freq_mask, a.time_mask, generator)
+        """SSAST's order: mixup (data.input ssast: on waveforms, in the loader, SsastTrain), SpecAugment (ssast:
+        masks at raw log-mel 0, FbankConfig.pad_value), noise and roll (noise in normalized units on
+        normalized features)."""
+        a, ssast = self.cfg.augment, self.cfg.data.input == "ssast"
+        if not ssast:
+            x, pad, targets = mixup(x, pad, targets, a.mixup, a.mixup_alpha, generator)
+        x = spec_augment(x, pad, a.freq_mask, a.time_mask, generator, self.ctx.fbank.pad_value if ssast else None)
         if a.noise:
             x, pad = noise_roll(x, pad, 1.0 if self.ctx.fbank.norm_std is not None else None, generator)
         return x, pad, targets

@@ -7,6 +7,7 @@ task's recipe, the YAML and the command line.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from maeast.train.config import OptimConfig, RunConfig
 from maeast.errors import MaeastError
@@ -16,6 +17,8 @@ from maeast.model.config import PRESETS
 from maeast.model.heads import FROZEN_PROTOCOLS, NORMS
 
 LAYERS = ("last", "weighted")
+INPUTS = ("mae_ast", "ssast")
+"""data.input's pipelines (maeast.finetune.inputs)."""
 
 
 @dataclass
@@ -87,6 +90,16 @@ class DataSection(StreamConfig):
     s3prl's WeightedRandomSampler, weight N / clips of the class; maeast.finetune.data.class_weights)."""
     shuffle_buffer: int = 2000
     """Clips in each worker's shuffle buffer (large enough to mix the folds of a fold-sorted tar)."""
+    input: str = "mae_ast"
+    """The input pipeline (maeast.finetune.inputs): "mae_ast" (the checkpoint's features, BatchNorm x 0.5, the
+    padding masked out, tokens that never overlap) or "ssast" (SSAST's fbank, per-task statistics, fixed
+    length with the padding seen by the model, overlapping tokens, waveform mixup: the default of the
+    audioset, esc50 and speechcommands_v2 recipes)."""
+    label_file: str | None = None
+    """A SSAST datafile ({"data": [{"wav": PATH, "labels": "MID,MID"}]}, e.g. AS-20K's label-enhanced
+    balanced_train_data_type1_2_mean.json) whose labels replace the shards' for the training clips it
+    names (a clip's key is its file name without extension, matched as the shard recipe keys it); None: the
+    shards' labels."""
     fbank: str | None = None
     """Fbank preset; None: the checkpoint's own (mae_ast for a random encoder)."""
     valid_fraction: float | None = None
@@ -113,6 +126,11 @@ class DataSection(StreamConfig):
             raise MaeastError(f"data.eval_max_seconds {self.eval_max_seconds} must be positive")
         if self.fbank is not None:
             get_fbank(self.fbank)
+        if self.input not in INPUTS:
+            raise MaeastError(f"data.input {self.input!r} unknown; use one of: {', '.join(INPUTS)}")
+        if self.label_file is not None and not Path(self.label_file).is_file():
+            raise MaeastError(f"data.label_file {self.label_file} not found; give a SSAST datafile JSON "
+                              f"({{\"data\": [{{\"wav\": ..., \"labels\": ...}}]}}) or null")
         for name in ("valid_fraction", "test_fraction"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:

@@ -24,10 +24,14 @@ src/finetune/speechcommands_v2_35/run_sc.sh, as src/run.py and src/traintest.py 
     reports every fold at the best mean epoch (run.select fold_mean); AS-20K reports the model averaged
     over the weights after epochs 6-25 (--wa True --wa_start 6 --wa_end 25, traintest.py validate_wa:
     run.average_epochs); KS2 the best valid epoch, scored on the test split (run.py --data-eval).
-Where ours differ: SSAST mixes waveforms for mixup and normalizes features with dataset statistics
-(maeast.finetune.augment: we mix fbanks; noise is scaled to the features' normalization), and it pads
-every fbank with zero frames to --target_length (512 for ESC-50's 5 s clips, 1024 for AS-20K's 10 s, 128
-for KS2's 1 s) that the model sees as input: ours crops or pads to clip_seconds and masks the padding out.
+The input: the three recipes feed the encoder SSAST's input pipeline (data.input ssast, maeast.finetune.
+inputs): SSAST's fbank options and per-task statistics, every fbank cut or zero-padded to --target_length
+(1024 for AS-20K's 10 s, 512 for ESC-50's 5 s clips, 128 for KS2's 1 s) with the padding seen by the
+model, overlapping tokens with the scripts' --fstride/--tstride, mixup on waveforms. `--data.input
+mae_ast` feeds the checkpoint's own MAE-AST features instead (BatchNorm x 0.5, padding masked out,
+tokens that never overlap, mixup on fbank frames). AS-20K: SSAST trains on label-enhanced labels
+(run_as.sh's tr_data is .../enhance_label/datafiles_local/balanced_train_data_type1_2_mean.json);
+data.label_file takes such a SSAST datafile.
 
 SUPERB tasks (speechcommands_v1 = KS1, voxceleb = SID, iemocap = ER) as the MAE-AST paper ran them:
 AlanBaade/MAE-AST-Public s3prl/README.md gives the commands (`run_downstream.py -m train -u mae_ast
@@ -118,6 +122,9 @@ class Task:
     """Cross-validation tasks: share of each fold's training clips (by key hash) held out as the dev
     split that picks the reported checkpoint (SUPERB ER: valid_ratio 0.2); 0: none. Needs valid_split
     = the train split (the split the dev clips come from)."""
+    ssast_fbank: str | None = None
+    """The fbank preset of SSAST's input pipeline for this task (maeast.features.config: SSAST's statistics and
+    target length from its run script; maeast.finetune.inputs, data.input ssast); None: the task has none."""
     from_corpus: bool = False
     """True for `custom`: loss, metric, splits and clip length are the corpus's (maeast.finetune.custom),
     the fields above only the template they are resolved from."""
@@ -134,16 +141,16 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          recipe={"optim": {"lr": 5e-5, "frozen_lr": 1e-3, "head_lr": 1.0, "global_batch": 12, **SSAST_ADAM},
                  "schedule": {"epochs": 25, "warmup_steps": 0, **ssast_steps(10, 5, 0.5)},
                  "augment": {"freq_mask": 48, "time_mask": 192, "mixup": 0.5, "noise": False},
-                 "run": {"average_epochs": [6, 25]}},
-         source="SSAST src/finetune/audioset/run_as.sh (set=balanced: AS-20K)"),
+                 "run": {"average_epochs": [6, 25]}, "data": {"input": "ssast"}},
+         source="SSAST src/finetune/audioset/run_as.sh (set=balanced: AS-20K)", ssast_fbank="ssast_audioset"),
     Task("esc50", ("esc50", "esc10"), "maeast shard build esc50 --root ESC-50-master --out shards/esc50",
          metric="accuracy", loss="ce", clip_seconds=5.0, train_split="train", valid_split=None, test_split=None,
          shards="shards/esc50",
          recipe={"optim": {"lr": 1e-4, "frozen_lr": 1e-3, "head_lr": 1.0, "global_batch": 48, **SSAST_ADAM},
                  "schedule": {"epochs": 50, "warmup_steps": 0, **ssast_steps(6, 1, 0.85)},
                  "augment": {"freq_mask": 24, "time_mask": 96, "mixup": 0.0, "noise": True},
-                 "run": {"select": "fold_mean"}},
-         source="SSAST src/finetune/esc50/run_esc_patch.sh"),
+                 "run": {"select": "fold_mean"}, "data": {"input": "ssast"}},
+         source="SSAST src/finetune/esc50/run_esc_patch.sh", ssast_fbank="ssast_esc50"),
     Task("speechcommands_v1", ("speechcommands_v1",),
          "maeast shard build speechcommands --root speech_commands_v0.01 --out shards/speechcommands_v1 "
          "-o version=1 -o test_root=speech_commands_test_set_v0.01",
@@ -161,8 +168,8 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          recipe={"optim": {"lr": 2.5e-4, "frozen_lr": 1e-3, "head_lr": 1.0, "global_batch": 128, **SSAST_ADAM},
                  "schedule": {"epochs": 30, "warmup_steps": 1000, **ssast_steps(5, 1, 0.85)},
                  "augment": {"freq_mask": 48, "time_mask": 48, "mixup": 0.6, "noise": True},
-                 "run": {"select": "valid"}},
-         source="SSAST src/finetune/speechcommands_v2_35/run_sc.sh"),
+                 "run": {"select": "valid"}, "data": {"input": "ssast"}},
+         source="SSAST src/finetune/speechcommands_v2_35/run_sc.sh", ssast_fbank="ssast_speechcommands"),
     Task("voxceleb", ("voxceleb1",), "maeast shard build voxceleb1 --root VoxCeleb1 --out shards/voxceleb1",
          metric="accuracy", loss="ce", clip_seconds=8.0, train_split="train", valid_split="valid", test_split="test",
          shards="shards/voxceleb1", eval_whole=True,

@@ -41,7 +41,7 @@ import torch.nn as nn
 from maeast.artifacts import features_of, read_encoder
 from maeast.audio import resample
 from maeast.errors import MaeastError
-from maeast.features import fbank
+from maeast.features import fbank, fit_frames
 from maeast.model import Encoder
 from maeast.precision import inference_autocast
 from maeast.shards.format import SAMPLE_RATE
@@ -147,6 +147,8 @@ class AudioEncoder(nn.Module):
         layer = self._layer_index(layer)
         if not feats:
             raise MaeastError("no clips to embed: give at least one waveform or fbank")
+        if self.features.target_frames:  # SSAST's fixed length, the padding seen (maeast.features.fit_frames)
+            feats = [fit_frames(f, self.features) for f in feats]
         pieces = self._chunks(feats)  # (clip, window start, window frames, core start, core frames)
         outputs: dict[int, torch.Tensor] = {}  # piece index -> [n_tokens, D] of its core
         order = sorted(range(len(pieces)), key=lambda j: -pieces[j][2])
@@ -163,7 +165,7 @@ class AudioEncoder(nn.Module):
             h = out.x if layer is None else torch.stack(out.layers, 1) if layer == "all" else out.layers[layer]
             for row, j in enumerate(group):  # h [b, N, D] or [b, L, N, D]
                 _, start, _, core, n = pieces[j]
-                first, count = (core - start) // cfg.patch_time * out.grid[1], n // cfg.patch_time * out.grid[1]
+                first, count = cfg.tokens_for(core - start), cfg.tokens_for(n)
                 outputs[j] = h[row, ..., first:first + count, :].float().cpu()
         per_clip: list[list[torch.Tensor]] = [[] for _ in feats]
         for j, (clip, *_) in enumerate(pieces):  # pieces are in clip and time order
@@ -185,6 +187,9 @@ class AudioEncoder(nn.Module):
                 ms = pt * self.features.frame_shift_ms + self.features.frame_length_ms - self.features.frame_shift_ms
                 raise MaeastError(f"clip {i} has {f.shape[0]} fbank frames, fewer than one token ({pt} frames, "
                                   f"{ms:g} ms of audio); give longer audio")
+            if self.encoder.cfg.time_stride != pt:  # overlapping tokens (SSAST's input): the clip whole, one window
+                pieces.append((i, 0, f.shape[0], 0, f.shape[0]))
+                continue
             if usable <= window:
                 pieces.append((i, 0, usable, 0, usable))
                 continue

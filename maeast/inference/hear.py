@@ -43,9 +43,9 @@ class HearModel(nn.Module):
         self.encoder = encoder
         self.scene_embedding_size = self.timestamp_embedding_size = encoder.dim
         shift = encoder.features.frame_shift_ms
-        pt = encoder.encoder.cfg.patch_time
-        # the largest frame step that divides a row and keeps the hop within MAX_HOP_MS (1 frame at worst)
-        self.step = max(d for d in range(1, pt + 1) if pt % d == 0 and d * shift <= MAX_HOP_MS)
+        st = encoder.encoder.cfg.time_stride  # frames between rows: patch_time, or less for overlapping tokens
+        # the largest frame step that divides a row step and keeps the hop within MAX_HOP_MS (1 frame at worst)
+        self.step = max(d for d in range(1, st + 1) if st % d == 0 and d * shift <= MAX_HOP_MS)
 
 
 def load_model(model_file_path: str = "", device: str = "cpu", **kwargs) -> HearModel:
@@ -66,16 +66,16 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[tor
     """[n_sounds, n_samples] -> ([n_sounds, n_timestamps, D] row embeddings, [n_sounds, n_timestamps] centres in ms)."""
     enc = model.encoder
     feats = enc.fbanks_of_waveforms(audio, model.sample_rate)
-    pt, cols = enc.encoder.cfg.patch_time, enc.encoder.cfg.freq_cols
+    pt, st, cols = enc.encoder.cfg.patch_time, enc.encoder.cfg.time_stride, enc.encoder.cfg.freq_cols
     f = enc.features
     rows, times = [], []
-    for offset in range(0, pt, model.step):
+    for offset in range(0, st, model.step):
         shifted = [x[offset:] for x in feats]
         if min(len(x) for x in shifted) < pt:
             break  # a sound too short for a row at this offset: the passes so far cover it
         tokens = enc.embed_fbanks(shifted, tokens=True).tokens  # per sound [N, D]
         rows.append(torch.stack([t.view(-1, cols, t.shape[-1]).mean(dim=1) for t in tokens]))  # [S, R, D]
-        first = offset + torch.arange(rows[-1].shape[1]) * pt  # first frame of each row
+        first = offset + torch.arange(rows[-1].shape[1]) * st  # first frame of each row
         times.append((first + (pt - 1) / 2) * f.frame_shift_ms + f.frame_length_ms / 2)  # centre, ms
     emb, ms = torch.cat(rows, dim=1), torch.cat(times)
     order = ms.argsort()

@@ -57,7 +57,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path, classifier: bool = Fals
     features = features_of(info)
     meta = {"format": f"maeast-onnx/1 ({KINDS[kind][2]})", "features": features_record(features),
             "tokens": {"patch_time": cfg.patch_time, "patch_freq": cfg.patch_freq, "dim": cfg.dim,
-                       "frame_shift_ms": features.frame_shift_ms}, "outputs": outputs, **extra}
+                       "frame_shift_ms": features.frame_shift_ms,
+                       **({"stride_time": cfg.time_stride, "stride_freq": cfg.freq_stride}
+                          if (cfg.time_stride, cfg.freq_stride) != (cfg.patch_time, cfg.patch_freq) else {})},
+            "outputs": outputs, **extra}
     example = torch.zeros(2, 8 * cfg.patch_time, cfg.n_mels)  # two clips, so the batch axis stays free
     frames = torch.export.Dim("frames", min=cfg.patch_time, max=1 << 20)
     with warnings.catch_warnings(), torch.no_grad():

@@ -17,7 +17,7 @@ import torch
 
 from maeast.artifacts import features_of, load_classifier
 from maeast.errors import MaeastError
-from maeast.features import fbank
+from maeast.features import fbank, fit_frames
 from maeast.inference.files import check_some, find_audio, read_found
 from maeast.precision import inference_autocast
 from maeast.shards.format import SAMPLE_RATE
@@ -76,6 +76,7 @@ def predict_files(checkpoint: str | Path, audio: str | Path, hop_seconds: float 
         with torch.no_grad():
             for first in range(0, len(starts), batch_size):
                 batch = torch.stack([x[s:s + size] for s in starts[first:first + batch_size]])  # [b, W, F]
+                batch = fit_frames(batch, features) if features.target_frames else batch  # SSAST's fixed length
                 with inference_autocast(device):  # bf16 on CUDA, as the classifier was fine-tuned
                     logits = model(batch).float()
                 scores.append(logits.sigmoid() if out.multi_label else logits.softmax(dim=-1))

@@ -170,9 +170,9 @@ class LoaderConfig(BatchConfig):
         super().__post_init__()
         _choice("mode", self.mode, MODES)
         _choice("backend", self.backend, BACKENDS)
-        if self.fbank_on == "device" and (self.backend != "stream" or self.mode != "pretrain"):
-            raise MaeastError(f"loader: fbank_on device serves pretraining on the stream backend (this loader: "
-                              f"{self.mode}, backend {self.backend}); set fbank_on: loader")
+        if self.fbank_on == "device" and self.backend != "stream":  # finetune: SSAST's waveform mixup
+            raise MaeastError(f"loader: fbank_on device serves the stream backend (this loader: backend "
+                              f"{self.backend}); set fbank_on: loader")
         if self.mode == "finetune":
             if self.clip_seconds is None:
                 raise MaeastError("loader: finetune mode needs clip_seconds (e.g. 1.0 for keywords, 5.0 for ESC-50)")

@@ -298,9 +298,11 @@ def materialize(samples: list[Sample], plan: Plan, worker: int, position: int, e
         return None
     if len(rows) < len(samples):
         wave, kept, samples = wave[rows], kept[rows], [samples[i] for i in rows]
-    if cfg.fbank_on == "device":  # the features are computed where the batch goes (Batch.to)
-        return Batch(None, keys=[s.key for s in samples], waveform=wave, lengths=kept)
     source = plan.sources[0]
     label_ids = [s.meta.get("label_ids", []) for s in samples] if cfg.finetune else None
+    if cfg.fbank_on == "device":  # the features are computed where the batch goes (Batch.to)
+        labels = (None if label_ids is None else
+                  lengths.labels_tensor(label_ids, len(source.labels), source.multi_label))
+        return Batch(None, labels=labels, keys=[s.key for s in samples], waveform=wave, lengths=kept)
     return lengths.make_batch(wave, kept, [s.key for s in samples], label_ids, preset=plan.features, sample_rate=rate,
                               num_classes=len(source.labels), multi_label=source.multi_label)

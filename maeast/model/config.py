@@ -28,9 +28,15 @@ class ModelConfig:
     n_mels: int = 128
     """Mel bins F of the input fbank [B, T, F]."""
     patch_time: int = 16
-    """Frames per token (also the stride: tokens never overlap). 2 for frame tokens."""
+    """Frames per token. 2 for frame tokens."""
     patch_freq: int = 16
     """Mel bins per token. n_mels for frame tokens; a size not dividing n_mels pads F up, with a warning."""
+    stride_time: int | None = None
+    """Frames between the starts of time-adjacent tokens, 1..patch_time; None: patch_time (tokens never
+    overlap, as MAE-AST). SSAST fine-tunes with overlap: 10 for 16x16 patches, 1 for 2-frame tokens."""
+    stride_freq: int | None = None
+    """Mel bins between the starts of frequency-adjacent tokens, 1..patch_freq; None: patch_freq (SSAST: 10
+    for 16x16 patches; frame tokens span every bin)."""
     input_norm: str = "batchnorm"
     """'batchnorm': BatchNorm over all real frames and bins, no affine, times input_scale (official);
     'none': the features are already normalized (e.g. the ssast feature preset)."""
@@ -127,6 +133,10 @@ class ModelConfig:
                  f"{name} must be a positive integer, got {getattr(self, name)!r}")
         need(self.patch_freq <= self.n_mels, f"patch_freq {self.patch_freq} is larger than n_mels "
              f"{self.n_mels}; use patch_freq = n_mels for frame tokens")
+        for name, size in (("stride_time", self.patch_time), ("stride_freq", self.patch_freq)):
+            value = getattr(self, name)
+            need(value is None or (isinstance(value, int) and 1 <= value <= size),
+                 f"{name} must be an integer in [1, {size}] (or null: no overlap), got {value!r}")
         need(self.dim % 2 == 0 and self.decoder_dim % 2 == 0, "dim and decoder_dim must be even (sinusoid positions)")
         need(self.dim % self.heads == 0, f"dim {self.dim} must be a multiple of heads {self.heads}")
         need(self.decoder_dim % self.decoder_heads == 0,
@@ -149,9 +159,20 @@ class ModelConfig:
         need(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
 
     @property
+    def time_stride(self) -> int:
+        """Frames between token rows (stride_time, else patch_time)."""
+        return self.stride_time or self.patch_time
+
+    @property
+    def freq_stride(self) -> int:
+        """Mel bins between token columns (stride_freq, else patch_freq)."""
+        return self.stride_freq or self.patch_freq
+
+    @property
     def freq_cols(self) -> int:
-        """Tokens per time step (F padded up to a multiple of patch_freq)."""
-        return math.ceil(self.n_mels / self.patch_freq)
+        """Tokens per time step (F padded up to a multiple of patch_freq, columns freq_stride apart)."""
+        padded = math.ceil(self.n_mels / self.patch_freq) * self.patch_freq
+        return (padded - self.patch_freq) // self.freq_stride + 1
 
     @property
     def patch_dim(self) -> int:
@@ -160,7 +181,10 @@ class ModelConfig:
 
     def tokens_for(self, frames: int) -> int:
         """Tokens from an unpadded clip of `frames` frames (trailing frames short of a patch are dropped)."""
-        return (frames // self.patch_time) * self.freq_cols
+        if self.time_stride == self.patch_time:
+            return (frames // self.patch_time) * self.freq_cols
+        rows = (frames - self.patch_time) // self.time_stride + 1  # tokens whose frames all fit
+        return (rows.clamp(min=0) if hasattr(rows, "clamp") else max(rows, 0)) * self.freq_cols
 
     def to_dict(self) -> dict[str, Any]:
         """The architecture, as the model's records hold it: every field but the run choices (RUN_CHOICES)."""

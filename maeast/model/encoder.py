@@ -65,12 +65,12 @@ class Encoder(nn.Module):
             raise MaeastError(f"model input: {T} frames is shorter than one token ({cfg.patch_time} frames); "
                               f"use longer clips")
         x = pad_freq(self.input_norm(features, padding_mask), cfg.patch_freq)  # [B, T, F']
-        grid = grid_shape(T, x.shape[-1], cfg.patch_time, cfg.patch_freq)
-        rows_real = real_rows(padding_mask, B, T, cfg.patch_time, features.device)  # [B]
+        grid = grid_shape(T, x.shape[-1], cfg.patch_time, cfg.patch_freq, cfg.time_stride, cfg.freq_stride)
+        rows_real = real_rows(padding_mask, B, T, cfg.patch_time, features.device, cfg.time_stride)  # [B]
         if padding_mask is not None and bool((rows_real == 0).any()):
             raise MaeastError(f"model input: a clip has fewer than {cfg.patch_time} real frames (one token); "
                               f"drop such clips in the loader")
-        patches = patchify(x, cfg.patch_time, cfg.patch_freq)  # [B, N, P]
+        patches = patchify(x, cfg.patch_time, cfg.patch_freq, cfg.time_stride, cfg.freq_stride)  # [B, N, P]
         return Tokens(self.proj(patches), patches, rows_real, grid, padding_mask is not None)
 
     def add_positions(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,9 @@ pe[n, 2i+1] = cos(...). Models maeast trains compute it for the N tokens at hand
 layer), so there is no maximum length and nothing to save with the weights. A converted official
 checkpoint may instead carry its own table (`Positions` with stored rows): fairseq's fp16 training
 saved the sinusoids rounded to float16, and the released models were trained with those numbers.
+Positions follow the token index whatever the grid: overlapping tokens (ModelConfig.stride_time /
+stride_freq, SSAST's input) make more of them, 1212 for a 10 s clip of 16x16 patches every 10 frames and
+bins, and the table is sized to them (rows past a stored table are exact sinusoids).
 """
 
 from __future__ import annotations
