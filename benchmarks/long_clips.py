@@ -9,10 +9,13 @@ own: ru_maxrss, and "step MB", its growth over the RSS before the first step), t
 step by step (benchmarks/mae_vs_ssast.py's workers and benchmarks/harness.py's timing). Input: the
 mae_ast fbank of real synthesized audio (espeak-ng speech, sox plucked chords) looped to the length.
 "step s" is the fastest timed step, "median s" the median (min-max); the "35 s / 10 s" lines give the
-ratios. Prints tables, then one JSON line. About 2 minutes on 2 busy CPU cores at the defaults.
+ratios. Prints tables, then one JSON line. A step of batch 1 takes about 7 s (10 s clips) and 13 s (35 s)
+of CPU time: the defaults (1 warm-up and 1 timed step of each of 4 variants) run about 3 minutes on 2 idle
+cores, 4-5 on 2 busy ones; `--steps 2` (the figures in docs/recipes.md) ran 6.7 minutes at load 8-10.
 
-    python benchmarks/long_clips.py                 # batch 2, 2 timed steps after 1 warm-up, CPU
-    python benchmarks/long_clips.py --batch 1 --steps 3
+    python benchmarks/long_clips.py                          # batch 1, 1 timed step after 1 warm-up, CPU
+    python benchmarks/long_clips.py --steps 2                 # 2 timed steps each
+    python benchmarks/long_clips.py --batch 2 --tokens frame  # one token kind, 2 clips a step
 """
 
 from __future__ import annotations
@@ -33,14 +36,16 @@ TOKENS = ("frame", "patch")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=2, help="clips per step (default 2)")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per variant (default 2)")
+    parser.add_argument("--batch", type=int, default=1, help="clips per step (default 1)")
+    parser.add_argument("--tokens", choices=TOKENS, action="append", help="frame or patch (default: both)")
+    parser.add_argument("--steps", type=int, default=1, help="timed steps per variant (default 1)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant (default 1)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per worker (0: torch's default)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
     bench = Bench("long_clips", repeats=args.steps, warmup=args.warmup)
+    kinds = tuple(args.tokens or TOKENS)
     bench.update({"preset": "base", "device": args.device, "batch": args.batch,
                   "threads": args.threads or torch.get_num_threads()})
     results, times = {}, {}
@@ -49,7 +54,7 @@ def main() -> None:
         for seconds in LENGTHS:
             features[seconds] = Path(tmp) / f"features_{seconds:g}.pt"
             synth_features(features[seconds], args.batch, seconds, Path(tmp))
-        for tokens in TOKENS:  # two workers at a time: the base model's memory twice, not four times
+        for tokens in kinds:  # two workers at a time: the base model's memory twice, not four times
             specs = {f"{tokens}_{seconds:g}s": {"kind": "mae", "tokens": tokens, "preset": "base",
                                                 "device": args.device, "features": str(features[seconds]),
                                                 "warmup": args.warmup, "threads": args.threads}
@@ -65,7 +70,7 @@ def main() -> None:
                 [(name, r["tokens"], f"{r['step_s']:.2f}", spread(times[name], ".2f"), f"{r['cpu_step_s']:.2f}",
                   f"{r['peak_mem_mb']:.0f}", f"{r['step_mem_mb']:.0f}" if "step_mem_mb" in r else "-")
                  for name, r in results.items()], left=())
-    for tokens in TOKENS:
+    for tokens in kinds:
         short, long = results[f"{tokens}_10s"], results[f"{tokens}_35s"]
         ratios = {"time": long["step_s"] / short["step_s"], "cpu_time": long["cpu_step_s"] / short["cpu_step_s"],
                   "peak_mem": long["peak_mem_mb"] / short["peak_mem_mb"]}

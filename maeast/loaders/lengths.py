@@ -13,7 +13,7 @@ of them give the same Batch for the same clips:
 from __future__ import annotations
 
 import random
-from typing import Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -57,7 +57,7 @@ def batch_clips(max_tokens: int, tokens: int, multiple: int) -> int:
     return max(multiple * (n // multiple), n % multiple)
 
 
-def bucket_tokens(items: Iterable[T], size: int, max_tokens: int, size_cap: int, multiple: int, pool_batches: int,
+def bucket_tokens(items: Iterable[T], size: Callable[[T], int], max_tokens: int, size_cap: int, multiple: int, pool_batches: int,
                   rng: random.Random, drop_last: bool = False) -> Iterator[list[T]]:
     """fairseq's batching of a length-sorted pass, over pools of about pool_batches batches (by tokens).
 
@@ -104,7 +104,7 @@ def _cut_tokens(pool, size, count, max_tokens, multiple):
     return batches
 
 
-def plan_batches(items: Iterable[T], size: int, config, pool_batches: int, rng: random.Random) -> Iterator[list[T]]:
+def plan_batches(items: Iterable[T], size: Callable[[T], int], config, pool_batches: int, rng: random.Random) -> Iterator[list[T]]:
     """A worker's batches: `batch_size` clips each (bucket), or fairseq's max_tokens batches (bucket_tokens)
     when config.max_tokens is set (a loaders.config.BatchConfig)."""
     if config.max_tokens is None:

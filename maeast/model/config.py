@@ -33,7 +33,8 @@ class ModelConfig:
     """Mel bins per token. n_mels for frame tokens; a size not dividing n_mels pads F up, with a warning."""
     input_norm: str = "batchnorm"
     """'batchnorm': BatchNorm over all real frames and bins, no affine, times input_scale (official);
-    'none': the features are already normalized (e.g. the ssast feature preset)."""
+    'none': the features are already normalized (e.g. the ssast feature preset); 'batchnorm_padded': as
+    batchnorm, but training statistics count padded frames (zeros), as s3prl's trainable upstream does."""
     input_scale: float = 0.5
     """Multiplier after the batchnorm (the official 0.5 mimics AST's dataset normalization)."""
 
