@@ -4,6 +4,8 @@ SUPERB fine-tuning as model.input_norm."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -51,3 +53,15 @@ def test_an_encoder_loads_either_way_and_the_option_is_checked():
     assert ModelSection().input_norm is None
     with pytest.raises(MaeastError, match="model.input_norm 'batch' unknown"):
         ModelSection(input_norm="batch")
+
+
+def test_er_fine_tunes_with_s3prls_batchnorm(iemocap, tmp_path):  # noqa: F811  (a fixture of tests.official_trees)
+    from maeast.finetune import finetune, load_finetune_config
+    from maeast.shards.build import build_shards
+    build_shards("iemocap", iemocap, tmp_path / "iemocap")
+    cfg = load_finetune_config("finetune_tiny", task="iemocap", shards=str(tmp_path / "iemocap"),
+                               run_dir=str(tmp_path / "er"), folds=[2],
+                               overrides=["--schedule.steps", "2", "--model.input_norm", "batchnorm_padded"])
+    result = finetune(cfg)
+    assert json.loads((tmp_path / "er" / "model.json").read_text())["model"]["input_norm"] == "batchnorm_padded"
+    assert result.folds[0]["history"] and result.folds[0]["choice"]["epoch"] is not None
