@@ -106,8 +106,9 @@ class BatchConfig(StreamConfig):
     official 1400000 gives 5 clips of 15.6 s or more, 8 of 10 s, 40 of 2 s. batch_size must then be the
     clips of a batch at the cap (lengths.batch_clips: 5 for 1400000), the unit optim.global_batch counts
     batches in (global_batch / batch_size batches per step); bucket_batches counts pools in max_tokens.
-    Epochs stay global-batch-sized counts of batch_size clips, so a pass of shorter clips (more per batch)
-    ends before the epoch and the stream wraps. None: batch_size clips per batch."""
+    An epoch stays the batches of batch_size clips that index.json's clip counts give (sources.quotas), so a
+    pass of clips shorter than size_cap (more of them a batch) ends before the epoch and the stream wraps into
+    the next pass. None: batch_size clips per batch."""
     size_cap: int = 250_000
     """max_tokens batching: the most samples one clip counts (fairseq's size() = min(samples,
     task.max_sample_size), 250000 in MAE-AST-Public config/pretrain/mae_ast.yaml); its crop is not capped by it."""
