@@ -4,6 +4,7 @@ its config checks, the paper presets that use it, and exact and elastic resume o
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -173,3 +174,26 @@ def test_an_elastic_re_deal_gives_the_very_batches(shards):
     expected = [b for step in zip(whole[0][1:], whole[1][1:]) for b in step]  # step after step, rank 0 then 1
     assert [keys for keys, _ in rest] == [keys for keys, _ in expected]
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(rest, expected))
+
+
+def test_pretraining_steps_on_max_tokens_batches_and_resumes(shards, tmp_path):
+    """The tiny model pretrains on max_tokens batches of 2-3 clips, 2 batches a step, and a run stopped after 2
+    steps and resumed takes the very clips of an unbroken run (run.trace_keys)."""
+    from maeast.pretrain import load_config, pretrain
+    from tests.conftest import step_keys
+
+    def run(folder, *extra):
+        cfg = load_config("pretrain_tiny", ["--data.shards", f"[{shards}]", "--data.max_tokens", "110000",
+                                            "--data.size_cap", "44000", "--data.batch_size", "2", "--data.bucket_batches", "4",
+                                            "--optim.global_batch", "4", "--data.min_seconds", "0.0",
+                                            "--data.max_seconds", "2500", "--eval.every", "0", "--run.dir",
+                                            str(folder), "--schedule.steps", "4", "--schedule.warmup_steps", "1",
+                                            "--run.save_every_steps", "2", "--run.trace_keys", "true", *extra])
+        return pretrain(cfg)
+
+    whole = run(tmp_path / "whole")
+    assert len(whole.losses) == 4 and all(math.isfinite(x) for x in whole.losses)
+    run(tmp_path / "split", "--run.stop_at", "2")
+    run(tmp_path / "split", "--run.resume", "must")
+    assert step_keys(tmp_path / "split") == step_keys(tmp_path / "whole")
+    assert max(len(keys) for keys in step_keys(tmp_path / "whole").values()) > 4  # a batch of 3 short clips
