@@ -169,7 +169,7 @@ def write_encoder(weights: dict[str, torch.Tensor], meta: dict, folder: Path) ->
     encoder = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
     cfg = ModelConfig.from_dict(meta["model"])
     norm = {"input_norm": cfg.input_norm}
-    if cfg.input_norm == "batchnorm":
+    if cfg.input_norm in ("batchnorm", "batchnorm_padded"):  # the same running statistics
         norm.update(scale=cfg.input_scale, running_mean=float(encoder["input_norm.running_mean"][0]),
                     running_var=float(encoder["input_norm.running_var"][0]))
     features = meta["features"]

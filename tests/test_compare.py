@@ -55,6 +55,7 @@ def test_cli_runs_the_matrix_writes_json_and_png_and_a_rerun_reuses_it(setup):
     png = out / "cmp" / "results.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "frozen, pretrained" in first.output and "chance" in first.output
+    assert all(f"{100 * r['mean']:.1f} +- {100 * r['std']:.1f}%" in first.output for r in rows)  # whole, not cut at 80
     # the random-init baseline has the checkpoint's architecture, the others its weights
     model = json.loads((out / "cmp" / "esc50-frozen-random" / "model.json").read_text())["model"]
     assert (model["dim"], model["depth"], model["patch_time"]) == (64, 2, 16)

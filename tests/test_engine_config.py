@@ -65,10 +65,13 @@ def test_overrides_apply_on_top_of_preset_and_yaml():
 
 def test_global_batch_fixes_accumulation_for_any_process_count():
     cfg = load_config("pretrain_patch_random")
-    assert cfg.optim.global_batch == 256 and cfg.data.batch_size == 8
+    assert cfg.optim.global_batch == 160 and cfg.data.batch_size == 5  # 32 max_tokens batches, as 32 official GPUs
     assert [accumulation(cfg.optim.global_batch, cfg.data.batch_size, w) for w in (1, 2, 4, 32)] == [32, 16, 8, 1]
-    assert all(accumulation(cfg.optim.global_batch, cfg.data.batch_size, w) * w * cfg.data.batch_size == 256 for w in (1, 2, 4, 8, 16, 32))
-    assert cfg.global_batch_seconds == 2560.0
+    assert all(accumulation(cfg.optim.global_batch, cfg.data.batch_size, w) * w * cfg.data.batch_size == 160 for w in (1, 2, 4, 8, 16, 32))
+    assert cfg.global_batch_seconds == 2800.0  # 32 x max_tokens 1400000 samples at 16 kHz, as fairseq counts them
+    fixed = load_config("pretrain_patch_random", ["--data.max_tokens", "null", "--data.batch_size", "8",
+                                                  "--optim.global_batch", "256", "--data.max_seconds", "10"])
+    assert fixed.global_batch_seconds == 2560.0  # 256 clips of at most 10 s
     with pytest.raises(MaeastError, match="3 processes"):
         accumulation(cfg.optim.global_batch, cfg.data.batch_size, 3)
     with pytest.raises(MaeastError, match="not a multiple of data.batch_size"):
@@ -82,7 +85,7 @@ def test_launch_jsons_hold_only_zero_knobs_and_batch_comes_from_the_config(stage
     cfg = load_config("pretrain_patch_random")
     ds = deepspeed_config(cfg.optim, cfg.data.batch_size, 4, zero, cuda=False)
     assert ds["zero_optimization"]["stage"] == stage
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (256, 8, 8)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (160, 5, 8)
     assert ds["gradient_clipping"] == 10.0
     assert ds["bf16"]["enabled"] is False  # fp32 on CPU
     assert deepspeed_config(cfg.optim, cfg.data.batch_size, 4, zero, cuda=True)["bf16"]["enabled"] is True  # bf16 on GPU
@@ -91,8 +94,8 @@ def test_launch_jsons_hold_only_zero_knobs_and_batch_comes_from_the_config(stage
 
 def test_a_json_that_disagrees_with_the_config_is_an_error():
     cfg = load_config("pretrain_patch_random")
-    same = deepspeed_config(cfg.optim, cfg.data.batch_size, 2, {**DEFAULT_ZERO, "train_batch_size": 256}, cuda=False)
-    assert same["train_batch_size"] == 256  # repeating our value is allowed
+    same = deepspeed_config(cfg.optim, cfg.data.batch_size, 2, {**DEFAULT_ZERO, "train_batch_size": 160}, cuda=False)
+    assert same["train_batch_size"] == 160  # repeating our value is allowed
     for extra, pattern in (({"train_batch_size": 512}, "train_batch_size=512"),
                            ({"gradient_accumulation_steps": 1}, "gradient_accumulation_steps"),
                            ({"optimizer": {"type": "Adam"}}, "'optimizer'"),

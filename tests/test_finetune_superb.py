@@ -225,8 +225,9 @@ def test_er_dev_comes_from_the_training_sessions_and_picks_the_reported_checkpoi
     result = finetune(cfg)
     (fold,) = result.folds
     assert [h["step"] for h in fold["history"]] == [2, 4, 6, 7] and fold["selected_by"] == "valid"
-    best = max(fold["history"], key=lambda h: h["valid"])  # the first of equal bests
+    best = max(fold["history"], key=lambda h: (h["valid"], -h["valid_loss"], -h["step"]))  # ties: the lower loss
     assert (fold["step"], fold["test"]["accuracy"]) == (best["step"], best["test"])
+    assert fold["choice"]["epoch"] == best["epoch"] and best["epoch"] in fold["choice"]["tied"]
     saved = json.loads((tmp_path / "er" / "results.json").read_text())
     assert saved["eval_whole"] and saved["clip_seconds"] == pytest.approx(corpus.longest)
     assert evaluate_run(tmp_path / "er").values == pytest.approx([best["test"]])  # the exported model is that one

@@ -41,10 +41,22 @@ def compare_command(
     json_path = write_json(rows, out / "results.json", {"checkpoint": str(checkpoint), "config": config,
                                                         "overrides": list(ctx.args)})
     png_path = write_png(rows, out / "results.png", title.replace(": ", "\n", 1))
-    console.print(table(rows, title))
+    print_whole(console, table(rows, title))
     for line in summary_lines(rows):
         console.print(line, highlight=False, soft_wrap=True)
     console.print(f"wrote {json_path} and {png_path}", highlight=False, soft_wrap=True)
+
+
+def print_whole(out, renderable) -> None:
+    """Print a table whole, at its natural width, whatever the terminal: rich lays out a file or a pipe (a logged
+    demo) at 80 columns and would cut the table's figures to "70.2 +- ..."."""
+    from rich.console import Console
+    from rich.measure import Measurement
+    natural = Measurement.get(out, out.options.update_width(10_000), renderable).maximum
+    if natural <= out.width:
+        out.print(renderable)
+        return
+    Console(file=out.file, width=natural, force_terminal=out.is_terminal, no_color=out.no_color).print(renderable)
 
 
 def register(app: typer.Typer) -> None:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from maeast.errors import MaeastError
 from maeast.files import write_json
 from maeast.finetune.modes import fold_schedule
-from maeast.finetune.select import WeightSum, average_window
+from maeast.finetune.select import WeightSum, average_window, better_on_valid, valid_choice
 from maeast.train import distributed as dist
 from maeast.train.checkpoint import load_train_state
 from maeast.train.run import Run
@@ -173,7 +173,8 @@ class Fold:
             st.weights.add(self.engine.full_state_dict())  # a collective under ZeRO; every rank keeps the sum
         if self.run.due(st.epoch, cfg.run.eval_every_epochs, last=self.epochs):
             scores = self.mode.evaluate(self.engine.forward, self.engine, self.evals)
-            st.history.append({"epoch": st.epoch, "step": st.step, **{k: v[task.metric] for k, v in scores.items()}})
+            st.history.append({"epoch": st.epoch, "step": st.step, **{k: v[task.metric] for k, v in scores.items()},
+                               **({"valid_loss": scores["valid"]["loss"]} if "valid" in scores else {})})
             self.run.eval(st.history[-1], f"epoch {st.epoch} (step {st.step}): " + ", ".join(
                 f"{k} {task.metric} {100 * st.history[-1][k]:.2f}%" for k in ("valid", "test") if k in st.history[-1]))
             self.keep_best(scores)
@@ -184,7 +185,7 @@ class Fold:
         st, select, metric = self.state, self.ctx.select, self.ctx.task.metric
         if select == "fold_mean":
             st.by_epoch[str(st.epoch)] = scores["test"]
-        if st.best is None or select != "valid" or scores["valid"][metric] > st.best["valid"][metric]:
+        if select != "valid" or better_on_valid(scores, st.best, metric):  # ties: the lower valid loss
             st.best = {"epoch": st.epoch, "step": st.step, **scores}
             exported = "last" if select == "fold_mean" else select  # the epoch over folds comes later
             self.mode.export(self.engine.full_state_dict(), self.encoder, self.part / "best", self.fold, st.best,
@@ -231,6 +232,8 @@ def train_fold(ctx, fold: int | None) -> dict | None:
               "epoch": best["epoch"], "step": best["step"], "test": best["test"], "valid": best.get("valid"),
               "history": f.state.history, "seconds": time.perf_counter() - started,
               "classifier": str(f.part / "classifier")}
+    if selected_by == "valid":
+        result["choice"] = valid_choice(f.state.history, ctx.task.metric)
     if f.window is not None:
         result["averaged"] = list(f.window)
     if f.state.by_epoch:

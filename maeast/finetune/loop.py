@@ -173,8 +173,13 @@ def open_context(cfg: FinetuneConfig, deepspeed_config_path, resume: bool, conso
                       soft_wrap=True)
     folds = choose_folds(cfg, corpus)
     rates = {name: getattr(cfg.model, name) for name in RATES}
+    if cfg.model.input_norm is not None:  # the s3prl protocol's BatchNorm over padded frames, or ours
+        rates["input_norm"] = cfg.model.input_norm
     state, model_cfg, info = initial_encoder(cfg.checkpoint, ModelConfig.from_dict({**cfg.model.random_init(), **rates}),
                                              cfg.run.seed)
+    if cfg.model.input_norm is not None and model_cfg.input_norm == "none":
+        raise MaeastError(f"model.input_norm {cfg.model.input_norm}: this encoder has no input BatchNorm (input_norm "
+                          f"none, its features come normalized); drop model.input_norm")
     model_cfg = dataclasses.replace(model_cfg, **rates)
     fbank = run_features(cfg, corpus, info)
     model_cfg, state, fbank = apply_input(cfg.data.input, task, model_cfg, state, fbank, cfg.data.fbank)

@@ -30,6 +30,7 @@ from maeast.finetune.data import class_weights, make_loader, selections
 from maeast.finetune.evaluate import predict
 from maeast.finetune.inputs import SsastTrain, read_label_file
 from maeast.finetune.metrics import score
+from maeast.finetune.select import eval_loss
 from maeast.finetune.sources import CacheSource, LoaderSource
 from maeast.finetune.utterances import evaluation_loader, whole_clips
 from maeast.model import Encoder
@@ -97,7 +98,8 @@ class Mode:
             out = {}
             for name, source in evals.items():
                 preds = predict(lambda x, pad: self.logits(call, x, pad), source.epoch(0))
-                out[name] = score(self.ctx.task.metric, preds.logits, preds.labels)
+                out[name] = {**score(self.ctx.task.metric, preds.logits, preds.labels),
+                             "loss": eval_loss(preds.logits, preds.labels)}  # the tie-break of selection by valid
             return out
         finally:
             module.train()

@@ -40,6 +40,11 @@ class ModelSection:
     """Dropout after the FFN activation (full fine-tuning)."""
     layerdrop: float = 0.0
     """Probability of skipping an encoder layer in training (off: SSAST fine-tunes without it)."""
+    input_norm: str | None = None
+    """The encoder's input BatchNorm in training (full fine-tuning): None keeps the checkpoint's ("batchnorm":
+    statistics over the real frames); "batchnorm_padded": over the zero-padded batch, padded frames counted, as
+    s3prl's SUPERB fine-tuning of a trainable upstream (-f) does. A frozen encoder normalizes with its running
+    statistics either way (s3prl's frozen upstream runs in eval mode too)."""
     compile: bool = False
     """torch.compile each of the encoder's transformer blocks before training (as pretraining's model.compile);
     the first steps of each clip length pay the compilation. A run choice: the weights and exports are the same."""
@@ -50,6 +55,9 @@ class ModelSection:
         for name in ("dropout", "attn_dropout", "act_dropout", "layerdrop"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise MaeastError(f"model.{name} {getattr(self, name)} must be in [0, 1)")
+        if self.input_norm not in (None, "batchnorm", "batchnorm_padded"):
+            raise MaeastError(f"model.input_norm {self.input_norm!r} unknown; use batchnorm or batchnorm_padded "
+                              f"(or null: the checkpoint's)")
         if not isinstance(self.compile, bool):
             raise MaeastError(f"model.compile {self.compile!r} must be true or false")
         for name in ("patch_time", "patch_freq"):

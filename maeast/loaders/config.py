@@ -99,6 +99,22 @@ class BatchConfig(StreamConfig):
     worker runs out early, so every rank always yields exactly this many batches."""
     drop_last: bool = False
     """Drop the short last batch of each worker's pass (default: yield it smaller)."""
+    max_tokens: int | None = None
+    """Pretraining: fairseq's `dataset.max_tokens` batching instead of batch_size clips per batch. Each clip
+    counts min(its samples, size_cap); a batch of a length-sorted pool takes clips while their count times its
+    longest clip's stays within max_tokens, cut to a multiple of batch_multiple (lengths.bucket_tokens): the
+    official 1400000 gives 5 clips of 15.6 s or more, 8 of 10 s, 40 of 2 s. batch_size must then be the
+    clips of a batch at the cap (lengths.batch_clips: 5 for 1400000), the unit optim.global_batch counts
+    batches in (global_batch / batch_size batches per step); bucket_batches counts pools in max_tokens.
+    An epoch stays the batches of batch_size clips that index.json's clip counts give (sources.quotas), so a
+    pass of clips shorter than size_cap (more of them a batch) ends before the epoch and the stream wraps into
+    the next pass. None: batch_size clips per batch."""
+    size_cap: int = 250_000
+    """max_tokens batching: the most samples one clip counts (fairseq's size() = min(samples,
+    task.max_sample_size), 250000 in MAE-AST-Public config/pretrain/mae_ast.yaml); its crop is not capped by it."""
+    batch_multiple: int = 8
+    """max_tokens batching: batches of this many clips or more are cut to a multiple of it (fairseq's
+    dataset.required_batch_size_multiple, default 8)."""
     fbank_on: str = "loader"
     """Where the fbank is computed (backend stream, pretraining): "loader" in the workers, which yield
     features; "device" where the batch is used: the workers yield cropped waveforms (with pin_memory, in
@@ -131,6 +147,10 @@ class BatchConfig(StreamConfig):
             raise MaeastError(f"loader: min_seconds {self.min_seconds} must be in [0, max_seconds={self.max_seconds}]")
         if self.epoch_batches is not None:
             _at_least("epoch_batches", self.epoch_batches, 1)
+        _at_least("size_cap", self.size_cap, 1)
+        _at_least("batch_multiple", self.batch_multiple, 1)
+        if self.max_tokens is not None:
+            self._check_max_tokens()
         secret = [s for s in self.shards if is_url(s) and redact(s) != s]
         if secret:
             raise MaeastError(f"loader: shard URL {redact(secret[0])} carries credentials (user:password@ or a query "
@@ -138,6 +158,15 @@ class BatchConfig(StreamConfig):
                               f"(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS)")
         from maeast.features import get_config
         get_config(self.fbank)  # an unknown preset is a one-line error here, not in a worker
+
+    def _check_max_tokens(self) -> None:
+        from maeast.loaders.lengths import batch_clips
+        _at_least("max_tokens", self.max_tokens, self.size_cap)
+        at_cap = batch_clips(self.max_tokens, self.size_cap, self.batch_multiple)
+        if self.batch_size != at_cap:
+            raise MaeastError(f"loader: max_tokens {self.max_tokens} batches {at_cap} clips of size_cap "
+                              f"{self.size_cap} samples or more, but batch_size is {self.batch_size}; set batch_size: "
+                              f"{at_cap} (the clips optim.global_batch counts per batch)")
 
     def loader(self, **changes) -> "LoaderConfig":
         """The whole loader config of this section (mode pretrain, backend stream), with `changes`."""
@@ -180,6 +209,9 @@ class LoaderConfig(BatchConfig):
                 raise MaeastError(f"loader: clip_seconds {self.clip_seconds} must hold at least one 25 ms frame")
         if self.class_weights is not None and (not self.finetune or any(not w >= 0 for w in self.class_weights)):
             raise MaeastError("loader: class_weights are per-class draws of a fine-tuning loader, each >= 0")
+        if self.max_tokens is not None and (self.finetune or self.backend != "stream"):
+            raise MaeastError(f"loader: max_tokens batches pretraining on the stream backend (this loader: {self.mode}, "
+                              f"backend {self.backend}); set max_tokens: null")
         remote = [s for s in self.shards if is_url(s)]
         if remote and self.backend != "stream":
             raise MaeastError(f"loader: backend {self.backend} reads local files only, not {redact(remote[0])}; use "

@@ -3,7 +3,8 @@
 Pure batched functions shared by every loader (webdataset, DALI, the map-style baseline), so all
 of them give the same Batch for the same clips:
 
-  pretraining: every clip of a batch is cropped at a random offset to the batch's shortest clip,
+  pretraining: batches of batch_size clips of similar length (bucket), or fairseq's max_tokens batches
+      (bucket_tokens); every clip of a batch is cropped at a random offset to the batch's shortest clip,
       capped at max_samples (the official MAE-AST collater with random_crop, pad_audio off);
   fine-tuning: every clip is cropped (random or from the start) or zero-padded to clip_samples,
       and frames past a clip's own end are masked (True = padding) and zeroed.
@@ -12,7 +13,7 @@ of them give the same Batch for the same clips:
 from __future__ import annotations
 
 import random
-from typing import Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -47,6 +48,69 @@ def _cut(pool, size, batch_size, pool_batches, rng, drop_last):
     if pool_batches > 1:
         rng.shuffle(batches)
     return batches
+
+
+def batch_clips(max_tokens: int, tokens: int, multiple: int) -> int:
+    """Clips a fairseq max_tokens batch holds when each counts `tokens`: the most n with n * tokens <= max_tokens,
+    cut to a multiple of `multiple` when it is at least that (fairseq's batch_by_size, bsz_mult)."""
+    n = max(max_tokens // tokens, 1)
+    return max(multiple * (n // multiple), n % multiple)
+
+
+def bucket_tokens(items: Iterable[T], size: Callable[[T], int], max_tokens: int, size_cap: int, multiple: int, pool_batches: int,
+                  rng: random.Random, drop_last: bool = False) -> Iterator[list[T]]:
+    """fairseq's batching of a length-sorted pass, over pools of about pool_batches batches (by tokens).
+
+    A clip counts tokens = min(size(item), size_cap) (fairseq's size(): min(samples, max_sample_size)). A pool
+    closes once its tokens reach pool_batches * max_tokens; it is sorted longest first (fairseq's
+    ordered_indices) and cut as data_utils.batch_by_size cuts it: a batch takes clips while (clips + 1) x its
+    longest clip's tokens stays within max_tokens; when the next one does not fit, the batch is cut to a
+    multiple of `multiple` (bsz_mult; when it has that many) and the clips cut off open the next batch. A
+    pool's last batch, the shortest clips, is carried into the next pool rather than yielded short; the
+    stream's very last one is yielded (or dropped with drop_last). A pool's batches come out in random order."""
+    count = lambda item: max(min(size(item), size_cap), 1)  # noqa: E731
+    pool: list[T] = []
+    pooled = 0
+    for item in items:
+        pool.append(item)
+        pooled += count(item)
+        if pooled >= pool_batches * max_tokens:
+            batches = _cut_tokens(pool, size, count, max_tokens, multiple)
+            pool = batches.pop()  # the shortest clips, carried into the next pool
+            pooled = sum(count(i) for i in pool)
+            rng.shuffle(batches)
+            yield from batches
+    if pool:
+        batches = _cut_tokens(pool, size, count, max_tokens, multiple)
+        if drop_last and len(batches[-1]) < batch_clips(max_tokens, count(batches[-1][0]), multiple):
+            batches.pop()
+        rng.shuffle(batches)
+        yield from batches
+
+
+def _cut_tokens(pool, size, count, max_tokens, multiple):
+    """A pool sorted longest first (ties in pool order) cut into fairseq batch_by_size batches."""
+    pool = sorted(pool, key=size, reverse=True)
+    batches, batch, longest = [], [], 0
+    for item in pool:
+        longest = max(longest, count(item))
+        if batch and (len(batch) + 1) * longest > max_tokens:
+            keep = max(multiple * (len(batch) // multiple), len(batch) % multiple)
+            batches.append(batch[:keep])
+            batch = batch[keep:]
+            longest = max([count(i) for i in batch] + [count(item)])
+        batch.append(item)
+    batches.append(batch)
+    return batches
+
+
+def plan_batches(items: Iterable[T], size: Callable[[T], int], config, pool_batches: int, rng: random.Random) -> Iterator[list[T]]:
+    """A worker's batches: `batch_size` clips each (bucket), or fairseq's max_tokens batches (bucket_tokens)
+    when config.max_tokens is set (a loaders.config.BatchConfig)."""
+    if config.max_tokens is None:
+        return bucket(items, size, config.batch_size, pool_batches, rng, config.drop_last)
+    return bucket_tokens(items, size, config.max_tokens, config.size_cap, config.batch_multiple, pool_batches, rng,
+                         config.drop_last)
 
 
 def stack(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ A worker's batches are planned from sample metadata (key, JSON) before any audio
   its JSON's sha256s in format 2, or after check_shard in format 1) -> clips a keep-rule leaves out
   dropped, by key (keep.Keep: a fold, a carved part) -> clips under min_seconds dropped (pretraining)
   -> class-balanced repeats (fine-tuning) -> shuffle buffer (webdataset.shuffle, seeded) -> batches
-  (lengths.bucket) -> per batch: each clip's window (crop offset, from its JSON length) decoded from
+  (lengths.plan_batches) -> per batch: each clip's window (crop offset, from its JSON length) decoded from
   its FLAC (soundfile, seeking) or
   wav (a slice of the bytes) -> lengths.make_batch (padding, fbank, mask, labels)
 
@@ -208,7 +208,7 @@ def planned_batches(plan: Plan, worker: int, errors: Errors, read: Reader | None
         rng = random.Random(derive_seed(cfg.seed, plan.epoch, slot, segment_no, LOADER_STREAMS["bucket"]))
         size = lambda s: min(int(s.meta["num_samples"]), max_samples)  # noqa: E731
         made = 0
-        for batch in lengths.bucket(samples, size, cfg.batch_size, pool, rng, cfg.drop_last):
+        for batch in lengths.plan_batches(samples, size, cfg, pool, rng):
             made += 1
             yield batch
         if not made:

@@ -39,7 +39,8 @@ class ModelConfig:
     for 16x16 patches; frame tokens span every bin)."""
     input_norm: str = "batchnorm"
     """'batchnorm': BatchNorm over all real frames and bins, no affine, times input_scale (official);
-    'none': the features are already normalized (e.g. the ssast feature preset)."""
+    'none': the features are already normalized (e.g. the ssast feature preset); 'batchnorm_padded': as
+    batchnorm, but training statistics count padded frames (zeros), as s3prl's trainable upstream does."""
     input_scale: float = 0.5
     """Multiplier after the batchnorm (the official 0.5 mimics AST's dataset normalization)."""
 
@@ -88,20 +89,21 @@ class ModelConfig:
     """A name in maeast.model.masking.MASKS. Ours: 'random' (the official random_mask), 'chunk' (a mask
     per clip of square blocks; spans on frames), 'tf' (time and frequency lines). The official
     variants by name: 'chunk_official' (one chunk side and one mask per batch, blocks in token-index
-    space) and 'retain_spans' (wav2vec 2.0 spans, which are the tokens kept)."""
+    space) and 'retain_spans' (wav2vec 2.0 spans, which are the tokens kept, as the official code does);
+    'mask_spans' masks those spans instead, as the official README and the paper describe it."""
     mask_ratio: float = 0.75
     """Fraction of each clip's real tokens that are masked; visible = max(1, floor((1 - ratio) * n)),
-    as the official int(). Not used by retain_spans (span_prob sets its coverage)."""
+    as the official int(). Not used by retain_spans or mask_spans (span_prob sets their coverage)."""
     chunk_min: int = 3
     """Smallest chunk side in tokens (square blocks on patches, spans on frames)."""
     chunk_max: int = 5
     """Largest chunk side in tokens."""
     span_length: int = 10
-    """retain_spans: tokens per span (the official mask_length)."""
+    """retain_spans and mask_spans: tokens per span (the official mask_length)."""
     span_prob: float = 1.45
-    """retain_spans: expected span starts per token x span_length (fairseq's mask_prob; the official
-    random_mask_prob 1.45 of the README's retain_spans command). Spans overlap and are the tokens
-    *kept*: 1.45 keeps about 74% of each clip, 0.29 about 23%."""
+    """retain_spans and mask_spans: expected span starts per token x span_length (fairseq's mask_prob; the
+    official random_mask_prob 1.45 of the README's retain_spans command). Spans overlap and cover about 74% of
+    each clip at 1.45, 23% at 0.29: kept by retain_spans, masked by mask_spans."""
 
     # Losses
     mse_weight: float = 10.0

@@ -22,7 +22,8 @@ at the cost of a scatter. The official variants are here by name, equal to the o
 the same random draws (tests/test_masking.py records the draws made here and replays them into a
 transcription of the official code): `chunk_official` (one chunk size and one mask per batch, blocks
 in token-index space) and `retain_spans` (wav2vec 2.0 span sampling, whose spans are the tokens
-*kept*). Each picks its tokens from explicit draws in a pure function (`chunk_official_cover`,
+*kept*, as the official code does); `mask_spans` masks the same spans instead, as the official README and
+the paper describe that model (75% masked at span_prob 1.45). Each picks its tokens from explicit draws in a pure function (`chunk_official_cover`,
 `span_keep`); they loop only to draw again in the rare case the official loop would.
 """
 
@@ -252,18 +253,9 @@ def span_keep(n_real: torch.Tensor, n_tokens: int, round_u: torch.Tensor, start_
     return covered & (pick < fewest)
 
 
-def retain_spans_mask(rows_real: torch.Tensor, grid: tuple[int, int], ratio: float,
-                      generator: torch.Generator | None = None, span_length: int = 10,
-                      span_prob: float = 1.45) -> Masking:
-    """The official 'retain_spans': wav2vec 2.0 spans (span_keep) are the *kept* tokens, the rest masked.
-
-    MAE-AST's forward_mask names fairseq's compute_mask_indices output `retained_indices` and masks its
-    complement, so the spans' coverage is what stays visible: span_prob 1.45, the value the README
-    gives for "an average 75% masking ratio", keeps 74% of the tokens (masks 26%) of 10 s clips in
-    batches of 8 (measured over 200 draws, frame and patch grids alike); 0.29 keeps 23%. `ratio` is
-    not used. Every clip keeps the same count, the official batch shape (a host sync: K depends on the
-    draw), and the draw is repeated while a clip would keep nothing, as the official loop does.
-    """
+def _span_draws(rows_real: torch.Tensor, grid: tuple[int, int], generator: torch.Generator | None,
+                span_length: int, span_prob: float):
+    """Endless span_keep draws over the batch (at most 100): [B, N] bool, the spans' union evened out."""
     rows, cols = grid
     B, N, device = rows_real.shape[0], rows * cols, rows_real.device
     n_real = rows_real * cols
@@ -271,8 +263,25 @@ def retain_spans_mask(rows_real: torch.Tensor, grid: tuple[int, int], ratio: flo
     width = max(N, most_spans + 1)  # the widest start range, n_real - span_length or num + 1
     f64 = torch.float64  # no ties among the noise: the subsets are exact
     for _ in range(100):
-        keep = span_keep(n_real, N, _rand((B,), generator, device, f64), _rand((B, width), generator, device, f64),
-                         _rand((B, N), generator, device, f64), span_length, span_prob)
+        yield span_keep(n_real, N, _rand((B,), generator, device, f64), _rand((B, width), generator, device, f64),
+                        _rand((B, N), generator, device, f64), span_length, span_prob)
+
+
+def retain_spans_mask(rows_real: torch.Tensor, grid: tuple[int, int], ratio: float,
+                      generator: torch.Generator | None = None, span_length: int = 10,
+                      span_prob: float = 1.45) -> Masking:
+    """The official code's 'retain_spans': wav2vec 2.0 spans (span_keep) are the *kept* tokens, the rest masked.
+
+    MAE-AST's forward_mask names fairseq's compute_mask_indices output `retained_indices` and masks its
+    complement, so the spans' coverage is what stays visible: span_prob 1.45, the value the README
+    gives for "an average 75% masking ratio", keeps 74% of the tokens (masks 26%) of 10 s clips in
+    batches of 8 (measured over 200 draws, frame and patch grids alike); 0.29 keeps 23%. `ratio` is
+    not used. Every clip keeps the same count, the official batch shape (a host sync: K depends on the
+    draw), and the draw is repeated while a clip would keep nothing, as the official loop does.
+    `mask_spans` is the README's and the paper's reading: the same spans, masked.
+    """
+    n_real = rows_real * grid[1]
+    for keep in _span_draws(rows_real, grid, generator, span_length, span_prob):
         K = int(keep[0].sum())
         if K > 0:
             return masking_from_counts(keep.double(), rows_real, grid, torch.full_like(n_real, K), K)
@@ -280,11 +289,31 @@ def retain_spans_mask(rows_real: torch.Tensor, grid: tuple[int, int], ratio: flo
                       f"shorter than model.span_length ({span_length}) tokens")
 
 
+def mask_spans_mask(rows_real: torch.Tensor, grid: tuple[int, int], ratio: float,
+                    generator: torch.Generator | None = None, span_length: int = 10,
+                    span_prob: float = 1.45) -> Masking:
+    """wav2vec 2.0 spans *masked*, as MAE-AST-Public's README ("1.45 ... creates an average 75% masking
+    ratio") and the paper (75% for both released models) describe the frame chunk model: the draws of
+    retain_spans (span_keep), the spans' union masked and the rest visible, so span_prob 1.45 masks about
+    74% of the tokens. As in fairseq's compute_mask_indices, every clip masks the same count (the batch's
+    fewest), so a clip with padding keeps more visible. `ratio` is not used; the draw is repeated while a
+    clip would keep nothing visible."""
+    n_real = rows_real * grid[1]
+    for masked in _span_draws(rows_real, grid, generator, span_length, span_prob):
+        n_keep = n_real - masked.sum(1)  # [B]
+        if bool((n_keep > 0).all()):
+            return masking_from_counts((~masked).double(), rows_real, grid, n_keep, int(n_keep.max()))
+    raise MaeastError(f"mask_spans masked every token in 100 draws (model.span_prob {span_prob} on clips of "
+                      f"{int(n_real.min())} tokens); lower model.span_prob")
+
+
 MASKS: dict[str, MaskFn] = {"random": random_mask, "chunk": chunk_mask, "tf": tf_mask,
-                            "chunk_official": chunk_official_mask, "retain_spans": retain_spans_mask}
+                            "chunk_official": chunk_official_mask, "retain_spans": retain_spans_mask,
+                            "mask_spans": mask_spans_mask}
 """Mask functions by name (ModelConfig.mask_type)."""
 
 MASK_OPTIONS: dict[str, tuple[str, ...]] = {"chunk": ("chunk_min", "chunk_max"),
                                             "chunk_official": ("chunk_min", "chunk_max"),
-                                            "retain_spans": ("span_length", "span_prob")}
+                                            "retain_spans": ("span_length", "span_prob"),
+                                            "mask_spans": ("span_length", "span_prob")}
 """ModelConfig fields that a mask function takes as keyword options."""

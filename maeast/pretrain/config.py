@@ -111,7 +111,11 @@ class PretrainConfig:
 
     @property
     def global_batch_seconds(self) -> float:
-        """Most audio one optimizer step holds (each batch is cropped to its shortest clip, capped)."""
+        """Most audio one optimizer step holds (each batch is cropped to its shortest clip, capped); with
+        data.max_tokens, the audio fairseq counts in it, at 16 kHz (its batches x max_tokens; a clip counts at most
+        data.size_cap samples, so one longer than that holds more than it counts)."""
+        if self.data.max_tokens is not None:
+            return self.optim.global_batch // self.data.batch_size * self.data.max_tokens / 16000
         return self.optim.global_batch * self.data.max_seconds
 
     @property

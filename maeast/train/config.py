@@ -39,8 +39,8 @@ class OptimConfig:
     """Clip the global gradient norm to this; 0 turns clipping off."""
     global_batch: int = 256
     """Clips per optimizer step over all processes together; gradient accumulation follows from it,
-    data.batch_size and the number of processes. 256 clips of at most 10 s is 2560 s of audio,
-    close to the official 32 GPUs x 1.4M samples (2800 s)."""
+    data.batch_size and the number of processes. With data.max_tokens, clips of batch_size-clip batches:
+    global_batch / batch_size batches a step (the paper presets: 160 / 5 = 32, the official 32 GPUs)."""
     layer_decay: float = 1.0
     """Layer-wise lr decay: encoder layer l (0 = the token projection, depth = the last block) gets
     lr x layer_decay ** (depth + 1 - l); 1 is off (pretraining; SSAST's fine-tuning)."""
