@@ -14,7 +14,7 @@ Figures per K: optimizer steps done, decoded clips/s and masked views/s (over th
 data wait (the share of the step time spent waiting on the loader: decoding, cropping, fbank), the mean
 training loss of the last 20 steps, and the probe's linear and kNN accuracy at the end.
 
-    python benchmarks/views.py                         # 3 x 360 s of training, then the probes: about 22 minutes
+    python benchmarks/views.py                         # 3 x 300 s of training, then the probes: about 20 minutes
     python benchmarks/views.py --seconds 60 --views 1 4
 """
 
@@ -65,10 +65,11 @@ def run_for(s, stream, seconds: float, totals: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--views", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--seconds", type=float, default=360.0, help="wall-clock seconds of training per K")
+    parser.add_argument("--seconds", type=float, default=300.0, help="wall-clock seconds of training per K")
     parser.add_argument("--slice", type=float, default=20.0, help="seconds each run steps before the next one's turn")
     parser.add_argument("--shards", type=Path, default=SHARDS, help="the demo's shards (unlabelled/, keywords/)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (the demo's: 2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (the demo's: 2; on 2 shared cores 1 thread stepped 6x faster in a 30 s try)")
     args = parser.parse_args()
     bench = Bench("views", repeats=1, warmup=0)
     started = time.perf_counter()
