@@ -17,6 +17,12 @@ the last GPU run recorded by `make gpu-check` (benchmarks/results/gpu-check-*.js
 row, base model, 10 s clips) when there is one, else from the analytic FLOPs of a base-model step
 (maeast.model.flops, benchmarks/mfu.py's count) at 50% of the H100's dense bf16 peak (989 TFLOP/s), said so in the output.
 
+model.views K (each decoded clip masked K times, encoder and decoder on the K views): the GPU's step does
+the work of K clips less K - 1 token projections per decoded clip, so it asks for fewer decoded clips:
+clips/s at K = clips/s at 1 x step_flops(views 1) / step_flops(views K) (maeast.model.flops counts the
+projection once per clip), while the CPU time per decoded clip is the same; the table's last columns are
+the cores per H100 at K = 4 and 8 (VIEWS).
+
     python benchmarks/cores_per_gpu.py [--clips 32] [--seconds 10] [--batch 8] [--repeats 3]
 """
 
@@ -42,6 +48,7 @@ from maeast.shards.build import build_shards
 H100_BF16_DENSE = 989e12  # FLOP/s, NVIDIA's H100 SXM datasheet (dense, without sparsity)
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_CORES = 8
+VIEWS = (4, 8)
 
 
 def h100_clips_per_s(seconds: float) -> tuple[float, str]:
@@ -55,6 +62,13 @@ def h100_clips_per_s(seconds: float) -> tuple[float, str]:
     flops = step_flops(make_config("base"), 1, frames)
     return (0.5 * H100_BF16_DENSE / flops,
             f"analytic: {flops / 1e9:.0f} GFLOP per clip at 50% MFU of 989 TFLOP/s; no GPU run recorded")
+
+
+def views_factor(seconds: float, views: int) -> float:
+    """Decoded clips/s one H100 asks for at model.views `views`, as a fraction of those at one view: a base-model
+    step's FLOPs per clip at one view over those at `views` (the token projection once per clip)."""
+    frames = get_config("mae_ast").num_frames(round(seconds * 16000))
+    return step_flops(make_config("base"), 1, frames) / step_flops(make_config("base", views=views), 1, frames)
 
 
 def cpu_seconds(fn):
@@ -115,17 +129,23 @@ def main() -> None:
     for (codec, verify, route), _ in cases.items():
         us = timed[f"{codec} {verify} {route}"].stats(lambda v: v[0] / v[1] * 1e6)  # CPU µs per clip
         cores = clips_per_s * us.median / 1e6
+        viewed = {k: cores * views_factor(args.seconds, k) for k in VIEWS}
         rows.append((codec, "on" if verify else "off", f"{route} route", spread(us, ",.0f"), f"{cores:.1f}",
-                     "yes" if cores <= TARGET_CORES else "no"))
+                     "yes" if cores <= TARGET_CORES else "no", *(f"{viewed[k]:.2f}" for k in VIEWS)))
         key = f"{codec}.checksums_{'on' if verify else 'off'}.{route.lower()}_route"
         bench.record(f"{key}.cpu_us_per_clip", us, digits=1)
         bench.record(f"{key}.cores_per_h100", round(cores, 2))
+        for k in VIEWS:
+            bench.record(f"{key}.cores_per_h100_views{k}", round(viewed[k], 2))
     bench.table(f"CPU time per {args.seconds:g} s clip (one thread; median (min-max) of {args.repeats} epochs of "
                 f"{args.clips} clips, batch {args.batch}), and CPU cores one H100 needs at {clips_per_s:,.0f} clips/s "
-                f"({source})", ["shards", "checksums", "route", "CPU µs/clip", "cores per H100", f"<= {TARGET_CORES}"],
-                rows, left=("shards", "checksums", "route"))
+                f"({source}); the last columns at model.views {' and '.join(map(str, VIEWS))} (decoded clips/s x "
+                f"{', '.join(f'{views_factor(args.seconds, k):.3f}' for k in VIEWS)})",
+                ["shards", "checksums", "route", "CPU µs/clip", "cores per H100", f"<= {TARGET_CORES}",
+                 *(f"views {k}" for k in VIEWS)], rows, left=("shards", "checksums", "route"))
     bench.note(f"fbank alone on this CPU: {fbank_s * 1e6:,.0f} µs per {args.seconds:g} s clip (one thread)")
     bench.update({"h100_clips_per_s": round(clips_per_s, 1), "clips_per_s_source": source,
+                  **{f"h100_clips_per_s_views{k}": round(clips_per_s * views_factor(args.seconds, k), 1) for k in VIEWS},
                   "fbank_cpu_us_per_clip": round(fbank_s * 1e6, 1), "seconds": args.seconds, "batch": args.batch,
                   "clips": args.clips})
     bench.finish(own_load=1.0)

@@ -37,7 +37,8 @@ LOADER_STREAMS = {
 
 
 RUN_STREAMS = {
-    "masks": 1,             # pretraining: masks and layerdrop of a micro-batch, by (step, place)
+    "masks": 1,             # pretraining: masks and layerdrop of a micro-batch, by (step, place); with
+                            # model.views > 1 each view's mask generator is seeded by a draw of this one
     "dropout": 2,           # pretraining: dropout of a micro-batch (the global RNG), by (step, place)
     "eval_masks": 0x5EED,   # pretraining: the masks of held-out batch i, the same at every evaluation
     "head_init": 11,        # fine-tuning: a fold's fresh head, by fold

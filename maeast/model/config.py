@@ -18,7 +18,7 @@ from maeast.model.masking import MASKS
 from maeast.model.norm import INPUT_NORMS
 
 INITS = ("official", "mae")
-RUN_CHOICES = ("compile",)
+RUN_CHOICES = ("compile", "views")
 """Fields of how a run trains the model, not of the model: to_dict leaves them out, from_dict defaults them."""
 
 
@@ -113,6 +113,15 @@ class ModelConfig:
     norm_targets: bool = False
     """Normalize each target patch to zero mean, unit variance (MAE's norm_pix_loss). Official: off."""
 
+    # Views
+    views: int = 1
+    """Masked views of each clip per step (EAT's clones, video MAE's repeated sampling): the clip's fbank and
+    tokens are made once and `views` independent masks drawn, each from its own generator seeded by a draw of
+    the micro-batch's (so by step, place and view); encoder and decoder run on the views as one batch,
+    view-major, and the loss is their mean. In pretraining the batch sizes count views: the loader reads
+    data.batch_size / views clips per micro-batch, optim.global_batch / views per step. 1: one mask per clip
+    (the paper; every preset). A run choice, not architecture: the model's records leave it out."""
+
     # Runtime
     init: str = "official"
     """'official': normal(0, 0.02) in the transformers (fairseq init_bert_params), PyTorch defaults
@@ -159,6 +168,8 @@ class ModelConfig:
         need(self.init in INITS, f"init {self.init!r} is not one of {INITS}")
         need(self.mask_type in MASKS, f"mask_type {self.mask_type!r} is not one of {tuple(MASKS)}")
         need(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
+        need(isinstance(self.views, int) and not isinstance(self.views, bool) and self.views >= 1,
+             f"views must be an integer >= 1 (masked views of each clip; 1: one), got {self.views!r}")
 
     @property
     def time_stride(self) -> int:

@@ -12,7 +12,8 @@ A clip counts its real tokens only: N = tokens_for(frames) of its unpadded frame
 floor((1 - mask_ratio) * N)) visible (maeast.model.masking.visible_count, as the model masks), M = N - K.
 In a padded batch the padding's work is not counted (it is lost utilisation, not model FLOPs).
 retain_spans sets its own visible share (span_prob), which this count does not follow: it assumes
-mask_ratio.
+mask_ratio. With model.views V, a clip's token projection runs once and the rest V times (MAEAST.forward),
+so a step counts projection + V x the rest per clip (step_flops, pretrain_flops).
 
     forward_flops(cfg, frames)         # one clip's forward, by part (a dict)
     step_flops(cfg, batch, frames)     # a step on `batch` clips of equal length
@@ -69,9 +70,17 @@ def forward_flops(cfg: ModelConfig, frames: int) -> dict[str, int]:
     return mae_parts(cfg, n, visible_tokens(cfg, n))
 
 
+def viewed(cfg: ModelConfig, parts: dict[str, Count]) -> Count:
+    """One clip's forward FLOPs over its cfg.views views: the projection once, the rest once per view."""
+    if cfg.views == 1:
+        return sum(parts.values())
+    return parts["projection"] + cfg.views * sum(v for k, v in parts.items() if k != "projection")
+
+
 def step_flops(cfg: ModelConfig, batch: int, frames: int) -> int:
-    """Training FLOPs of one pretraining step on `batch` clips of `frames` frames: 3 x the forward."""
-    return 3 * batch * sum(forward_flops(cfg, frames).values())
+    """Training FLOPs of one pretraining step on `batch` clips of `frames` frames (each seen as cfg.views
+    views): 3 x the forward."""
+    return 3 * batch * viewed(cfg, forward_flops(cfg, frames))
 
 
 def _tokens(cfg: ModelConfig, frames: Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -82,10 +91,10 @@ def _tokens(cfg: ModelConfig, frames: Sequence[int] | torch.Tensor) -> torch.Ten
 def pretrain_flops(cfg: ModelConfig, frames: Sequence[int] | torch.Tensor) -> int:
     """Training FLOPs (3 x forward) of one MAEAST pretraining micro-batch whose clips have `frames` real
     fbank frames each (a [B] sequence or tensor, e.g. the CPU batch's Batch.frames(): a CUDA tensor
-    would make the host wait for it). Each clip counts as forward_flops of its own length, so clips of
-    equal length give step_flops."""
+    would make the host wait for it). Each clip counts as forward_flops of its own length (times its views,
+    cfg.views, less the projection: `viewed`), so clips of equal length give step_flops."""
     n = _tokens(cfg, frames)
-    return 3 * int(sum(mae_parts(cfg, n, visible_tokens(cfg, n)).values()).sum())
+    return 3 * int(viewed(cfg, mae_parts(cfg, n, visible_tokens(cfg, n))).sum())
 
 
 def classifier_flops(cfg: ModelConfig, frames: Sequence[int] | torch.Tensor) -> int:

@@ -106,8 +106,21 @@ class PretrainConfig:
         if self.optim.global_batch % self.data.batch_size:
             raise MaeastError(f"optim.global_batch {self.optim.global_batch} is not a multiple of data.batch_size "
                               f"{self.data.batch_size} (the micro batch of one process)")
+        if self.model.views > 1 and self.data.max_tokens is not None:
+            raise MaeastError(f"model.views {self.model.views} with data.max_tokens: a max_tokens batch's clip count "
+                              f"varies with length, so it cannot be split into views; set data.max_tokens null "
+                              f"(a fixed data.batch_size) or model.views 1")
+        for key, size in (("optim.global_batch", self.optim.global_batch), ("data.batch_size", self.data.batch_size)):
+            if size % self.model.views:
+                raise MaeastError(f"{key} {size} is not a multiple of model.views {self.model.views} (batch sizes "
+                                  f"count masked views: {key} / model.views clips are read); make it one")
         if self.run.stop_at is not None and self.run.stop_at > self.schedule.steps:
             raise MaeastError(f"run.stop_at {self.run.stop_at} is past schedule.steps {self.schedule.steps}")
+
+    @property
+    def clips_per_step(self) -> int:
+        """Clips one optimizer step reads: optim.global_batch counts views, model.views of each clip."""
+        return self.optim.global_batch // self.model.views
 
     @property
     def global_batch_seconds(self) -> float:
@@ -116,15 +129,18 @@ class PretrainConfig:
         data.size_cap samples, so one longer than that holds more than it counts)."""
         if self.data.max_tokens is not None:
             return self.optim.global_batch // self.data.batch_size * self.data.max_tokens / 16000
-        return self.optim.global_batch * self.data.max_seconds
+        return self.clips_per_step * self.data.max_seconds
 
     @property
     def last_step(self) -> int:
         return self.run.stop_at or self.schedule.steps
 
     def loader_config(self) -> LoaderConfig:
-        """The training stream's loader config (mode pretrain, backend stream)."""
-        return self.data.loader()
+        """The training stream's loader config (mode pretrain, backend stream): data.batch_size / model.views
+        clips a batch, each the model's micro-batch of data.batch_size views."""
+        if self.model.views == 1:
+            return self.data.loader()
+        return self.data.loader(batch_size=self.data.batch_size // self.model.views)
 
     def eval_loader_config(self) -> LoaderConfig:
         """The held-out stream: the eval split, no shuffling, fixed seed, read in the process."""

@@ -1,7 +1,8 @@
 """Held-out evaluation: the masked losses on clips the model never trains on, with the two baselines.
 
 Every evaluation reads the same batches (eval.batches of the eval split, no shuffling, fixed crops)
-and draws the same masks, so its figures are comparable across steps and runs. Every process
+and draws the same masks, one view of each clip whatever model.views, so its figures are comparable across
+steps and runs. Every process
 evaluates all of them (under ZeRO-3 each forward is a collective), so no reduction is needed.
 
 Baselines: `mse_zero` is the MSE of predicting zeros for every masked patch (the targets are the
@@ -46,7 +47,7 @@ def evaluate(engine, cfg: PretrainConfig, loader_factory) -> dict[str, float]:
                 break
             generator = rng.generator("eval_masks", cfg.run.seed, index)
             batch = batch.to(engine.device)
-            out = engine.forward(batch.features, batch.padding_mask, generator)
+            out = engine.forward(batch.features, batch.padding_mask, generator, 1)  # one view, whatever model.views
             for key, value in masked_figures(out, cfg.model.norm_targets).items():
                 totals[key] = totals.get(key, 0.0) + value
             clips += len(batch)

@@ -4,7 +4,8 @@
     result = pretrain(load_config("pretrain_small", ["run.dir=runs/demo"]), deepspeed_config=None)
 
 One optimizer step = `accumulation` micro-batches on each of the world's processes, so a step always
-sees optim.global_batch clips. The micro-batch at place (micro * world + rank) of step s gets its masks,
+sees optim.global_batch clips (masked views: with model.views V, each micro-batch is data.batch_size / V
+clips seen V times). The micro-batch at place (micro * world + rank) of step s gets its masks (every view's),
 dropout and layerdrop from seeds derived from (run.seed, s, place), and the loader's stream is a
 function of its slots ((rank, worker) pairs) too: the same global batch, and the same loss curve to
 float tolerance, on 1 process with 2 workers as on 2 processes with 1 worker each. Resume is exact because every random
@@ -138,9 +139,17 @@ def announce(s: Session, accum: int) -> None:
     resume on another layout continues."""
     cfg, ds_config, step, resumed = s.cfg, s.ds_config, s.step, s.resumed
     normalized = s.features.normalized and s.features != get_fbank(cfg.data.fbank)
+    views = cfg.model.views
+    batch = (f"{cfg.data.batch_size} = {cfg.optim.global_batch} clips" if views == 1 else
+             f"{cfg.data.batch_size // views} clips x {views} masked views = {cfg.optim.global_batch} views "
+             f"({cfg.clips_per_step} clips)")
+    audio = (f"fairseq's max_tokens counts {cfg.global_batch_seconds:.0f} s of audio" if cfg.data.max_tokens else
+             f"at most {cfg.global_batch_seconds:.0f} s of audio")
+    if cfg.data.max_tokens:
+        batch = f"up to {cfg.data.batch_size} clips (max_tokens {cfg.data.max_tokens}), {cfg.optim.global_batch} at the cap"
     s.run.event(f"{'resumed at' if resumed else 'started'} step {step} of {cfg.schedule.steps}: {s.layout.world_size} "
-                f"process(es) x {accum} micro-batch(es) of {cfg.data.batch_size} = {cfg.optim.global_batch} clips per "
-                f"step (at most {cfg.global_batch_seconds:.0f} s of audio), ZeRO stage {zero_stage(ds_config)}, "
+                f"process(es) x {accum} micro-batch(es) of {batch} per "
+                f"step ({audio}), ZeRO stage {zero_stage(ds_config)}, "
                 f"{'bf16' if ds_config['bf16']['enabled'] else 'fp32'} on {s.engine.device.type}, {s.threads} thread(s)"
                 + (f", features normalized with the corpus's {s.features.name} statistics" if normalized else ""),
                 step=step, world_size=s.layout.world_size, accumulation=accum, zero_stage=zero_stage(ds_config))
@@ -193,9 +202,10 @@ class Pretraining:
     def __call__(self, engine, batch, generator: torch.Generator) -> Micro:
         frames = batch.frames()  # [B] on the CPU, before the batch moves
         batch = batch.to(self.device)  # a batch of waveforms (loader.fbank_on: device) gets its features here
-        out = engine.forward(batch.features, batch.padding_mask, generator)
+        out = engine.forward(batch.features, batch.padding_mask, generator)  # model.views masks of each clip
+        views = self.model.views
         return Micro(out.loss, len(batch), batch.keys, out.parts, int(frames.sum()) * self.hop_s,
-                     pretrain_flops(self.model, frames))
+                     pretrain_flops(self.model, frames), views=None if views == 1 else len(batch) * views)
 
 
 def endless(loader):

@@ -1,5 +1,6 @@
 """The DeepSpeed config, generated from a recipe's optim section and micro batch: one source of truth for batch,
-clipping and schedule.
+clipping and schedule. (Pretraining with model.views K counts its batch sizes in masked views: the micro batch
+is data.batch_size views, read as data.batch_size / K clips, so these keys are those of K = 1.)
 
 A JSON under launch/ adds only ZeRO, precision and offload knobs (ZERO_KEYS). Batch and clipping are
 ours (train_batch_size, train_micro_batch_size_per_gpu, gradient_accumulation_steps, gradient_clipping: a

@@ -1,6 +1,7 @@
 """Named random streams: every random draw of a run is a function of (run.seed, stream, key ...).
 
-    generator("masks", cfg.run.seed, step, place)          # an explicit torch.Generator
+    generator("masks", cfg.run.seed, step, place)          # an explicit torch.Generator (model.views: it also
+                                                           # seeds each view's mask generator, mae_ast.view_generators)
     with scoped("dropout", cfg.run.seed, step, place, device=device): ...   # dropout's global RNG, restored after
 
 The streams' ids are named in maeast.streams (RUN_STREAMS; the loaders' shuffling and crops draw from their

@@ -34,8 +34,9 @@ from maeast.train import rng
 
 @dataclass
 class Micro:
-    """What one micro-batch gave: its loss (to backpropagate), its parts, clips, audio seconds and the
-    training FLOPs of its model (for MFU; None: not counted)."""
+    """What one micro-batch gave: its loss (to backpropagate), its parts, clips, audio seconds, the
+    training FLOPs of its model (for MFU; None: not counted) and the masked views it trained on when a clip
+    is seen more than once (pretraining's model.views; None: one per clip)."""
 
     loss: torch.Tensor
     clips: int
@@ -43,6 +44,7 @@ class Micro:
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
     audio_s: float | None = None
     flops: float | None = None
+    views: int | None = None
 
 
 class Use(Protocol):
@@ -99,6 +101,8 @@ class Trainer:
                   "clips": int(total["clips"]), "clips_per_s": total["clips"] / seconds}
         if outs[-1].audio_s is not None:
             record["audio_s_per_s"] = total["audio_s"] / seconds
+        if outs[-1].views is not None:
+            record.update(views=int(total["views"]), views_per_s=total["views"] / seconds)
         record.update({name: total[name] / micro_batches for name in sorted(outs[-1].parts)})
         if self.peak_flops and outs[-1].flops is not None:
             record["mfu"] = total["flops"] / self.world / seconds / self.peak_flops  # per process, against its peak
@@ -106,12 +110,13 @@ class Trainer:
         return record
 
     def _reduce(self, outs: list[Micro], module: nn.Module, requests: dict[str, float]) -> dict[str, float]:
-        """Every process's sums (loss, clips, audio, flops, parts, non-finite count, stop requests by signal) and
+        """Every process's sums (loss, clips, audio, flops, views, parts, non-finite count, stop requests by signal) and
         its buffers' mean, in one all-reduce and one wait for the device."""
         device = outs[0].loss.device
         names = sorted(outs[0].parts)
         losses = torch.stack([o.loss.detach().double() for o in outs])  # [accum]
-        host = [sum(o.clips for o in outs), sum(o.audio_s or 0.0 for o in outs), sum(o.flops or 0.0 for o in outs)]
+        host = [sum(o.clips for o in outs), sum(o.audio_s or 0.0 for o in outs), sum(o.flops or 0.0 for o in outs),
+                sum(o.clips if o.views is None else o.views for o in outs)]
         parts = [torch.stack([torch.as_tensor(o.parts[n], device=device).detach().double() for o in outs]).sum()
                  for n in names]
         bad = (~torch.isfinite(losses)).sum().double()
@@ -125,7 +130,7 @@ class Trainer:
             b.copy_((flat[offset:offset + b.numel()] / self.world).view_as(b).to(b.dtype))
             offset += b.numel()
         values = flat[:len(figures)].tolist()  # the step's one wait for the device
-        return dict(zip(["loss", "clips", "audio_s", "flops", *requests, *names, "bad"], values))
+        return dict(zip(["loss", "clips", "audio_s", "flops", "views", *requests, *names, "bad"], values))
 
     def _stop(self, outs: list[Micro], number: int) -> None:
         """A non-finite loss on some process: every process stops before the update, naming the step."""
