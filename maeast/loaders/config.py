@@ -1,10 +1,10 @@
 """The loader's configs, one inside the next: every field is checked in __post_init__, so that a bad value is a
 one-line MaeastError before any worker starts.
 
-    StreamConfig   how workers read shards (workers, threads, prefetch, pinning, checksums, bad data, the cache
-                   of remote shards): what every recipe's data section embeds
+    StreamConfig   how workers read shards (backend, workers, threads, prefetch, pinning, checksums, bad data,
+                   the cache of remote shards): what every recipe's data section embeds
     BatchConfig    + which clips (shards, weights, split) and how they batch: pretraining's data section
-    LoaderConfig   + mode (pretrain or finetune), backend and fine-tuning's clip options: what a loader takes
+    LoaderConfig   + mode (pretrain or finetune) and fine-tuning's clip options: what a loader takes
 """
 
 from __future__ import annotations
@@ -48,12 +48,18 @@ class StreamConfig:
     recently used first beyond cache_gb. Safe to share between ranks and runs on one machine."""
     cache_gb: float = 100.0
     """The most the cache_dir may hold, in GB (1e9 bytes)."""
+    backend: str = "stream"
+    """"stream" (webdataset on CPU worker processes), "dali" (the `dali` extra: DALI's webdataset reader,
+    decoder and crop on its own threads, num_workers x threads_per_worker, the fbank on the device; local
+    shards with .idx files, no mixing weights, no length bucketing, no class_weights) or "ffcv" (the
+    `ffcv` extra: fine-tuning from precomputed fbanks in a .beton; not for pretraining)."""
 
     def __post_init__(self):
         _at_least("num_workers", self.num_workers, 0)
         _at_least("threads_per_worker", self.threads_per_worker, 1)
         _at_least("prefetch", self.prefetch, 1)
         _choice("on_error", self.on_error, ON_ERROR)
+        _choice("backend", self.backend, BACKENDS)
         if self.cache_dir is not None:
             self.cache_dir = str(self.cache_dir)
         if not self.cache_gb > 0:
@@ -140,7 +146,7 @@ class BatchConfig(StreamConfig):
         get_config(self.fbank)  # an unknown preset is a one-line error here, not in a worker
 
     def loader(self, **changes) -> "LoaderConfig":
-        """The whole loader config of this section (mode pretrain, backend stream), with `changes`."""
+        """The whole loader config of this section (mode pretrain), with `changes`."""
         return LoaderConfig(**{**{f.name: getattr(self, f.name) for f in fields(BatchConfig)}, **changes})
 
 
@@ -153,8 +159,6 @@ class LoaderConfig(BatchConfig):
     """"pretrain": clips of a batch cropped (random offset) to its shortest clip, capped at
     max_seconds, clips under min_seconds skipped, no labels. "finetune": every clip cropped or
     zero-padded to clip_seconds, with a padding mask, and labels."""
-    backend: str = "stream"
-    """"stream" (webdataset on CPU workers), "dali" (the `dali` extra) or "ffcv" (the `ffcv` extra)."""
     clip_seconds: float | None = None
     """Fine-tuning: every clip is cropped or padded to this length (required in finetune mode)."""
     random_crop: bool = True
@@ -169,7 +173,6 @@ class LoaderConfig(BatchConfig):
     def __post_init__(self):
         super().__post_init__()
         _choice("mode", self.mode, MODES)
-        _choice("backend", self.backend, BACKENDS)
         if self.fbank_on == "device" and (self.backend != "stream" or self.mode != "pretrain"):
             raise MaeastError(f"loader: fbank_on device serves pretraining on the stream backend (this loader: "
                               f"{self.mode}, backend {self.backend}); set fbank_on: loader")
@@ -184,12 +187,30 @@ class LoaderConfig(BatchConfig):
         if remote and self.backend != "stream":
             raise MaeastError(f"loader: backend {self.backend} reads local files only, not {redact(remote[0])}; use "
                               f"backend stream for URLs (or copy the shards to local disk)")
+        _refuse(self)
         if self.backend == "ffcv" and len(self.shards) != 1:
             raise MaeastError("loader: backend ffcv reads exactly one .beton file (loader.shards: [file.beton])")
 
     @property
     def finetune(self) -> bool:
         return self.mode == "finetune"
+
+
+def _refuse(c: LoaderConfig) -> None:
+    """What backend dali or ffcv cannot do, refused in one line before any work."""
+    if c.backend == "dali":
+        if c.weights is not None and len(c.shards) > 1:
+            raise MaeastError("loader: backend dali concatenates shard folders; mixing weights need backend stream")
+        if c.mode == "pretrain" and c.bucket_batches > 1:
+            raise MaeastError(f"loader: backend dali does not bucket clips by length (bucket_batches "
+                              f"{c.bucket_batches}); set bucket_batches: 1, or use backend stream")
+        if c.class_weights is not None:
+            raise MaeastError("loader: backend dali draws every clip once; class_weights need backend stream")
+        if c.pad_to_longest:
+            raise MaeastError("loader: backend dali pads every clip to clip_seconds; pad_to_longest needs backend stream")
+    if c.backend == "ffcv" and c.mode == "pretrain":
+        raise MaeastError("loader: backend ffcv holds fixed-length precomputed fbanks for fine-tuning; pretraining "
+                          "crops a new window of each whole clip every epoch: use backend stream or dali")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

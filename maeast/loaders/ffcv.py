@@ -141,8 +141,6 @@ class FFCVLoader(SingleStreamState):
         self.meta = json.loads(side.read_text())
         if self.meta.get("format") != FORMAT:
             raise MaeastError(f"{side} is not a {FORMAT} record; rewrite it with `maeast shard ffcv`")
-        if config.mode != "finetune":
-            raise MaeastError("backend ffcv holds fixed-length fine-tuning sets; set loader.mode: finetune")
         if config.fbank != self.meta["fbank"]:
             raise MaeastError(f"{self.path} holds {self.meta['fbank']} fbanks, the config asks for {config.fbank}")
         if abs(config.clip_seconds - self.meta["clip_seconds"]) > 1e-9:
