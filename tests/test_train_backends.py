@@ -11,7 +11,7 @@ import pytest
 from maeast.errors import MaeastError
 from maeast.pretrain import load_config, pretrain
 from maeast.train.logging import read_log
-from tests.conftest import make_demo_shards
+from tests.conftest import build, make_corpus, make_demo_shards
 
 pytest.importorskip("nvidia.dali", reason="the `dali` extra is not installed")
 
@@ -63,3 +63,68 @@ def test_weights_and_urls_refused_for_dali(shards, tmp_path):
         tiny(shards, tmp_path, f"data.shards=[{shards},{shards}]", "data.weights=[1.0,2.0]")
     with pytest.raises(MaeastError, match="reads local files only"):
         tiny(shards, tmp_path, "data.shards=[s3://bucket/shards]")
+
+
+FINETUNE = ["--data.clip_seconds", "4", "--data.valid_fraction", "0", "--data.test_fraction", "0.25",
+            "--schedule.epochs", "2", "--data.shuffle_buffer", "0", "--optim.global_batch", "16",
+            "--run.save_every_epochs", "5"]
+"""Clips of 2-3.75 s padded to 4 s (no crop draws) and every training clip in the one batch of an epoch, so
+every backend feeds the model the same clips whatever order it reads them in; augmentation is off."""
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ft_backends")
+    build(make_corpus(root / "corpus", speech=6, music=6), root / "shards")
+    return root / "shards"
+
+
+def finetuned(shards: Path, run_dir: Path, *extra: str, frozen: bool = False):
+    from maeast.finetune import finetune, load_finetune_config
+    cfg = load_finetune_config("finetune_tiny", task="custom", shards=str(shards), run_dir=str(run_dir),
+                               overrides=[*FINETUNE, *extra], freeze_encoder=True if frozen else None)
+    return finetune(cfg)
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in read_log(run_dir / "main") if r["kind"] == "train"]
+
+
+@pytest.mark.parametrize("backend", ["dali", "ffcv"])
+@pytest.mark.parametrize("frozen", [False, True], ids=["full", "frozen"])
+def test_finetuning_on_a_backend_scores_as_on_stream(labelled, tmp_path, backend, frozen):
+    if backend == "ffcv":
+        pytest.importorskip("ffcv", reason="the `ffcv` extra is not installed")
+    stream = finetuned(labelled, tmp_path / "stream", frozen=frozen)
+    other = finetuned(labelled, tmp_path / backend, "--data.backend", backend, frozen=frozen)
+    assert losses(tmp_path / backend) == pytest.approx(losses(tmp_path / "stream"), rel=1e-4, abs=1e-5)
+    a, b = stream.folds[0]["test"], other.folds[0]["test"]
+    assert a.keys() == b.keys()
+    for k in a:  # the metric and its parts to float tolerance, the counts (confusion) exactly
+        assert b[k] == (pytest.approx(a[k], rel=1e-4, abs=1e-5) if isinstance(a[k], float) else a[k]), k
+
+
+def test_ffcv_beton_written_on_first_use_and_refreshed_when_stale(labelled, tmp_path):
+    pytest.importorskip("ffcv", reason="the `ffcv` extra is not installed")
+    import json
+
+    from maeast.features import get_config
+    from maeast.loaders.ffcv import ensure_beton
+    out = tmp_path / "train.beton"
+    _, written = ensure_beton(labelled, "train", 4.0, get_config("mae_ast"), out)
+    assert written and json.loads(out.with_name("train.beton.json").read_text())["clip_seconds"] == 4.0
+    assert ensure_beton(labelled, "train", 4.0, get_config("mae_ast"), out) == (out, False)  # fresh: reused
+    assert ensure_beton(labelled, "train", 3.0, get_config("mae_ast"), out)[1]  # another clip length
+    normalized = get_config("mae_ast").with_stats(-6.0, 3.0)
+    assert ensure_beton(labelled, "train", 3.0, normalized, out)[1]  # another fbank recipe
+    assert not ensure_beton(labelled, "train", 3.0, normalized, out)[1]
+
+
+@pytest.mark.parametrize("backend, extra, message", [
+    ("dali", ["--data.balanced", "true"], "data.balanced draws clips by class, which backend dali cannot"),
+    ("ffcv", ["--data.epoch_batches", "3"], "backend ffcv reads one pass of its .beton per epoch"),
+])
+def test_finetuning_refuses_what_a_backend_cannot_do(labelled, tmp_path, backend, extra, message):
+    with pytest.raises(MaeastError, match=message) as caught:
+        finetuned(labelled, tmp_path, "--data.backend", backend, *extra)
+    assert "\n" not in str(caught.value)

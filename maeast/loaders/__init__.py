@@ -14,7 +14,6 @@ Three backends with one batch contract and one fbank (maeast.features):
 
 from __future__ import annotations
 
-from maeast.errors import MaeastError
 from maeast.loaders.config import BatchConfig, LoaderConfig, StreamConfig
 from maeast.loaders.keep import Keep
 from maeast.loaders.loader import StreamingLoader
@@ -25,15 +24,13 @@ def build_loader(config: LoaderConfig, rank: int | None = None, world_size: int 
                  features=None, keep: Keep | None = None, device: str | None = None):
     """The loader of config.backend; each has __iter__ (Batch), __len__, set_epoch, state_dict,
     load_state_dict, stats, labels and multi_label. features: the fbank recipe in place of config.fbank's
-    preset; keep: only these clips (stream, dali); device: where DALI runs ("cpu", or None: the current GPU)."""
+    preset; keep: only these clips (by key); device: where DALI runs ("cpu", or None: the current GPU)."""
     if config.backend == "dali":
         from maeast.loaders.dali import DaliLoader
         return DaliLoader(config, rank, world_size, device=device, features=features, keep=keep)
     if config.backend == "ffcv":
         from maeast.loaders.ffcv import FFCVLoader
-        if keep is not None:
-            raise MaeastError("loader: backend ffcv reads a whole .beton; write one per fold's clips or use backend stream")
-        return FFCVLoader(config, rank, world_size)
+        return FFCVLoader(config, rank, world_size, features, keep)
     return StreamingLoader(config, rank, world_size, features, keep)
 
 

@@ -207,10 +207,21 @@ def _refuse(c: LoaderConfig) -> None:
         if c.class_weights is not None:
             raise MaeastError("loader: backend dali draws every clip once; class_weights need backend stream")
         if c.pad_to_longest:
-            raise MaeastError("loader: backend dali pads every clip to clip_seconds; pad_to_longest needs backend stream")
-    if c.backend == "ffcv" and c.mode == "pretrain":
-        raise MaeastError("loader: backend ffcv holds fixed-length precomputed fbanks for fine-tuning; pretraining "
-                          "crops a new window of each whole clip every epoch: use backend stream or dali")
+            raise MaeastError("loader: backend dali pads every clip to clip_seconds; a task without a crop "
+                              "(pad_to_longest) needs backend stream")
+    if c.backend == "ffcv":
+        if c.mode == "pretrain":
+            raise MaeastError("loader: backend ffcv holds fixed-length precomputed fbanks for fine-tuning; pretraining "
+                              "crops a new window of each whole clip every epoch: use backend stream or dali")
+        if c.class_weights is not None:
+            raise MaeastError("loader: backend ffcv reads every clip once a pass; class_weights need backend stream")
+        if c.pad_to_longest:
+            raise MaeastError("loader: backend ffcv stores clips padded to clip_seconds; a task without a crop "
+                              "(pad_to_longest) needs backend stream or dali")
+        if c.epoch_batches is not None:
+            raise MaeastError(f"loader: backend ffcv reads one pass of its .beton per epoch; epoch_batches "
+                              f"{c.epoch_batches} (fine-tuning: data.epoch_batches or run.eval_steps) needs backend "
+                              f"stream or dali")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
