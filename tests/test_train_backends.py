@@ -10,8 +10,9 @@ import pytest
 
 from maeast.errors import MaeastError
 from maeast.pretrain import load_config, pretrain
+from maeast.train.checkpoint import load_train_state
 from maeast.train.logging import read_log
-from tests.conftest import build, make_corpus, make_demo_shards
+from tests.conftest import build, make_corpus, make_demo_shards, step_keys
 
 pytest.importorskip("nvidia.dali", reason="the `dali` extra is not installed")
 
@@ -40,6 +41,8 @@ def test_dali_pretraining_resumes_to_the_same_curve(shards, tmp_path):
     first = pretrain(tiny(shards, tmp_path / "run", "run.stop_at=3"))
     second = pretrain(tiny(shards, tmp_path / "run"), resume=True)
     assert first.step == 3 and second.step == 6 and len(full.losses) == 6
+    saved = load_train_state(first.checkpoint, 0)["loader"]
+    assert saved["backend"] == "dali" and saved["ranks"]["0"]["positions"] == [6] and saved["ranks"]["0"]["dali"]
     assert first.losses + second.losses == full.losses
     assert keys(tmp_path / "run") == keys(tmp_path / "full")
     log = [r["loss"] for r in read_log(tmp_path / "run") if r["kind"] == "train"]
@@ -65,7 +68,7 @@ def test_weights_and_urls_refused_for_dali(shards, tmp_path):
         tiny(shards, tmp_path, "data.shards=[s3://bucket/shards]")
 
 
-FINETUNE = ["--data.clip_seconds", "4", "--data.valid_fraction", "0", "--data.test_fraction", "0.25",
+FINETUNE = ["--data.clip_seconds", "4", "--data.valid_fraction", "0", "--data.test_fraction", "0.25", "--run.trace_keys", "true",
             "--schedule.epochs", "2", "--data.shuffle_buffer", "0", "--optim.global_batch", "16",
             "--run.save_every_epochs", "5"]
 """Clips of 2-3.75 s padded to 4 s (no crop draws) and every training clip in the one batch of an epoch, so
@@ -128,3 +131,24 @@ def test_finetuning_refuses_what_a_backend_cannot_do(labelled, tmp_path, backend
     with pytest.raises(MaeastError, match=message) as caught:
         finetuned(labelled, tmp_path, "--data.backend", backend, *extra)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("backend", ["dali", "ffcv"])
+def test_finetuning_on_a_backend_resumes_inside_an_epoch(labelled, tmp_path, backend):
+    """Stopped inside the second epoch and resumed, a fine-tuning run on dali (through DALI's checkpoint) or ffcv
+    trains the uninterrupted run's clips, losses and scores."""
+    if backend == "ffcv":
+        pytest.importorskip("ffcv", reason="the `ffcv` extra is not installed")
+    small = ["--data.backend", backend, "--optim.global_batch", "4", "--data.shuffle_buffer", "100"]
+    reference = finetuned(labelled, tmp_path / "reference", *small)
+    per_epoch = len(losses(tmp_path / "reference")) // 2
+    assert per_epoch >= 2
+    first = finetuned(labelled, tmp_path / "split", *small, "--run.stop_at", str(per_epoch + 1))
+    assert first.stopped
+    from maeast.finetune import finetune, load_finetune_config
+    cfg = load_finetune_config("finetune_tiny", task="custom", shards=str(labelled), run_dir=str(tmp_path / "split"),
+                               overrides=[*FINETUNE, *small])
+    second = finetune(cfg, resume=True)
+    assert losses(tmp_path / "split") == losses(tmp_path / "reference")
+    assert step_keys(tmp_path / "split" / "main") == step_keys(tmp_path / "reference" / "main")
+    assert second.folds[0]["test"] == reference.folds[0]["test"]
