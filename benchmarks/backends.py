@@ -115,6 +115,47 @@ def finetune_figures(out: dict) -> dict:
     return {"epoch_s": statistics.median(times), "data_wait": statistics.median(waits), "rss": out["rss_mib"]}
 
 
+def route_shards(folder: Path, clips: int, seconds: float) -> Path:
+    """Shards of `clips` real clips (benchmarks/mfu.py's speech and music fixture, looped to `seconds` and shifted
+    per clip), FLAC, with DALI's .idx files where DALI is installed: what the GPU routes read."""
+    import soundfile as sf
+    from mfu import real_waves
+
+    from maeast.shards.build import build_shards
+    (folder / "corpus" / "clips").mkdir(parents=True, exist_ok=True)
+    for i, wave in enumerate(real_waves(clips, seconds)):
+        sf.write(folder / "corpus" / "clips" / f"c{i:04d}.wav", wave.numpy(), 16000, subtype="PCM_16")
+    build_shards("folder", folder / "corpus", folder / "shards", shard_size_mb=clips * seconds * 0.032 / 8)  # ~8+ shards
+    return folder / "shards"
+
+
+def route_epoch(shards: Path, route: str, batch: int, seconds: float, device: str, workers: int = 2) -> dict:
+    """One pretraining epoch of a GPU route, its features made on `device`: "device" (the stream loader's workers
+    yield waveforms, Batch.to computes the fbank there) or "dali" (DALI's pipeline on `workers` threads, our fbank
+    after it). Returns clips/s and the host cores it kept busy (CPU seconds of this process and its workers over
+    the wall time), after one untimed batch."""
+    import torch
+
+    from maeast.loaders import LoaderConfig, build_loader
+    config = LoaderConfig(shards=[str(shards)], batch_size=batch, num_workers=workers, shuffle_buffer=4 * batch,
+                          bucket_batches=1, max_seconds=seconds, min_seconds=1.0, backend="dali" if route == "dali"
+                          else "stream", fbank_on="device" if route == "device" else "loader")
+    loader = build_loader(config, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    it = iter(loader)
+    next(it).to(device)  # warm: worker start-up, DALI's pipeline, cuFFT plans
+    sync()
+    own, kids = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    started, clips = time.perf_counter(), 0
+    for b in it:
+        clips += len(b.to(device).features)
+    sync()
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = time.process_time() - own + (after.ru_utime + after.ru_stime) - (kids.ru_utime + kids.ru_stime)
+    return {"clips": clips, "clips_per_s": clips / wall, "host_cores": cpu / wall}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--unlabelled", type=Path, default=ROOT / "shards/demo/unlabelled")
