@@ -49,10 +49,13 @@ class StreamConfig:
     cache_gb: float = 100.0
     """The most the cache_dir may hold, in GB (1e9 bytes)."""
     backend: str = "stream"
-    """"stream" (webdataset on CPU worker processes), "dali" (the `dali` extra: DALI's webdataset reader,
-    decoder and crop on its own threads, num_workers x threads_per_worker, the fbank on the device; local
-    shards with .idx files, no mixing weights, no length bucketing, no class_weights) or "ffcv" (the
-    `ffcv` extra: fine-tuning from precomputed fbanks in a .beton; not for pretraining)."""
+    """"stream" (webdataset on CPU worker processes); "dali" (the `dali` extra: DALI's webdataset reader,
+    decoder and crop on its own threads, num_workers x threads_per_worker, then the same fbank on the
+    device; local shards with .idx files; bad samples are found and skipped before the pipeline; resumes
+    exactly through DALI's checkpoint on the same number of processes, at the next epoch on another; no
+    mixing weights, length bucketing (pretraining: bucket_batches 1), class_weights or whole clips);
+    "ffcv" (the `ffcv` extra, fine-tuning only: the split's fbanks precomputed once into a .beton, cropped
+    from each clip's start, refreshed when the shards, fbank or clip length change)."""
 
     def __post_init__(self):
         _at_least("num_workers", self.num_workers, 0)
@@ -77,8 +80,8 @@ class BatchConfig(StreamConfig):
     shards: list[str] = field(default_factory=list)
     """Shard folders written by `maeast shard build` (each with an index.json): local paths or URLs
     (s3://bucket/prefix, gs://..., http(s)://..., file://..., pipe:COMMAND with {} for the file name;
-    see maeast.shards.storage), streamed front to back; for backend "ffcv", one local .beton file
-    written by `maeast shard ffcv`."""
+    see maeast.shards.storage), streamed front to back; a LoaderConfig on backend "ffcv" reads one local
+    .beton file written by `maeast shard ffcv` (fine-tuning's data.backend ffcv writes it itself)."""
     weights: list[float] | None = None
     """Mixing weight per shard folder (the chance that the next clip comes from it); None mixes in
     proportion to the folders' sample counts, i.e. plain concatenation."""
