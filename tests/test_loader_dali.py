@@ -87,7 +87,7 @@ def test_backend_dali_refuses_what_it_cannot_do(shards):
     cases = [(dict(shards=[str(shards), str(shards)], weights=[1.0, 1.0]), "mixing weights need backend stream"),
              (dict(bucket_batches=4), "does not bucket clips by length"),
              (dict(mode="finetune", clip_seconds=1.0, class_weights=[1.0, 2.0]), "class_weights need backend stream"),
-             (dict(mode="finetune", clip_seconds=1.0, pad_to_longest=True), "pad_to_longest needs backend stream"),
+             (dict(mode="finetune", clip_seconds=1.0, pad_to_longest=True), r"\(pad_to_longest\) needs backend stream"),
              (dict(shards=["https://example.org/shards"]), "reads local files only")]
     for changes, message in cases:
         with pytest.raises(MaeastError, match=message) as caught:
