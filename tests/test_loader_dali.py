@@ -66,6 +66,31 @@ def test_dali_gpu_matches_the_streaming_loader(shards):
     assert worst < 1e-3  # cuFFT and the CPU FFT round differently
 
 
+def test_ranks_read_equal_disjoint_shares(shards):
+    """DALI's reader shards by rank: every rank yields the same number of batches, no clip on two ranks."""
+    runs = [DaliLoader(config(shards), rank=r, world_size=2, device="cpu") for r in range(2)]
+    keys = [[k for b in loader for k in b.keys] for loader in runs]
+    assert len(runs[0]) == len(runs[1]) and len(keys[0]) == len(keys[1]) == 4 and not set(keys[0]) & set(keys[1])
+
+
+@pytest.mark.gpu
+def test_gpu_pipeline_resumes_from_its_checkpoint(shards):
+    """On CUDA (DALI's GPU pipeline, the fbank on the device), a loader given a mid-epoch state goes on with the
+    uninterrupted loader's batches."""
+    cfg = pretrain_config(shards, batch_size=3)
+    reference = [(b.keys, b.features.sum().item()) for b in DaliLoader(cfg)]
+    first = DaliLoader(cfg)
+    it = iter(first)
+    head = [next(it)]
+    resumed = DaliLoader(cfg)
+    resumed.load_state_dict(first.state_dict())
+    del it
+    assert head[0].features.is_cuda
+    got = [(b.keys, b.features.sum().item()) for b in head + list(resumed)]
+    assert [k for k, _ in got] == [k for k, _ in reference]
+    assert [s for _, s in got] == pytest.approx([s for _, s in reference], rel=1e-5)
+
+
 def test_pretraining_contract_and_resume(shards):
     cfg = pretrain_config(shards, batch_size=3)
     loader = DaliLoader(cfg, device="cpu")

@@ -4,6 +4,7 @@ do is refused in one line before any work."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,22 @@ def test_finetuning_on_a_backend_resumes_inside_an_epoch(labelled, tmp_path, bac
     assert losses(tmp_path / "split") == losses(tmp_path / "reference")
     assert step_keys(tmp_path / "split" / "main") == step_keys(tmp_path / "reference" / "main")
     assert second.folds[0]["test"] == reference.folds[0]["test"]
+
+
+def test_maeast_shard_ffcv_writes_the_file_fine_tuning_reuses(labelled, tmp_path):
+    """`maeast shard ffcv DIR` by hand writes DIR/CORPUS-SPLIT.beton, which fine-tuning's data.backend ffcv then
+    finds fresh (same shards, recipe, clip length) and reads without writing it again."""
+    pytest.importorskip("ffcv", reason="the `ffcv` extra is not installed")
+    from typer.testing import CliRunner
+
+    import maeast.cli.shard_ffcv  # noqa: F401  (registers `maeast shard ffcv`)
+    from maeast.cli import app
+    from maeast.features import get_config
+    from maeast.loaders.ffcv import beton_name, ensure_beton
+    copy = tmp_path / "shards"
+    shutil.copytree(labelled, copy, ignore=shutil.ignore_patterns("*.beton", "*.beton.json"))
+    result = CliRunner().invoke(app, ["shard", "ffcv", str(copy), "--clip-seconds", "4", "-j", "1"])
+    assert result.exit_code == 0, result.output
+    out = copy / beton_name("corpus", "train")
+    assert out.is_file() and str(out) in result.output.replace("\n", "")
+    assert ensure_beton(copy, "train", 4.0, get_config("mae_ast"), out) == (out, False)

@@ -264,14 +264,14 @@ def _beton(corpus: Corpus, split: str, clip_seconds: float, features: FbankConfi
     """data.backend ffcv: the split's .beton of precomputed fbanks (maeast.loaders.ffcv.ensure_beton), in
     data.cache_dir or beside local shards, written by the first process when missing or stale (other shards,
     fbank recipe or clip length) while the others wait."""
-    from maeast.loaders.ffcv import ensure_beton
+    from maeast.loaders.ffcv import beton_name, ensure_beton
     from maeast.train import distributed as dist
 
     if stream.cache_dir is None and is_url(corpus.dir):
         raise MaeastError(f"data.backend ffcv writes a .beton of {redact(corpus.dir)}'s fbanks; give data.cache_dir, "
                           f"a local folder for it")
     folder = Path(stream.cache_dir) if stream.cache_dir else Path(corpus.dir)
-    out = folder / f"{corpus.index['corpus']}-{split}.beton"
+    out = folder / beton_name(corpus.index["corpus"], split)
     if dist.is_main():
         folder.mkdir(parents=True, exist_ok=True)
         ensure_beton(corpus.dir, split, clip_seconds, features, out, workers=max(stream.num_workers, 1))

@@ -84,6 +84,11 @@ class _Rows:
         return np.array(row["features"]), int(row["frames"]), np.array(row["label"]), i
 
 
+def beton_name(corpus: str, split: str) -> str:
+    """The file name fine-tuning's data.backend ffcv looks for (in data.cache_dir, else beside the shards)."""
+    return f"{corpus}-{split}.beton"
+
+
 def recipe(features: FbankConfig) -> dict:
     """An fbank recipe as the .beton.json records it (statistics included)."""
     return json.loads(json.dumps(dataclasses.asdict(features)))
@@ -118,7 +123,7 @@ def write_beton(shard_dir: Path, split: str = "train", clip_seconds: float | Non
     shard_dir = shard_dir if is_url(shard_dir) else Path(shard_dir)
     source = load_sources([str(shard_dir)], split)[0]
     clip_seconds = clip_seconds or longest_clip(shard_dir, split)
-    out = Path(out) if out else shard_dir / f"{split}.beton"
+    out = Path(out) if out else shard_dir / beton_name(source.corpus, split)
     if out.suffix != ".beton":
         raise MaeastError(f"--out {out} should end in .beton")
     out.parent.mkdir(parents=True, exist_ok=True)
