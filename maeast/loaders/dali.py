@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import random
 from typing import Iterator
 
 import numpy as np
@@ -125,13 +126,18 @@ class DaliLoader(SingleStreamState):
         c, window, gpu = self.config, self.window, self.device.type == "cuda"
         random_offset = not c.finetune or c.random_crop
         seed = derive_seed(c.seed, epoch, LOADER_STREAMS["dali_reader"]) % (1 << 31)
+        order = list(range(len(self.surveyed.paths)))  # the shards in a new order every epoch, as in stream
+        if c.shuffle_buffer:
+            random.Random(seed).shuffle(order)
+        paths = [self.surveyed.paths[i] for i in order]
+        index_paths = [self.surveyed.index_paths[i] for i in order]
 
         @dali.pipeline_def(batch_size=c.batch_size, num_threads=max(c.num_workers, 1) * c.threads_per_worker,
                            device_id=self.device.index if gpu else None, seed=seed, prefetch_queue_depth=c.prefetch,
                            enable_checkpointing=True)
         def pipeline():
             encoded, meta = fn.readers.webdataset(
-                paths=self.surveyed.paths, index_paths=self.surveyed.index_paths,
+                paths=paths, index_paths=index_paths,
                 ext=[";".join(CODECS), "json"], missing_component_behavior="error", random_shuffle=c.shuffle_buffer > 0,
                 initial_fill=max(c.shuffle_buffer, 1), shard_id=self.rank, num_shards=self.world_size, name="Reader")
             audio, _ = fn.decoders.audio(encoded, dtype=types.FLOAT, downmix=True)
@@ -179,13 +185,15 @@ class DaliLoader(SingleStreamState):
                 "meta": np.array(meta.as_array())}
 
     def _failure(self, dali_error: str) -> str:
-        """The one line for a DALI failure: the undecodable samples our decoder finds in the surveyed shards."""
+        """The one line for a DALI failure: the undecodable samples our decoder finds among those the pipeline reads
+        (a decode of every one of them, on this error path only)."""
         bad = []
         for source in self.sources:
             for shard in source.shards:
+                left_out = set(self.surveyed.skipped.get(shard.name, ()))
                 if str(shard.path) in self.surveyed.paths:
                     bad += [f"sample {s.key} of shard {shard.name}" for s in read_shard(shard, False, Errors("skip"))
-                            if not _decodes(s.audio)]
+                            if s.key not in left_out and not _decodes(s.audio)]
         last = dali_error.strip().splitlines()[-1] if dali_error.strip() else "no message"
         what = f"{bad[0]} is undecodable" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") if bad \
             else f"DALI failed ({last[:200]})"
