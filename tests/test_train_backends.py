@@ -172,3 +172,29 @@ def test_maeast_shard_ffcv_writes_the_file_fine_tuning_reuses(labelled, tmp_path
     out = copy / beton_name("corpus", "train")
     assert out.is_file() and str(out) in result.output.replace("\n", "")
     assert ensure_beton(copy, "train", 4.0, get_config("mae_ast"), out) == (out, False)
+
+
+@pytest.mark.slow
+def test_dali_two_processes_resume_exactly_then_on_one_at_the_next_epoch(shards, tmp_path):
+    """Two processes on DALI (each rank its share of the samples, DALI's own checkpoint per rank): stopped at step 2
+    and resumed on two, the run follows the uninterrupted two-process run; a resume of that mid-epoch checkpoint on
+    one process starts the next epoch and says so in one line."""
+    from tests.test_engine_distributed import launch_env_vars, step_keys as keys_of
+
+    def args(run_dir, *extra):
+        return ["--config", "pretrain_tiny", *[f"--{o}" for o in [*SHORT, f"data.shards=[{shards}]",
+                                                                   f"run.dir={run_dir}", *extra]]]
+    launch_env_vars(args(tmp_path / "full", "schedule.steps=4"))
+    launch_env_vars(args(tmp_path / "split", "schedule.steps=4", "run.stop_at=2"))
+    shutil.copytree(tmp_path / "split", tmp_path / "other")
+    saved = tmp_path / "other" / "config.yaml"  # the copy is a run of its own folder
+    saved.write_text(saved.read_text().replace(str(tmp_path / "split"), str(tmp_path / "other")))
+    launch_env_vars([*args(tmp_path / "split", "schedule.steps=4"), "--resume"])
+    full = [r["loss"] for r in read_log(tmp_path / "full") if r["kind"] == "train"]
+    assert [r["loss"] for r in read_log(tmp_path / "split") if r["kind"] == "train"] == full and len(full) == 4
+    assert keys_of(tmp_path / "split") == keys_of(tmp_path / "full")
+    one = pretrain(tiny(shards, tmp_path / "other", "schedule.steps=4"), resume=True)
+    assert one.step == 4
+    events = [r.get("message", "") for r in read_log(tmp_path / "other") if r["kind"] == "event"]
+    assert any("cannot continue mid-epoch (it was saved by 2 rank(s), this run has 1); resuming at the start of "
+               "epoch 1" in e for e in events), events
