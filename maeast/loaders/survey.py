@@ -9,11 +9,13 @@ here too, before any batch is made. Shards that lose samples get an .idx of thei
 folder listing only the rest; the shards' own .idx files are never written.
 
 The survey reads every shard once (a sequential read, hashing when verify_checksums is on), as the
-webdataset loader's first epoch would.
+webdataset loader's first epoch would; a process remembers what it found per shard, so the loaders of
+one split (a fold's train, valid and test passes) read it once, and report its bad samples once.
 """
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +60,15 @@ def idx_lines(path: Path) -> tuple[str, list[tuple[str, str]]]:
     return lines[0], rows
 
 
+@functools.lru_cache(maxsize=65536)
+def _readable(shard: Shard, verify: bool, on_error: str) -> tuple[tuple[tuple[str, int], ...], dict[str, int]]:
+    """A shard's readable samples (key, length in samples) and the bad data met, read once per process (a bad
+    sample is reported by the first read; on_error fail raises there, and nothing is remembered)."""
+    errors = Errors(on_error)
+    readable = tuple((s.key, int(s.meta["num_samples"])) for s in read_shard(shard, verify, errors))
+    return readable, {k: v for k, v in errors.stats.items() if v}
+
+
 def survey(shards: list[Shard], verify: bool, errors: Errors, keep: Keep | None = None,
            min_samples: int = 0) -> Surveyed:
     """Read every shard once and list, per shard, the samples a DALI reader may read (see the module doc)."""
@@ -67,14 +78,17 @@ def survey(shards: list[Shard], verify: bool, errors: Errors, keep: Keep | None 
         if not idx.is_file():
             raise MaeastError(f"{shard.path} has no DALI index beside it; rebuild the shards with the `dali` extra "
                               f"installed (the builder writes .idx files with wds2idx)")
+        readable, found = _readable(shard, verify, errors.on_error)
+        for kind, n in found.items():
+            errors.stats[kind] += n
         good = set()
-        for sample in read_shard(shard, verify, errors):
-            if keep is not None and sample.key not in keep:
+        for key, length in readable:
+            if keep is not None and key not in keep:
                 continue
-            if int(sample.meta["num_samples"]) < min_samples:
+            if length < min_samples:
                 errors.count("short")
                 continue
-            good.add(sample.key)
+            good.add(key)
         header, rows = idx_lines(idx)
         kept = [line for key, line in rows if key in good]
         left = [key for key, _ in rows if key not in good]
