@@ -220,8 +220,9 @@ gpu-wheels: | env
 	rm -rf $(GPU_DALI) && mkdir -p $(GPU_DALI)/parts
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $(GPU_PLATFORMS) \
 	  -d $(GPU_DALI) "$(DALI_WHEEL)"
-	@for p in $(DALI_NEEDS); do $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-	  --implementation cp $(GPU_PLATFORMS) -d $(GPU_WHEELS) $$p >/dev/null 2>&1 || echo "no wheel of $$p for Python 3.12"; done
+	@for p in $(DALI_NEEDS); do v=$$($(PY) -c "import importlib.metadata as m; print(m.version('$$p'))") || exit 1; \
+	  $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $(GPU_PLATFORMS) \
+	  -d $(GPU_WHEELS) "$$p==$$v" >/dev/null 2>&1 || echo "no wheel of $$p==$$v for Python 3.12"; done
 	cd $(GPU_DALI) && sha256sum nvidia_dali*.whl > parts/SHA256SUMS && split -b $(DALI_PART_MB)M nvidia_dali*.whl \
 	  parts/$$(ls nvidia_dali*.whl).part- && rm nvidia_dali*.whl
 	@echo "$(GPU_DALI)/parts: $$(ls $(GPU_DALI)/parts/*.part-* | wc -l) parts of at most $(DALI_PART_MB) MiB of DALI's wheel (README 'Performance': one device call each)"
