@@ -187,13 +187,29 @@ def test_a_damaged_clip_is_skipped_and_named(copied, capsys):
         DaliLoader(config(copied, on_error="fail"), device="cpu")
 
 
-def test_an_undecodable_clip_stops_with_one_line(copied):
-    """Past the checksums (verify_checksums off), a clip DALI cannot decode stops the run with one line naming
-    shard and key, never a DALI traceback."""
+def test_an_undecodable_clip_is_skipped_or_fails_with_one_line(copied, capsys):
+    """Past the checksums (verify_checksums off), a clip DALI cannot decode fails its pipeline; our decoder names
+    it: on_error fail stops with one line naming shard and key (never a DALI traceback); skip leaves it out with
+    one line, the epoch goes on from the same batch without it, and a resume from a later state leaves it out too."""
     shard, bad = victim(copied)
     rewrite(copied, shard, lambda key, parts: {**parts, "flac": parts["flac"][:200]} if key == bad else parts)
-    loader = DaliLoader(config(copied, verify_checksums=False, batch_size=16), device="cpu")
     with pytest.raises(MaeastError) as caught:
-        list(loader)
-    message = str(caught.value)
-    assert message.startswith(f"sample {bad} of shard {shard.name} is undecodable; DALI cannot skip") and "\n" not in message
+        list(DaliLoader(config(copied, verify_checksums=False, on_error="fail", batch_size=16), device="cpu"))
+    assert str(caught.value) == (f"sample {bad} of shard {shard.name}: undecodable by DALI's decoder "
+                                 f"(set loader.on_error: skip to skip bad data)")
+    cfg = config(copied, verify_checksums=False, batch_size=2)
+    loader = DaliLoader(cfg, device="cpu")
+    batches = list(loader)
+    keys = [k for b in batches for k in b.keys]
+    assert sorted(keys) == sorted(set(corpus_keys(copied)) - {bad}) and loader.stats["bad_samples"] == 1
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("maeast: skipped")] == [
+        f"maeast: skipped sample {bad} of shard {shard.name}: undecodable by DALI's decoder"]
+    assert loader.state_dict()["ranks"]["0"]["undecodable"] == [[shard.name, bad]]
+    first = DaliLoader(cfg, device="cpu")
+    it = iter(first)
+    head = [next(it) for _ in range(len(batches) - 1)]  # past the failure (shard order: the bad clip is not last)
+    saved = first.state_dict()
+    assert saved["ranks"]["0"]["undecodable"] == [[shard.name, bad]]
+    resumed = DaliLoader(cfg, device="cpu")
+    resumed.load_state_dict(saved)
+    assert [b.keys for b in head + list(resumed)] == [b.keys for b in batches]

@@ -51,7 +51,8 @@ class StreamConfig:
     backend: str = "stream"
     """"stream" (webdataset on CPU worker processes); "dali" (the `dali` extra: DALI's webdataset reader,
     decoder and crop on its own threads, num_workers x threads_per_worker, then the same fbank on the
-    device; local shards with .idx files; bad samples are found and skipped before the pipeline; resumes
+    device; local shards with .idx files; bad samples are skipped before the pipeline (checksums) or once
+    DALI fails on them (undecodable), each named in one line; resumes
     exactly through DALI's checkpoint on the same number of processes, at the next epoch on another; no
     mixing weights, length bucketing (pretraining: bucket_batches 1), class_weights or whole clips);
     "ffcv" (the `ffcv` extra, fine-tuning only: the split's fbanks precomputed once into a .beton, cropped

@@ -20,19 +20,20 @@ state rebuilds the pipeline from it and goes on with the very next batch. On ano
 the checkpoint does not apply (its reader positions are one layout's): `adopt` resumes at the next epoch
 boundary and says so in one line. What the webdataset loader does and DALI does not (mixing weights,
 length bucketing, class-balanced draws, URLs) is refused in one line by LoaderConfig. A sample that
-passes the survey but still cannot be decoded stops the run with one line naming shard and key.
+passes the survey but still cannot be decoded fails the pipeline; our decoder then finds it among the
+samples the pipeline reads, and by on_error it is skipped (one line naming shard and key; the epoch goes
+on from the same batch on a pipeline that leaves it out, replaying the batches already taken, and the
+loader state keeps the list, so a resume leaves it out too) or fails (one line naming shard and key).
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import json
 import random
 from typing import Iterator
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from maeast.batch import Batch
@@ -45,8 +46,7 @@ from maeast.loaders.keep import Keep
 from maeast.loaders.loader import dist_rank_world
 from maeast.loaders.sources import check_labels, load_sources
 from maeast.loaders.state import LoaderState, SingleStreamState
-from maeast.loaders.stream import read_shard
-from maeast.loaders.survey import survey
+from maeast.loaders.survey import survey, undecodable
 from maeast.shards.format import CODECS
 from maeast.streams import LOADER_STREAMS, derive_seed
 
@@ -59,6 +59,10 @@ def _dali():
     except ImportError:
         raise MaeastError("backend dali needs NVIDIA DALI: pip install 'maeast[dali]'") from None
     return dali, fn, types, feed_ndarray
+
+
+class _DaliFailed(Exception):
+    """DALI's pipeline failed (its message's last line)."""
 
 
 class DaliLoader(SingleStreamState):
@@ -81,15 +85,20 @@ class DaliLoader(SingleStreamState):
         cuda = device != "cpu" and torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
         errors = Errors(config.on_error)
-        min_samples = 0 if config.finetune else round(config.min_seconds * self.sample_rate)
-        self.surveyed = survey([s for source in self.sources for s in source.shards], config.verify_checksums,
-                               errors, keep, min_samples)
+        self.keep, self.undecodable = keep, set()
+        self.surveyed = self._survey(errors)
         if self.surveyed.samples < self.world_size * (config.batch_size if config.drop_last else 1):
             raise MaeastError(f"{self.surveyed.samples} readable clip(s) in {', '.join(config.shards)} split "
                               f"{config.split!r} for {self.world_size} rank(s) of batch_size {config.batch_size}")
         self.state = LoaderState.fresh(0, config.seed, self.world_size, 0, self.rank)
         self.state.stats.update({k: v for k, v in errors.stats.items() if v})
         self._pipe, self._pipe_at, self._restore = None, None, None
+
+    def _survey(self, errors: Errors):
+        c = self.config
+        min_samples = 0 if c.finetune else round(c.min_seconds * self.sample_rate)
+        return survey([s for source in self.sources for s in source.shards], c.verify_checksums, errors, self.keep,
+                      min_samples, frozenset(self.undecodable))
 
     labels = property(lambda self: list(self.sources[0].labels))
     multi_label = property(lambda self: self.sources[0].multi_label)
@@ -170,12 +179,12 @@ class DaliLoader(SingleStreamState):
         return self._pipe
 
     def _run(self, pipe) -> dict:
-        """One batch of the pipeline as torch tensors; a DALI failure is one line naming shard and key."""
+        """One batch of the pipeline as torch tensors (_DaliFailed when DALI fails)."""
         _, _, _, feed_ndarray = _dali()
         try:
             audio, length, meta = pipe.run()
         except RuntimeError as e:
-            raise MaeastError(self._failure(str(e))) from None
+            raise _DaliFailed(str(e).strip().splitlines()[-1] if str(e).strip() else "no message") from None
         if self.device.type == "cuda":  # DALI's GPU buffer -> a torch tensor on the same device
             wave = torch.empty((len(audio), self.window), dtype=torch.float32, device=self.device)
             feed_ndarray(audio.as_tensor(), wave, cuda_stream=torch.cuda.current_stream())
@@ -184,21 +193,27 @@ class DaliLoader(SingleStreamState):
         return {"audio": wave, "length": torch.from_numpy(np.array(length.as_array())),
                 "meta": np.array(meta.as_array())}
 
-    def _failure(self, dali_error: str) -> str:
-        """The one line for a DALI failure: the undecodable samples our decoder finds among those the pipeline reads
-        (a decode of every one of them, on this error path only)."""
-        bad = []
-        for source in self.sources:
-            for shard in source.shards:
-                left_out = set(self.surveyed.skipped.get(shard.name, ()))
-                if str(shard.path) in self.surveyed.paths:
-                    bad += [f"sample {s.key} of shard {shard.name}" for s in read_shard(shard, False, Errors("skip"))
-                            if s.key not in left_out and not _decodes(s.audio)]
-        last = dali_error.strip().splitlines()[-1] if dali_error.strip() else "no message"
-        what = f"{bad[0]} is undecodable" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") if bad \
-            else f"DALI failed ({last[:200]})"
-        return (f"{what}; DALI cannot skip a sample mid-run: remove it from the shards (rebuild them) or read "
-                f"them with data.backend: stream, which skips it")
+    def _replan(self, epoch: int, position: int, failure: _DaliFailed):
+        """After DALI failed: the undecodable samples skipped (one line each) or failed (one line) by on_error, and
+        the epoch's pipeline made again without them, standing at `position` (the batches already taken replayed)."""
+        bad = undecodable([s for source in self.sources for s in source.shards], self.surveyed)
+        if not bad:
+            raise MaeastError(f"DALI failed reading {', '.join(self.config.shards)} ({str(failure)[:200]}) and every "
+                              f"sample it reads decodes here; read them with data.backend: stream") from None
+        errors = Errors(self.config.on_error)
+        for shard, key in bad:
+            errors.bad("bad_samples", f"sample {key} of shard {shard}", "undecodable by DALI's decoder")
+        self.state.stats["bad_samples"] += errors.stats["bad_samples"]
+        self.undecodable |= set(bad)
+        self.surveyed = self._survey(Errors("skip"))
+        pipe = self._pipeline(epoch)
+        try:
+            for _ in range(position):
+                self._run(pipe)
+        except _DaliFailed as again:
+            raise MaeastError(f"DALI failed again reading {', '.join(self.config.shards)} without the undecodable "
+                              f"samples ({str(again)[:200]}); read them with data.backend: stream") from None
+        return pipe
 
     def _collate(self, out: dict, position: int) -> Batch:
         c, rows = self.config, self._rows(position)
@@ -212,13 +227,29 @@ class DaliLoader(SingleStreamState):
             multi_label=self.multi_label, generator=torch.Generator().manual_seed(seed))
 
     def __iter__(self) -> Iterator[Batch]:
-        return self._counted(self._batches())
+        """The rest of the epoch: len(self) batches, recounted after each (a skipped undecodable sample can
+        shorten the epoch by the batch it no longer fills)."""
+        state = self.state
+        if state.batches[0] >= len(self):
+            return
+        for position, batch in self._batches():
+            state.consume(0, position)
+            last = state.batches[0] >= len(self)
+            if last:
+                state.next_epoch()
+            yield batch
+            if last:
+                return
 
     def _batches(self) -> Iterator[tuple[int, Batch]]:
         epoch, position = self.state.epoch, self.state.positions[0]
         pipe = self._pipe_for(epoch, position)
         while True:
-            out = self._run(pipe)
+            try:
+                out = self._run(pipe)
+            except _DaliFailed as failure:
+                self._pipe = pipe = self._replan(epoch, position, failure)
+                continue
             self._pipe_at = (epoch, position + 1)
             yield position, self._collate(out, position)
             position += 1
@@ -230,6 +261,8 @@ class DaliLoader(SingleStreamState):
         """The loader state (state.py's format) with, mid-epoch, this rank's DALI checkpoint (base64)."""
         out = self.state.to_dict()
         out["backend"], out["samples"] = "dali", self.surveyed.samples
+        if self.undecodable:
+            out["ranks"][str(self.rank)]["undecodable"] = sorted(list(pair) for pair in self.undecodable)
         at = (self.state.epoch, self.state.positions[0])
         if at[1]:
             if self._pipe is not None and self._pipe_at == at:
@@ -261,6 +294,10 @@ class DaliLoader(SingleStreamState):
         if not isinstance(state, dict) or not isinstance(state.get("ranks"), dict):
             raise MaeastError("loader state is not a loader state_dict; pass what loader.state_dict() returned")
         ranks, epoch = state["ranks"], int(state.get("epoch", 0))
+        skipped = {tuple(pair) for r in ranks.values() for pair in r.get("undecodable", ())}
+        if skipped - self.undecodable:  # samples the saved run found undecodable: left out here too
+            self.undecodable |= skipped
+            self.surveyed = self._survey(Errors("skip"))
         if not any(any(r.get("positions", [])) for r in ranks.values()):  # at an epoch boundary: any layout
             fresh = LoaderState.fresh(epoch, self.config.seed, self.world_size, 0, self.rank)
             fresh.stats.update(ranks.get(str(self.rank), {}).get("stats", {}))
@@ -279,11 +316,3 @@ class DaliLoader(SingleStreamState):
         line = (f"loader: the DALI loader state of epoch {epoch - 1} cannot continue mid-epoch ({why}); "
                 f"resuming at the start of epoch {epoch}, the rest of epoch {epoch - 1} is skipped")
         return fresh, line
-
-
-def _decodes(audio: bytes) -> bool:
-    try:
-        sf.read(io.BytesIO(audio), dtype="float32")
-        return True
-    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError):
-        return False

@@ -5,8 +5,10 @@ So the DALI loader decides up front, with the webdataset loader's own checks (st
 format-2 sample against its JSON's sha256s, a format-1 shard against index.json, a truncated tar or a
 garbled header), which samples are good; a bad one is skipped with the usual one line naming shard and
 key (or fails, by on_error). A keep-rule (a fold, a carved part) and pretraining's min_seconds drop clips
-here too, before any batch is made. Shards that lose samples get an .idx of their own in a temporary
-folder listing only the rest; the shards' own .idx files are never written.
+here too, before any batch is made, and so do the samples a run already found undecodable (`exclude`,
+from `undecodable`: our decoder run over the samples the pipeline reads, once DALI has failed on one).
+Shards that lose samples get an .idx of their own in a temporary folder listing only the rest; the
+shards' own .idx files are never written.
 
 The survey reads every shard once (a sequential read, hashing when verify_checksums is on), as the
 webdataset loader's first epoch would; a process remembers what it found per shard, so the loaders of
@@ -16,9 +18,12 @@ one split (a fold's train, valid and test passes) read it once, and report its b
 from __future__ import annotations
 
 import functools
+import io
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import soundfile as sf
 
 from maeast.errors import MaeastError
 from maeast.loaders.baddata import Errors
@@ -69,9 +74,10 @@ def _readable(shard: Shard, verify: bool, on_error: str) -> tuple[tuple[tuple[st
     return readable, {k: v for k, v in errors.stats.items() if v}
 
 
-def survey(shards: list[Shard], verify: bool, errors: Errors, keep: Keep | None = None,
-           min_samples: int = 0) -> Surveyed:
-    """Read every shard once and list, per shard, the samples a DALI reader may read (see the module doc)."""
+def survey(shards: list[Shard], verify: bool, errors: Errors, keep: Keep | None = None, min_samples: int = 0,
+           exclude: frozenset[tuple[str, str]] = frozenset()) -> Surveyed:
+    """Read every shard once and list, per shard, the samples a DALI reader may read (see the module doc);
+    exclude: (shard name, key) pairs left out as well."""
     out = Surveyed()
     for shard in shards:
         idx = shard.path.with_suffix(".idx")
@@ -83,7 +89,7 @@ def survey(shards: list[Shard], verify: bool, errors: Errors, keep: Keep | None 
             errors.stats[kind] += n
         good = set()
         for key, length in readable:
-            if keep is not None and key not in keep:
+            if (keep is not None and key not in keep) or (shard.name, key) in exclude:
                 continue
             if length < min_samples:
                 errors.count("short")
@@ -104,3 +110,24 @@ def survey(shards: list[Shard], verify: bool, errors: Errors, keep: Keep | None 
         out.index_paths.append(str(idx))
         out.counts.append(len(kept))
     return out
+
+
+def undecodable(shards: list[Shard], surveyed: Surveyed) -> list[tuple[str, str]]:
+    """(shard name, key) of every sample the pipeline reads that our decoder cannot decode: a decode of each of
+    them, run only once DALI has failed."""
+    bad = []
+    for shard in shards:
+        if str(shard.path) not in surveyed.paths:
+            continue
+        left_out = set(surveyed.skipped.get(shard.name, ()))
+        bad += [(shard.name, s.key) for s in read_shard(shard, False, Errors("skip"))
+                if s.key not in left_out and not _decodes(s.audio)]
+    return bad
+
+
+def _decodes(audio: bytes) -> bool:
+    try:
+        sf.read(io.BytesIO(audio), dtype="float32")
+        return True
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError):
+        return False
