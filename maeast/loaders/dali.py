@@ -140,6 +140,9 @@ class DaliLoader(SingleStreamState):
             random.Random(seed).shuffle(order)
         paths = [self.surveyed.paths[i] for i in order]
         index_paths = [self.surveyed.index_paths[i] for i in order]
+        rank, world_size = self.rank, self.world_size  # the graph below holds no reference to the loader: a
+        # dropped loader frees its pipeline and DALI's threads at once, not at the next cyclic collection (a
+        # process that forks DataLoader workers later must not hold idle DALI threads)
 
         @dali.pipeline_def(batch_size=c.batch_size, num_threads=max(c.num_workers, 1) * c.threads_per_worker,
                            device_id=self.device.index if gpu else None, seed=seed, prefetch_queue_depth=c.prefetch,
@@ -148,7 +151,7 @@ class DaliLoader(SingleStreamState):
             encoded, meta = fn.readers.webdataset(
                 paths=paths, index_paths=index_paths,
                 ext=[";".join(CODECS), "json"], missing_component_behavior="error", random_shuffle=c.shuffle_buffer > 0,
-                initial_fill=max(c.shuffle_buffer, 1), shard_id=self.rank, num_shards=self.world_size, name="Reader")
+                initial_fill=max(c.shuffle_buffer, 1), shard_id=rank, num_shards=world_size, name="Reader")
             audio, _ = fn.decoders.audio(encoded, dtype=types.FLOAT, downmix=True)
             length = audio.shape(dtype=types.INT64)
             spare = dali.math.max(length - window, 0)
