@@ -20,6 +20,9 @@ the same cores, so the figures say what each costs on this machine; the CUDA row
 The machine's load average before and after goes into the JSON: on a shared machine it moves the figures
 more than anything else.
 
+`route_shards` and `route_epoch` are the GPU rows' measurement: launch/gpu_check.py's dali row times one epoch
+of DALI's pipeline and of the stream loader's fbank_on device route on the same shards, clips/s and host cores.
+
     python benchmarks/backends.py [--unlabelled shards/demo/unlabelled] [--labelled shards/demo/events]
                                   [--steps 12] [--epochs 2] [--workers 2] [--repeats 2]
 """
