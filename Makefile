@@ -166,12 +166,29 @@ GPU_PYTHONS   := 3.11 3.12
 GPU_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
                  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any
 
+# DALI's wheel (about 200 MB) is over what one device call carries (64 MiB with the working tree): gpu-wheels
+# cuts it into $(DALI_PART_MB) MiB parts under $(GPU_DALI)/parts, with a SHA256SUMS of the whole wheel; calls
+# one after another each bring one part to $(DALI_PARTS_AT) on the GPU machine (README 'Performance'), and
+# gpu-check joins them there, checks the sum and installs DALI (its small Python needs are in $(GPU_WHEELS)).
+GPU_DALI      ?= .gpu-dali
+DALI_PART_MB  ?= 56
+DALI_PARTS_AT ?= /tmp/maeast-dali
+DALI_WHEEL    := nvidia-dali-cuda130==2.4.0
+DALI_NEEDS    := astunparse gast six optree nvtx makefun libcst
+
 .PHONY: gpu-check gpu-wheels
 
 gpu-check:
 	@if [ -d $(GPU_WHEELS) ] && ! $(GPU_PY) -c "import deepspeed, webdataset, soundfile, soxr" >/dev/null 2>&1; then \
 	  echo "installing from $(GPU_WHEELS) (no index; torch untouched)"; \
 	  $(GPU_PY) -m pip install -q --no-index --find-links $(GPU_WHEELS) -r $(GPU_WHEELS)/requirements.txt; fi
+	@if ls $(DALI_PARTS_AT)/*.part-* >/dev/null 2>&1 && ! $(GPU_PY) -c "import nvidia.dali" >/dev/null 2>&1; then \
+	  wheel=$$(ls $(DALI_PARTS_AT)/*.part-* | head -1 | sed 's/\.part-[a-z]*$$//'); \
+	  cat $$wheel.part-* > $$wheel && (cd $(DALI_PARTS_AT) && sha256sum -c --quiet SHA256SUMS) \
+	  && $(GPU_PY) -m pip install -q --no-index --no-deps $$wheel \
+	  && $(GPU_PY) -m pip install -q --no-index --find-links $(GPU_WHEELS) $(DALI_NEEDS) \
+	  && echo "installed $$(basename $$wheel) from its parts in $(DALI_PARTS_AT)" \
+	  || echo "DALI's parts in $(DALI_PARTS_AT) did not join into a wheel whose sum matches: the dali row says it is missing"; fi
 	PYTHONPATH=$(CURDIR) $(GPU_PY) launch/gpu_check.py
 
 # Wheels for every Python of $(GPU_PYTHONS) on manylinux x86_64 (pure-Python ones once); DeepSpeed publishes
@@ -199,7 +216,16 @@ gpu-wheels: | env
 	MAEAST_RECORD_AUDIO=$(abspath $(GPU_WHEELS))/test-audio $(PY) -m pytest -q -m gpu -p no:cacheprovider \
 	  $$(grep -l "pytest.mark.gpu" tests/test_*.py) >/dev/null 2>&1 || true
 	@echo "$(GPU_WHEELS)/test-audio: $$(ls $(GPU_WHEELS)/test-audio | wc -l) recorded synthesizer outputs for the gpu tests"
-	@echo "skipped: nvidia-dali (its wheel is about 200 MB, over what a device call carries): the dali backend stays CPU-tested only"
+	# DALI for Python 3.12 (the GPU image's), in parts a device call can carry, and its small Python needs
+	rm -rf $(GPU_DALI) && mkdir -p $(GPU_DALI)/parts
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $(GPU_PLATFORMS) \
+	  -d $(GPU_DALI) "$(DALI_WHEEL)"
+	@for p in $(DALI_NEEDS); do v=$$($(PY) -c "import importlib.metadata as m; print(m.version('$$p'))") || exit 1; \
+	  $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $(GPU_PLATFORMS) \
+	  -d $(GPU_WHEELS) "$$p==$$v" >/dev/null 2>&1 || echo "no wheel of $$p==$$v for Python 3.12"; done
+	cd $(GPU_DALI) && sha256sum nvidia_dali*.whl > parts/SHA256SUMS && split -b $(DALI_PART_MB)M nvidia_dali*.whl \
+	  parts/$$(ls nvidia_dali*.whl).part- && rm nvidia_dali*.whl
+	@echo "$(GPU_DALI)/parts: $$(ls $(GPU_DALI)/parts/*.part-* | wc -l) parts of at most $(DALI_PART_MB) MiB of DALI's wheel (README 'Performance': one device call each)"
 	@echo "skipped: numpy, matplotlib, tensorboard (large; the GPU image has them)"
 	@echo "$(GPU_WHEELS): $$(ls $(GPU_WHEELS)/*.whl | wc -l) wheels, $$(du -sh $(GPU_WHEELS) | cut -f1); on the GPU machine: make gpu-check"
 	@echo "(or by hand: python3 -m pip install --no-index --find-links $(GPU_WHEELS) -r $(GPU_WHEELS)/requirements.txt)"

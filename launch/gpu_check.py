@@ -9,6 +9,9 @@ that fails, hangs or breaks the CUDA context says why in its row and the others 
   fbank             maeast's fbank on CUDA against the same call on CPU: max difference, clips/s of each
   mae vs ssast      MAE-AST against the SSAST-style model (benchmarks/mae_vs_ssast.py): speed and memory ratios
   zero2             a DeepSpeed ZeRO-2 step on one GPU (maeast.engine, launch/ds_zero2.json)
+  dali              DALI's GPU pipeline with our fbank on the device against the stream loader's fbank_on
+                    device route: clips/s and host cores used (benchmarks/backends.py); where DALI is not
+                    installed, one line saying so
   step flash/math compiled   the two step rows with torch.compile'd blocks (compilation apart)
 
 Each step row gives step time, clips/s, peak memory and MFU against the bf16 matmul peak that the row
@@ -194,6 +197,31 @@ def zero2_row(dry: bool) -> dict:
             "figures": {"step_s": step_s, "optimizer_steps": engine.global_steps, "losses": losses}}
 
 
+def dali_row(dry: bool) -> dict:
+    """DALI's GPU pipeline (reader, decoder, crop; our fbank on the device) against the stream loader's GPU route
+    (fbank_on device): clips/s and the host cores each keeps busy, on the same shards."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return {"status": "skipped", "cells": {"result": "nvidia-dali not installed here: `make gpu-wheels` writes its "
+                                                          "wheel in parts (.gpu-dali/), README 'Performance' brings them"},
+                "figures": {}}
+    import tempfile
+
+    from backends import route_epoch, route_shards
+    clips, seconds, batch = (16, 2.0, 4) if dry else (512, 10.0, 64)
+    device = "cpu" if dry else "cuda"
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = route_shards(Path(tmp), clips, seconds)
+        r = {route: route_epoch(shards, route, batch, seconds, device) for route in ("dali", "device")}
+    dali, stream = r["dali"], r["device"]
+    text = (f"DALI {dali['clips_per_s']:,.0f} clips/s on {dali['host_cores']:.1f} host cores; stream + fbank_on "
+            f"device {stream['clips_per_s']:,.0f} clips/s on {stream['host_cores']:.1f} ({batch} x {seconds:g} s, "
+            f"{'CPU mode, fbank on CPU' if dry else 'GPU pipeline, fbank on the GPU'}, 2 threads / workers)")
+    return {"cells": {"clips/s": f"{dali['clips_per_s']:,.0f}", "result": text},
+            "figures": {"dali": dali, "stream_fbank_on_device": stream}}
+
+
 def gpu_tests_row(dry: bool) -> dict:
     files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
                    if "pytest.mark.gpu" in p.read_text())
@@ -225,6 +253,7 @@ ROWS = [
     Row("fbank", fbank_row, 45),
     Row("mae vs ssast", mae_vs_ssast_row, 90),
     Row("zero2", zero2_row, 90),
+    Row("dali", dali_row, 120),
     Row("step flash compiled", step_row("flash", True), 150, "needs CUDA"),
     Row("step math compiled", step_row("math", True), 150,
         "needs CUDA (left out of the dry mode: inductor's C++ build on CPU takes minutes)"),

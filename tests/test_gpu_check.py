@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -65,10 +66,24 @@ def test_make_gpu_check_dry_mode_end_to_end():
     status = {name: r["status"] for name, r in report["rows"].items()}
     assert set(status) == {r.name for r in gpu_check.ROWS}
     assert {name for name, s in status.items() if s == "needs CUDA"} == {r.name for r in gpu_check.ROWS if r.dry_ok}
+    assert status.pop("dali") == ("ok" if importlib.util.find_spec("nvidia.dali") else "skipped")
     assert all(s == "ok" for name, s in status.items() if name not in {r.name for r in gpu_check.ROWS if r.dry_ok})
     assert report["rows"]["gpu tests"]["counts"]["skipped"] >= 10  # every gpu test collected, skipped here
     assert report["rows"]["zero2"]["optimizer_steps"] == 3
     assert report["rows"]["fbank"]["cpu_clips_per_s"] > 0
+
+
+def test_dali_row_where_dali_is_and_where_it_is_not(monkeypatch):
+    """The DALI row compares DALI's pipeline with the stream loader's fbank_on device route on the same shards
+    (here DALI's CPU mode); without DALI it says so in one line, and the check goes on."""
+    if importlib.util.find_spec("nvidia.dali"):
+        result = gpu_check.run_row(rows("dali")[0], dry=True, cap_s=120, in_process=True)
+        assert result["status"] == "ok", result
+        for route in ("dali", "stream_fbank_on_device"):
+            assert result["figures"][route]["clips"] == 12 and result["figures"][route]["host_cores"] > 0
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # an import of it now fails, as where it is missing
+    result = gpu_check.run_row(rows("dali")[0], dry=True, cap_s=120, in_process=True)
+    assert result["status"] == "skipped" and "nvidia-dali not installed here" in result["cells"]["result"]
 
 
 def test_a_recorded_h100_run_feeds_cores_per_gpu(tmp_path, monkeypatch, capsys):

@@ -83,7 +83,7 @@ def test_ffcv_ranks_get_equal_disjoint_shares(beton):
 def test_ffcv_refuses_mismatched_config(beton, shards):
     with pytest.raises(MaeastError, match="holds 2.5 s clips"):
         build_loader(config(beton, backend="ffcv", clip_seconds=1.0))
-    with pytest.raises(MaeastError, match="fixed-length fine-tuning sets"):
-        build_loader(LoaderConfig(shards=[str(beton)], backend="ffcv"))
+    with pytest.raises(MaeastError, match="holds fixed-length precomputed fbanks for fine-tuning"):
+        LoaderConfig(shards=[str(beton)], backend="ffcv")
     result = CliRunner().invoke(app, ["shard", "ffcv", str(shards), "--split", "test"])
     assert result.exit_code == 2 and "split 'test' not in" in result.output

@@ -31,7 +31,7 @@ from maeast.errors import MaeastError
 from maeast.features import FbankConfig, get_config
 from maeast.finetune.custom import CustomPlan, SeededSplit, resolve_custom
 from maeast.finetune.tasks import Task
-from maeast.loaders import Keep, LoaderConfig, StreamConfig, StreamingLoader
+from maeast.loaders import Keep, LoaderConfig, StreamConfig, build_loader
 from maeast.shards.format import INDEX, iter_meta, read_index, shard_paths
 from maeast.shards.storage import exists, is_url, join, redact
 
@@ -233,25 +233,50 @@ def selections(corpus: Corpus, fold: int | None) -> dict[str, Selection]:
 def make_loader(corpus: Corpus, selection: Selection, *, train: bool, batch_size: int, clip_seconds: float,
                 fbank: str | FbankConfig, seed: int, shuffle_buffer: int, epoch_batches: int | None,
                 stream: StreamConfig, rank: int = 0, world_size: int = 1, balanced: bool = False,
-                fbank_on: str = "loader", from_start: bool = False) -> StreamingLoader:
+                fbank_on: str = "loader", from_start: bool = False):
     """A finetune-mode loader over a selection's clips (its split, only the clips it keeps, chosen before
     batching: every batch holds batch_size of them): random crops and shuffling in training,
     crops from the start in shard order for evaluation (pass rank 0 of 1 to read all of it).
     fbank: a preset name or the whole recipe (dataset statistics included). A task without a crop
     pads each batch to its longest clip only; balanced training draws its clips by class_weights
     (the corpus opened with balanced=True). stream: how the workers read (the run's data section; its
-    num_workers capped at the split's shards per process). fbank_on "device": the batches hold the cropped
-    waveforms with their labels, and compute their fbank where they go (Batch.to; waveform mixup).
+    num_workers capped at the split's shards per process) and on which backend (data.backend: stream; dali,
+    DALI's reader and decoder with the fbank on the device; ffcv, the split's precomputed fbanks, a .beton
+    written on first use and refreshed when stale). fbank_on "device" (stream backend): the batches hold the
+    cropped waveforms with their labels, and compute their fbank where they go (Batch.to; waveform mixup).
     from_start: training crops from each clip's start too (SSAST's input cuts every fbank at its start)."""
+    stream_backend = stream.backend == "stream"
     per_rank = corpus.shard_count(selection.split) // world_size
-    if per_rank < 1:
+    if per_rank < 1 and stream_backend:
         raise MaeastError(f"{corpus.dir} split {selection.split!r} has {corpus.shard_count(selection.split)} shard(s) "
                           f"for {world_size} processes; rebuild with a smaller --shard-size or use fewer processes")
-    config = LoaderConfig(**{**stream.stream_fields(), "num_workers": min(stream.num_workers, per_rank)},
-                          shards=[str(corpus.dir)], split=selection.split, mode="finetune", clip_seconds=clip_seconds,
+    workers = min(stream.num_workers, per_rank) if stream_backend else stream.num_workers  # dali: its threads
+    shards = _beton(corpus, selection.split, clip_seconds, get_config(fbank), stream) if stream.backend == "ffcv" \
+        else corpus.dir
+    config = LoaderConfig(**{**stream.stream_fields(), "num_workers": workers},
+                          shards=[str(shards)], split=selection.split, mode="finetune", clip_seconds=clip_seconds,
                           random_crop=train and not from_start, batch_size=batch_size,
                           shuffle_buffer=shuffle_buffer if train else 0, seed=seed, fbank=get_config(fbank).name,
                           epoch_batches=epoch_batches if train else None,
                           pad_to_longest=corpus.task.clip_seconds is None, fbank_on=fbank_on,
                           class_weights=class_weights(corpus, selection) if train and balanced else None)
-    return StreamingLoader(config, rank, world_size, get_config(fbank), keep=selection.keep_rule(corpus))
+    return build_loader(config, rank, world_size, get_config(fbank), keep=selection.keep_rule(corpus))
+
+
+def _beton(corpus: Corpus, split: str, clip_seconds: float, features: FbankConfig, stream: StreamConfig) -> Path:
+    """data.backend ffcv: the split's .beton of precomputed fbanks (maeast.loaders.ffcv.ensure_beton), in
+    data.cache_dir or beside local shards, written by the first process when missing or stale (other shards,
+    fbank recipe or clip length) while the others wait."""
+    from maeast.loaders.ffcv import beton_name, ensure_beton
+    from maeast.train import distributed as dist
+
+    if stream.cache_dir is None and is_url(corpus.dir):
+        raise MaeastError(f"data.backend ffcv writes a .beton of {redact(corpus.dir)}'s fbanks; give data.cache_dir, "
+                          f"a local folder for it")
+    folder = Path(stream.cache_dir) if stream.cache_dir else Path(corpus.dir)
+    out = folder / beton_name(corpus.index["corpus"], split)
+    if dist.is_main():
+        folder.mkdir(parents=True, exist_ok=True)
+        ensure_beton(corpus.dir, split, clip_seconds, features, out, workers=max(stream.num_workers, 1))
+    dist.barrier()
+    return out

@@ -143,6 +143,8 @@ class DataSection(StreamConfig):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
                 raise MaeastError(f"data.{name} {value} must be in [0, 1) (or null: 0.1)")
+        if self.balanced and self.backend != "stream":
+            raise MaeastError(f"data.balanced draws clips by class, which backend {self.backend} cannot; use data.backend stream")
         if self.split_seed is not None and not isinstance(self.split_seed, int):
             raise MaeastError(f"data.split_seed {self.split_seed!r} must be an integer (or null: 0)")
 

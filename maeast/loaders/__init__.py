@@ -20,16 +20,18 @@ from maeast.loaders.loader import StreamingLoader
 from maeast.loaders.state import merge_states
 
 
-def build_loader(config: LoaderConfig, rank: int | None = None, world_size: int | None = None):
+def build_loader(config: LoaderConfig, rank: int | None = None, world_size: int | None = None,
+                 features=None, keep: Keep | None = None, device: str | None = None):
     """The loader of config.backend; each has __iter__ (Batch), __len__, set_epoch, state_dict,
-    load_state_dict, stats, labels and multi_label."""
+    load_state_dict, stats, labels and multi_label. features: the fbank recipe in place of config.fbank's
+    preset; keep: only these clips (by key); device: where DALI runs ("cpu", or None: the current GPU)."""
     if config.backend == "dali":
         from maeast.loaders.dali import DaliLoader
-        return DaliLoader(config, rank, world_size)
+        return DaliLoader(config, rank, world_size, device=device, features=features, keep=keep)
     if config.backend == "ffcv":
         from maeast.loaders.ffcv import FFCVLoader
-        return FFCVLoader(config, rank, world_size)
-    return StreamingLoader(config, rank, world_size)
+        return FFCVLoader(config, rank, world_size, features, keep)
+    return StreamingLoader(config, rank, world_size, features, keep)
 
 
 __all__ = ["BatchConfig", "Keep", "LoaderConfig", "StreamConfig", "StreamingLoader", "build_loader", "merge_states"]

@@ -1,10 +1,10 @@
 """The loader's configs, one inside the next: every field is checked in __post_init__, so that a bad value is a
 one-line MaeastError before any worker starts.
 
-    StreamConfig   how workers read shards (workers, threads, prefetch, pinning, checksums, bad data, the cache
-                   of remote shards): what every recipe's data section embeds
+    StreamConfig   how workers read shards (backend, workers, threads, prefetch, pinning, checksums, bad data,
+                   the cache of remote shards): what every recipe's data section embeds
     BatchConfig    + which clips (shards, weights, split) and how they batch: pretraining's data section
-    LoaderConfig   + mode (pretrain or finetune), backend and fine-tuning's clip options: what a loader takes
+    LoaderConfig   + mode (pretrain or finetune) and fine-tuning's clip options: what a loader takes
 """
 
 from __future__ import annotations
@@ -48,12 +48,22 @@ class StreamConfig:
     recently used first beyond cache_gb. Safe to share between ranks and runs on one machine."""
     cache_gb: float = 100.0
     """The most the cache_dir may hold, in GB (1e9 bytes)."""
+    backend: str = "stream"
+    """"stream" (webdataset on CPU worker processes); "dali" (the `dali` extra: DALI's webdataset reader,
+    decoder and crop on its own threads, num_workers x threads_per_worker, then the same fbank on the
+    device; local shards with .idx files; bad samples are skipped before the pipeline (checksums) or once
+    DALI fails on them (undecodable), each named in one line; resumes
+    exactly through DALI's checkpoint on the same number of processes, at the next epoch on another; no
+    mixing weights, length bucketing (pretraining: bucket_batches 1), class_weights or whole clips);
+    "ffcv" (the `ffcv` extra, fine-tuning only: the split's fbanks precomputed once into a .beton, cropped
+    from each clip's start, refreshed when the shards, fbank or clip length change)."""
 
     def __post_init__(self):
         _at_least("num_workers", self.num_workers, 0)
         _at_least("threads_per_worker", self.threads_per_worker, 1)
         _at_least("prefetch", self.prefetch, 1)
         _choice("on_error", self.on_error, ON_ERROR)
+        _choice("backend", self.backend, BACKENDS)
         if self.cache_dir is not None:
             self.cache_dir = str(self.cache_dir)
         if not self.cache_gb > 0:
@@ -71,8 +81,8 @@ class BatchConfig(StreamConfig):
     shards: list[str] = field(default_factory=list)
     """Shard folders written by `maeast shard build` (each with an index.json): local paths or URLs
     (s3://bucket/prefix, gs://..., http(s)://..., file://..., pipe:COMMAND with {} for the file name;
-    see maeast.shards.storage), streamed front to back; for backend "ffcv", one local .beton file
-    written by `maeast shard ffcv`."""
+    see maeast.shards.storage), streamed front to back; a LoaderConfig on backend "ffcv" reads one local
+    .beton file written by `maeast shard ffcv` (fine-tuning's data.backend ffcv writes it itself)."""
     weights: list[float] | None = None
     """Mixing weight per shard folder (the chance that the next clip comes from it); None mixes in
     proportion to the folders' sample counts, i.e. plain concatenation."""
@@ -169,7 +179,7 @@ class BatchConfig(StreamConfig):
                               f"{at_cap} (the clips optim.global_batch counts per batch)")
 
     def loader(self, **changes) -> "LoaderConfig":
-        """The whole loader config of this section (mode pretrain, backend stream), with `changes`."""
+        """The whole loader config of this section (mode pretrain), with `changes`."""
         return LoaderConfig(**{**{f.name: getattr(self, f.name) for f in fields(BatchConfig)}, **changes})
 
 
@@ -182,8 +192,6 @@ class LoaderConfig(BatchConfig):
     """"pretrain": clips of a batch cropped (random offset) to its shortest clip, capped at
     max_seconds, clips under min_seconds skipped, no labels. "finetune": every clip cropped or
     zero-padded to clip_seconds, with a padding mask, and labels."""
-    backend: str = "stream"
-    """"stream" (webdataset on CPU workers), "dali" (the `dali` extra) or "ffcv" (the `ffcv` extra)."""
     clip_seconds: float | None = None
     """Fine-tuning: every clip is cropped or padded to this length (required in finetune mode)."""
     random_crop: bool = True
@@ -198,7 +206,6 @@ class LoaderConfig(BatchConfig):
     def __post_init__(self):
         super().__post_init__()
         _choice("mode", self.mode, MODES)
-        _choice("backend", self.backend, BACKENDS)
         if self.fbank_on == "device" and self.backend != "stream":  # finetune: SSAST's waveform mixup
             raise MaeastError(f"loader: fbank_on device serves the stream backend (this loader: backend "
                               f"{self.backend}); set fbank_on: loader")
@@ -216,12 +223,41 @@ class LoaderConfig(BatchConfig):
         if remote and self.backend != "stream":
             raise MaeastError(f"loader: backend {self.backend} reads local files only, not {redact(remote[0])}; use "
                               f"backend stream for URLs (or copy the shards to local disk)")
+        _refuse(self)
         if self.backend == "ffcv" and len(self.shards) != 1:
             raise MaeastError("loader: backend ffcv reads exactly one .beton file (loader.shards: [file.beton])")
 
     @property
     def finetune(self) -> bool:
         return self.mode == "finetune"
+
+
+def _refuse(c: LoaderConfig) -> None:
+    """What backend dali or ffcv cannot do, refused in one line before any work."""
+    if c.backend == "dali":
+        if c.weights is not None and len(c.shards) > 1:
+            raise MaeastError("loader: backend dali concatenates shard folders; mixing weights need backend stream")
+        if c.mode == "pretrain" and c.bucket_batches > 1:
+            raise MaeastError(f"loader: backend dali does not bucket clips by length (bucket_batches "
+                              f"{c.bucket_batches}); set bucket_batches: 1, or use backend stream")
+        if c.class_weights is not None:
+            raise MaeastError("loader: backend dali draws every clip once; class_weights need backend stream")
+        if c.pad_to_longest:
+            raise MaeastError("loader: backend dali pads every clip to clip_seconds; a task without a crop "
+                              "(pad_to_longest) needs backend stream")
+    if c.backend == "ffcv":
+        if c.mode == "pretrain":
+            raise MaeastError("loader: backend ffcv holds fixed-length precomputed fbanks for fine-tuning; pretraining "
+                              "crops a new window of each whole clip every epoch: use backend stream or dali")
+        if c.class_weights is not None:
+            raise MaeastError("loader: backend ffcv reads every clip once a pass; class_weights need backend stream")
+        if c.pad_to_longest:
+            raise MaeastError("loader: backend ffcv stores clips padded to clip_seconds; a task without a crop "
+                              "(pad_to_longest) needs backend stream or dali")
+        if c.epoch_batches is not None:
+            raise MaeastError(f"loader: backend ffcv reads one pass of its .beton per epoch; epoch_batches "
+                              f"{c.epoch_batches} (fine-tuning: data.epoch_batches or run.eval_steps) needs backend "
+                              f"stream or dali")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

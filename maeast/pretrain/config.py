@@ -116,6 +116,7 @@ class PretrainConfig:
                                   f"count masked views: {key} / model.views clips are read); make it one")
         if self.run.stop_at is not None and self.run.stop_at > self.schedule.steps:
             raise MaeastError(f"run.stop_at {self.run.stop_at} is past schedule.steps {self.schedule.steps}")
+        self.loader_config()  # what data.backend cannot do is refused now, in one line
 
     @property
     def clips_per_step(self) -> int:
@@ -136,15 +137,16 @@ class PretrainConfig:
         return self.run.stop_at or self.schedule.steps
 
     def loader_config(self) -> LoaderConfig:
-        """The training stream's loader config (mode pretrain, backend stream): data.batch_size / model.views
+        """The training stream's loader config (mode pretrain, on data.backend): data.batch_size / model.views
         clips a batch, each the model's micro-batch of data.batch_size views."""
         if self.model.views == 1:
             return self.data.loader()
         return self.data.loader(batch_size=self.data.batch_size // self.model.views)
 
     def eval_loader_config(self) -> LoaderConfig:
-        """The held-out stream: the eval split, no shuffling, fixed seed, read in the process."""
-        return self.data.loader(shards=list(self.eval.shards or self.data.shards), split=self.eval.split,
+        """The held-out stream: the eval split, no shuffling, fixed seed, read in the process by the stream
+        backend whatever data.backend is (the same features; a DALI pipeline per evaluation would cost more)."""
+        return self.data.loader(backend="stream", shards=list(self.eval.shards or self.data.shards), split=self.eval.split,
                                 weights=None if self.eval.shards else self.data.weights, shuffle_buffer=0,
                                 num_workers=0, epoch_batches=self.eval.batches, seed=0)
 
@@ -162,7 +164,7 @@ def expand_model(section: dict) -> dict:
 
 
 RENAMED = {"run.save_every": "run.save_every_steps", **{f"data.{k}": None for k in (
-    "mode", "backend", "clip_seconds", "random_crop", "pad_to_longest", "class_weights")}}
+    "mode", "clip_seconds", "random_crop", "pad_to_longest", "class_weights")}}
 """Keys renamed since a run folder may have been written (old -> new; None: a key pretraining never used,
 no longer offered): maeast.train.config.renamed."""
 

@@ -24,7 +24,7 @@ import torch
 
 from maeast.features import get_config as get_fbank
 from maeast.features.stats import corpus_features
-from maeast.loaders import StreamingLoader
+from maeast.loaders import StreamingLoader, build_loader
 from maeast.model import MAEAST
 from maeast.model.flops import pretrain_flops
 from maeast.pretrain.config import PretrainConfig
@@ -62,7 +62,7 @@ class Session:
     run: Run
     engine: object
     trainer: Trainer
-    loader: StreamingLoader
+    loader: object  # the data.backend's loader (maeast.loaders.build_loader)
     eval_loader: object  # a factory of fresh held-out loaders, or None
     probe: object  # maeast.pretrain.probe.OnlineProbe, or None
     features: object  # the fbank recipe the run trains on
@@ -105,7 +105,7 @@ def open_session(cfg: PretrainConfig, deepspeed_config_path, resume: bool, conso
                                  where=str(deepspeed_config_path or "default"))
     cfg = layerdrop_for_stage(cfg, zero_stage(ds_config))
     features = corpus_features(cfg.data.shards, cfg.data.fbank)  # normalized when `maeast shard stats` ran
-    loader = StreamingLoader(cfg.loader_config(), rank, world, features)  # bad shards: an error before any write
+    loader = build_loader(cfg.loader_config(), rank, world, features, device=device.type)  # bad shards: an error now
     eval_loader = (lambda: StreamingLoader(cfg.eval_loader_config(), 0, 1, features)) if cfg.eval.every else None
     if eval_loader is not None:
         eval_loader()  # a missing eval split is an error now, not at the first evaluation

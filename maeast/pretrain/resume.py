@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maeast.configio import load_yaml
-from maeast.loaders import StreamingLoader
+from maeast.loaders import StreamingLoader, merge_states
 from maeast.loaders.elastic import loader_quotas, regroup, rest_line
 from maeast.pretrain.config import PretrainConfig, build_config
 from maeast.train import distributed as dist
@@ -56,6 +56,9 @@ def resume_point(cfg: PretrainConfig, run: Run, resume: bool, ds_config: dict, l
     saved = saved_layout(checkpoint, read_run_ds_config(run.dir))
     route = resume_route(saved, layout, checkpoint)
     states = load_train_states(checkpoint)
+    if hasattr(loader, "adopt"):  # DALI: its own checkpoint on the same layout, else the next epoch boundary
+        mine, redealt = loader.adopt(merge_states([s["loader"] for s in states]))
+        return Resumed(checkpoint, saved, route, int(states[0]["step"]), int(states[0]["samples"]), mine, redealt)
     mine = regroup([s["loader"] for s in states], dist.rank(), layout.world_size, cfg.data.num_workers,
                    loader_quotas(loader), cfg.optim.global_batch // cfg.data.batch_size, where=str(checkpoint))
     saved_slots = (states[0]["loader"]["world_size"], states[0]["loader"]["num_workers"])
