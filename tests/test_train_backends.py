@@ -53,7 +53,7 @@ def test_dali_pretraining_resumes_to_the_same_curve(shards, tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("data.bucket_batches=2", "backend dali does not bucket clips by length"),
     ("data.backend=ffcv", "backend ffcv holds fixed-length precomputed fbanks for fine-tuning"),
-    ("data.fbank_on=device", "fbank_on device serves pretraining on the stream backend"),
+    ("data.fbank_on=device", "fbank_on device serves the stream backend"),
 ])
 def test_what_a_backend_cannot_do_is_one_line_before_any_work(shards, tmp_path, override, message):
     with pytest.raises(MaeastError, match=message) as caught:
