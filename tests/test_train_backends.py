@@ -124,6 +124,22 @@ def test_ffcv_beton_written_on_first_use_and_refreshed_when_stale(labelled, tmp_
     assert not ensure_beton(labelled, "train", 3.0, normalized, out)[1]
 
 
+def test_ffcv_beton_in_a_folder_it_cannot_write_is_one_line(labelled, tmp_path, monkeypatch):
+    """A read-only shard folder without data.cache_dir (tests run as root, who may write anywhere: the write is
+    refused by patching what it calls)."""
+    pytest.importorskip("ffcv", reason="the `ffcv` extra is not installed")
+    import maeast.loaders.ffcv as ffcv_module
+
+    def read_only(shard_dir, split, clip_seconds, out, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(out))
+
+    monkeypatch.setattr(ffcv_module, "write_beton", read_only)
+    with pytest.raises(MaeastError, match=r"^data.backend ffcv cannot write .*\.beton \(Permission denied\); give "
+                                          r"data.cache_dir") as caught:
+        finetuned(labelled, tmp_path / "run", "--data.backend", "ffcv")
+    assert "\n" not in str(caught.value)
+
+
 @pytest.mark.parametrize("backend, extra, message", [
     ("dali", ["--data.balanced", "true"], "data.balanced draws clips by class, which backend dali cannot"),
     ("ffcv", ["--data.epoch_batches", "3"], "backend ffcv reads one pass of its .beton per epoch"),

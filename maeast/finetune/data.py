@@ -276,7 +276,11 @@ def _beton(corpus: Corpus, split: str, clip_seconds: float, features: FbankConfi
     folder = Path(stream.cache_dir) if stream.cache_dir else Path(corpus.dir)
     out = folder / beton_name(corpus.index["corpus"], split)
     if dist.is_main():
-        folder.mkdir(parents=True, exist_ok=True)
-        ensure_beton(corpus.dir, split, clip_seconds, features, out, workers=max(stream.num_workers, 1))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            ensure_beton(corpus.dir, split, clip_seconds, features, out, workers=max(stream.num_workers, 1))
+        except PermissionError as e:  # e.g. a read-only shard folder: one line, not ffcv's traceback
+            raise MaeastError(f"data.backend ffcv cannot write {e.filename or out} ({e.strerror}); give "
+                              f"data.cache_dir, a writable local folder for the .beton") from None
     dist.barrier()
     return out
