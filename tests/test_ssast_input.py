@@ -283,6 +283,18 @@ def esc_shards(esc50, tmp_path_factory):  # noqa: F811  (a fixture of tests.offi
     return out
 
 
+def test_waveform_mixup_on_another_backend_is_one_line(esc_shards, tmp_path):
+    pytest.importorskip("nvidia.dali", reason="the `dali` extra is not installed")
+    cfg = load_finetune_config("finetune_tiny", task="esc50", shards=str(esc_shards), run_dir=str(tmp_path / "run"),
+                               folds=[1], overrides=["--data.clip_seconds", "2", "--schedule.epochs", "1",
+                                                     "--augment.mixup", "0.5", "--data.backend", "dali"])
+    with pytest.raises(MaeastError, match=r"^data.input ssast mixes waveforms \(augment.mixup 0.5\), which backend "
+                                          r"dali cannot; use data.backend stream, or augment.mixup 0$") as caught:
+        finetune(cfg)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "run" / "fold1" / "checkpoints").exists()
+
+
 def test_tiny_esc50_run_trains_and_exports_the_ssast_pipeline(esc_shards, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     from maeast.artifacts import load_classifier

@@ -131,6 +131,9 @@ class Mode:
         picks = selections(corpus, fold)
         common = dict(clip_seconds=ctx.clip_seconds, fbank=ctx.fbank, stream=cfg.data)
         waves = self.wave_mixup > 0.0
+        if waves and cfg.data.backend != "stream":
+            raise MaeastError(f"data.input ssast mixes waveforms (augment.mixup {cfg.augment.mixup}), which backend "
+                              f"{cfg.data.backend} cannot; use data.backend stream, or augment.mixup 0")
         loader = make_loader(corpus, picks["train"], train=True, batch_size=ctx.micro, seed=self.order_seed(fold),
                              shuffle_buffer=cfg.data.shuffle_buffer, epoch_batches=self.epoch_batches(),
                              rank=ctx.rank, world_size=ctx.world, balanced=cfg.data.balanced,
