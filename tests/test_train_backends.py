@@ -134,9 +134,11 @@ def test_ffcv_beton_in_a_folder_it_cannot_write_is_one_line(labelled, tmp_path, 
         raise PermissionError(13, "Permission denied", str(out))
 
     monkeypatch.setattr(ffcv_module, "write_beton", read_only)
+    copy = tmp_path / "shards"  # a folder without a .beton yet (the module's shards may have one by now)
+    shutil.copytree(labelled, copy, ignore=shutil.ignore_patterns("*.beton", "*.beton.json"))
     with pytest.raises(MaeastError, match=r"^data.backend ffcv cannot write .*\.beton \(Permission denied\); give "
                                           r"data.cache_dir") as caught:
-        finetuned(labelled, tmp_path / "run", "--data.backend", "ffcv")
+        finetuned(copy, tmp_path / "run", "--data.backend", "ffcv")
     assert "\n" not in str(caught.value)
 
 
