@@ -213,3 +213,38 @@ def test_an_undecodable_clip_is_skipped_or_fails_with_one_line(copied, capsys):
     resumed = DaliLoader(cfg, device="cpu")
     resumed.load_state_dict(saved)
     assert [b.keys for b in head + list(resumed)] == [b.keys for b in batches]
+
+
+def test_a_forked_child_never_destroys_an_inherited_pipeline(shards):
+    """A DALI loader left in a reference cycle keeps its pipeline until a cyclic collection; a process forked
+    before that one (a DataLoader worker) must not destroy it: its destructor would wait forever for DALI's
+    threads, which the fork did not copy. The child here collects at once and must exit."""
+    import gc
+    import os
+    import time
+
+    gc.collect()
+    gc.disable()
+    try:
+        loader = DaliLoader(config(shards), 0, 1, device="cpu")
+        next(iter(loader))  # the pipeline is built and its threads run
+        loader.cycle = loader  # dropped below, it waits for the cyclic collector
+        del loader
+        pid = os.fork()
+        if pid == 0:  # the child: collect the inherited cycle, then leave without any cleanup of ours
+            gc.collect()
+            os._exit(0)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung destroying the DALI pipeline it inherited")
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        gc.enable()
+        gc.collect()

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
+import weakref
 from typing import Iterator
 
 import numpy as np
@@ -59,6 +61,20 @@ def _dali():
     except ImportError:
         raise MaeastError("backend dali needs NVIDIA DALI: pip install 'maeast[dali]'") from None
     return dali, fn, types, feed_ndarray
+
+
+_LIVE: "weakref.WeakSet" = weakref.WeakSet()  # this process's DALI pipelines
+_INHERITED: list = []  # in a forked child: the parent's pipelines, held so that they are never destroyed there
+
+
+def _hold_inherited() -> None:
+    """After a fork, in the child: a pipeline inherited from the parent (one not yet collected, e.g. in a reference
+    cycle) must not be destroyed here. Its destructor waits for DALI's executor threads, which a fork does not copy,
+    so a DataLoader worker forked after a DALI loader would hang in its first cyclic collection."""
+    _INHERITED.extend(_LIVE)
+
+
+os.register_at_fork(after_in_child=_hold_inherited)
 
 
 class _DaliFailed(Exception):
@@ -163,6 +179,7 @@ class DaliLoader(SingleStreamState):
 
         pipe = pipeline(checkpoint=checkpoint) if checkpoint is not None else pipeline()
         pipe.build()
+        _LIVE.add(pipe)
         return pipe
 
     def _pipe_for(self, epoch: int, position: int):
