@@ -133,18 +133,16 @@ PRESETS: dict[str, FbankConfig] = {
     # htk_compat=True (no effect without energy), then (x - mean) / (2 * std), AudioSet's figures.
     "ssast": FbankConfig(name="ssast", n_mels=128, window="hanning", subtract_waveform_mean=True,
                          norm_mean=AUDIOSET_MEAN, norm_std=AUDIOSET_STD),
-    # SSAST's input pipeline per task (maeast.finetune.inputs): the ssast recipe with the task's statistics
-    # and fixed length, from YuanGongND/ssast's run scripts (--dataset_mean, --dataset_std, --target_length):
-    # src/finetune/audioset/run_as.sh (AudioSet-20K and the full set), src/finetune/esc50/run_esc_patch.sh
-    # and run_esc_frame.sh (ESC-50), src/finetune/speechcommands_v2_35/run_sc.sh (Speech Commands v2).
-    "ssast_audioset": FbankConfig(name="ssast_audioset", n_mels=128, window="hanning", subtract_waveform_mean=True,
-                                  norm_mean=AUDIOSET_MEAN, norm_std=AUDIOSET_STD, target_frames=1024),
-    "ssast_esc50": FbankConfig(name="ssast_esc50", n_mels=128, window="hanning", subtract_waveform_mean=True,
-                               norm_mean=ESC50_MEAN, norm_std=ESC50_STD, target_frames=512),
-    "ssast_speechcommands": FbankConfig(name="ssast_speechcommands", n_mels=128, window="hanning",
-                                        subtract_waveform_mean=True, norm_mean=SPEECHCOMMANDS_MEAN,
-                                        norm_std=SPEECHCOMMANDS_STD, target_frames=128),
 }
+# SSAST's input pipeline per task (maeast.finetune.inputs): the ssast recipe with the task's statistics
+# and fixed length, from YuanGongND/ssast's run scripts (--dataset_mean, --dataset_std, --target_length):
+# src/finetune/audioset/run_as.sh (AudioSet-20K and the full set), src/finetune/esc50/run_esc_patch.sh
+# and run_esc_frame.sh (ESC-50), src/finetune/speechcommands_v2_35/run_sc.sh (Speech Commands v2).
+for _name, _mean, _std, _frames in (("ssast_audioset", AUDIOSET_MEAN, AUDIOSET_STD, 1024),
+                                    ("ssast_esc50", ESC50_MEAN, ESC50_STD, 512),
+                                    ("ssast_speechcommands", SPEECHCOMMANDS_MEAN, SPEECHCOMMANDS_STD, 128)):
+    PRESETS[_name] = dataclasses.replace(PRESETS["ssast"], name=_name, norm_mean=_mean, norm_std=_std,
+                                         target_frames=_frames)
 
 
 def get_config(preset: str | FbankConfig) -> FbankConfig:

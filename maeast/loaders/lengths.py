@@ -53,7 +53,11 @@ def _cut(pool, size, batch_size, pool_batches, rng, drop_last):
 def batch_clips(max_tokens: int, tokens: int, multiple: int) -> int:
     """Clips a fairseq max_tokens batch holds when each counts `tokens`: the most n with n * tokens <= max_tokens,
     cut to a multiple of `multiple` when it is at least that (fairseq's batch_by_size, bsz_mult)."""
-    n = max(max_tokens // tokens, 1)
+    return _to_multiple(max(max_tokens // tokens, 1), multiple)
+
+
+def _to_multiple(n: int, multiple: int) -> int:
+    """n clips cut to a multiple of `multiple` when there are at least that many (fairseq's bsz_mult)."""
     return max(multiple * (n // multiple), n % multiple)
 
 
@@ -95,7 +99,7 @@ def _cut_tokens(pool, size, count, max_tokens, multiple):
     for item in pool:
         longest = max(longest, count(item))
         if batch and (len(batch) + 1) * longest > max_tokens:
-            keep = max(multiple * (len(batch) // multiple), len(batch) % multiple)
+            keep = _to_multiple(len(batch), multiple)
             batches.append(batch[:keep])
             batch = batch[keep:]
             longest = max([count(i) for i in batch] + [count(item)])

@@ -35,9 +35,7 @@ def grid_shape(frames: int, bins: int, patch_time: int, patch_freq: int, stride_
                stride_freq: int | None = None) -> tuple[int, int]:
     """(rows, cols) of the token grid for `frames` x `bins` (bins already a multiple of patch_freq);
     strides None: the patch sizes (no overlap)."""
-    st, sf = stride_time or patch_time, stride_freq or patch_freq
-    if st == patch_time and sf == patch_freq:
-        return frames // patch_time, bins // patch_freq
+    st, sf = stride_time or patch_time, stride_freq or patch_freq  # stride = size: frames // patch_time
     return max((frames - patch_time) // st + 1, 0), max((bins - patch_freq) // sf + 1, 0)
 
 
@@ -84,9 +82,7 @@ def real_rows(padding_mask: torch.Tensor | None, batch: int, frames: int, patch_
         rows, _ = grid_shape(frames, 1, patch_time, 1, st, 1)
         return torch.full((batch,), rows, dtype=torch.long, device=device)
     real = (~padding_mask).sum(dim=1)  # [B]
-    if st == patch_time:
-        return real // patch_time
-    return ((real - patch_time) // st + 1).clamp(min=0)
+    return ((real - patch_time) // st + 1).clamp(min=0)  # grid_shape's rows per clip
 
 
 def token_padding(rows_real: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
